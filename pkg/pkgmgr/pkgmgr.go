@@ -1,0 +1,113 @@
+// Package pkgmgr is the package backend of kos-upgrade: it resolves an
+// upgrade with dnf's own solver, stages and verifies the packages, tests the
+// transaction and, offline, runs exactly the planned transaction from the
+// staged files.
+package pkgmgr
+
+import (
+	"context"
+
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+)
+
+// Actions of a transaction item.
+const (
+	ActionInstall   = "install"   // new package
+	ActionUpgrade   = "upgrade"   // replaces an older version of itself
+	ActionDowngrade = "downgrade" // replaces a newer version of itself
+	ActionReinstall = "reinstall"
+	ActionRemove    = "remove"    // erased, nothing replaces it
+	ActionObsoleted = "obsoleted" // erased because an installed package obsoletes it
+)
+
+// Item is one element of the transaction.
+type Item struct {
+	Action string `json:"action"`
+	// NEVRA of the package installed (install/upgrade/...) or erased.
+	NEVRA string `json:"nevra"`
+	Name  string `json:"name"`
+	Arch  string `json:"arch,omitempty"`
+	// Replaces lists the installed NEVRAs this item replaces (upgrade,
+	// downgrade, obsoletes), informational.
+	Replaces []string `json:"replaces,omitempty"`
+	// ObsoletedBy names the package that obsoletes an erased one.
+	ObsoletedBy string `json:"obsoleted_by,omitempty"`
+	// Reason says why a package is removed, in words.
+	Reason string `json:"reason,omitempty"`
+	// Repo is the repository the package comes from (installs only).
+	Repo string `json:"repo,omitempty"`
+	// File is the staged package, relative to the staging directory
+	// (installs only).
+	File string `json:"file,omitempty"`
+	// SHA256 and Size of the staged file (installs only).
+	SHA256 string `json:"sha256,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	// InstallSize is the unpacked size in bytes (installs only).
+	InstallSize int64 `json:"install_size,omitempty"`
+}
+
+// Installs reports whether the item brings a package file.
+func (it Item) Installs() bool {
+	switch it.Action {
+	case ActionInstall, ActionUpgrade, ActionDowngrade, ActionReinstall:
+		return true
+	}
+	return false
+}
+
+// Repo is a repository given on the command line.
+type Repo struct {
+	ID      string `json:"id"`
+	BaseURL string `json:"baseurl"`
+}
+
+// ResolveRequest asks for an upgrade of Root to Release.
+type ResolveRequest struct {
+	// Root is the system to upgrade (absolute path).
+	Root string
+	// Release is the target release version ($releasever).
+	Release string
+	// Repos replaces the system's repository configuration when not empty.
+	Repos []Repo
+	// CacheDir holds dnf's metadata cache; StageDir receives the packages.
+	CacheDir string
+	StageDir string
+}
+
+// Resolution is dnf's answer: the transaction, with every installed package
+// downloaded to the staging directory and its sha256 recorded.
+type Resolution struct {
+	Items []Item `json:"items"`
+	// GPGKeys lists the repository keys (local files, absolute host paths)
+	// configured for the repositories the packages come from.
+	GPGKeys []string `json:"gpg_keys,omitempty"`
+	// GPGCheck is false for packages of repositories with gpgcheck=0.
+	NoGPGCheckRepos []string `json:"nogpgcheck_repos,omitempty"`
+}
+
+// Manager is the package backend.
+type Manager interface {
+	// Resolve runs dnf's solver for a distro-sync of req.Root to
+	// req.Release (erasing allowed), downloads every package to install into
+	// req.StageDir and records its sha256 and size. It changes nothing in
+	// req.Root. Calling it again re-uses packages already downloaded.
+	Resolve(ctx context.Context, req ResolveRequest, sink progress.Sink) (*Resolution, error)
+
+	// Verify checks the GPG signature of every staged package against the
+	// keys in keys (armored public key files) and the keys installed in
+	// root's rpmdb. It returns a *VerifyError naming each package that is
+	// unsigned or badly signed.
+	Verify(ctx context.Context, root, stageDir string, items []Item, keys []string, sink progress.Sink) error
+
+	// Test runs the transaction in rpm's test mode against root: no file
+	// and no rpmdb entry is changed.
+	Test(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) error
+
+	// Apply runs exactly items on root from the staged files in stageDir,
+	// with no network and no re-resolution, reporting per-package progress.
+	Apply(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) error
+
+	// Fingerprint returns a digest of root's installed package set; any
+	// install, erase or upgrade changes it.
+	Fingerprint(ctx context.Context, root string) (string, error)
+}

@@ -1,0 +1,75 @@
+// Package snapshot defines how kos-upgrade protects the root filesystem
+// during an upgrade, and its backends (btrfs, none; LVM to come).
+//
+// The preferred model is "apply into the snapshot, switch on success": Create
+// makes a writable copy of the root and mounts it, the transaction runs inside
+// that copy, and only when it succeeded does Activate make the copy the root
+// that boots next. The booted root is never modified, so a crash at any point
+// leaves the old system bootable as it was.
+package snapshot
+
+import (
+	"context"
+	"errors"
+)
+
+// Sentinel errors, wrapped with %w by the backends.
+var (
+	ErrNotFound     = errors.New("snapshot not found")
+	ErrExists       = errors.New("snapshot already exists")
+	ErrNotSupported = errors.New("root cannot be snapshotted by this backend")
+)
+
+// Snapshot names one root snapshot.
+type Snapshot struct {
+	// Name is the backend's stable name for the snapshot, unique per root
+	// (btrfs: subvolume path relative to the top level).
+	Name string `json:"name"`
+	// ID is the backend's identifier (btrfs: subvolume id), informational.
+	ID string `json:"id,omitempty"`
+	// Path is where the snapshot is mounted, writable, while the upgrade runs;
+	// empty when it is not mounted.
+	Path string `json:"path,omitempty"`
+	// Default is true for the snapshot that boots next.
+	Default bool `json:"default,omitempty"`
+	// Created is an RFC 3339 time, when the backend knows it.
+	Created string `json:"created,omitempty"`
+}
+
+// Snapshotter is one backend bound to one root filesystem.
+type Snapshotter interface {
+	// Backend returns the backend name: "btrfs", "lvm" or "none".
+	Backend() string
+
+	// Current returns the snapshot (subvolume, LV) the root is mounted from.
+	// Calling it twice gives the same answer.
+	Current(ctx context.Context) (Snapshot, error)
+
+	// Create makes a writable snapshot of the current root called name and
+	// mounts it; the returned Path is where the transaction must run.
+	// It returns ErrExists if name exists already (the caller deletes
+	// leftovers of an interrupted run first). It never changes what boots.
+	Create(ctx context.Context, name string) (Snapshot, error)
+
+	// Delete unmounts and removes the snapshot called name. It refuses to
+	// delete the current root or the default. Deleting a snapshot that does
+	// not exist returns ErrNotFound, so a caller retrying after a crash can
+	// treat that as done.
+	Delete(ctx context.Context, name string) error
+
+	// Activate makes name the root that boots next (btrfs: default
+	// subvolume). Activating the snapshot that is already the default is a
+	// no-op returning nil. The change is durable when Activate returns.
+	Activate(ctx context.Context, name string) error
+
+	// Default returns the snapshot that boots next.
+	Default(ctx context.Context) (Snapshot, error)
+
+	// List returns every snapshot of this root the backend can see,
+	// including the current one.
+	List(ctx context.Context) ([]Snapshot, error)
+
+	// Close unmounts what the backend mounted for its own work. Calling it
+	// twice is harmless.
+	Close() error
+}
