@@ -78,11 +78,9 @@ type ResolveRequest struct {
 // downloaded to the staging directory and its sha256 recorded.
 type Resolution struct {
 	Items []Item `json:"items"`
-	// GPGKeys lists the repository keys (local files, absolute host paths)
+	// GPGKeys lists the gpgkey URLs
 	// configured for the repositories the packages come from.
 	GPGKeys []string `json:"gpg_keys,omitempty"`
-	// GPGCheck is false for packages of repositories with gpgcheck=0.
-	NoGPGCheckRepos []string `json:"nogpgcheck_repos,omitempty"`
 }
 
 // Manager is the package backend.

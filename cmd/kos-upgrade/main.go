@@ -1,0 +1,386 @@
+// Command kos-upgrade upgrades a KOS system offline, at boot, into a snapshot
+// of its root, so that any failure leaves the old system as it was.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+	"github.com/keyarchos/kos-upgrade/upgrader"
+)
+
+// Exit codes, mapped here and only here.
+const (
+	exitOK        = 0
+	exitFailed    = 1 // the operation failed (or check found an inhibitor)
+	exitUsage     = 2 // bad command line or input
+	exitStalePlan = 3 // the plan no longer matches the system
+	exitBusy      = 4 // another kos-upgrade operation is running
+)
+
+var version = "0.1.0-dev"
+
+type usageError struct{ error }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newApp().RunContext(ctx, os.Args)
+	stop()
+	os.Exit(exitCode(err))
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(os.Stderr, "kos-upgrade: "+err.Error())
+	var ue usageError
+	var ce cli.ExitCoder
+	switch {
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, upgrader.ErrBusy):
+		return exitBusy
+	case errors.Is(err, upgrader.ErrStalePlan), errors.Is(err, upgrader.ErrBadPlan):
+		return exitStalePlan
+	case errors.As(err, &ce):
+		return ce.ExitCode()
+	}
+	return exitFailed
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "kos-upgrade",
+		Usage:   "upgrade KOS to a new release offline, safely, at boot",
+		Version: version,
+		Description: `kos-upgrade moves a KOS server to the next release in four steps:
+
+   kos-upgrade prepare --to 5.9    resolve, download, verify and test the upgrade (changes nothing)
+   kos-upgrade reboot              arm it and reboot into the offline upgrade
+   (at boot) kos-upgrade apply     snapshot the root, upgrade the snapshot, boot it
+   kos-upgrade status              see where it stands; rollback if you do not like the result
+
+The running root is never modified: the upgrade runs in a btrfs snapshot that
+becomes the default only when the whole transaction succeeded.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "root", Value: "/", Usage: "act on the system mounted at `DIR` (tests, initramfs)"},
+			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout"},
+			&cli.BoolFlag{Name: "verbose", Usage: "log every external command"},
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // main maps errors to exit codes
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageError{fmt.Errorf("%w (see kos-upgrade %s --help)", err, c.Command.Name)}
+		},
+		Commands: []*cli.Command{
+			prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
+		},
+	}
+}
+
+// env is what every command needs, built from the global flags.
+type env struct {
+	engine *upgrader.Engine
+	json   bool
+	out    io.Writer
+	sink   *progress.Writer
+}
+
+func newEnv(c *cli.Context) (*env, error) {
+	root, err := sysroot.New(c.String("root"))
+	if err != nil {
+		return nil, usageError{fmt.Errorf("cannot use --root %q: %w", c.String("root"), err)}
+	}
+	if fi, err := os.Stat(root.Dir); err != nil || !fi.IsDir() {
+		return nil, usageError{fmt.Errorf("cannot use --root %s: not a directory", root.Dir)}
+	}
+	level := slog.LevelWarn
+	if c.Bool("verbose") {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	e := &env{json: c.Bool("json"), out: os.Stdout}
+	// Progress goes to stdout for people, to stderr when stdout is JSON.
+	if e.json {
+		e.sink = progress.NewPlainWriter(os.Stderr)
+	} else {
+		e.sink = progress.NewWriter(os.Stdout)
+	}
+	e.engine = upgrader.New(root, e.sink, log)
+	return e, nil
+}
+
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func action(fn func(c *cli.Context, e *env) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if c.NArg() > 0 {
+			return usageError{fmt.Errorf("unexpected argument %q", c.Args().First())}
+		}
+		e, err := newEnv(c)
+		if err != nil {
+			return err
+		}
+		defer e.sink.Close()
+		return fn(c, e)
+	}
+}
+
+func prepareCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "prepare",
+		Usage: "resolve, download, verify and test an upgrade; write the plan (changes nothing on the system)",
+		Description: `prepare asks dnf to resolve a distro-sync of this system to the target release
+(erasing packages only where the new release requires it), downloads every
+package into /var/lib/kos-upgrade/packages, verifies each GPG signature and
+sha256, runs rpm's test transaction and writes the plan. Without --repo it uses
+the system's own repositories with $releasever set to the target.
+
+Examples:
+   kos-upgrade prepare --to 5.9
+   kos-upgrade prepare --to 5.9 --repo kos=https://mirror.example/kos/5.9/os/`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9"},
+			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
+			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, or none (no rollback!)"},
+			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
+		},
+		Action: action(func(c *cli.Context, e *env) error {
+			if c.String("to") == "" {
+				return usageError{fmt.Errorf("prepare needs the target release: kos-upgrade prepare --to VERSION (for example --to 5.9)")}
+			}
+			var repos []pkgmgr.Repo
+			for _, r := range c.StringSlice("repo") {
+				id, url, ok := strings.Cut(r, "=")
+				if !ok || id == "" || url == "" || strings.ContainsAny(id, " /") {
+					return usageError{fmt.Errorf("cannot use --repo %q: want ID=URL, for example --repo kos=file:///srv/kos/5.9", r)}
+				}
+				repos = append(repos, pkgmgr.Repo{ID: id, BaseURL: url})
+			}
+			switch c.String("snapshot") {
+			case "auto", "btrfs", "none":
+			default:
+				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs or none", c.String("snapshot"))}
+			}
+			p, err := e.engine.Prepare(c.Context, upgrader.PrepareOptions{
+				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), SkipSignatures: c.Bool("no-gpg-check"),
+			})
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(p)
+			}
+			printPlan(e.out, p)
+			fmt.Fprintln(e.out, "\nNext: kos-upgrade reboot")
+			return nil
+		}),
+	}
+}
+
+func rebootCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "reboot",
+		Usage: "arm the prepared upgrade and reboot into it",
+		Description: `reboot checks that the plan still matches the installed packages, links
+/system-update to kos-upgrade's state directory (systemd then boots into
+system-update.target, where kos-upgrade apply runs) and reboots.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
+		},
+		Action: action(func(c *cli.Context, e *env) error {
+			p, err := e.engine.Arm(c.Context)
+			if err != nil {
+				return err
+			}
+			if !e.json {
+				fmt.Fprintf(e.out, "The upgrade to %s is armed: it runs at the next boot.\n", p.Target.VersionID)
+			}
+			if c.Bool("no-reboot") {
+				if e.json {
+					return e.printJSON(map[string]any{"armed": true, "plan_id": p.ID})
+				}
+				return nil
+			}
+			return reboot(c.Context, e)
+		}),
+	}
+}
+
+// reboot asks systemd to reboot the running system. It refuses when acting
+// on another root.
+func reboot(ctx context.Context, e *env) error {
+	if e.engine.Root.Dir != "/" {
+		return fmt.Errorf("cannot reboot: --root %s is not the running system; use --no-reboot", e.engine.Root.Dir)
+	}
+	out, err := exec.CommandContext(ctx, "systemctl", "reboot").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cannot reboot: systemctl reboot: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func applyCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "apply",
+		Usage: "run the armed upgrade (offline; started by kos-upgrade-apply.service at boot)",
+		Description: `apply is the offline step. It does nothing unless /system-update points at
+kos-upgrade's state directory, removes that link first (so a failure can never
+loop), snapshots the root, upgrades the snapshot from the staged packages only
+and makes it the default root. You normally never run it by hand.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "reboot", Usage: "reboot when done, whatever the result (the unit passes it)"},
+		},
+		Action: action(func(c *cli.Context, e *env) error {
+			res, err := e.engine.Apply(c.Context)
+			if c.Bool("reboot") {
+				defer reboot(context.Background(), e)
+			}
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(res)
+			}
+			if !res.Ran {
+				fmt.Fprintln(e.out, "Nothing to do: "+res.Reason)
+				return nil
+			}
+			fmt.Fprintf(e.out, "Upgrade to %s succeeded; the next boot starts %s.\n", res.Result.To, res.Result.Snapshot)
+			return nil
+		}),
+	}
+}
+
+func statusCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the upgrade's state, plan and last result",
+		Action: action(func(c *cli.Context, e *env) error {
+			r, err := e.engine.Status(c.Context)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(r)
+			}
+			printStatus(e.out, r)
+			return nil
+		}),
+	}
+}
+
+func cancelCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "cancel",
+		Usage: "disarm the upgrade and delete the plan and the staged packages",
+		Action: action(func(c *cli.Context, e *env) error {
+			if err := e.engine.Cancel(c.Context); err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(map[string]any{"cancelled": true})
+			}
+			fmt.Fprintln(e.out, "Cancelled: nothing is armed, the plan and staged packages are gone.")
+			return nil
+		}),
+	}
+}
+
+func rollbackCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "rollback",
+		Usage: "boot the pre-upgrade root again",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "no-reboot", Usage: "only switch; the old root boots at the next boot"},
+		},
+		Action: action(func(c *cli.Context, e *env) error {
+			res, err := e.engine.Rollback(c.Context)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				if err := e.printJSON(res); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(e.out, "Rolled back: the next boot starts %s again.\n", res.Snapshot)
+			}
+			if c.Bool("no-reboot") {
+				return nil
+			}
+			return reboot(c.Context, e)
+		}),
+	}
+}
+
+func historyCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "history",
+		Usage: "list past upgrade and rollback runs with their results",
+		Action: action(func(c *cli.Context, e *env) error {
+			h, err := e.engine.History(c.Context)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				if h == nil {
+					h = []upgrader.Result{}
+				}
+				return e.printJSON(h)
+			}
+			if len(h) == 0 {
+				fmt.Fprintln(e.out, "No upgrade has run on this system.")
+				return nil
+			}
+			for _, r := range h {
+				printResultLine(e.out, &r)
+			}
+			return nil
+		}),
+	}
+}
+
+func cleanCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "clean",
+		Usage: "remove staged packages and old snapshots (keeps the current root and the last good one)",
+		Action: action(func(c *cli.Context, e *env) error {
+			removed, err := e.engine.Clean(c.Context)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				if removed == nil {
+					removed = []string{}
+				}
+				return e.printJSON(map[string]any{"removed": removed})
+			}
+			if len(removed) == 0 {
+				fmt.Fprintln(e.out, "Nothing to clean.")
+			}
+			for _, r := range removed {
+				fmt.Fprintln(e.out, "removed "+r)
+			}
+			return nil
+		}),
+	}
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/upgrader"
+)
+
+func printPlan(w io.Writer, p *upgrader.Plan) {
+	fmt.Fprintf(w, "Plan %s: %s → %s\n", p.ID, p.Source, p.Target.VersionID)
+	c := p.Counts()
+	fmt.Fprintf(w, "  %d to upgrade, %d to install, %d to downgrade, %d obsoleted, %d to remove\n",
+		c[pkgmgr.ActionUpgrade], c[pkgmgr.ActionInstall], c[pkgmgr.ActionDowngrade], c[pkgmgr.ActionObsoleted], c[pkgmgr.ActionRemove])
+	fmt.Fprintf(w, "  download %s, installed size %s\n", upgrader.HumanSize(p.DownloadSize), upgrader.HumanSize(p.InstallSize))
+	fmt.Fprintf(w, "  snapshot: %s, signatures: %s\n", p.Snapshot, p.SignatureCheck)
+	for _, it := range p.Transaction {
+		if it.Action == pkgmgr.ActionRemove || it.Action == pkgmgr.ActionObsoleted {
+			fmt.Fprintf(w, "  %-9s %s: %s\n", it.Action, it.NEVRA, it.Reason)
+		}
+	}
+}
+
+func printStatus(w io.Writer, r *upgrader.StatusReport) {
+	st := r.State
+	if r.Current != nil {
+		fmt.Fprintf(w, "System:   %s\n", r.Current)
+	}
+	line := string(st.Status)
+	if st.Step != "" {
+		line += " (step " + st.Step + ")"
+	}
+	if r.Running {
+		line += ", running now"
+	}
+	fmt.Fprintf(w, "State:    %s\n", line)
+	if r.Armed {
+		fmt.Fprintln(w, "Armed:    yes, the upgrade runs at the next boot")
+	}
+	if r.ForeignUpdate != "" {
+		fmt.Fprintf(w, "Note:     another tool's offline update is pending (/system-update → %s)\n", r.ForeignUpdate)
+	}
+	if r.Plan != nil {
+		fmt.Fprintln(w)
+		printPlan(w, r.Plan)
+	} else if r.PlanError != "" {
+		fmt.Fprintf(w, "Plan:     unreadable: %s\n", r.PlanError)
+	}
+	if st.LastResult != nil {
+		fmt.Fprint(w, "\nLast run: ")
+		printResultLine(w, st.LastResult)
+		if st.LastResult.Error != "" {
+			fmt.Fprintf(w, "  error: %s\n", st.LastResult.Error)
+		}
+	}
+	if st.Status == upgrader.StatusSucceeded && st.Previous != "" && st.Backend != "none" {
+		fmt.Fprintf(w, "Rollback: available (kos-upgrade rollback boots %s again)\n", st.Previous)
+	}
+}
+
+func printResultLine(w io.Writer, r *upgrader.Result) {
+	when := r.StartedAt.Local().Format(time.DateTime)
+	what := r.Kind
+	if r.From != "" || r.To != "" {
+		what += " " + r.From + " → " + r.To
+	}
+	outcome := string(r.Status)
+	if r.Step != "" && !r.Success {
+		outcome += " at " + r.Step
+	}
+	fmt.Fprintf(w, "%s  %-28s %s", when, what, outcome)
+	if r.Snapshot != "" {
+		fmt.Fprintf(w, "  [%s]", r.Snapshot)
+	}
+	fmt.Fprintln(w)
+}

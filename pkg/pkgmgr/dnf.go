@@ -1,0 +1,91 @@
+package pkgmgr
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+)
+
+// DNF is the Manager backed by dnf's Python API (resolution, download) and
+// librpm's transaction set through rpm's Python bindings (test and offline
+// transaction), both in one embedded helper run by the interpreter that
+// imports dnf.
+type DNF struct {
+	Python string // interpreter; sysroot.Python() when empty
+	Logger *slog.Logger
+}
+
+// NewDNF returns the dnf backend using the system's dnf interpreter.
+func NewDNF(logger *slog.Logger) *DNF {
+	return &DNF{Python: sysroot.Python(), Logger: logger}
+}
+
+var _ Manager = (*DNF)(nil)
+
+type resolveReq struct {
+	Root     string `json:"root"`
+	DBPath   string `json:"dbpath"`
+	Release  string `json:"release"`
+	Repos    []Repo `json:"repos"`
+	CacheDir string `json:"cachedir"`
+	StageDir string `json:"stagedir"`
+}
+
+// Resolve implements Manager.
+func (d *DNF) Resolve(ctx context.Context, req ResolveRequest, sink progress.Sink) (*Resolution, error) {
+	root := sysroot.Root{Dir: req.Root}
+	raw, err := d.runHelper(ctx, "resolve", resolveReq{
+		Root: req.Root, DBPath: root.DBPathRel(), Release: req.Release, Repos: req.Repos,
+		CacheDir: req.CacheDir, StageDir: req.StageDir,
+	}, sink)
+	if err != nil {
+		return nil, err
+	}
+	var res Resolution
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("cannot decode the resolution: %w", err)
+	}
+	return &res, nil
+}
+
+type tsReq struct {
+	Root     string `json:"root"`
+	DBPath   string `json:"dbpath"`
+	StageDir string `json:"stagedir"`
+	Items    []Item `json:"items"`
+}
+
+func (d *DNF) tsRequest(root, stageDir string, items []Item) tsReq {
+	return tsReq{Root: root, DBPath: sysroot.Root{Dir: root}.DBPathRel(), StageDir: stageDir, Items: items}
+}
+
+// Test implements Manager.
+func (d *DNF) Test(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) error {
+	_, err := d.runHelper(ctx, "test", d.tsRequest(root, stageDir, items), sink)
+	return err
+}
+
+// Apply implements Manager.
+func (d *DNF) Apply(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) error {
+	_, err := d.runHelper(ctx, "apply", d.tsRequest(root, stageDir, items), sink)
+	return err
+}
+
+// Fingerprint implements Manager.
+func (d *DNF) Fingerprint(ctx context.Context, root string) (string, error) {
+	raw, err := d.runHelper(ctx, "fingerprint", tsReq{Root: root, DBPath: sysroot.Root{Dir: root}.DBPathRel()}, nil)
+	if err != nil {
+		return "", err
+	}
+	var res struct {
+		Fingerprint string `json:"fingerprint"`
+	}
+	if err := json.Unmarshal(raw, &res); err != nil || res.Fingerprint == "" {
+		return "", fmt.Errorf("cannot decode the rpmdb fingerprint: %s", raw)
+	}
+	return res.Fingerprint, nil
+}

@@ -1,0 +1,438 @@
+# kos-upgrade package helper: dnf's solver and librpm's transaction set,
+# driven by kos-upgrade (Go) over JSON lines.
+#
+# Usage: <python> kos_upgrade_helper.py COMMAND < request.json
+# COMMAND is one of: resolve, test, apply, fingerprint.
+# Every line on stdout is one JSON object with a "type":
+#   progress {step, action, package, n, total, message}
+#   log      {message}
+#   result   {...command specific...}
+#   error    {kind, message, problems}
+# Diagnostics go to stderr. Must stay compatible with Python 3.6 (EL8's
+# platform-python) and dnf 4 / rpm 4.14.
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import rpm
+
+OUT = sys.stdout
+
+
+def emit(obj):
+    OUT.write(json.dumps(obj, sort_keys=True) + "\n")
+    OUT.flush()
+
+
+def progress(step, n=0, total=0, action="", package="", message=""):
+    emit({"type": "progress", "step": step, "n": n, "total": total,
+          "action": action, "package": package, "message": message})
+
+
+class Failure(Exception):
+    def __init__(self, kind, message, problems=None):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.problems = problems or []
+
+
+def nevra(pkg):
+    epoch = pkg.epoch or 0
+    return "%s-%s:%s-%s.%s" % (pkg.name, epoch, pkg.version, pkg.release, pkg.arch)
+
+
+def hdr_nevra(h):
+    epoch = h[rpm.RPMTAG_EPOCH] or 0
+    return "%s-%s:%s-%s.%s" % (_s(h[rpm.RPMTAG_NAME]), epoch, _s(h[rpm.RPMTAG_VERSION]),
+                              _s(h[rpm.RPMTAG_RELEASE]), _s(h[rpm.RPMTAG_ARCH] or "noarch"))
+
+
+def _s(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def set_dbpath(req):
+    rpm.addMacro("_dbpath", req.get("dbpath") or "/var/lib/rpm")
+
+
+# ---------------------------------------------------------------- resolve
+
+def cmd_resolve(req):
+    import dnf
+    import dnf.callback
+    import dnf.exceptions
+    import dnf.transaction
+
+    set_dbpath(req)
+    root = req["root"]
+    work = tempfile.mkdtemp(prefix="kos-upgrade-dnf-")
+    try:
+        base = dnf.Base()
+        conf = base.conf
+        dnfconf = os.path.join(root, "etc/dnf/dnf.conf")
+        if os.path.exists(dnfconf):
+            conf.config_file_path = dnfconf
+            conf.read(priority=dnf.conf.PRIO_MAINCONFIG)
+        conf.installroot = root
+        conf.cachedir = req["cachedir"]
+        conf.logdir = work
+        conf.persistdir = os.path.join(work, "persist")
+        conf.reposdir = [os.path.join(root, "etc/yum.repos.d")]
+        conf.releasever = req["release"]
+        conf.substitutions["releasever"] = req["release"]
+        conf.assumeyes = True
+        conf.install_weak_deps = False
+        conf.gpgcheck = False  # kos-upgrade verifies with rpmkeys itself
+        repos = req.get("repos") or []
+        if repos:
+            for r in repos:
+                base.repos.add_new_repo(r["id"], conf, baseurl=[r["baseurl"]])
+        else:
+            base.read_all_repos()
+        enabled = list(base.repos.iter_enabled())
+        if not enabled:
+            raise Failure("config", "no enabled repository for release %s" % req["release"])
+        keys = []
+        for repo in enabled:
+            for k in repo.gpgkey or []:
+                if k not in keys:
+                    keys.append(k)
+            repo.gpgcheck = False
+            repo.pkgdir = req["stagedir"]
+        progress("resolve", message="loading repository metadata")
+        try:
+            base.fill_sack(load_system_repo=True, load_available_repos=True)
+        except dnf.exceptions.RepoError as e:
+            raise Failure("repo", "cannot load repository metadata: %s" % e)
+        progress("resolve", message="resolving the upgrade with dnf")
+        base.distro_sync()
+        try:
+            base.resolve(allow_erasing=True)
+        except dnf.exceptions.DepsolveError as e:
+            lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+            raise Failure("depsolve", "dependency problems in the upgrade", lines)
+
+        items = transaction_items(base)
+        installs = [p for p in base.transaction.install_set]
+        download(base, installs, req["stagedir"], items)
+        emit({"type": "result", "items": items, "gpg_keys": keys})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def transaction_items(base):
+    import dnf.transaction
+    T = dnf.transaction
+    fwd = {T.PKG_INSTALL: "install", T.PKG_UPGRADE: "upgrade", T.PKG_DOWNGRADE: "downgrade",
+           T.PKG_REINSTALL: "reinstall", T.PKG_OBSOLETE: "install"}
+    installs = []
+    erased = []
+    replaced = {}
+    for tsi in base.transaction:
+        a = tsi.action
+        if a in fwd:
+            installs.append((fwd[a], tsi.pkg))
+        elif a in (T.PKG_UPGRADED, T.PKG_DOWNGRADED, T.PKG_REINSTALLED):
+            replaced.setdefault((tsi.pkg.name, tsi.pkg.arch), []).append(nevra(tsi.pkg))
+        elif a in (T.PKG_OBSOLETED, T.PKG_REMOVE):
+            erased.append((a, tsi.pkg))
+    new_pkgs = [p for _, p in installs]
+    obsoleters = {}
+    for p in new_pkgs:
+        try:
+            for old in base._goal.obsoleted_by_package(p):
+                if old.installed:
+                    obsoleters[nevra(old)] = nevra(p)
+        except Exception:  # private API of dnf 4; the relation is informational
+            pass
+    items = []
+    for action, p in installs:
+        rep = list(replaced.get((p.name, p.arch), []))
+        for old, by in obsoleters.items():
+            if by == nevra(p) and old not in rep:
+                rep.append(old)
+        items.append({"action": action, "nevra": nevra(p), "name": p.name, "arch": p.arch,
+                      "repo": p.reponame, "install_size": p.installsize, "replaces": rep})
+    for a, p in erased:
+        n = nevra(p)
+        item = {"action": "remove", "nevra": n, "name": p.name, "arch": p.arch}
+        if n in obsoleters or a == T.PKG_OBSOLETED:
+            item["action"] = "obsoleted"
+            item["obsoleted_by"] = obsoleters.get(n, "")
+            item["reason"] = "obsoleted by %s" % (obsoleters.get(n) or "a package of the target release")
+        else:
+            item["reason"] = removal_reason(base, p, new_pkgs)
+        items.append(item)
+    return items
+
+
+def removal_reason(base, pkg, new_pkgs):
+    # Name the new packages that conflict with it, else say it could not be
+    # kept with the target release's dependencies.
+    culprits = []
+    for np in new_pkgs:
+        for c in np.conflicts:
+            try:
+                q = base.sack.query().filterm(pkg=[pkg]).filter(provides=c)
+            except Exception:
+                q = []
+            if q:
+                culprits.append("%s conflicts with %s" % (nevra(np), str(c)))
+    if culprits:
+        return "; ".join(culprits)
+    return "its dependencies cannot be satisfied in the target release, so dnf erases it"
+
+
+def download(base, pkgs, stagedir, items):
+    import dnf.callback
+
+    total = len(pkgs)
+    state = {"n": 0}
+
+    class Progress(dnf.callback.DownloadProgress):
+        def start(self, total_files, total_size, total_drpms=0):
+            progress("download", 0, total, message="downloading %d packages" % total_files)
+
+        def progress(self, payload, done):
+            pass
+
+        def end(self, payload, status, msg):
+            state["n"] += 1
+            name = str(payload)
+            if status == dnf.callback.STATUS_FAILED:
+                emit({"type": "log", "message": "download failed: %s: %s" % (name, msg)})
+            progress("download", min(state["n"], total), total, "download", name)
+
+    try:
+        base.download_packages(pkgs, Progress())
+    except Exception as e:  # dnf.exceptions.DownloadError and friends
+        raise Failure("download", "cannot download packages: %s" % e)
+    byname = {}
+    for p in pkgs:
+        byname[nevra(p)] = p
+    os.makedirs(stagedir, exist_ok=True)
+    for i, it in enumerate(items):
+        p = byname.get(it["nevra"])
+        if p is None:
+            continue
+        src = p.localPkg()
+        name = os.path.basename(src)
+        dst = os.path.join(stagedir, name)
+        if os.path.realpath(src) != os.path.realpath(dst):
+            tmp = dst + ".part"
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.rename(tmp, dst)
+        it["file"] = name
+        it["size"] = os.path.getsize(dst)
+        it["sha256"] = sha256_file(dst)
+        progress("stage", i + 1, len(items), "stage", it["nevra"])
+
+
+# ---------------------------------------------------------------- rpm ts
+
+class TsCallback(object):
+    def __init__(self, stagedir, total, step):
+        self.stagedir = stagedir
+        self.total = total
+        self.step = step
+        self.fds = {}
+        self.n = 0
+        self.errors = []
+
+    def __call__(self, reason, amount, total, key, client_data):
+        if reason == rpm.RPMCALLBACK_INST_OPEN_FILE:
+            fd = os.open(os.path.join(self.stagedir, key["file"]), os.O_RDONLY)
+            self.fds[key["file"]] = fd
+            return fd
+        if reason == rpm.RPMCALLBACK_INST_CLOSE_FILE:
+            fd = self.fds.pop(key["file"], None)
+            if fd is not None:
+                os.close(fd)
+            return None
+        if reason == rpm.RPMCALLBACK_INST_START:
+            self.n += 1
+            progress(self.step, self.n, self.total, key["action"], key["nevra"])
+        elif reason == rpm.RPMCALLBACK_UNINST_START:
+            self.n += 1
+            name = key if isinstance(key, str) else ""
+            progress(self.step, self.n, self.total, "erase", name)
+        elif reason == rpm.RPMCALLBACK_SCRIPT_ERROR:
+            # amount is the scriptlet tag, total its exit code; fatal for
+            # %pre/%preun (the package is not installed/erased).
+            what = key["nevra"] if isinstance(key, dict) else str(key)
+            self.errors.append("scriptlet failed in %s (exit code %s)" % (what, total))
+        elif reason in (rpm.RPMCALLBACK_UNPACK_ERROR, rpm.RPMCALLBACK_CPIO_ERROR):
+            what = key["nevra"] if isinstance(key, dict) else str(key)
+            self.errors.append("cannot unpack %s" % what)
+        return None
+
+
+def build_ts(req):
+    set_dbpath(req)
+    ts = rpm.TransactionSet(req["root"])
+    # Signatures were verified by kos-upgrade with the target keys already;
+    # the root's keyring may not hold the new release key yet.
+    ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES)
+    stagedir = req["stagedir"]
+    erase = []
+    for it in req["items"]:
+        if it["action"] in ("install", "upgrade", "downgrade", "reinstall"):
+            path = os.path.join(stagedir, it["file"])
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                h = ts.hdrFromFdno(fd)
+            except rpm.error as e:
+                raise Failure("package", "cannot read %s: %s" % (path, e))
+            finally:
+                os.close(fd)
+            mode = "i" if it["action"] == "install" else "u"
+            if it["action"] == "reinstall":
+                ts.addReinstall(h, it)
+            else:
+                ts.addInstall(h, it, mode)
+        else:
+            erase.append(it)
+    planned_erase = set()
+    for it in erase:
+        planned_erase.add(it["nevra"])
+    present = set()
+    for te in ts:
+        if te.Type() == rpm.TR_REMOVED:
+            present.add(te_nevra(te))
+    for it in erase:
+        if it["nevra"] in present:
+            continue
+        mi = ts.dbMatch("name", it["name"])
+        found = False
+        for h in mi:
+            if hdr_nevra(h) == it["nevra"]:
+                ts.addErase(h)
+                found = True
+        if not found:
+            raise Failure("stale", "%s is planned for removal but is not installed" % it["nevra"])
+    problems = ts.check()
+    if problems:
+        raise Failure("depsolve", "the planned transaction has dependency problems",
+                      [str(p) for p in problems])
+    ts.order()
+    return ts
+
+
+def te_nevra(te):
+    return "%s-%s:%s-%s.%s" % (te.N(), te.E() or 0, te.V(), te.R(), te.A() or "noarch")
+
+
+def run_ts(req, ts, test):
+    total = len(req["items"])
+    cb = TsCallback(req["stagedir"], len(list(ts)), "test" if test else "transaction")
+    flags = 0
+    if test:
+        flags |= rpm.RPMTRANS_FLAG_TEST
+    ts.setFlags(flags)
+    ts.setProbFilter(0)
+    res = ts.run(cb, "")
+    problems = []
+    if res:
+        for p in res:
+            problems.append(str(p))
+    if cb.errors:
+        problems.extend(cb.errors)
+    return total, problems
+
+
+def cmd_test(req):
+    ts = build_ts(req)
+    total, problems = run_ts(req, ts, True)
+    ts.closeDB()
+    if problems:
+        raise Failure("test", "the test transaction failed", problems)
+    emit({"type": "result", "ok": True})
+
+
+def cmd_apply(req):
+    ts = build_ts(req)
+    total, problems = run_ts(req, ts, False)
+    ts.closeDB()
+    if problems:
+        raise Failure("transaction", "the transaction failed", problems)
+    # Check the rpmdb holds exactly what the plan says.
+    ts = rpm.TransactionSet(req["root"])
+    installed = set()
+    for h in ts.dbMatch():
+        installed.add(hdr_nevra(h))
+    ts.closeDB()
+    missing = []
+    left = []
+    for it in req["items"]:
+        if it["action"] in ("install", "upgrade", "downgrade", "reinstall"):
+            if it["nevra"] not in installed:
+                missing.append(it["nevra"])
+        elif it["nevra"] in installed:
+            left.append(it["nevra"])
+    if missing or left:
+        probs = ["not installed: " + n for n in missing] + ["not erased: " + n for n in left]
+        raise Failure("transaction", "the transaction did not complete", probs)
+    emit({"type": "result", "ok": True})
+
+
+def cmd_fingerprint(req):
+    set_dbpath(req)
+    ts = rpm.TransactionSet(req["root"])
+    ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+    lines = []
+    for h in ts.dbMatch():
+        sigmd5 = h[rpm.RPMTAG_SIGMD5]
+        if isinstance(sigmd5, bytes):
+            sigmd5 = sigmd5.hex() if hasattr(sigmd5, "hex") else ""
+        lines.append("%s %s" % (hdr_nevra(h), sigmd5 or ""))
+    ts.closeDB()
+    lines.sort()
+    h = hashlib.sha256()
+    for l in lines:
+        h.update((l + "\n").encode("utf-8"))
+    emit({"type": "result", "fingerprint": "sha256:" + h.hexdigest(), "count": len(lines)})
+
+
+COMMANDS = {"resolve": cmd_resolve, "test": cmd_test, "apply": cmd_apply,
+            "fingerprint": cmd_fingerprint}
+
+
+def main():
+    if len(sys.argv) != 2 or sys.argv[1] not in COMMANDS:
+        sys.stderr.write("usage: kos_upgrade_helper.py {%s} < request.json\n" % ",".join(sorted(COMMANDS)))
+        return 2
+    try:
+        req = json.load(sys.stdin)
+        COMMANDS[sys.argv[1]](req)
+    except Failure as f:
+        emit({"type": "error", "kind": f.kind, "message": f.message, "problems": f.problems})
+        return 1
+    except Exception as e:  # report, never a traceback only
+        import traceback
+        traceback.print_exc()
+        emit({"type": "error", "kind": "internal", "message": "%s: %s" % (type(e).__name__, e)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+)
+
+// LinkOwner tells whose /system-update symlink exists: "" when there is
+// none, "kos-upgrade" when it is ours, else its target (another tool's).
+func (e *Engine) LinkOwner() (string, error) {
+	target, err := os.Readlink(e.Root.SystemUpdateLink())
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		// A regular file or directory at /system-update belongs to
+		// somebody else too.
+		if _, serr := os.Lstat(e.Root.SystemUpdateLink()); serr == nil {
+			return e.Root.SystemUpdateLink() + " (not a symlink)", nil
+		}
+		return "", fmt.Errorf("cannot read %s: %w", e.Root.SystemUpdateLink(), err)
+	}
+	if filepath.Clean(target) == sysroot.StateDirRel || filepath.Clean(target) == e.Root.StateDir() {
+		return "kos-upgrade", nil
+	}
+	return target, nil
+}
+
+// Arm makes the prepared plan run at the next boot: it checks the plan is
+// still valid for the installed packages, records "armed", then creates
+// /system-update pointing at the state directory.
+func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
+	st := e.store()
+	l, err := acquire(st.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	switch state.Status {
+	case StatusPrepared, StatusArmed, StatusFailed:
+	default:
+		return nil, fmt.Errorf("cannot arm: the state is %s; run kos-upgrade prepare --to VERSION first", state.Status)
+	}
+	p, err := loadPlan(st.planPath())
+	if err != nil {
+		return nil, fmt.Errorf("cannot arm: %w", err)
+	}
+	owner, err := e.LinkOwner()
+	if err != nil {
+		return nil, err
+	}
+	if owner != "" && owner != "kos-upgrade" {
+		return nil, fmt.Errorf("cannot arm: %s exists and belongs to another tool (it points at %s); let that update finish or remove it first", e.Root.SystemUpdateLink(), owner)
+	}
+	if err := e.checkPlan(ctx, p); err != nil {
+		return nil, fmt.Errorf("cannot arm: %w", err)
+	}
+	state.Status = StatusArmed
+	state.Step = ""
+	state.PlanID = p.ID
+	state.Target = p.Target.VersionID
+	if err := st.save(state, e.now()); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Symlink(sysroot.StateDirRel, e.Root.SystemUpdateLink()); err != nil {
+		return nil, fmt.Errorf("cannot arm: %w", err)
+	}
+	return p, nil
+}
+
+// checkPlan verifies staged files and the rpmdb fingerprint.
+func (e *Engine) checkPlan(ctx context.Context, p *Plan) error {
+	if err := pkgmgr.CheckStaged(e.store().stageDir(p.StageDir), p.Transaction); err != nil {
+		return fmt.Errorf("%w; run kos-upgrade prepare again", err)
+	}
+	fp, err := e.PM.Fingerprint(ctx, e.Root.Dir)
+	if err != nil {
+		return fmt.Errorf("cannot read the rpm database: %w", err)
+	}
+	if fp != p.RPMDBFingerprint {
+		return fmt.Errorf("%w (packages were installed, removed or updated after prepare); run kos-upgrade prepare again", ErrStalePlan)
+	}
+	return nil
+}
+
+// ApplyResult says what apply did.
+type ApplyResult struct {
+	// Ran is false when nothing was armed for kos-upgrade (no symlink, or
+	// another tool's): apply did nothing and that is not an error.
+	Ran    bool
+	Reason string
+	Result *Result
+}
+
+// Apply is the offline step. It removes the /system-update link first (no
+// boot loops), then verifies, snapshots, runs the transaction in the
+// snapshot, records the result in the new root, switches the default and
+// records the result in the old root. Any failure deletes the half-made
+// snapshot and leaves the default untouched.
+func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
+	owner, err := e.LinkOwner()
+	if err != nil {
+		return nil, err
+	}
+	switch owner {
+	case "":
+		return &ApplyResult{Reason: "no offline update is armed (" + e.Root.SystemUpdateLink() + " does not exist)"}, nil
+	case "kos-upgrade":
+	default:
+		return &ApplyResult{Reason: fmt.Sprintf("%s belongs to another tool (%s); leaving it alone", e.Root.SystemUpdateLink(), owner)}, nil
+	}
+	if err := atomicfile.Remove(e.Root.SystemUpdateLink()); err != nil {
+		return nil, fmt.Errorf("cannot remove the offline update trigger: %w", err)
+	}
+
+	st := e.store()
+	l, err := acquire(st.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if state.Status != StatusArmed {
+		return nil, fmt.Errorf("cannot apply: the state is %s, not armed; nothing was changed", state.Status)
+	}
+	p, err := loadPlan(st.planPath())
+	if err != nil {
+		return nil, e.failEarly(st, state, StepVerify, err)
+	}
+
+	now := e.now().UTC()
+	res := &Result{
+		RunID:     now.Format("20060102T150405.000Z") + "-" + p.Target.VersionID,
+		Kind:      "apply",
+		Status:    StatusFailed,
+		Error:     errInterrupted,
+		From:      p.Source.VersionID,
+		To:        p.Target.VersionID,
+		Backend:   p.Snapshot,
+		Counts:    p.Counts(),
+		StartedAt: now,
+	}
+	// The provisional result: a crash from here on leaves "failed:
+	// interrupted" as the record, which is the truth.
+	if err := st.record(res); err != nil {
+		return nil, err
+	}
+	state.Status = StatusApplying
+	state.RunID = res.RunID
+	state.Backend = p.Snapshot
+	state.Snapshot = ""
+	if err := e.step(st, state, StepVerify); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: StepVerify, Message: "verifying the staged packages and the installed package set"})
+	if err := e.checkPlan(ctx, p); err != nil {
+		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
+	}
+
+	snap, err := e.Snapshotters(ctx, p.Snapshot, e.Root)
+	if err != nil {
+		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepSnapshot, Err: err})
+	}
+	defer snap.Close()
+	cur, err := snap.Current(ctx)
+	if err != nil {
+		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepSnapshot, Err: err})
+	}
+	name := "kos-upgrade/" + res.RunID
+	if p.Snapshot == "none" {
+		name = cur.Name
+		e.report(progress.Event{Step: StepSnapshot, Message: "WARNING: no snapshot (--snapshot none): upgrading the running root in place, there is no rollback"})
+	}
+	state.Snapshot = name
+	state.Previous = cur.Name
+	res.Snapshot, res.Previous = name, cur.Name
+	if err := e.step(st, state, StepSnapshot); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: StepSnapshot, Message: "creating snapshot " + name + " of " + cur.Name})
+	target, err := snap.Create(ctx, name)
+	if err != nil {
+		return nil, e.finish(st, state, res, snap, "", &StepError{Step: StepSnapshot, Err: err})
+	}
+
+	if err := e.step(st, state, StepTransaction); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: StepTransaction, Message: fmt.Sprintf("running the transaction (%d packages) in %s", len(p.Transaction), target.Path)})
+	if err := e.PM.Apply(ctx, target.Path, st.stageDir(p.StageDir), p.Transaction, e.Sink); err != nil {
+		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepTransaction, Err: err})
+	}
+
+	if err := e.step(st, state, StepFinalize); err != nil {
+		return nil, err
+	}
+	// Record success inside the new root before it becomes the default,
+	// so that it boots knowing what happened.
+	done := *res
+	done.Success, done.Status, done.Error, done.Step = true, StatusSucceeded, "", ""
+	done.FinishedAt = e.now().UTC()
+	newState := *state
+	newState.Status, newState.Step, newState.LastResult = StatusSucceeded, "", &done
+	if target.Path != e.Root.Dir {
+		ns := store{dir: filepath.Join(target.Path, sysroot.StateDirRel)}
+		if err := ns.record(&done); err != nil {
+			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
+		}
+		if err := ns.save(&newState, e.now()); err != nil {
+			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
+		}
+	}
+
+	if err := e.step(st, state, StepSwitch); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: StepSwitch, Message: "making " + name + " the root of the next boot"})
+	if err := snap.Activate(ctx, name); err != nil {
+		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSwitch, Err: err})
+	}
+
+	if err := e.step(st, state, StepDone); err != nil {
+		return nil, err
+	}
+	if err := st.record(&done); err != nil {
+		return nil, err
+	}
+	if err := st.save(&newState, e.now()); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: StepDone, Message: fmt.Sprintf("upgrade to %s succeeded; the next boot starts %s", p.Target.VersionID, name)})
+	return &ApplyResult{Ran: true, Result: &done}, nil
+}
+
+// step journals the step before its side effect, then lets the crash tests
+// stop the process right there.
+func (e *Engine) step(st store, state *State, step string) error {
+	state.Step = step
+	if err := st.save(state, e.now()); err != nil {
+		return err
+	}
+	e.log().Info("apply step", "step", step)
+	crashAt(step)
+	return nil
+}
+
+// failEarly records a failure that happened before the run started.
+func (e *Engine) failEarly(st store, state *State, step string, cause error) error {
+	state.Status = StatusFailed
+	state.Step = step
+	if err := st.save(state, e.now()); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
+// finish records a failed run: it deletes the half-made snapshot (never the
+// default), then writes the result and the state.
+func (e *Engine) finish(st store, state *State, res *Result, snap snapshot.Snapshotter, made string, cause error) error {
+	var serr *StepError
+	step := state.Step
+	if errors.As(cause, &serr) {
+		step = serr.Step
+	}
+	if snap != nil && made != "" && snap.Backend() != "none" {
+		if err := snap.Delete(context.Background(), made); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+			cause = errors.Join(cause, fmt.Errorf("cannot delete the half-made snapshot %s: %w", made, err))
+		} else {
+			state.Snapshot = ""
+		}
+	}
+	res.Success = false
+	res.Status = StatusFailed
+	res.Error = cause.Error()
+	res.Step = step
+	res.FinishedAt = e.now().UTC()
+	state.Status = StatusFailed
+	state.Step = step
+	state.LastResult = res
+	err := errors.Join(st.record(res), st.save(state, e.now()))
+	e.report(progress.Event{Step: step, Message: "upgrade failed: " + cause.Error()})
+	if err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
+// settle turns the state a crashed run left behind into a truthful one: a
+// run whose switch happened is completed as succeeded; any other
+// interrupted run has its half-made snapshot deleted and is recorded as
+// failed. The caller holds the lock.
+func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
+	state, err := st.load()
+	if err != nil {
+		return nil, err
+	}
+	if state.Status != StatusApplying {
+		return state, nil
+	}
+	res := &Result{RunID: state.RunID, Kind: "apply", Backend: state.Backend, Snapshot: state.Snapshot, Previous: state.Previous, To: state.Target}
+	if old, err := st.history(); err == nil {
+		for i := range old {
+			if old[i].RunID == state.RunID {
+				r := old[i]
+				res = &r
+			}
+		}
+	}
+	if state.Backend != "" && state.Backend != "none" && state.Snapshot != "" {
+		snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
+		if err != nil {
+			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+		}
+		defer snap.Close()
+		def, err := snap.Default(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+		}
+		if def.Name == state.Snapshot {
+			// The switch happened: the run is complete.
+			res.Success, res.Status, res.Error, res.Step = true, StatusSucceeded, "", ""
+			res.FinishedAt = e.now().UTC()
+			state.Status, state.Step, state.LastResult = StatusSucceeded, "", res
+			return state, errors.Join(st.record(res), st.save(state, e.now()))
+		}
+		if err := snap.Delete(ctx, state.Snapshot); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+			return nil, fmt.Errorf("cannot delete the snapshot %s left by the interrupted run: %w", state.Snapshot, err)
+		}
+		e.report(progress.Event{Step: "recover", Message: "removed snapshot " + state.Snapshot + " left by an interrupted run"})
+		state.Snapshot = ""
+	}
+	res.Success, res.Status, res.Error, res.Step = false, StatusFailed, errInterrupted, state.Step
+	res.FinishedAt = e.now().UTC()
+	state.Status, state.LastResult = StatusFailed, res
+	return state, errors.Join(st.record(res), st.save(state, e.now()))
+}

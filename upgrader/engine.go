@@ -1,0 +1,157 @@
+// Package upgrader is the engine of kos-upgrade: the plan, the persisted
+// state machine, and the prepare, arm, apply, cancel, rollback and clean
+// operations built on the package manager and snapshotter interfaces.
+package upgrader
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+)
+
+// SnapshotterFactory opens the snapshot backend named backend ("auto",
+// "btrfs", "none") for the system at root. "auto" resolves to a concrete
+// backend or fails with snapshot.ErrNotSupported.
+type SnapshotterFactory func(ctx context.Context, backend string, root sysroot.Root) (snapshot.Snapshotter, error)
+
+// Engine carries out kos-upgrade's operations on one system.
+type Engine struct {
+	Root         sysroot.Root
+	PM           pkgmgr.Manager
+	Snapshotters SnapshotterFactory
+	Sink         progress.Sink
+	Log          *slog.Logger
+	Now          func() time.Time
+}
+
+// New returns an engine for root with the real backends.
+func New(root sysroot.Root, sink progress.Sink, log *slog.Logger) *Engine {
+	return &Engine{
+		Root:         root,
+		PM:           pkgmgr.NewDNF(log),
+		Snapshotters: OpenSnapshotter,
+		Sink:         sink,
+		Log:          log,
+		Now:          time.Now,
+	}
+}
+
+// OpenSnapshotter is the real SnapshotterFactory.
+func OpenSnapshotter(ctx context.Context, backend string, root sysroot.Root) (snapshot.Snapshotter, error) {
+	work := filepath.Join("/run/kos-upgrade", "mnt-"+strings.NewReplacer("/", "_").Replace(strings.Trim(root.Dir, "/")))
+	switch backend {
+	case "none":
+		return snapshot.NewNone(root.Dir), nil
+	case "btrfs":
+		return snapshot.NewBtrfs(ctx, root.Dir, work)
+	case "auto", "":
+		s, err := snapshot.NewBtrfs(ctx, root.Dir, work)
+		if err != nil {
+			return nil, fmt.Errorf("cannot pick a snapshot backend automatically: %w; kos-upgrade needs the root on a btrfs subvolume (LVM support is coming), or --snapshot none to upgrade without a safety net", err)
+		}
+		return s, nil
+	}
+	return nil, fmt.Errorf("cannot use snapshot backend %q: choose auto, btrfs or none", backend)
+}
+
+func (e *Engine) store() store { return store{dir: e.Root.StateDir()} }
+
+func (e *Engine) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
+	}
+	return time.Now()
+}
+
+func (e *Engine) report(ev progress.Event) {
+	if e.Sink != nil {
+		e.Sink.Report(ev)
+	}
+}
+
+func (e *Engine) log() *slog.Logger {
+	if e.Log != nil {
+		return e.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// readRelease parses os-release of the system at dir.
+func readRelease(dir string) (Release, error) {
+	f, err := os.Open(filepath.Join(dir, sysroot.OSReleaseRel))
+	if err != nil {
+		f, err = os.Open(filepath.Join(dir, "/usr/lib/os-release"))
+	}
+	if err != nil {
+		return Release{}, fmt.Errorf("cannot read os-release: %w", err)
+	}
+	defer f.Close()
+	var r Release
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
+		if !ok {
+			continue
+		}
+		v = strings.Trim(v, `"'`)
+		switch k {
+		case "ID":
+			r.ID = v
+		case "VERSION_ID":
+			r.VersionID = v
+		case "NAME":
+			r.Name = v
+		}
+	}
+	if r.VersionID == "" {
+		return r, fmt.Errorf("cannot read os-release: no VERSION_ID")
+	}
+	return r, nil
+}
+
+func readMachineID(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, sysroot.MachineIDRel))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+var versionRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]*$`)
+
+// crashAt kills the process at an apply step boundary when
+// KOS_UPGRADE_TEST_CRASH_AT names the step: the crash tests use it.
+func crashAt(step string) {
+	if os.Getenv("KOS_UPGRADE_TEST_CRASH_AT") == step {
+		p, _ := os.FindProcess(os.Getpid())
+		p.Kill()
+		select {}
+	}
+}
+
+// StepError wraps an apply failure with the step it happened in.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return fmt.Sprintf("%s: %v", e.Step, e.Err) }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// ErrStalePlan says the system changed since prepare.
+var ErrStalePlan = errors.New("the installed packages changed since the upgrade was prepared")
+
+// ErrNotArmed says apply found nothing to do.
+var ErrNotArmed = errors.New("no upgrade is armed")

@@ -1,0 +1,249 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+)
+
+// Cancel disarms the upgrade and drops the plan and the staged packages.
+// Cancelling when nothing is prepared is not an error.
+func (e *Engine) Cancel(ctx context.Context) error {
+	st := e.store()
+	l, err := acquire(st.dir)
+	if err != nil {
+		return err
+	}
+	defer l.release()
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		return err
+	}
+	owner, err := e.LinkOwner()
+	if err != nil {
+		return err
+	}
+	if owner == "kos-upgrade" {
+		if err := atomicfile.Remove(e.Root.SystemUpdateLink()); err != nil {
+			return fmt.Errorf("cannot disarm: %w", err)
+		}
+	}
+	if state.Status == StatusPrepared || state.Status == StatusArmed || state.Status == StatusFailed {
+		state.Status = StatusIdle
+	}
+	state.Step, state.PlanID, state.Target = "", "", ""
+	if err := st.save(state, e.now()); err != nil {
+		return err
+	}
+	if err := atomicfile.Remove(st.planPath()); err != nil {
+		return err
+	}
+	return removeStaged(st)
+}
+
+func removeStaged(st store) error {
+	for _, d := range []string{"packages", "cache"} {
+		if err := os.RemoveAll(filepath.Join(st.dir, d)); err != nil {
+			return fmt.Errorf("cannot remove staged files: %w", err)
+		}
+	}
+	return nil
+}
+
+// Rollback makes the pre-upgrade root the one that boots next and records
+// it, in this root and in the pre-upgrade root.
+func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
+	st := e.store()
+	l, err := acquire(st.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if state.Status != StatusSucceeded || state.Previous == "" {
+		return nil, fmt.Errorf("cannot roll back: the state is %s; a rollback needs a successful upgrade with a snapshot of the old root", state.Status)
+	}
+	if state.Backend == "none" || state.Backend == "" {
+		return nil, fmt.Errorf("cannot roll back: the upgrade ran without a snapshot (--snapshot none)")
+	}
+	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
+	if err != nil {
+		return nil, fmt.Errorf("cannot roll back: %w", err)
+	}
+	defer snap.Close()
+	list, err := snap.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot roll back: %w", err)
+	}
+	var prev *snapshot.Snapshot
+	for i := range list {
+		if list[i].Name == state.Previous {
+			prev = &list[i]
+		}
+	}
+	if prev == nil {
+		return nil, fmt.Errorf("cannot roll back: the pre-upgrade root %s no longer exists: %w", state.Previous, snapshot.ErrNotFound)
+	}
+	now := e.now().UTC()
+	res := &Result{
+		RunID: now.Format("20060102T150405.000Z") + "-rollback", Kind: "rollback", Success: true,
+		Status: StatusRolledBack, Backend: state.Backend, Snapshot: state.Previous, Previous: state.Snapshot,
+		From: state.Target, StartedAt: now,
+	}
+	if state.LastResult != nil {
+		res.To = state.LastResult.From
+	}
+	// Record it in the root that will boot, then switch.
+	rolled := *state
+	rolled.Status, rolled.Step, rolled.LastResult = StatusRolledBack, "", res
+	if prev.Path != "" && prev.Path != e.Root.Dir {
+		ps := store{dir: filepath.Join(prev.Path, sysroot.StateDirRel)}
+		res.FinishedAt = e.now().UTC()
+		if err := errors.Join(ps.record(res), ps.save(&rolled, e.now())); err != nil {
+			return nil, fmt.Errorf("cannot roll back: %w", err)
+		}
+	}
+	e.report(progress.Event{Step: "rollback", Message: "making " + state.Previous + " the root of the next boot"})
+	if err := snap.Activate(ctx, state.Previous); err != nil {
+		return nil, fmt.Errorf("cannot roll back: %w", err)
+	}
+	res.FinishedAt = e.now().UTC()
+	if err := errors.Join(st.record(res), st.save(&rolled, e.now())); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Clean removes staged packages (when no plan is pending) and the snapshots
+// kos-upgrade made, except the current root, the default, and the last good
+// one (the rollback target). It returns what it removed.
+func (e *Engine) Clean(ctx context.Context) ([]string, error) {
+	st := e.store()
+	l, err := acquire(st.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	if state.Status != StatusPrepared && state.Status != StatusArmed {
+		if err := removeStaged(st); err != nil {
+			return nil, err
+		}
+		if err := atomicfile.Remove(st.planPath()); err != nil {
+			return nil, err
+		}
+		removed = append(removed, "staged packages")
+	}
+	backend := state.Backend
+	if backend == "" || backend == "none" {
+		return removed, nil
+	}
+	snap, err := e.Snapshotters(ctx, backend, e.Root)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
+	}
+	defer snap.Close()
+	list, err := snap.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
+	}
+	cur, err := snap.Current(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
+	}
+	keep := map[string]bool{cur.Name: true, state.Previous: true, state.Snapshot: true}
+	for _, s := range list {
+		if s.Default {
+			keep[s.Name] = true
+		}
+	}
+	for _, s := range list {
+		if keep[s.Name] || !strings.HasPrefix(s.Name, "kos-upgrade/") {
+			continue
+		}
+		if err := snap.Delete(ctx, s.Name); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+			return removed, fmt.Errorf("cannot clean snapshot %s: %w", s.Name, err)
+		}
+		removed = append(removed, "snapshot "+s.Name)
+	}
+	return removed, nil
+}
+
+// StatusReport is what status shows; its JSON form is stable (docs/cli.md).
+type StatusReport struct {
+	State   *State `json:"state"`
+	Running bool   `json:"running"`
+	// Armed is true when /system-update points at kos-upgrade.
+	Armed bool `json:"armed"`
+	// ForeignUpdate names another tool's pending offline update.
+	ForeignUpdate string `json:"foreign_update,omitempty"`
+	Plan          *Plan  `json:"plan,omitempty"`
+	// PlanError says why the plan file could not be read.
+	PlanError string `json:"plan_error,omitempty"`
+	// Current is the running system's release.
+	Current *Release `json:"current,omitempty"`
+}
+
+// Status reads the state without changing anything.
+func (e *Engine) Status(ctx context.Context) (*StatusReport, error) {
+	st := e.store()
+	state, err := st.load()
+	if err != nil {
+		return nil, err
+	}
+	r := &StatusReport{State: state, Running: locked(st.dir)}
+	if state.Status == StatusApplying && !r.Running {
+		// Nothing runs: the run was interrupted. Report the provisional
+		// result as the truth until a command settles it.
+		s := *state
+		s.Status = StatusFailed
+		if hist, err := st.history(); err == nil {
+			for i := range hist {
+				if hist[i].RunID == state.RunID {
+					s.LastResult = &hist[i]
+				}
+			}
+		}
+		r.State = &s
+	}
+	owner, err := e.LinkOwner()
+	if err != nil {
+		return nil, err
+	}
+	r.Armed = owner == "kos-upgrade"
+	if owner != "" && owner != "kos-upgrade" {
+		r.ForeignUpdate = owner
+	}
+	if state.PlanID != "" {
+		p, err := loadPlan(st.planPath())
+		if err != nil {
+			r.PlanError = err.Error()
+		} else {
+			r.Plan = p
+		}
+	}
+	if rel, err := readRelease(e.Root.Dir); err == nil {
+		r.Current = &rel
+	}
+	return r, nil
+}
+
+// History returns the recorded runs, oldest first.
+func (e *Engine) History(ctx context.Context) ([]Result, error) {
+	return e.store().history()
+}

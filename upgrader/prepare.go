@@ -1,0 +1,199 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+)
+
+// PrepareOptions are the user's choices for prepare.
+type PrepareOptions struct {
+	// To is the target release version, e.g. "5.9".
+	To string
+	// Repos replace the system's repository configuration when given.
+	Repos []pkgmgr.Repo
+	// Snapshot is auto, btrfs or none.
+	Snapshot string
+	// SkipSignatures disables GPG verification (explicit user override).
+	SkipSignatures bool
+}
+
+// Prepare resolves, downloads, verifies and tests the upgrade and writes the
+// plan. The running system is not changed (only the state directory).
+func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error) {
+	if !versionRE.MatchString(opts.To) {
+		return nil, fmt.Errorf("cannot prepare: %q is not a release version (for example --to 5.9)", opts.To)
+	}
+	st := e.store()
+	l, err := acquire(st.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if state.Status == StatusArmed {
+		return nil, fmt.Errorf("cannot prepare: an upgrade to %s is armed for the next boot; run kos-upgrade cancel first", state.Target)
+	}
+
+	source, err := readRelease(e.Root.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if source.VersionID == opts.To {
+		return nil, fmt.Errorf("cannot prepare: the system already runs release %s", opts.To)
+	}
+	snap, err := e.Snapshotters(ctx, opts.Snapshot, e.Root)
+	if err != nil {
+		return nil, err
+	}
+	backend := snap.Backend()
+	snap.Close()
+	if backend == "none" {
+		e.report(progress.Event{Step: "check", Message: "WARNING: --snapshot none: the upgrade will change the running root in place, with NO snapshot and NO rollback"})
+	}
+
+	e.report(progress.Event{Step: "fingerprint", Message: "reading the installed package set"})
+	before, err := e.PM.Fingerprint(ctx, e.Root.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the rpm database: %w", err)
+	}
+	const stageRel = "packages"
+	stageDir := st.stageDir(stageRel)
+	cacheDir := filepath.Join(st.dir, "cache")
+	for _, d := range []string{stageDir, cacheDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("cannot create %s: %w", d, err)
+		}
+	}
+	res, err := e.PM.Resolve(ctx, pkgmgr.ResolveRequest{
+		Root: e.Root.Dir, Release: opts.To, Repos: opts.Repos, CacheDir: cacheDir, StageDir: stageDir,
+	}, e.Sink)
+	if err != nil {
+		if errors.Is(err, pkgmgr.ErrDepsolve) {
+			return nil, fmt.Errorf("cannot resolve the upgrade to %s: %w", opts.To, err)
+		}
+		return nil, fmt.Errorf("cannot prepare the upgrade to %s: %w", opts.To, err)
+	}
+	if len(res.Items) == 0 {
+		return nil, fmt.Errorf("cannot prepare: dnf finds nothing to change for release %s; check the repositories", opts.To)
+	}
+	sigCheck := "enforced"
+	if opts.SkipSignatures {
+		sigCheck = "skipped"
+		e.report(progress.Event{Step: "verify", Message: "WARNING: GPG signature verification skipped at the user's request"})
+	} else {
+		e.report(progress.Event{Step: "verify", Message: "verifying package signatures"})
+		if err := e.PM.Verify(ctx, e.Root.Dir, stageDir, res.Items, res.GPGKeys, e.Sink); err != nil {
+			return nil, fmt.Errorf("cannot prepare: %w; remove the offending repository, import its key, or pass --no-gpg-check to accept unverified packages", err)
+		}
+	}
+	e.report(progress.Event{Step: "test", Message: "testing the transaction"})
+	if err := e.PM.Test(ctx, e.Root.Dir, stageDir, res.Items, e.Sink); err != nil {
+		return nil, fmt.Errorf("cannot prepare: the test transaction failed: %w", err)
+	}
+	after, err := e.PM.Fingerprint(ctx, e.Root.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the rpm database: %w", err)
+	}
+	if after != before {
+		return nil, fmt.Errorf("cannot prepare: the installed packages changed while preparing; run prepare again")
+	}
+	if err := pruneStage(stageDir, res.Items); err != nil {
+		return nil, err
+	}
+
+	now := e.now().UTC()
+	p := &Plan{
+		Version:          PlanVersion,
+		ID:               now.Format("20060102T150405Z") + "-" + opts.To,
+		CreatedAt:        now,
+		MachineID:        readMachineID(e.Root.Dir),
+		Source:           source,
+		Target:           Release{ID: source.ID, VersionID: opts.To, Name: source.Name},
+		Repos:            opts.Repos,
+		Snapshot:         backend,
+		Mode:             "target",
+		RPMDBFingerprint: before,
+		SignatureCheck:   sigCheck,
+		StageDir:         stageRel,
+		Transaction:      res.Items,
+	}
+	for _, it := range res.Items {
+		p.DownloadSize += it.Size
+		p.InstallSize += it.InstallSize
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("cannot prepare: dnf's answer makes no valid plan: %w", err)
+	}
+	if err := savePlan(st.planPath(), p); err != nil {
+		return nil, err
+	}
+	state.Status = StatusPrepared
+	state.Step = ""
+	state.PlanID = p.ID
+	state.Target = opts.To
+	state.Backend = backend
+	if err := st.save(state, e.now()); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: "prepare", Message: fmt.Sprintf("upgrade to %s prepared: %s", opts.To, summarize(p))})
+	return p, nil
+}
+
+// pruneStage removes staged files no item of the plan names (leftovers of
+// earlier prepares).
+func pruneStage(dir string, items []pkgmgr.Item) error {
+	keep := map[string]bool{}
+	for _, it := range items {
+		if it.File != "" {
+			keep[it.File] = true
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("cannot list staged packages: %w", err)
+	}
+	for _, e := range ents {
+		if !keep[e.Name()] {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("cannot remove stale staged file: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func summarize(p *Plan) string {
+	c := p.Counts()
+	var parts []string
+	for _, a := range []string{pkgmgr.ActionUpgrade, pkgmgr.ActionInstall, pkgmgr.ActionDowngrade, pkgmgr.ActionReinstall, pkgmgr.ActionObsoleted, pkgmgr.ActionRemove} {
+		if c[a] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c[a], a))
+		}
+	}
+	return fmt.Sprintf("%s; download %s, installed size %s; snapshot %s", strings.Join(parts, ", "),
+		HumanSize(p.DownloadSize), HumanSize(p.InstallSize), p.Snapshot)
+}
+
+// HumanSize formats a byte count.
+func HumanSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,187 @@
+package upgrader
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+)
+
+// Status is the state machine's state.
+type Status string
+
+// The states. Transitions: idle → prepared (prepare) → armed (arm) →
+// applying (apply, with Step) → succeeded | failed; prepared/armed → idle
+// (cancel); succeeded → rolled-back (rollback); failed → armed (arm again
+// with the same plan) or prepared (prepare again).
+const (
+	StatusIdle       Status = "idle"
+	StatusPrepared   Status = "prepared"
+	StatusArmed      Status = "armed"
+	StatusApplying   Status = "applying"
+	StatusSucceeded  Status = "succeeded"
+	StatusFailed     Status = "failed"
+	StatusRolledBack Status = "rolled-back"
+)
+
+// Apply steps, in order. Each is journaled in the state before its side
+// effect runs.
+const (
+	StepVerify      = "verify"      // checksums and rpmdb fingerprint
+	StepSnapshot    = "snapshot"    // create the writable snapshot
+	StepTransaction = "transaction" // run the transaction inside it
+	StepFinalize    = "finalize"    // record the result inside the new root
+	StepSwitch      = "switch"      // make the new root the default
+	StepDone        = "done"        // record the result in the old root
+)
+
+// applySteps lists the steps in order, for tests and crash injection.
+var applySteps = []string{StepVerify, StepSnapshot, StepTransaction, StepFinalize, StepSwitch, StepDone}
+
+// StateVersion is the state document format.
+const StateVersion = 1
+
+// State is the one persisted state document (state.json).
+type State struct {
+	Version int    `json:"version"`
+	Status  Status `json:"status"`
+	// Step is the apply step in progress (status applying) or the step a
+	// failed run stopped at.
+	Step string `json:"step,omitempty"`
+	// PlanID names the plan this state refers to.
+	PlanID string `json:"plan_id,omitempty"`
+	// RunID names the current or last apply run (its history record).
+	RunID string `json:"run_id,omitempty"`
+	// Target is the target release of the plan.
+	Target string `json:"target,omitempty"`
+	// Backend is the snapshot backend of the run.
+	Backend string `json:"backend,omitempty"`
+	// Snapshot is the snapshot the current run applies into; set before it
+	// is created so that a crashed run's leftover can be removed.
+	Snapshot string `json:"snapshot,omitempty"`
+	// Previous is the pre-upgrade root, the rollback target.
+	Previous string `json:"previous,omitempty"`
+	// LastResult is the result of the last apply or rollback.
+	LastResult *Result   `json:"last_result,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// Result is the outcome of one run, also its history record.
+type Result struct {
+	RunID      string         `json:"run_id"`
+	Kind       string         `json:"kind"` // apply, rollback
+	Success    bool           `json:"success"`
+	Status     Status         `json:"status"`
+	Error      string         `json:"error,omitempty"`
+	Step       string         `json:"step,omitempty"`
+	From       string         `json:"from,omitempty"`
+	To         string         `json:"to,omitempty"`
+	Backend    string         `json:"backend,omitempty"`
+	Snapshot   string         `json:"snapshot,omitempty"`
+	Previous   string         `json:"previous,omitempty"`
+	Counts     map[string]int `json:"counts,omitempty"`
+	StartedAt  time.Time      `json:"started_at"`
+	FinishedAt time.Time      `json:"finished_at,omitempty"`
+}
+
+// ErrInterrupted is the provisional error recorded before the transaction:
+// a crash leaves it as the truth.
+const errInterrupted = "interrupted: the run stopped before it finished (crash or power cut); the system it left boots the old root"
+
+// ErrNoPlan says there is no prepared plan.
+var ErrNoPlan = errors.New("no upgrade is prepared")
+
+// store reads and writes the documents of one state directory.
+type store struct {
+	dir string
+}
+
+func (s store) statePath() string          { return filepath.Join(s.dir, "state.json") }
+func (s store) planPath() string           { return filepath.Join(s.dir, "plan.json") }
+func (s store) historyDir() string         { return filepath.Join(s.dir, "history") }
+func (s store) stageDir(rel string) string { return filepath.Join(s.dir, rel) }
+
+func (s store) load() (*State, error) {
+	b, err := os.ReadFile(s.statePath())
+	if os.IsNotExist(err) {
+		return &State{Version: StateVersion, Status: StatusIdle}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot read state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("cannot read state %s: %w; it is damaged, remove it to start over (staged plans are lost)", s.statePath(), err)
+	}
+	if st.Version > StateVersion {
+		return nil, fmt.Errorf("cannot read state %s: version %d is newer than this kos-upgrade understands", s.statePath(), st.Version)
+	}
+	if st.Status == "" {
+		st.Status = StatusIdle
+	}
+	return &st, nil
+}
+
+func (s store) save(st *State, now time.Time) error {
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return fmt.Errorf("cannot create state directory: %w", err)
+	}
+	st.Version = StateVersion
+	st.UpdatedAt = now.UTC()
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("cannot encode state: %w", err)
+	}
+	if err := atomicfile.WriteFile(s.statePath(), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("cannot save state: %w", err)
+	}
+	return nil
+}
+
+func (s store) record(r *Result) error {
+	if err := os.MkdirAll(s.historyDir(), 0o755); err != nil {
+		return fmt.Errorf("cannot create history directory: %w", err)
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("cannot encode history record: %w", err)
+	}
+	path := filepath.Join(s.historyDir(), r.RunID+".json")
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("cannot save history record: %w", err)
+	}
+	return nil
+}
+
+func (s store) history() ([]Result, error) {
+	ents, err := os.ReadDir(s.historyDir())
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot read history: %w", err)
+	}
+	var out []Result
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.historyDir(), e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("cannot read history: %w", err)
+		}
+		var r Result
+		if err := json.Unmarshal(b, &r); err != nil {
+			continue // a damaged record must not hide the others
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].StartedAt.Before(out[j].StartedAt) })
+	return out, nil
+}
