@@ -1,0 +1,40 @@
+#!/bin/bash
+# One entry point for people and CI, on a fresh Debian 12 machine as root:
+#   bash test/run.sh demo   install what is needed, then upgrade a sandbox system 5.8 -> 5.9
+#   bash test/run.sh test   install what is needed, then lint and run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deps() {
+	local need=(make gcc rpm dnf python3-dnf createrepo-c btrfs-progs gnupg busybox-static util-linux dbus)
+	local missing=()
+	for p in "${need[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		echo "installing: ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -q
+		apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}"
+	fi
+	if ! command -v go >/dev/null; then
+		export PATH=$PATH:/usr/local/go/bin
+	fi
+	command -v go >/dev/null || { echo "Go is missing: install Go 1.24 or newer (/usr/local/go)"; exit 1; }
+	go mod download
+}
+
+case "${1:-}" in
+demo)
+	deps
+	make demo
+	;;
+test)
+	deps
+	make check
+	;;
+*)
+	echo "usage: bash test/run.sh demo|test" >&2
+	exit 2
+	;;
+esac
