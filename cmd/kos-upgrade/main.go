@@ -113,6 +113,9 @@ func newEnv(c *cli.Context) (*env, error) {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// The snapshot backends log their commands through the default logger
+	// while they are being constructed.
+	slog.SetDefault(log)
 	e := &env{json: c.Bool("json"), out: os.Stdout}
 	// Progress goes to stdout for people, to stderr when stdout is JSON.
 	if e.json {

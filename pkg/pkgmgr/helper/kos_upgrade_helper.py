@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 
-import rpm
+rpm = None  # imported by main() once the rpm database path is configured
 
 OUT = sys.stdout
 
@@ -66,6 +66,21 @@ def sha256_file(path):
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def load_rpm(req, work):
+    """Import rpm with %_dbpath set to the root's database path.
+
+    librpm (and libdnf, which re-reads rpm's configuration) take %_dbpath from
+    the macro files; a distribution may point it elsewhere (Debian's rpm uses
+    ~/.rpmdb). A private ~/.rpmmacros is the one file both always read, so the
+    helper runs with HOME set to a directory holding one."""
+    global rpm
+    with open(os.path.join(work, ".rpmmacros"), "w") as f:
+        f.write("%%_dbpath %s\n" % (req.get("dbpath") or "/var/lib/rpm"))
+    os.environ["HOME"] = work
+    import rpm as _rpm
+    rpm = _rpm
 
 
 def set_dbpath(req):
@@ -420,8 +435,10 @@ def main():
     if len(sys.argv) != 2 or sys.argv[1] not in COMMANDS:
         sys.stderr.write("usage: kos_upgrade_helper.py {%s} < request.json\n" % ",".join(sorted(COMMANDS)))
         return 2
+    home = tempfile.mkdtemp(prefix="kos-upgrade-home-")
     try:
         req = json.load(sys.stdin)
+        load_rpm(req, home)
         COMMANDS[sys.argv[1]](req)
     except Failure as f:
         emit({"type": "error", "kind": f.kind, "message": f.message, "problems": f.problems})
@@ -431,6 +448,8 @@ def main():
         traceback.print_exc()
         emit({"type": "error", "kind": "internal", "message": "%s: %s" % (type(e).__name__, e)})
         return 1
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     return 0
 
 
