@@ -322,23 +322,23 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 			}
 		}
 	}
+	switched, err := e.switched(ctx, state)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+	}
+	if switched {
+		// The switch happened: the run is complete.
+		res.Success, res.Status, res.Error, res.Step = true, StatusSucceeded, "", ""
+		res.FinishedAt = e.now().UTC()
+		state.Status, state.Step, state.LastResult = StatusSucceeded, "", res
+		return state, errors.Join(st.record(res), st.save(state, e.now()))
+	}
 	if state.Backend != "" && state.Backend != "none" && state.Snapshot != "" {
 		snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
 		if err != nil {
 			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
 		}
 		defer snap.Close()
-		def, err := snap.Default(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-		}
-		if def.Name == state.Snapshot {
-			// The switch happened: the run is complete.
-			res.Success, res.Status, res.Error, res.Step = true, StatusSucceeded, "", ""
-			res.FinishedAt = e.now().UTC()
-			state.Status, state.Step, state.LastResult = StatusSucceeded, "", res
-			return state, errors.Join(st.record(res), st.save(state, e.now()))
-		}
 		if err := snap.Delete(ctx, state.Snapshot); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
 			return nil, fmt.Errorf("cannot delete the snapshot %s left by the interrupted run: %w", state.Snapshot, err)
 		}
@@ -349,4 +349,27 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 	res.FinishedAt = e.now().UTC()
 	state.Status, state.LastResult = StatusFailed, res
 	return state, errors.Join(st.record(res), st.save(state, e.now()))
+}
+
+// switched reports whether an interrupted run's snapshot already is the
+// default root, that is whether the run got past its switch step.
+func (e *Engine) switched(ctx context.Context, state *State) (bool, error) {
+	if state.Backend == "" || state.Backend == "none" || state.Snapshot == "" {
+		return false, nil
+	}
+	switch state.Step {
+	case StepSwitch, StepDone:
+	default:
+		return false, nil
+	}
+	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
+	if err != nil {
+		return false, err
+	}
+	defer snap.Close()
+	def, err := snap.Default(ctx)
+	if err != nil {
+		return false, err
+	}
+	return def.Name == state.Snapshot, nil
 }

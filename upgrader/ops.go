@@ -127,7 +127,7 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 
 // Clean removes staged packages (when no plan is pending) and the snapshots
 // kos-upgrade made, except the current root, the default, and the last good
-// one (the rollback target). It returns what it removed.
+// one (the rollback target after a success). It returns what it removed.
 func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 	st := e.store()
 	l, err := acquire(st.dir)
@@ -166,7 +166,12 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
 	}
-	keep := map[string]bool{cur.Name: true, state.Previous: true, state.Snapshot: true}
+	// Keep what boots now and next, and after a success the rollback
+	// target. A root rolled away from is not "good": it goes.
+	keep := map[string]bool{cur.Name: true}
+	if state.Status == StatusSucceeded {
+		keep[state.Previous] = true
+	}
 	for _, s := range list {
 		if s.Default {
 			keep[s.Name] = true
@@ -208,8 +213,9 @@ func (e *Engine) Status(ctx context.Context) (*StatusReport, error) {
 	}
 	r := &StatusReport{State: state, Running: locked(st.dir)}
 	if state.Status == StatusApplying && !r.Running {
-		// Nothing runs: the run was interrupted. Report the provisional
-		// result as the truth until a command settles it.
+		// Nothing runs: the run was interrupted. Report what the next
+		// command will settle it as: succeeded if it got past its switch,
+		// else the provisional failed result.
 		s := *state
 		s.Status = StatusFailed
 		if hist, err := st.history(); err == nil {
@@ -217,6 +223,14 @@ func (e *Engine) Status(ctx context.Context) (*StatusReport, error) {
 				if hist[i].RunID == state.RunID {
 					s.LastResult = &hist[i]
 				}
+			}
+		}
+		if ok, err := e.switched(ctx, state); err == nil && ok {
+			s.Status, s.Step = StatusSucceeded, ""
+			if s.LastResult != nil {
+				lr := *s.LastResult
+				lr.Success, lr.Status, lr.Error, lr.Step = true, StatusSucceeded, "", ""
+				s.LastResult = &lr
 			}
 		}
 		r.State = &s

@@ -286,6 +286,12 @@ class TsCallback(object):
         if reason == rpm.RPMCALLBACK_INST_START:
             self.n += 1
             progress(self.step, self.n, self.total, key["action"], key["nevra"])
+            if self.n == 3 and self.step == "transaction" and \
+                    os.environ.get("KOS_UPGRADE_TEST_CRASH_AT") == "mid-transaction":
+                # Crash tests: a power cut in the middle of the transaction
+                # stops kos-upgrade and the helper at once.
+                os.kill(os.getppid(), 9)
+                os._exit(137)
         elif reason == rpm.RPMCALLBACK_UNINST_START:
             self.n += 1
             name = key if isinstance(key, str) else ""

@@ -1,0 +1,128 @@
+package upgrader_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/keyarchos/kos-upgrade/upgrader"
+)
+
+// TestCrashAtEveryStep kills apply (SIGKILL, as a power cut would stop it)
+// at every step boundary, then checks what is left and runs it again: the
+// result is a complete upgrade or a clean failure, never a default
+// subvolume with a partial transaction.
+func TestCrashAtEveryStep(t *testing.T) {
+	s := newSystem(t)
+	ctx := context.Background()
+	oldPkgs := rpmQA(t, s.Root)
+	for _, tc := range []struct {
+		step string
+		// switched: the crash happened after the new root became the
+		// default, so the run counts as succeeded.
+		switched bool
+	}{
+		{step: upgrader.StepVerify},
+		{step: upgrader.StepSnapshot},
+		{step: upgrader.StepTransaction},
+		{step: "mid-transaction"},
+		{step: upgrader.StepFinalize},
+		{step: upgrader.StepSwitch},
+		{step: upgrader.StepDone, switched: true},
+	} {
+		t.Run(tc.step, func(t *testing.T) {
+			// Start from the old system each time.
+			if def := s.defaultSubvol(t); def != "@" {
+				if out, err := s.kosUpgrade(t, nil, "rollback", "--no-reboot"); err != nil {
+					t.Fatalf("rollback: %v\n%s", err, out)
+				}
+			}
+			if out, err := s.kosUpgrade(t, nil, "clean"); err != nil {
+				t.Fatalf("clean: %v\n%s", err, out)
+			}
+			s.prepareAndArm(t, upgrader.PrepareOptions{})
+
+			out, err := s.kosUpgrade(t, []string{"KOS_UPGRADE_TEST_CRASH_AT=" + tc.step}, "apply")
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("apply was not killed at %s: %v\n%s", tc.step, err, out)
+			}
+			def := s.defaultSubvol(t)
+			st := s.statusJSON(t)
+			if tc.switched {
+				if !strings.HasPrefix(def, "kos-upgrade/") {
+					t.Fatalf("default is %q after a crash past the switch", def)
+				}
+				if st.State.Status != upgrader.StatusSucceeded {
+					t.Errorf("status after a crash past the switch: %s", st.State.Status)
+				}
+				// The new default root is complete.
+				if got := rpmQA(t, s.FS.Top+"/"+def); !strings.Contains(strings.Join(got, " "), "kos-release-5.9") {
+					t.Errorf("new default root is not upgraded: %v", got)
+				}
+				return
+			}
+			if def != "@" {
+				t.Fatalf("default is %q after a crash at %s, want @", def, tc.step)
+			}
+			if got := rpmQA(t, s.Root); !reflect.DeepEqual(got, oldPkgs) {
+				t.Errorf("old root changed by the crash: %v", got)
+			}
+			if st.State.Status != upgrader.StatusFailed || st.State.LastResult == nil || !strings.Contains(st.State.LastResult.Error, "interrupted") {
+				t.Errorf("status after a crash at %s is not a truthful failure: %+v", tc.step, st.State)
+			}
+			if st.Armed {
+				t.Errorf("still armed after the crash: a reboot would loop")
+			}
+			// Arm again (settles the crash: removes the half-made
+			// snapshot) and apply: complete.
+			if out, err := s.kosUpgrade(t, nil, "reboot", "--no-reboot"); err != nil {
+				t.Fatalf("re-arm: %v\n%s", err, out)
+			}
+			for _, sv := range s.subvols(t) {
+				t.Errorf("leftover snapshot after settling: %s", sv)
+			}
+			if out, err := s.kosUpgrade(t, nil, "apply"); err != nil {
+				t.Fatalf("apply after the crash: %v\n%s", err, out)
+			}
+			def = s.defaultSubvol(t)
+			if !strings.HasPrefix(def, "kos-upgrade/") {
+				t.Fatalf("default after the re-run: %q", def)
+			}
+			if got := rpmQA(t, s.FS.Top+"/"+def); !strings.Contains(strings.Join(got, " "), "kos-release-5.9") {
+				t.Errorf("re-run root is not upgraded: %v", got)
+			}
+			h, _ := s.Engin.History(ctx)
+			var interrupted, succeeded int
+			for _, r := range h {
+				if strings.Contains(r.Error, "interrupted") {
+					interrupted++
+				}
+				if r.Success && r.Kind == "apply" {
+					succeeded++
+				}
+			}
+			if interrupted == 0 || succeeded == 0 {
+				t.Errorf("history does not record the interrupted run and the success: %+v", h)
+			}
+		})
+	}
+}
+
+func (s *system) statusJSON(t *testing.T) upgrader.StatusReport {
+	t.Helper()
+	out, err := s.kosUpgrade(t, nil, "--json", "status")
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	var r upgrader.StatusReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return r
+}
