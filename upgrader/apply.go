@@ -173,6 +173,9 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
 	}
 
+	if err := checkLayout(e.Root, p.Snapshot); err != nil {
+		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
+	}
 	snap, err := e.Snapshotters(ctx, p.Snapshot, e.Root)
 	if err != nil {
 		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepSnapshot, Err: err})
@@ -218,6 +221,11 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	newState := *state
 	newState.Status, newState.Step, newState.LastResult = StatusSucceeded, "", &done
 	if target.Path != e.Root.Dir {
+		if p.Snapshot == "btrfs" {
+			if _, err := rewriteFstab(target.Path, name); err != nil {
+				return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
+			}
+		}
 		ns := store{dir: filepath.Join(target.Path, sysroot.StateDirRel)}
 		if err := ns.record(&done); err != nil {
 			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})

@@ -373,3 +373,17 @@ func TestSnapshotAutoRefusesNonBtrfs(t *testing.T) {
 		t.Errorf("in-place upgrade did not happen: %v", got)
 	}
 }
+
+func TestSeparateFilesystemRefused(t *testing.T) {
+	s := newSystem(t)
+	opt := filepath.Join(s.Root, "opt")
+	if err := os.MkdirAll(opt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "mount", "-t", "tmpfs", "tmpfs", opt)
+	t.Cleanup(func() { testenv.UnmountAll(opt) })
+	_, err := s.Engin.Prepare(context.Background(), upgrader.PrepareOptions{To: "5.9", Snapshot: "auto"})
+	if err == nil || !strings.Contains(err.Error(), "/opt (tmpfs") || !strings.Contains(err.Error(), "--snapshot none") {
+		t.Fatalf("prepare with a separate /opt: %v", err)
+	}
+}

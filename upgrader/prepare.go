@@ -57,6 +57,9 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	}
 	backend := snap.Backend()
 	snap.Close()
+	if err := checkLayout(e.Root, backend); err != nil {
+		return nil, err
+	}
 	if backend == "none" {
 		e.report(progress.Event{Step: "check", Message: "WARNING: --snapshot none: the upgrade will change the running root in place, with NO snapshot and NO rollback"})
 	}

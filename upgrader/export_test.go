@@ -1,0 +1,5 @@
+package upgrader
+
+import "os"
+
+func mkdirAll(p string) error { return os.MkdirAll(p, 0o755) }
