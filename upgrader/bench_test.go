@@ -154,11 +154,7 @@ func runApplyBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs [
 	if err := os.MkdirAll(repo, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	for _, f := range files {
-		if err := os.Link(f, filepath.Join(repo, filepath.Base(f))); err != nil {
-			b.Fatal(err)
-		}
-	}
+	testenv.Run(b, "cp", append(append([]string{"--reflink=auto"}, files...), repo)...)
 	testenv.Run(b, "createrepo_c", "-q", repo)
 	home := b.TempDir()
 	if err := os.WriteFile(filepath.Join(home, ".rpmmacros"), []byte("%_dbpath /var/lib/rpm\n"), 0o644); err != nil {
