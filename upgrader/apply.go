@@ -84,7 +84,7 @@ func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
 // checkPlan verifies staged files and the rpmdb fingerprint.
 func (e *Engine) checkPlan(ctx context.Context, p *Plan) error {
 	if err := pkgmgr.CheckStaged(e.store().stageDir(p.StageDir), p.Transaction); err != nil {
-		return fmt.Errorf("%w; run kos-upgrade prepare again", err)
+		return fmt.Errorf("%w: %w; run kos-upgrade prepare again", ErrStagedChanged, err)
 	}
 	fp, err := e.PM.Fingerprint(ctx, e.Root.Dir)
 	if err != nil {
@@ -100,9 +100,9 @@ func (e *Engine) checkPlan(ctx context.Context, p *Plan) error {
 type ApplyResult struct {
 	// Ran is false when nothing was armed for kos-upgrade (no symlink, or
 	// another tool's): apply did nothing and that is not an error.
-	Ran    bool
-	Reason string
-	Result *Result
+	Ran    bool    `json:"ran"`
+	Reason string  `json:"reason,omitempty"`
+	Result *Result `json:"result,omitempty"`
 }
 
 // Apply is the offline step. It removes the /system-update link first (no

@@ -238,8 +238,8 @@ func TestChangedStagedPackageRefused(t *testing.T) {
 	f.Write([]byte("tampered"))
 	f.Close()
 	_, err = s.Engin.Apply(ctx)
-	if err == nil || !strings.Contains(err.Error(), victim) {
-		t.Fatalf("apply with a changed staged package: %v, want an error naming %s", err, victim)
+	if !errors.Is(err, upgrader.ErrStagedChanged) || !strings.Contains(err.Error(), victim) {
+		t.Fatalf("apply with a changed staged package: %v, want ErrStagedChanged naming %s", err, victim)
 	}
 	if left := s.subvols(t); len(left) > 0 {
 		t.Errorf("a snapshot was made before the check: %v", left)
@@ -298,17 +298,26 @@ func TestRollbackAndClean(t *testing.T) {
 		t.Fatal(err)
 	}
 	newName := res.Result.Snapshot
-	out, err := s.kosUpgrade(t, nil, "rollback", "--no-reboot")
+	// Roll back from the upgraded root, as a user does after the reboot.
+	newRoot := filepath.Join(t.TempDir(), "new")
+	s.FS.MountSubvol(t, newName, newRoot)
+	out, err := exec.Command(binary(t), "--root", newRoot, "rollback", "--no-reboot").CombinedOutput()
 	if err != nil {
-		t.Fatalf("rollback: %v\n%s", err, out)
+		t.Fatalf("rollback from the new root: %v\n%s", err, out)
 	}
 	if def := s.defaultSubvol(t); def != "@" {
 		t.Fatalf("default after rollback is %q, want @", def)
 	}
+	// Both roots record it; the old one is what boots next.
 	st, _ := s.Engin.Status(ctx)
 	if st.State.Status != upgrader.StatusRolledBack {
-		t.Errorf("state after rollback: %s", st.State.Status)
+		t.Errorf("state in the old root after rollback: %s", st.State.Status)
 	}
+	out, _ = exec.Command(binary(t), "--root", newRoot, "status").CombinedOutput()
+	if !strings.Contains(string(out), "rolled-back") {
+		t.Errorf("status in the new root after rollback:\n%s", out)
+	}
+	testenv.UnmountAll(newRoot)
 	h, _ := s.Engin.History(ctx)
 	if len(h) != 2 || h[1].Kind != "rollback" {
 		t.Errorf("history after rollback: %+v", h)

@@ -131,6 +131,9 @@ func readMachineID(dir string) string {
 
 var versionRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]*$`)
 
+// ValidVersion reports whether v can be a target release version.
+func ValidVersion(v string) bool { return versionRE.MatchString(v) }
+
 // crashAt kills the process at an apply step boundary when
 // KOS_UPGRADE_TEST_CRASH_AT names the step: the crash tests use it.
 func crashAt(step string) {
@@ -152,6 +155,10 @@ func (e *StepError) Unwrap() error { return e.Err }
 
 // ErrStalePlan says the system changed since prepare.
 var ErrStalePlan = errors.New("the installed packages changed since the upgrade was prepared")
+
+// ErrStagedChanged says a staged package is missing or differs from the
+// plan's checksum.
+var ErrStagedChanged = errors.New("the staged packages do not match the plan")
 
 // ErrNotArmed says apply found nothing to do.
 var ErrNotArmed = errors.New("no upgrade is armed")

@@ -82,18 +82,9 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("cannot roll back: %w", err)
 	}
 	defer snap.Close()
-	list, err := snap.List(ctx)
+	prevPath, err := snap.Path(ctx, state.Previous)
 	if err != nil {
-		return nil, fmt.Errorf("cannot roll back: %w", err)
-	}
-	var prev *snapshot.Snapshot
-	for i := range list {
-		if list[i].Name == state.Previous {
-			prev = &list[i]
-		}
-	}
-	if prev == nil {
-		return nil, fmt.Errorf("cannot roll back: the pre-upgrade root %s no longer exists: %w", state.Previous, snapshot.ErrNotFound)
+		return nil, fmt.Errorf("cannot roll back to the pre-upgrade root %s: %w", state.Previous, err)
 	}
 	now := e.now().UTC()
 	res := &Result{
@@ -107,8 +98,8 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 	// Record it in the root that will boot, then switch.
 	rolled := *state
 	rolled.Status, rolled.Step, rolled.LastResult = StatusRolledBack, "", res
-	if prev.Path != "" && prev.Path != e.Root.Dir {
-		ps := store{dir: filepath.Join(prev.Path, sysroot.StateDirRel)}
+	if prevPath != e.Root.Dir {
+		ps := store{dir: filepath.Join(prevPath, sysroot.StateDirRel)}
 		res.FinishedAt = e.now().UTC()
 		if err := errors.Join(ps.record(res), ps.save(&rolled, e.now())); err != nil {
 			return nil, fmt.Errorf("cannot roll back: %w", err)

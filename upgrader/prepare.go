@@ -27,7 +27,7 @@ type PrepareOptions struct {
 // Prepare resolves, downloads, verifies and tests the upgrade and writes the
 // plan. The running system is not changed (only the state directory).
 func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error) {
-	if !versionRE.MatchString(opts.To) {
+	if !ValidVersion(opts.To) {
 		return nil, fmt.Errorf("cannot prepare: %q is not a release version (for example --to 5.9)", opts.To)
 	}
 	st := e.store()

@@ -55,7 +55,7 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, upgrader.ErrBusy):
 		return exitBusy
-	case errors.Is(err, upgrader.ErrStalePlan), errors.Is(err, upgrader.ErrBadPlan):
+	case errors.Is(err, upgrader.ErrStalePlan), errors.Is(err, upgrader.ErrBadPlan), errors.Is(err, upgrader.ErrStagedChanged):
 		return exitStalePlan
 	case errors.As(err, &ce):
 		return ce.ExitCode()
@@ -64,7 +64,7 @@ func exitCode(err error) int {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "kos-upgrade",
 		Usage:   "upgrade KOS to a new release offline, safely, at boot",
 		Version: version,
@@ -83,6 +83,12 @@ becomes the default only when the whole transaction succeeded.`,
 			&cli.BoolFlag{Name: "verbose", Usage: "log every external command"},
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main maps errors to exit codes
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usageError{fmt.Errorf("unknown command %q (see kos-upgrade --help)", c.Args().First())}
+			}
+			return cli.ShowAppHelp(c)
+		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{fmt.Errorf("%w (see kos-upgrade %s --help)", err, c.Command.Name)}
 		},
@@ -90,6 +96,10 @@ becomes the default only when the whole transaction succeeded.`,
 			prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
 		},
 	}
+	for _, c := range app.Commands {
+		c.OnUsageError = app.OnUsageError
+	}
+	return app
 }
 
 // env is what every command needs, built from the global flags.
@@ -169,6 +179,9 @@ Examples:
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.String("to") == "" {
 				return usageError{fmt.Errorf("prepare needs the target release: kos-upgrade prepare --to VERSION (for example --to 5.9)")}
+			}
+			if !upgrader.ValidVersion(c.String("to")) {
+				return usageError{fmt.Errorf("cannot use --to %q: not a release version (for example --to 5.9)", c.String("to"))}
 			}
 			var repos []pkgmgr.Repo
 			for _, r := range c.StringSlice("repo") {

@@ -171,7 +171,7 @@ func (b *Btrfs) mountTop(ctx context.Context, mounts []mountinfo.Mount) error {
 			return fmt.Errorf("cannot mount the btrfs top level at %s: %s %s (%s) is mounted there already", top, m.FSType, m.Source, m.SuperOptions)
 		}
 		// Left by a run that did not Close (crash): reuse it.
-		b.logger().Info("reusing btrfs top-level mount", "path", top)
+		b.logger().Debug("reusing btrfs top-level mount", "path", top)
 		b.mounted = true
 		return nil
 	}
@@ -400,6 +400,25 @@ func (b *Btrfs) Activate(ctx context.Context, name string) error {
 		return err
 	}
 	return b.sync(ctx, "activate snapshot "+name)
+}
+
+// Path implements Snapshotter: the current root's directory, or the
+// subvolume's place in the top-level mount.
+func (b *Btrfs) Path(ctx context.Context, name string) (string, error) {
+	if err := b.check("find snapshot " + name); err != nil {
+		return "", err
+	}
+	if err := checkName(name); err != nil {
+		return "", fmt.Errorf("cannot find snapshot: %w", err)
+	}
+	id, err := b.subvolID(ctx, name)
+	if err != nil {
+		return "", fmt.Errorf("cannot find snapshot: %w", err)
+	}
+	if id == b.cur.id {
+		return b.rootDir, nil
+	}
+	return b.path(name), nil
 }
 
 // List implements Snapshotter: the current root, the default and the

@@ -200,6 +200,29 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 		requireListed(t, s, cur.Name, a.Name)
 	})
 
+	t.Run("path", func(t *testing.T) {
+		p, err := s.Path(ctx, cur.Name)
+		if err != nil {
+			t.Fatalf("Path(current) = %v", err)
+		}
+		if rp, _ := filepath.EvalSymlinks(p); rp != resolvedRoot {
+			t.Errorf("Path(current) = %s, want the root %s", p, rootDir)
+		}
+		if inPlace {
+			return
+		}
+		p, err = s.Path(ctx, a.Name)
+		if err != nil {
+			t.Fatalf("Path(%s) = %v", a.Name, err)
+		}
+		if p != a.Path {
+			t.Errorf("Path(%s) = %s, Create said %s", a.Name, p, a.Path)
+		}
+		if _, err := s.Path(ctx, name("conformance-missing")); !errors.Is(err, snapshot.ErrNotFound) {
+			t.Errorf("Path(missing) = %v, want ErrNotFound", err)
+		}
+	})
+
 	t.Run("delete missing", func(t *testing.T) {
 		err := s.Delete(ctx, name("conformance-missing"))
 		if inPlace {

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 )
 
@@ -60,6 +61,14 @@ func (n *None) Delete(context.Context, string) error { return nil }
 
 // Activate does nothing and returns nil.
 func (n *None) Activate(context.Context, string) error { return nil }
+
+// Path returns the root's directory for the one snapshot there is.
+func (n *None) Path(_ context.Context, name string) (string, error) {
+	if name != NoneName {
+		return "", fmt.Errorf("cannot find snapshot %q: %w", name, ErrNotFound)
+	}
+	return n.rootDir, nil
+}
 
 // List returns the live root.
 func (n *None) List(context.Context) ([]Snapshot, error) { return []Snapshot{n.root()}, nil }

@@ -12,7 +12,7 @@ import (
 
 func TestRunner(t *testing.T) {
 	var logged bytes.Buffer
-	r := runner{log: slog.New(slog.NewTextHandler(&logged, nil))}
+	r := runner{log: slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	out, err := r.run(context.Background(), "say hello", "sh", "-c", "echo hello")
 	if err != nil || out != "hello\n" {
 		t.Fatalf("run() = %q, %v", out, err)

@@ -62,6 +62,12 @@ type Snapshotter interface {
 	// no-op returning nil. The change is durable when Activate returns.
 	Activate(ctx context.Context, name string) error
 
+	// Path returns a directory where the files of the snapshot called name
+	// can be read and written (the root's own directory for the current
+	// one), without changing what boots. It returns ErrNotFound if name does
+	// not exist. The path stays valid until Close.
+	Path(ctx context.Context, name string) (string, error)
+
 	// Default returns the snapshot that boots next.
 	Default(ctx context.Context) (Snapshot, error)
 

@@ -2,7 +2,7 @@
 # driven by kos-upgrade (Go) over JSON lines.
 #
 # Usage: <python> kos_upgrade_helper.py COMMAND < request.json
-# COMMAND is one of: resolve, test, apply, fingerprint.
+# COMMAND is one of: resolve, assess, test, apply, fingerprint.
 # Every line on stdout is one JSON object with a "type":
 #   progress {step, action, package, n, total, message}
 #   log      {message}
@@ -89,53 +89,67 @@ def set_dbpath(req):
 
 # ---------------------------------------------------------------- resolve
 
-def cmd_resolve(req):
+def setup_base(req, work, filelists=False):
+    """A dnf.Base on req["root"] with the target release's repositories,
+    metadata loaded. Returns (base, enabled repos, gpg key URLs)."""
     import dnf
-    import dnf.callback
     import dnf.exceptions
-    import dnf.transaction
+
+    root = req["root"]
+    base = dnf.Base()
+    conf = base.conf
+    dnfconf = os.path.join(root, "etc/dnf/dnf.conf")
+    if os.path.exists(dnfconf):
+        conf.config_file_path = dnfconf
+        conf.read(priority=dnf.conf.PRIO_MAINCONFIG)
+    conf.installroot = root
+    conf.cachedir = req["cachedir"]
+    conf.logdir = work
+    conf.persistdir = os.path.join(work, "persist")
+    conf.reposdir = [os.path.join(root, "etc/yum.repos.d")]
+    conf.releasever = req["release"]
+    conf.substitutions["releasever"] = req["release"]
+    conf.assumeyes = True
+    conf.install_weak_deps = False
+    if filelists and hasattr(conf, "optional_metadata_types"):
+        # The kernel's module list is in filelists (dnf >= 4.2).
+        types = list(conf.optional_metadata_types or [])
+        if "filelists" not in types:
+            types.append("filelists")
+        conf.optional_metadata_types = types
+    repos = req.get("repos") or []
+    if repos:
+        for r in repos:
+            base.repos.add_new_repo(r["id"], conf, baseurl=[r["baseurl"]])
+    else:
+        base.read_all_repos()
+    enabled = list(base.repos.iter_enabled())
+    if not enabled:
+        raise Failure("config", "no enabled repository for release %s" % req["release"])
+    keys = []
+    for repo in enabled:
+        for k in repo.gpgkey or []:
+            if k not in keys:
+                keys.append(k)
+    progress("resolve", message="loading repository metadata")
+    try:
+        base.fill_sack(load_system_repo=True, load_available_repos=True)
+    except dnf.exceptions.RepoError as e:
+        raise Failure("repo", "cannot load repository metadata: %s" % e)
+    return base, enabled, keys
+
+
+def cmd_resolve(req):
+    import dnf.exceptions
 
     set_dbpath(req)
-    root = req["root"]
     work = tempfile.mkdtemp(prefix="kos-upgrade-dnf-")
     try:
-        base = dnf.Base()
-        conf = base.conf
-        dnfconf = os.path.join(root, "etc/dnf/dnf.conf")
-        if os.path.exists(dnfconf):
-            conf.config_file_path = dnfconf
-            conf.read(priority=dnf.conf.PRIO_MAINCONFIG)
-        conf.installroot = root
-        conf.cachedir = req["cachedir"]
-        conf.logdir = work
-        conf.persistdir = os.path.join(work, "persist")
-        conf.reposdir = [os.path.join(root, "etc/yum.repos.d")]
-        conf.releasever = req["release"]
-        conf.substitutions["releasever"] = req["release"]
-        conf.assumeyes = True
-        conf.install_weak_deps = False
-        conf.gpgcheck = False  # kos-upgrade verifies with rpmkeys itself
-        repos = req.get("repos") or []
-        if repos:
-            for r in repos:
-                base.repos.add_new_repo(r["id"], conf, baseurl=[r["baseurl"]])
-        else:
-            base.read_all_repos()
-        enabled = list(base.repos.iter_enabled())
-        if not enabled:
-            raise Failure("config", "no enabled repository for release %s" % req["release"])
-        keys = []
+        base, enabled, keys = setup_base(req, work)
+        base.conf.gpgcheck = False  # kos-upgrade verifies with rpmkeys itself
         for repo in enabled:
-            for k in repo.gpgkey or []:
-                if k not in keys:
-                    keys.append(k)
             repo.gpgcheck = False
             repo.pkgdir = req["stagedir"]
-        progress("resolve", message="loading repository metadata")
-        try:
-            base.fill_sack(load_system_repo=True, load_available_repos=True)
-        except dnf.exceptions.RepoError as e:
-            raise Failure("repo", "cannot load repository metadata: %s" % e)
         progress("resolve", message="resolving the upgrade with dnf")
         base.distro_sync()
         try:
@@ -150,6 +164,92 @@ def cmd_resolve(req):
         emit({"type": "result", "items": items, "gpg_keys": keys})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- assess
+
+KERNEL_NAMES = ("kernel-core", "kernel")
+KERNEL_MODULE_PKGS = ("kernel", "kernel-core", "kernel-modules", "kernel-modules-extra")
+
+
+def cmd_assess(req):
+    """Resolve the upgrade like resolve, but download nothing: report the
+    transaction with sizes, dependency problems as data, the repositories and
+    their keys, installed packages no enabled repository has, and the target
+    kernel's module files. Changes nothing, writes only the metadata cache."""
+    import dnf.exceptions
+
+    set_dbpath(req)
+    work = tempfile.mkdtemp(prefix="kos-upgrade-dnf-")
+    try:
+        base, enabled, keys = setup_base(req, work, filelists=True)
+        repos = []
+        for repo in enabled:
+            repos.append({"id": repo.id, "name": repo.name or "", "gpgcheck": bool(repo.gpgcheck),
+                          "gpgkey": list(repo.gpgkey or []), "baseurl": list(repo.baseurl or [])})
+        available = set()
+        for p in base.sack.query().available():
+            available.add(p.name)
+        unavailable = sorted(set(p.name for p in base.sack.query().installed()
+                                 if p.name not in available and p.name != "gpg-pubkey"))
+        progress("resolve", message="resolving the upgrade with dnf (no download)")
+        base.distro_sync()
+        problems = []
+        items = []
+        download_size = install_size = erase_size = 0
+        try:
+            base.resolve(allow_erasing=True)
+        except dnf.exceptions.DepsolveError as e:
+            problems = [l.strip() for l in str(e).splitlines() if l.strip()]
+        new_kernels = []
+        if not problems:
+            items = transaction_items(base)
+            sizes = {}
+            for p in base.transaction.install_set:
+                sizes[nevra(p)] = p.downloadsize or 0
+                download_size += p.downloadsize or 0
+                install_size += p.installsize or 0
+                if p.name in KERNEL_NAMES:
+                    new_kernels.append(p)
+            for p in base.transaction.remove_set:
+                erase_size += p.installsize or 0
+            for it in items:
+                if it["nevra"] in sizes:
+                    it["size"] = sizes[it["nevra"]]
+        emit({"type": "result", "items": items, "problems": problems, "repos": repos, "gpg_keys": keys,
+              "unavailable": unavailable, "download_size": download_size, "install_size": install_size,
+              "erase_size": erase_size, "kernel": target_kernel(base, new_kernels)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def target_kernel(base, new_kernels):
+    """The kernel the upgraded system boots: the newest one the transaction
+    installs, else the newest available one; with its module files."""
+    cands = list(new_kernels)
+    in_transaction = bool(cands)
+    if not cands:
+        cands = list(base.sack.query().available().filter(name=list(KERNEL_NAMES)).latest())
+    if not cands:
+        return None
+    k = cands[0]
+    for p in cands[1:]:
+        if p.evr_cmp(k) > 0:
+            k = p
+    modules = []
+    files_known = False
+    q = base.sack.query().available().filter(name=list(KERNEL_MODULE_PKGS), evr=k.evr, arch=k.arch)
+    for p in q:
+        files = p.files or []
+        for f in files:
+            if f.startswith("/lib/modules/") or f.startswith("/usr/lib/modules/"):
+                files_known = True
+                if ".ko" in os.path.basename(f):
+                    modules.append(f)
+    installed = bool(base.sack.query().installed().filter(name=k.name, evr=k.evr, arch=k.arch))
+    return {"nevra": nevra(k), "name": k.name, "version": "%s-%s.%s" % (k.version, k.release, k.arch),
+            "download_size": k.downloadsize or 0, "installed": installed, "in_transaction": in_transaction,
+            "files_known": files_known, "modules": sorted(set(modules))}
 
 
 def transaction_items(base):
@@ -243,10 +343,12 @@ def download(base, pkgs, stagedir, items):
     for p in pkgs:
         byname[nevra(p)] = p
     os.makedirs(stagedir, exist_ok=True)
-    for i, it in enumerate(items):
+    staged = 0
+    for it in items:
         p = byname.get(it["nevra"])
         if p is None:
             continue
+        staged += 1
         src = p.localPkg()
         name = os.path.basename(src)
         dst = os.path.join(stagedir, name)
@@ -259,7 +361,7 @@ def download(base, pkgs, stagedir, items):
         it["file"] = name
         it["size"] = os.path.getsize(dst)
         it["sha256"] = sha256_file(dst)
-        progress("stage", i + 1, len(items), "stage", it["nevra"])
+        progress("stage", staged, len(byname), "stage", it["nevra"])
 
 
 # ---------------------------------------------------------------- rpm ts
@@ -433,7 +535,7 @@ def cmd_fingerprint(req):
     emit({"type": "result", "fingerprint": "sha256:" + h.hexdigest(), "count": len(lines)})
 
 
-COMMANDS = {"resolve": cmd_resolve, "test": cmd_test, "apply": cmd_apply,
+COMMANDS = {"resolve": cmd_resolve, "assess": cmd_assess, "test": cmd_test, "apply": cmd_apply,
             "fingerprint": cmd_fingerprint}
 
 

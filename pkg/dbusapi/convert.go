@@ -1,0 +1,62 @@
+package dbusapi
+
+import (
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/upgrader"
+)
+
+func usec(t time.Time) uint64 {
+	if t.IsZero() {
+		return 0
+	}
+	return uint64(t.UnixMicro())
+}
+
+// planSummary is the Plan property: empty when there is no plan.
+func planSummary(p *upgrader.Plan) map[string]dbus.Variant {
+	m := map[string]dbus.Variant{}
+	if p == nil {
+		return m
+	}
+	c := p.Counts()
+	m["id"] = dbus.MakeVariant(p.ID)
+	m["source"] = dbus.MakeVariant(p.Source.VersionID)
+	m["target"] = dbus.MakeVariant(p.Target.VersionID)
+	m["snapshot"] = dbus.MakeVariant(p.Snapshot)
+	m["signature_check"] = dbus.MakeVariant(p.SignatureCheck)
+	m["created_usec"] = dbus.MakeVariant(usec(p.CreatedAt))
+	m["download_size"] = dbus.MakeVariant(uint64(max(p.DownloadSize, 0)))
+	m["install_size"] = dbus.MakeVariant(uint64(max(p.InstallSize, 0)))
+	m["packages"] = dbus.MakeVariant(uint32(len(p.Transaction)))
+	for k, a := range map[string]string{
+		"upgrade": pkgmgr.ActionUpgrade, "install": pkgmgr.ActionInstall, "downgrade": pkgmgr.ActionDowngrade,
+		"obsoleted": pkgmgr.ActionObsoleted, "remove": pkgmgr.ActionRemove,
+	} {
+		m[k] = dbus.MakeVariant(uint32(c[a]))
+	}
+	return m
+}
+
+// resultDict is the LastResult property and a GetHistory entry.
+func resultDict(r *upgrader.Result) map[string]dbus.Variant {
+	m := map[string]dbus.Variant{}
+	if r == nil {
+		return m
+	}
+	m["run_id"] = dbus.MakeVariant(r.RunID)
+	m["kind"] = dbus.MakeVariant(r.Kind)
+	m["success"] = dbus.MakeVariant(r.Success)
+	m["status"] = dbus.MakeVariant(string(r.Status))
+	m["error"] = dbus.MakeVariant(r.Error)
+	m["step"] = dbus.MakeVariant(r.Step)
+	m["from"] = dbus.MakeVariant(r.From)
+	m["to"] = dbus.MakeVariant(r.To)
+	m["snapshot"] = dbus.MakeVariant(r.Snapshot)
+	m["started_usec"] = dbus.MakeVariant(usec(r.StartedAt))
+	m["finished_usec"] = dbus.MakeVariant(usec(r.FinishedAt))
+	return m
+}
