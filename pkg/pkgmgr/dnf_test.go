@@ -1,0 +1,311 @@
+package pkgmgr_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/test/fixture"
+	"github.com/keyarchos/kos-upgrade/test/testenv"
+)
+
+type events []progress.Event
+
+func (e *events) Report(ev progress.Event) { *e = append(*e, ev) }
+
+// newRoot installs the fixture 5.8 system into a plain directory.
+func newRoot(t *testing.T) (*fixture.Set, string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping real dnf/rpm test in -short mode")
+	}
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "rpm", "rpmkeys", "rpmdb", "/usr/bin/python3")
+	set := fixture.MustBuild(t)
+	root := filepath.Join(t.TempDir(), "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := fixture.InstallBase(context.Background(), set, root); err != nil {
+		t.Fatal(err)
+	}
+	return set, root
+}
+
+func resolve(t *testing.T, d *pkgmgr.DNF, set *fixture.Set, root string, repos ...string) (*pkgmgr.Resolution, string) {
+	t.Helper()
+	stage := filepath.Join(t.TempDir(), "stage")
+	req := pkgmgr.ResolveRequest{Root: root, Release: "5.9", CacheDir: t.TempDir(), StageDir: stage}
+	for _, r := range repos {
+		req.Repos = append(req.Repos, pkgmgr.Repo{ID: "r-" + r, BaseURL: "file://" + set.Repos[r]})
+	}
+	res, err := d.Resolve(context.Background(), req, nil)
+	if err != nil {
+		t.Fatalf("Resolve: %v", err)
+	}
+	return res, stage
+}
+
+func TestResolve(t *testing.T) {
+	set, root := newRoot(t)
+	d := pkgmgr.NewDNF(nil)
+	res, stage := resolve(t, d, set, root) // the system's own kos.repo
+	got := map[string]string{}
+	for _, it := range res.Items {
+		got[it.NEVRA] = it.Action
+		if it.Installs() {
+			fi, err := os.Stat(filepath.Join(stage, it.File))
+			if err != nil || fi.Size() != it.Size || it.SHA256 == "" {
+				t.Errorf("%s: staged file %s: %v (size %d, plan %d)", it.NEVRA, it.File, err, fi.Size(), it.Size)
+			}
+		}
+	}
+	want := map[string]string{
+		"app-0:2.0-1.noarch":         "upgrade",
+		"libfoo-0:2.0-1.noarch":      "upgrade",
+		"kos-release-0:5.9-1.noarch": "upgrade",
+		"libbar-0:1.0-1.noarch":      "install",
+		"newtool-0:2.0-1.noarch":     "install",
+		"oldtool-0:1.0-1.noarch":     "obsoleted",
+		"legacy-0:1.0-1.noarch":      "remove",
+	}
+	for nevra, action := range want {
+		if got[nevra] != action {
+			t.Errorf("%s: action %q, want %q", nevra, got[nevra], action)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("resolution has %d items, want %d: %v", len(got), len(want), got)
+	}
+	for _, it := range res.Items {
+		switch it.Name {
+		case "legacy":
+			if !strings.Contains(it.Reason, "kos-release") || !strings.Contains(it.Reason, "conflicts") {
+				t.Errorf("legacy removal reason %q does not name the conflict", it.Reason)
+			}
+		case "oldtool":
+			if it.ObsoletedBy != "newtool-0:2.0-1.noarch" {
+				t.Errorf("oldtool obsoleted by %q", it.ObsoletedBy)
+			}
+		case "app":
+			if len(it.Replaces) != 1 || it.Replaces[0] != "app-0:1.0-1.noarch" {
+				t.Errorf("app replaces %v", it.Replaces)
+			}
+		}
+	}
+	if len(res.GPGKeys) != 1 || res.GPGKeys[0] != "file:///etc/pki/rpm-gpg/RPM-GPG-KEY-kos" {
+		t.Errorf("gpg keys %v", res.GPGKeys)
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	set, root := newRoot(t)
+	d := pkgmgr.NewDNF(nil)
+	t.Run("missing repository", func(t *testing.T) {
+		_, err := d.Resolve(context.Background(), pkgmgr.ResolveRequest{
+			Root: root, Release: "5.9", CacheDir: t.TempDir(), StageDir: t.TempDir(),
+			Repos: []pkgmgr.Repo{{ID: "nope", BaseURL: "file://" + set.Dir + "/does-not-exist"}},
+		}, nil)
+		var he *pkgmgr.HelperError
+		if !errors.As(err, &he) || he.Kind != "repo" {
+			t.Fatalf("Resolve with a missing repository: %v", err)
+		}
+	})
+	t.Run("unknown release", func(t *testing.T) {
+		_, err := d.Resolve(context.Background(), pkgmgr.ResolveRequest{
+			Root: root, Release: "7.7", CacheDir: t.TempDir(), StageDir: t.TempDir(),
+		}, nil)
+		if err == nil {
+			t.Fatal("Resolve for a release without repository succeeded")
+		}
+	})
+}
+
+func TestVerify(t *testing.T) {
+	set, root := newRoot(t)
+	d := pkgmgr.NewDNF(nil)
+	res, stage := resolve(t, d, set, root, "5.9")
+	if err := d.Verify(context.Background(), root, stage, res.Items, []string{"file://" + set.KeyFile}, nil); err != nil {
+		t.Errorf("Verify of signed packages: %v", err)
+	}
+	// The key installed in the root is enough on its own.
+	if err := d.Verify(context.Background(), root, stage, res.Items, nil, nil); err != nil {
+		t.Errorf("Verify with the root's keys only: %v", err)
+	}
+	res, stage = resolve(t, d, set, root, "5.9", "5.9-unsigned")
+	var ve *pkgmgr.VerifyError
+	err := d.Verify(context.Background(), root, stage, res.Items, nil, nil)
+	if !errors.As(err, &ve) || len(ve.Failures) != 1 || ve.Failures[0].NEVRA != "libbar-0:1.1-1.noarch" {
+		t.Fatalf("Verify with an unsigned package: %v", err)
+	}
+}
+
+func rpmQA(t *testing.T, root string) []string {
+	t.Helper()
+	out := testenv.Run(t, "rpm", "--root", root, "--dbpath", "/var/lib/rpm", "-qa", "--qf", "%{NAME}-%{VERSION}\n")
+	l := strings.Fields(out)
+	sort.Strings(l)
+	return l
+}
+
+func TestTestApplyFingerprint(t *testing.T) {
+	set, root := newRoot(t)
+	ctx := context.Background()
+	d := pkgmgr.NewDNF(nil)
+	fp1, err := d.Fingerprint(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp2, _ := d.Fingerprint(ctx, root); fp2 != fp1 {
+		t.Fatalf("fingerprint not stable: %s %s", fp1, fp2)
+	}
+	res, stage := resolve(t, d, set, root, "5.9")
+	before := rpmQA(t, root)
+	if err := d.Test(ctx, root, stage, res.Items, nil); err != nil {
+		t.Fatalf("Test: %v", err)
+	}
+	if fp, _ := d.Fingerprint(ctx, root); fp != fp1 {
+		t.Fatal("the test transaction changed the rpmdb")
+	}
+	var ev events
+	if err := d.Apply(ctx, root, stage, res.Items, &ev); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	after := rpmQA(t, root)
+	want := []string{"app-2.0", "failpre-1.0", "gpg-pubkey-" + strings.TrimPrefix(findPrefix(before, "gpg-pubkey-"), "gpg-pubkey-"), "keepme-1.0", "kos-release-5.9", "kos-sh-1.0", "libbar-1.0", "libfoo-2.0", "newtool-2.0"}
+	sort.Strings(want)
+	if strings.Join(after, " ") != strings.Join(want, " ") {
+		t.Errorf("after Apply: %v\nwant %v", after, want)
+	}
+	fp3, _ := d.Fingerprint(ctx, root)
+	if fp3 == fp1 {
+		t.Error("fingerprint did not change after the transaction")
+	}
+	var installs, erases int
+	for _, e := range ev {
+		if e.Step == "transaction" && e.Total > 0 {
+			if e.Action == "erase" {
+				erases++
+			} else {
+				installs++
+			}
+			if e.N < 1 || e.N > e.Total {
+				t.Errorf("bad progress %d/%d", e.N, e.Total)
+			}
+		}
+	}
+	if installs != 5 || erases < 2 {
+		t.Errorf("progress events: %d installs, %d erases (%v)", installs, erases, ev)
+	}
+	// Applying the same plan again is refused: its removals are gone.
+	err = d.Apply(ctx, root, stage, res.Items, nil)
+	var he *pkgmgr.HelperError
+	if !errors.As(err, &he) || he.Kind != "stale" {
+		t.Errorf("second Apply: %v, want a stale-plan error", err)
+	}
+}
+
+func findPrefix(l []string, p string) string {
+	for _, s := range l {
+		if strings.HasPrefix(s, p) {
+			return s
+		}
+	}
+	return ""
+}
+
+func TestApplyFailingScriptlet(t *testing.T) {
+	set, root := newRoot(t)
+	ctx := context.Background()
+	d := pkgmgr.NewDNF(nil)
+	res, stage := resolve(t, d, set, root, "5.9", "5.9-failpre")
+	err := d.Apply(ctx, root, stage, res.Items, nil)
+	var he *pkgmgr.HelperError
+	if !errors.As(err, &he) || he.Kind != "transaction" || !strings.Contains(err.Error(), "failpre") {
+		t.Fatalf("Apply with a failing %%pre: %v", err)
+	}
+}
+
+func TestCheckStaged(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a.rpm"), []byte("hello"), 0o644)
+	const sumHello = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+	item := func(file, sum string, size int64) pkgmgr.Item {
+		return pkgmgr.Item{Action: "install", NEVRA: "a-0:1-1.noarch", Name: "a", File: file, SHA256: sum, Size: size}
+	}
+	tests := []struct {
+		name string
+		item pkgmgr.Item
+		want string
+	}{
+		{name: "good", item: item("a.rpm", sumHello, 5)},
+		{name: "missing", item: item("b.rpm", sumHello, 5), want: "no such file"},
+		{name: "size", item: item("a.rpm", sumHello, 6), want: "size is 5"},
+		{name: "checksum", item: item("a.rpm", strings.Repeat("0", 64), 5), want: "sha256 is " + sumHello},
+		{name: "path in file", item: item("../a.rpm", sumHello, 5), want: "no valid staged file"},
+		{name: "removal needs no file", item: pkgmgr.Item{Action: "remove", NEVRA: "x-0:1-1.noarch", Name: "x"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := pkgmgr.CheckStaged(dir, []pkgmgr.Item{tc.item})
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("CheckStaged = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestHelperProtocol drives the JSON-lines protocol with a stand-in
+// interpreter, to pin down how progress, errors and crashes are handled.
+func TestHelperProtocol(t *testing.T) {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	tests := []struct {
+		name    string
+		script  string
+		wantErr string
+		wantEv  int
+	}{
+		{name: "result", script: `echo '{"type":"progress","step":"x","n":1,"total":2}'; echo 'not json'; echo '{"type":"result","fingerprint":"sha256:1"}'`, wantEv: 1},
+		{name: "helper error", script: `echo '{"type":"error","kind":"depsolve","message":"dependency problems","problems":["nothing provides foo"]}'; exit 1`, wantErr: "nothing provides foo"},
+		{name: "crash", script: `echo boom >&2; exit 3`, wantErr: "boom"},
+		{name: "no result", script: `exit 0`, wantErr: "gave no result"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			py := filepath.Join(t.TempDir(), "python")
+			// The stand-in ignores "-c <source> <command>".
+			os.WriteFile(py, []byte("#!/bin/sh\ncat >/dev/null\n"+tc.script+"\n"), 0o755)
+			d := &pkgmgr.DNF{Python: py}
+			var ev events
+			err := d.Test(context.Background(), t.TempDir(), t.TempDir(), nil, &ev)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want %q", err, tc.wantErr)
+			}
+			if len(ev) != tc.wantEv {
+				t.Errorf("%d progress events forwarded, want %d", len(ev), tc.wantEv)
+			}
+			if tc.name == "helper error" && !errors.Is(err, pkgmgr.ErrDepsolve) {
+				t.Errorf("depsolve error does not match ErrDepsolve")
+			}
+		})
+	}
+}
