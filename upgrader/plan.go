@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 )
 
 // PlanVersion is the plan format this build writes and the newest it reads.
@@ -54,6 +55,9 @@ type Plan struct {
 	Transaction  []pkgmgr.Item `json:"transaction"`
 	DownloadSize int64         `json:"download_size"`
 	InstallSize  int64         `json:"install_size"`
+	// Report is the assessment prepare made (docs/report.md): findings
+	// that did not inhibit, third-party packages kept, answers given.
+	Report *preflight.Report `json:"report,omitempty"`
 
 	unknown map[string]json.RawMessage
 }
@@ -108,7 +112,7 @@ func (p Plan) MarshalJSON() ([]byte, error) {
 }
 
 var planKeys = []string{"version", "id", "created_at", "machine_id", "source", "target", "repos", "snapshot",
-	"mode", "rpmdb_fingerprint", "signature_check", "stage_dir", "transaction", "download_size", "install_size"}
+	"mode", "rpmdb_fingerprint", "signature_check", "stage_dir", "transaction", "download_size", "install_size", "report"}
 
 // ErrBadPlan is wrapped by every plan parse and validation error.
 var ErrBadPlan = errors.New("invalid plan")

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 )
 
@@ -22,6 +23,9 @@ type PrepareOptions struct {
 	Snapshot string
 	// SkipSignatures disables GPG verification (explicit user override).
 	SkipSignatures bool
+	// Answers are answers to the assessment's questions, KEY=VALUE (as
+	// --answer); they are laid over /etc/kos-upgrade/answers.conf.
+	Answers []string
 }
 
 // Prepare resolves, downloads, verifies and tests the upgrade and writes the
@@ -62,6 +66,10 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	}
 	if backend == "none" {
 		e.report(progress.Event{Step: "check", Message: "WARNING: --snapshot none: the upgrade will change the running root in place, with NO snapshot and NO rollback"})
+	}
+	report, err := e.assess(ctx, opts, state, backend)
+	if err != nil {
+		return nil, err
 	}
 
 	e.report(progress.Event{Step: "fingerprint", Message: "reading the installed package set"})
@@ -129,6 +137,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		SignatureCheck:   sigCheck,
 		StageDir:         stageRel,
 		Transaction:      res.Items,
+		Report:           report,
 	}
 	for _, it := range res.Items {
 		p.DownloadSize += it.Size
@@ -150,6 +159,42 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	}
 	e.report(progress.Event{Step: "prepare", Message: fmt.Sprintf("upgrade to %s prepared: %s", opts.To, summarize(p))})
 	return p, nil
+}
+
+// assess runs the same assessment as kos-upgrade check and refuses on an
+// inhibitor. The report is saved in the state directory (as check does) and
+// returned for the plan.
+func (e *Engine) assess(ctx context.Context, opts PrepareOptions, state *State, backend string) (*preflight.Report, error) {
+	answers, err := preflight.LoadAnswers(e.Root, opts.Answers)
+	if err != nil {
+		return nil, fmt.Errorf("cannot prepare: %w", err)
+	}
+	owner, err := e.LinkOwner()
+	if err != nil {
+		return nil, err
+	}
+	var pm preflight.Assessor // nil: dnf
+	if a, ok := e.PM.(preflight.Assessor); ok {
+		pm = a
+	}
+	e.report(progress.Event{Step: "check", Message: "assessing the upgrade"})
+	r, _, err := preflight.Run(ctx, preflight.Options{
+		Root: e.Root, To: opts.To, Repos: opts.Repos, SkipSignatures: opts.SkipSignatures,
+		Snapshot: preflight.SnapshotFacts{Requested: opts.Snapshot, Backend: backend},
+		State: preflight.StateFacts{Status: string(state.Status), PlanID: state.PlanID, Target: state.Target,
+			Snapshot: state.Snapshot, Previous: state.Previous},
+		SystemUpdate: owner, PM: pm, Sink: e.Sink, Log: e.log(),
+	}, answers)
+	if err != nil {
+		return nil, fmt.Errorf("cannot prepare: cannot assess the upgrade: %w", err)
+	}
+	if err := r.Save(e.Root.StateDir()); err != nil {
+		e.log().Warn("cannot save the assessment", "error", err)
+	}
+	if err := r.Err(); err != nil {
+		return nil, fmt.Errorf("cannot prepare: %w\n(kos-upgrade check --to %s shows the whole report)", err, opts.To)
+	}
+	return r, nil
 }
 
 // pruneStage removes staged files no item of the plan names (leftovers of

@@ -1,0 +1,750 @@
+package preflight
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+)
+
+// Finding keys. They are stable: scripts, answers and docs/report.md
+// refer to them.
+const (
+	KeyNotRoot          = "system.not-root"
+	KeySELinux          = "system.selinux"
+	KeyFIPS             = "system.fips"
+	KeySameRelease      = "release.same"
+	KeyArmed            = "state.armed"
+	KeyApplying         = "state.applying"
+	KeyPrepared         = "state.prepared"
+	KeyForeignUpdate    = "state.foreign-update"
+	KeySnapshotNone     = "snapshot.none"
+	KeySnapshotUnusable = "snapshot.unavailable"
+	KeySeparateMounts   = "snapshot.separate-mounts"
+	KeySpaceRoot        = "space.root"
+	KeySpaceState       = "space.state"
+	KeySpaceUnknown     = "space.unknown"
+	KeyBootSpace        = "boot.space"
+	KeyBootLeftovers    = "boot.leftovers"
+	KeyBootMissing      = "boot.missing"
+	KeyBootLoader       = "boot.loader"
+	KeyBootUnknown      = "boot.loader-unknown"
+	KeyGrubEnv          = "boot.grubenv"
+	KeyDeps             = "deps.unresolvable"
+	KeyAssessFailed     = "deps.assess-failed"
+	KeyTransaction      = "transaction.summary"
+	KeyRemoved          = "packages.removed"
+	KeyObsoleted        = "packages.obsoleted"
+	KeyThirdParty       = "packages.third-party"
+	KeyOrphaned         = "packages.orphaned"
+	KeyModulesUnshipped = "modules.unshipped"
+	KeyModulesUnknown   = "modules.unknown"
+	KeyKeyMissing       = "gpg.missing-key"
+	KeyNoKeys           = "gpg.no-keys"
+	KeyKeyNotInstalled  = "gpg.key-not-installed"
+	KeyFactsUnavailable = "facts.unavailable"
+)
+
+// Space estimates, documented in docs/report.md.
+const (
+	MiB = int64(1) << 20
+	// MarginFixed and MarginPercent are added to every space need.
+	MarginFixed   = 200 * MiB
+	MarginPercent = 10
+	// BootPerKernelUnknown is what a new kernel needs in /boot when its
+	// size is unknown; BootPerKernelMin is the least we assume for one
+	// (vmlinuz, initramfs, rescue images).
+	BootPerKernelUnknown = 100 * MiB
+	BootPerKernelMin     = 64 * MiB
+	// BootKernelFactor times the kernel package's size estimates what it
+	// takes in /boot.
+	BootKernelFactor = 3
+)
+
+// margin returns need plus the safety margin.
+func margin(need int64) int64 {
+	return need + need*MarginPercent/100 + MarginFixed
+}
+
+// check is one pure decision on the facts.
+type check func(f *Facts) []Finding
+
+// checks run in this order (the report is sorted afterwards).
+var checks = []check{
+	checkRoot, checkRelease, checkState, checkSnapshot, checkSpace, checkBoot, checkDeps,
+	checkTransaction, checkThirdParty, checkModules, checkKeys, checkSecurity, checkFacts,
+}
+
+// Evaluate runs every check on f, applies the answers and returns the
+// report, sorted by risk. It is a pure function of its arguments.
+func Evaluate(f *Facts, a Answers, now time.Time) *Report {
+	r := &Report{Version: ReportVersion, GeneratedAt: now.UTC(), Root: f.Root, Source: f.Source.String(), Target: f.Target}
+	for _, c := range checks {
+		for _, fd := range c(f) {
+			if _, ok := questions[fd.Key]; ok {
+				ask(&fd, a)
+			}
+			r.Findings = append(r.Findings, fd)
+		}
+	}
+	if u := unusedAnswers(a); u != nil {
+		r.Findings = append(r.Findings, *u)
+	}
+	r.finish()
+	return r
+}
+
+func inhibitor(groups ...string) []string { return append(groups, GroupInhibitor) }
+
+// Size formats a byte count (binary units).
+func Size(n int64) string {
+	const unit = 1024
+	if n < 0 {
+		return "-" + Size(-n)
+	}
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func checkRoot(f *Facts) []Finding {
+	if f.EUID == 0 {
+		return nil
+	}
+	return []Finding{{
+		Key: KeyNotRoot, Severity: High, Groups: inhibitor("system"),
+		Title:        "kos-upgrade does not run as root",
+		Summary:      fmt.Sprintf("The effective user id is %d: the rpm database, /boot and the snapshots cannot be read or changed without root, so the assessment is incomplete and the upgrade cannot run.", f.EUID),
+		Remediations: []Remediation{hint("run kos-upgrade as root, for example with sudo")},
+	}}
+}
+
+func checkRelease(f *Facts) []Finding {
+	if f.Target == "" || f.Source.VersionID != f.Target {
+		return nil
+	}
+	return []Finding{{
+		Key: KeySameRelease, Severity: High, Groups: inhibitor("release"),
+		Title:        "The system already runs release " + f.Target,
+		Summary:      "There is nothing to upgrade to: the target is the running release.",
+		Remediations: []Remediation{hint("choose a newer release with --to VERSION")},
+	}}
+}
+
+func checkState(f *Facts) []Finding {
+	var out []Finding
+	switch {
+	case f.SystemUpdate == "kos-upgrade" || f.State.Status == "armed":
+		out = append(out, Finding{
+			Key: KeyArmed, Severity: High, Groups: inhibitor("state"),
+			Title:        "An upgrade is armed for the next boot",
+			Summary:      fmt.Sprintf("The upgrade to %s (plan %s) runs at the next boot; a new one cannot be prepared over it.", orUnknown(f.State.Target), orUnknown(f.State.PlanID)),
+			Remediations: []Remediation{command("kos-upgrade cancel"), hint("or reboot to let the armed upgrade run")},
+		})
+	case f.State.Status == "applying":
+		out = append(out, Finding{
+			Key: KeyApplying, Severity: High, Groups: inhibitor("state"),
+			Title:        "An upgrade is being applied",
+			Summary:      "kos-upgrade's state says an apply run is in progress (or was interrupted and not yet recorded).",
+			Remediations: []Remediation{command("kos-upgrade status")},
+		})
+	case f.State.Status == "prepared":
+		out = append(out, Finding{
+			Key: KeyPrepared, Severity: Info, Groups: []string{"state"},
+			Title:   "An upgrade is prepared already",
+			Summary: fmt.Sprintf("The plan %s for release %s is prepared; preparing again replaces it.", orUnknown(f.State.PlanID), orUnknown(f.State.Target)),
+		})
+	}
+	if f.SystemUpdate != "" && f.SystemUpdate != "kos-upgrade" {
+		out = append(out, Finding{
+			Key: KeyForeignUpdate, Severity: High, Groups: inhibitor("state"),
+			Title:   "Another tool's offline update is pending",
+			Summary: fmt.Sprintf("/system-update points at %s, which is not kos-upgrade: another tool (PackageKit, dnf system-upgrade) will update the system at the next boot. kos-upgrade neither removes nor replaces it.", f.SystemUpdate),
+			Remediations: []Remediation{
+				hint("let that update run (reboot), or cancel it with the tool that created it (for example pkcon offline-cancel or dnf system-upgrade clean)"),
+			},
+		})
+	}
+	return out
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func checkSnapshot(f *Facts) []Finding {
+	s := f.Snapshot
+	var out []Finding
+	switch {
+	case s.Backend == "none":
+		out = append(out, Finding{
+			Key: KeySnapshotNone, Severity: High, Groups: []string{"snapshot"},
+			Title:   "The upgrade runs without a snapshot: no rollback",
+			Summary: "With --snapshot none the running root is changed in place: a failure halfway leaves a half-upgraded system and there is no rollback.",
+			Remediations: []Remediation{
+				hint("put the root on a btrfs subvolume and use --snapshot auto"),
+				hint("take a backup before the upgrade"),
+			},
+		})
+	case s.Backend == "":
+		fd := Finding{
+			Key: KeySnapshotUnusable, Severity: High, Groups: inhibitor("snapshot"),
+			Title:   "The root cannot be snapshotted",
+			Summary: "kos-upgrade upgrades a snapshot of the root and switches to it only on success; no snapshot backend can protect this root: " + orUnknown(s.Error) + ".",
+			Remediations: []Remediation{
+				hint("kos-upgrade supports a root on a btrfs subvolume (LVM support is coming)"),
+				hint("or accept an upgrade in place without rollback: --snapshot none"),
+			},
+		}
+		if l := s.LVM; l != nil {
+			if l.Pool != "" {
+				fd.Details = append(fd.Details, fmt.Sprintf("the root is the thin LV %s/%s in pool %s with %s free", l.VG, l.LV, l.Pool, Size(l.PoolFree)))
+			} else {
+				fd.Details = append(fd.Details, fmt.Sprintf("the root is the LV %s/%s (%s); volume group %s has %s free", l.VG, l.LV, Size(l.Size), l.VG, Size(l.VGFree)))
+				if l.VGFree < l.Size/5 {
+					fd.Details = append(fd.Details, "a thick snapshot would need free extents of about 20% of the LV: not enough")
+				}
+			}
+		}
+		out = append(out, fd)
+	}
+	if s.Backend != "" && s.Backend != "none" && len(f.SeparateMounts) > 0 {
+		out = append(out, Finding{
+			Key: KeySeparateMounts, Severity: High, Groups: inhibitor("snapshot"),
+			Title:   "Part of the system is outside the root's snapshot",
+			Summary: "The transaction writes to directories that are separate filesystems: a snapshot of the root would not contain them, so a rollback would restore only half the system.",
+			Details: f.SeparateMounts,
+			Remediations: []Remediation{
+				hint("move them into the root filesystem"),
+				hint("or pass --snapshot none to upgrade in place without rollback"),
+			},
+		})
+	}
+	return out
+}
+
+// sameFS reports whether a and b share their free space.
+func sameFS(a, b *FSFacts) bool {
+	if a.FSType == "btrfs" && b.FSType == "btrfs" {
+		return a.Source == b.Source
+	}
+	return a.Dev == b.Dev && a.MountID == b.MountID || a.Dev == b.Dev && a.Dev != 0 && a.FSType != "tmpfs"
+}
+
+func checkSpace(f *Facts) []Finding {
+	if f.RootFS == nil {
+		return nil
+	}
+	a := f.Assessment
+	if a == nil {
+		var out []Finding
+		if f.Target == "" {
+			out = append(out, Finding{
+				Key: KeySpaceUnknown, Severity: Info, Groups: []string{"space"},
+				Title:        "The space the upgrade needs is not known without a target",
+				Summary:      fmt.Sprintf("Without --to, only the fixed margin of %s is checked on %s (%s free).", Size(MarginFixed), f.RootFS.Mount, Size(f.RootFS.Free)),
+				Remediations: []Remediation{hint("run kos-upgrade check --to VERSION for the whole assessment")},
+			})
+		}
+		if f.RootFS.Free < MarginFixed {
+			out = append(out, spaceFinding(KeySpaceRoot, f.RootFS, MarginFixed, "the safety margin alone"))
+		}
+		return out
+	}
+	// Staged packages go to the state directory; the transaction writes
+	// into the root. With a snapshot the old files stay referenced by the
+	// old root, so every byte installed is new; in place, only the growth.
+	stage := a.DownloadSize
+	tx := a.InstallSize
+	how := "to install, the snapshot keeps the old files"
+	if f.Snapshot.Backend == "none" {
+		tx = max(0, a.InstallSize-a.EraseSize)
+		how = "growth of the installed size"
+	}
+	var out []Finding
+	rootNeed := margin(tx)
+	what := fmt.Sprintf("%s %s; + %d%% + %s margin", Size(tx), how, MarginPercent, Size(MarginFixed))
+	stateSeparate := f.StateFS != nil && !sameFS(f.StateFS, f.RootFS)
+	if !stateSeparate {
+		rootNeed = margin(tx + stage)
+		what = fmt.Sprintf("%s to download + %s", Size(stage), what)
+	}
+	if f.RootFS.Free < rootNeed {
+		out = append(out, spaceFinding(KeySpaceRoot, f.RootFS, rootNeed, what))
+	} else {
+		out = append(out, Finding{
+			Key: KeySpaceRoot, Severity: Info, Groups: []string{"space"},
+			Title:   fmt.Sprintf("Enough free space on %s", f.RootFS.Mount),
+			Summary: fmt.Sprintf("The upgrade needs %s (%s); %s is free.", Size(rootNeed), what, Size(f.RootFS.Free)),
+		})
+	}
+	if stateSeparate {
+		need := margin(stage)
+		if f.StateFS.Free < need {
+			out = append(out, spaceFinding(KeySpaceState, f.StateFS, need,
+				fmt.Sprintf("%s of packages to stage; + %d%% + %s margin", Size(stage), MarginPercent, Size(MarginFixed))))
+		}
+	}
+	return out
+}
+
+func spaceFinding(key string, fs *FSFacts, need int64, what string) Finding {
+	return Finding{
+		Key: key, Severity: High, Groups: inhibitor("space"),
+		Title: fmt.Sprintf("Not enough free space on %s", fs.Mount),
+		Summary: fmt.Sprintf("The upgrade needs %s (%s) on %s (%s on %s, which holds %s); %s is free, %s short.",
+			Size(need), what, fs.Mount, fs.FSType, fs.Source, fs.Path, Size(fs.Free), Size(need-fs.Free)),
+		Remediations: []Remediation{
+			hint("free at least %s on %s", Size(need-fs.Free), fs.Mount),
+			command("kos-upgrade clean"),
+		},
+	}
+}
+
+func checkBoot(f *Facts) []Finding {
+	if !f.Boot.Exists || f.Boot.Empty {
+		what := "The root has no /boot directory"
+		if f.Boot.Exists {
+			what = "/boot is empty"
+		}
+		return []Finding{{
+			Key: KeyBootMissing, Severity: Low, Groups: []string{"boot"},
+			Title:        what,
+			Summary:      "There is nothing in /boot to check: the boot loader and the space for a new kernel were not assessed (a container or a chroot?).",
+			Remediations: []Remediation{hint("if /boot is a separate partition, mount it and check again")},
+		}}
+	}
+	var out []Finding
+	var leftover int64
+	var leftovers []string
+	for _, l := range f.Boot.Leftovers {
+		leftover += l.Size
+		leftovers = append(leftovers, fmt.Sprintf("%s (%s)", l.Path, Size(l.Size)))
+	}
+	if len(leftovers) > 0 {
+		out = append(out, Finding{
+			Key: KeyBootLeftovers, Severity: Low, Groups: []string{"boot"},
+			Title:        "Files of an earlier kos-upgrade run are left in /boot",
+			Summary:      fmt.Sprintf("These files were made by kos-upgrade and belong to no current plan, snapshot or rollback target; they take %s.", Size(leftover)),
+			Details:      leftovers,
+			Remediations: []Remediation{hint("remove them once you are sure nothing boots from them")},
+		})
+	}
+	// Space for the new kernel.
+	if f.BootFS != nil {
+		kernels, per, why := 1, BootPerKernelUnknown, "the target is not known: assuming one new kernel"
+		if a := f.Assessment; a != nil {
+			k := a.Kernel
+			switch {
+			case k == nil || !k.InTransaction || k.Installed:
+				kernels, why = 0, "the upgrade installs no new kernel"
+			case k.DownloadSize > 0:
+				per = max(BootPerKernelMin, BootKernelFactor*k.DownloadSize)
+				why = fmt.Sprintf("one new kernel, %s: %d × its package size, at least %s", k.NEVRA, BootKernelFactor, Size(BootPerKernelMin))
+			default:
+				why = "one new kernel of unknown size"
+			}
+		}
+		need := int64(kernels) * per
+		need += need * MarginPercent / 100
+		if need > 0 && f.BootFS.Free < need {
+			fd := Finding{
+				Key: KeyBootSpace, Severity: High, Groups: inhibitor("boot", "space"),
+				Title: "Not enough free space in /boot for the new kernel",
+				Summary: fmt.Sprintf("The new kernel and its initramfs need about %s in /boot (%s; margin %d%%); %s is free on %s.",
+					Size(need), why, MarginPercent, Size(f.BootFS.Free), f.BootFS.Mount),
+				Remediations: []Remediation{
+					hint("remove old kernels: dnf remove --oldinstallonly (keeps the running one)"),
+				},
+			}
+			if leftover > 0 {
+				fd.Summary += fmt.Sprintf(" Leftovers of earlier kos-upgrade runs take %s of it (see %s).", Size(leftover), KeyBootLeftovers)
+				if f.BootFS.Free+leftover >= need {
+					fd.Summary += " Removing them is enough."
+				}
+			}
+			out = append(out, fd)
+		}
+	}
+	// The boot loader.
+	var loaders []string
+	if len(f.Boot.GrubEnvs) > 0 {
+		s := "GRUB 2"
+		if len(f.Boot.Entries) > 0 {
+			s += fmt.Sprintf(" with %d BLS entries", len(f.Boot.Entries))
+		}
+		loaders = append(loaders, s)
+	}
+	if len(f.Boot.SystemdBoot) > 0 {
+		loaders = append(loaders, "systemd-boot ("+strings.Join(f.Boot.SystemdBoot, ", ")+")")
+	}
+	if len(loaders) == 0 {
+		if len(f.Boot.Entries) > 0 {
+			loaders = append(loaders, fmt.Sprintf("a BLS boot loader with %d entries", len(f.Boot.Entries)))
+		} else {
+			out = append(out, Finding{
+				Key: KeyBootUnknown, Severity: High, Groups: []string{"boot"},
+				Title:   "The boot loader is not recognised",
+				Summary: "No grubenv (/boot/grub2/grubenv, /boot/efi/EFI/*/grubenv), no BLS entries in /boot/loader/entries and no systemd-boot loader.conf were found: kos-upgrade cannot tell whether the new kernel will get a boot entry, nor make a trial boot.",
+				Remediations: []Remediation{
+					hint("make sure the system boots with GRUB 2 (BLS) or systemd-boot and /boot is mounted"),
+				},
+			})
+		}
+	}
+	if len(loaders) > 0 {
+		out = append(out, Finding{
+			Key: KeyBootLoader, Severity: Info, Groups: []string{"boot"},
+			Title:   "Boot loader: " + strings.Join(loaders, ", "),
+			Summary: "The boot loader is recognised.",
+		})
+	}
+	for _, g := range f.Boot.GrubEnvs {
+		var problems []string
+		if g.Size != 1024 {
+			problems = append(problems, fmt.Sprintf("it is %d bytes, not the 1024 of a grub environment block", g.Size))
+		}
+		switch {
+		case g.FSType == "btrfs" || g.FSType == "zfs":
+			problems = append(problems, fmt.Sprintf("it is on %s, which GRUB cannot write at boot", g.FSType))
+		case strings.HasPrefix(g.Source, "/dev/md"):
+			problems = append(problems, "it is on software RAID ("+g.Source+"), which GRUB cannot write at boot")
+		case isLVM(g.Source):
+			problems = append(problems, "it is on LVM ("+g.Source+"), which GRUB cannot write at boot")
+		}
+		if len(problems) == 0 {
+			continue
+		}
+		out = append(out, Finding{
+			Key: KeyGrubEnv, Severity: Medium, Groups: []string{"boot"},
+			Title:   "The boot loader's default cannot be changed safely",
+			Summary: fmt.Sprintf("GRUB keeps its one-time and trial boot state in %s, but %s: a one-time boot could become permanent and boot counting cannot fall back.", g.Path, strings.Join(problems, "; ")),
+			Remediations: []Remediation{
+				hint("keep /boot (and its grubenv) on a plain ext4, xfs or vfat partition"),
+				command("grub2-editenv %s create", g.Path),
+			},
+		})
+	}
+	return out
+}
+
+func checkDeps(f *Facts) []Finding {
+	if f.AssessError != "" {
+		return []Finding{{
+			Key: KeyAssessFailed, Severity: High, Groups: inhibitor("packages"),
+			Title:   "The upgrade could not be resolved",
+			Summary: "dnf could not assess the upgrade to " + f.Target + ": " + firstLine(f.AssessError),
+			Details: restLines(f.AssessError),
+			Remediations: []Remediation{
+				hint("check that the repositories of release %s are reachable and enabled (/etc/yum.repos.d, or --repo ID=URL)", f.Target),
+			},
+		}}
+	}
+	a := f.Assessment
+	if a == nil || len(a.Problems) == 0 {
+		return nil
+	}
+	return []Finding{{
+		Key: KeyDeps, Severity: High, Groups: inhibitor("packages"),
+		Title:   "Dependency problems in the upgrade",
+		Summary: fmt.Sprintf("dnf cannot resolve a distro-sync to %s, even with erasing allowed; each problem is listed as dnf says it.", f.Target),
+		Details: a.Problems,
+		Remediations: []Remediation{
+			hint("remove or update the packages named, or add the repository that provides what they need"),
+			command("dnf --releasever=%s distro-sync --allowerasing --assumeno", f.Target),
+		},
+	}}
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return strings.TrimSuffix(l, ":")
+}
+
+func restLines(s string) []string {
+	_, rest, ok := strings.Cut(s, "\n")
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(rest, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func checkTransaction(f *Facts) []Finding {
+	a := f.Assessment
+	if a == nil || len(a.Problems) > 0 {
+		return nil
+	}
+	c := map[string]int{}
+	var removed, obsoleted []string
+	for _, it := range a.Items {
+		c[it.Action]++
+		switch it.Action {
+		case pkgmgr.ActionRemove:
+			removed = append(removed, it.NEVRA+": "+it.Reason)
+		case pkgmgr.ActionObsoleted:
+			obsoleted = append(obsoleted, it.NEVRA+": "+it.Reason)
+		}
+	}
+	var parts []string
+	for _, act := range []string{pkgmgr.ActionUpgrade, pkgmgr.ActionInstall, pkgmgr.ActionDowngrade, pkgmgr.ActionReinstall, pkgmgr.ActionObsoleted, pkgmgr.ActionRemove} {
+		if c[act] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c[act], act))
+		}
+	}
+	if len(parts) == 0 {
+		parts = append(parts, "nothing to change")
+	}
+	out := []Finding{{
+		Key: KeyTransaction, Severity: Info, Groups: []string{"packages"},
+		Title: "What the upgrade changes: " + strings.Join(parts, ", "),
+		Summary: fmt.Sprintf("dnf's resolution of a distro-sync to %s: download %s, installed size %s (replacing %s).",
+			f.Target, Size(a.DownloadSize), Size(a.InstallSize), Size(a.EraseSize)),
+	}}
+	if len(removed) > 0 {
+		sort.Strings(removed)
+		out = append(out, Finding{
+			Key: KeyRemoved, Severity: Medium, Groups: []string{"packages"},
+			Title:        fmt.Sprintf("The upgrade removes %d package(s)", len(removed)),
+			Summary:      "Nothing of the target release replaces these packages: they are erased because the new release conflicts with them or cannot satisfy their dependencies.",
+			Details:      removed,
+			Remediations: []Remediation{hint("make sure nothing you run needs them, or find their replacement before upgrading")},
+		})
+	}
+	if len(obsoleted) > 0 {
+		sort.Strings(obsoleted)
+		out = append(out, Finding{
+			Key: KeyObsoleted, Severity: Info, Groups: []string{"packages"},
+			Title:   fmt.Sprintf("%d package(s) are replaced by others", len(obsoleted)),
+			Summary: "These packages are obsoleted by packages of the target release, which take over their role.",
+			Details: obsoleted,
+		})
+	}
+	return out
+}
+
+func checkThirdParty(f *Facts) []Finding {
+	a := f.Assessment
+	if a == nil || len(a.Problems) > 0 || len(a.Unavailable) == 0 {
+		return nil
+	}
+	erased := map[string]bool{}
+	for _, it := range a.Items {
+		if it.Action == pkgmgr.ActionRemove || it.Action == pkgmgr.ActionObsoleted {
+			erased[it.Name] = true
+		}
+	}
+	dist := map[string]bool{}
+	for _, k := range f.DistKeys {
+		dist[k] = true
+	}
+	unavailable := map[string]bool{}
+	for _, n := range a.Unavailable {
+		unavailable[n] = !erased[n]
+	}
+	var third, orphan []string
+	for _, p := range f.Packages {
+		if !unavailable[p.Name] {
+			continue
+		}
+		d := p.NEVRA
+		switch {
+		case p.KeyID != "" && dist[p.KeyID]:
+			orphan = append(orphan, d)
+			continue
+		case p.KeyID == "":
+			d += " (unsigned"
+		default:
+			d += " (signed with key " + p.KeyID
+		}
+		if p.Vendor != "" {
+			d += ", vendor " + p.Vendor
+		}
+		third = append(third, d+")")
+	}
+	var out []Finding
+	if len(third) > 0 {
+		out = append(out, Finding{
+			Key: KeyThirdParty, Severity: High, Groups: []string{"packages"},
+			Title: fmt.Sprintf("%d third-party package(s) come from no enabled repository", len(third)),
+			Summary: fmt.Sprintf("These packages were not signed by the distribution and no repository of release %s has them. The upgrade keeps them as they are (it does not remove them); they may not work with the new release.",
+				f.Target),
+			Details:      third,
+			Remediations: []Remediation{hint("check with their vendors that they support release %s, or remove them before upgrading", f.Target)},
+		})
+	}
+	if len(orphan) > 0 {
+		out = append(out, Finding{
+			Key: KeyOrphaned, Severity: Medium, Groups: []string{"packages"},
+			Title:        fmt.Sprintf("%d package(s) of the distribution are dropped in release %s", len(orphan), f.Target),
+			Summary:      "These packages were signed by the distribution but the target release no longer ships them. The upgrade keeps them as they are; they get no more updates.",
+			Details:      orphan,
+			Remediations: []Remediation{hint("remove them when you no longer need them: dnf remove NAME")},
+		})
+	}
+	return out
+}
+
+func checkModules(f *Facts) []Finding {
+	a := f.Assessment
+	if a == nil || len(a.Problems) > 0 {
+		return nil
+	}
+	k := a.Kernel
+	unknown := func(why string) []Finding {
+		return []Finding{{
+			Key: KeyModulesUnknown, Severity: Info, Groups: []string{"hardware"},
+			Title:   "Kernel module compatibility was not checked",
+			Summary: why,
+		}}
+	}
+	switch {
+	case f.Loaded == nil:
+		return unknown("The loaded kernel modules are not known (no /proc/modules in the root).")
+	case k == nil:
+		return unknown(fmt.Sprintf("The repositories of release %s have no kernel package.", f.Target))
+	case !k.FilesKnown:
+		return unknown(fmt.Sprintf("The file list of %s is not in the repository metadata.", k.NEVRA))
+	}
+	ship := map[string]bool{}
+	for _, m := range k.Modules {
+		ship[moduleName(m)] = true
+	}
+	var missing []string
+	for _, m := range f.Loaded {
+		if !ship[m] {
+			missing = append(missing, m)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return []Finding{{
+		Key: KeyModulesUnshipped, Severity: High, Groups: []string{"hardware"},
+		Title: fmt.Sprintf("%d loaded kernel module(s) are not shipped by the new kernel", len(missing)),
+		Summary: fmt.Sprintf("These modules are loaded now but %s has no such module: hardware they drive (storage, network) may not work after the upgrade, and a missing storage driver makes the system unbootable. Modules built into the new kernel cannot be seen here.",
+			k.NEVRA),
+		Details: missing,
+		Remediations: []Remediation{
+			hint("install a driver package for the new kernel (kmod, DKMS), or check that the hardware is supported by release %s", f.Target),
+		},
+	}}
+}
+
+func checkKeys(f *Facts) []Finding {
+	a := f.Assessment
+	if a == nil {
+		return nil
+	}
+	var out []Finding
+	var missing []string
+	installed := map[string]bool{}
+	for _, k := range f.InstalledKeys {
+		installed[k] = true
+	}
+	var notInstalled []string
+	for _, k := range f.Keys {
+		if k.Error != "" {
+			missing = append(missing, fmt.Sprintf("repository %s: %s: %s", k.Repo, k.URL, k.Error))
+			continue
+		}
+		for _, id := range k.KeyIDs {
+			if !installed[id] {
+				notInstalled = append(notInstalled, fmt.Sprintf("%s (%s, repository %s)", id, k.URL, k.Repo))
+			}
+		}
+	}
+	if len(missing) > 0 {
+		fd := Finding{
+			Key: KeyKeyMissing, Severity: High, Groups: inhibitor("security"),
+			Title:   "GPG keys of the target repositories are missing",
+			Summary: "Packages of these repositories cannot be verified: their key files do not exist or hold no usable key, so prepare would refuse every package signed with them.",
+			Details: missing,
+			Remediations: []Remediation{
+				hint("install the key files (usually shipped by the release package), or fix the gpgkey= lines in /etc/yum.repos.d"),
+			},
+		}
+		if f.SkipSignatures {
+			fd.Groups = []string{"security"}
+			fd.Summary = "Packages of these repositories cannot be verified; --no-gpg-check was given, so they would be installed unverified."
+		}
+		out = append(out, fd)
+	}
+	anyKey := len(f.InstalledKeys) > 0
+	for _, k := range f.Keys {
+		anyKey = anyKey || len(k.KeyIDs) > 0
+	}
+	if !anyKey && !f.SkipSignatures && len(missing) == 0 {
+		out = append(out, Finding{
+			Key: KeyNoKeys, Severity: High, Groups: inhibitor("security"),
+			Title:   "No GPG key to verify the target's packages",
+			Summary: "The target repositories name no key and the rpm database holds none: no package could be verified.",
+			Remediations: []Remediation{
+				hint("add gpgkey= to the repository configuration, or import the distribution's key"),
+				command("rpmkeys --import /etc/pki/rpm-gpg/RPM-GPG-KEY-kos"),
+			},
+		})
+	}
+	if len(notInstalled) > 0 {
+		sort.Strings(notInstalled)
+		out = append(out, Finding{
+			Key: KeyKeyNotInstalled, Severity: Info, Groups: []string{"security"},
+			Title:   "Keys of the target repositories are not imported yet",
+			Summary: "kos-upgrade verifies the packages with these keys from the repository configuration; rpm itself will not know them until they are imported.",
+			Details: notInstalled,
+		})
+	}
+	return out
+}
+
+func checkSecurity(f *Facts) []Finding {
+	var out []Finding
+	if f.SELinux != "" || f.SELinuxConfig != "" {
+		fd := Finding{
+			Key: KeySELinux, Severity: Info, Groups: []string{"security"},
+			Title:   "SELinux: " + orUnknown(f.SELinux) + " (configured: " + orUnknown(f.SELinuxConfig) + ")",
+			Summary: "The upgrade keeps the SELinux mode; files it installs are labelled by rpm with the new release's policy.",
+		}
+		if f.SELinux != "" && f.SELinuxConfig != "" && f.SELinux != f.SELinuxConfig {
+			fd.Severity = Low
+			fd.Summary = fmt.Sprintf("SELinux runs %s but /etc/selinux/config says %s: the upgraded system boots %s.", f.SELinux, f.SELinuxConfig, f.SELinuxConfig)
+		}
+		out = append(out, fd)
+	}
+	if f.FIPS == "1" {
+		out = append(out, Finding{
+			Key: KeyFIPS, Severity: Info, Groups: []string{"security"},
+			Title:   "FIPS mode is enabled",
+			Summary: "The kernel runs in FIPS mode; the upgraded system keeps the fips=1 boot argument and its crypto policy.",
+		})
+	}
+	return out
+}
+
+func checkFacts(f *Facts) []Finding {
+	if len(f.Errors) == 0 {
+		return nil
+	}
+	return []Finding{{
+		Key: KeyFactsUnavailable, Severity: Low, Groups: []string{"facts"},
+		Title:   "Some facts could not be collected",
+		Summary: "The checks that need them were skipped or decided on less.",
+		Details: f.Errors,
+	}}
+}
