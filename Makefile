@@ -3,12 +3,13 @@ GO        ?= go
 PREFIX    ?= /usr
 DESTDIR   ?=
 BIN       := bin/kos-upgrade
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
 PKGS      := ./...
 # Real-component tests need root and the tools test/run.sh installs; in CI
 # KOS_UPGRADE_REQUIRE_ALL=1 turns their skips into failures.
 TESTFLAGS ?= -count=1 -timeout 25m
 
-.PHONY: all build test unit bench lint fmt install demo check help clean fuzz
+.PHONY: all build test unit bench lint fmt install demo check help clean fuzz e2e
 
 all: build
 
@@ -46,6 +47,20 @@ install: build ## install into DESTDIR (PREFIX=/usr)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/kos-upgrade
 	install -d $(DESTDIR)$(PREFIX)/share/doc/kos-upgrade
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/kos-upgrade/
+	install -D -m 0644 units/kos-upgrade-apply.service $(DESTDIR)$(UNITDIR)/kos-upgrade-apply.service
+	# systemd.offline-updates(7): a .wants link shipped in the package, no [Install] section
+	install -d $(DESTDIR)$(UNITDIR)/system-update.target.wants
+	ln -sfn ../kos-upgrade-apply.service $(DESTDIR)$(UNITDIR)/system-update.target.wants/kos-upgrade-apply.service
+	# D-Bus service (docs/dbus.md): unit, activation, policy, interface, polkit actions, journal catalog
+	install -D -m 0644 units/kos-upgrade-daemon.service $(DESTDIR)$(UNITDIR)/kos-upgrade-daemon.service
+	install -D -m 0644 units/org.kos.Upgrade1.service $(DESTDIR)$(PREFIX)/share/dbus-1/system-services/org.kos.Upgrade1.service
+	install -D -m 0644 units/org.kos.Upgrade1.conf $(DESTDIR)$(PREFIX)/share/dbus-1/system.d/org.kos.Upgrade1.conf
+	install -D -m 0644 pkg/dbusapi/org.kos.Upgrade1.xml $(DESTDIR)$(PREFIX)/share/dbus-1/interfaces/org.kos.Upgrade1.xml
+	install -D -m 0644 units/org.kos.upgrade.policy $(DESTDIR)$(PREFIX)/share/polkit-1/actions/org.kos.upgrade.policy
+	install -D -m 0644 units/kos-upgrade.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/kos-upgrade.catalog
+
+e2e: build ## boot tests in systemd-nspawn guests, every scenario (root; KOS_UPGRADE_E2E=full)
+	KOS_UPGRADE_E2E=full $(GO) test $(TESTFLAGS) -p 1 -v ./test/e2e/
 
 clean: ## remove build output
 	rm -rf bin

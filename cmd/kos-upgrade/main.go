@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
@@ -30,6 +30,9 @@ const (
 	exitUsage     = 2 // bad command line or input
 	exitStalePlan = 3 // the plan no longer matches the system
 	exitBusy      = 4 // another kos-upgrade operation is running
+	// exitInhibited: check (or prepare) found a finding that blocks the
+	// upgrade; the value of exitFailed, by design ("check && prepare").
+	exitInhibited = 1
 )
 
 var version = "0.1.0-dev"
@@ -57,6 +60,8 @@ func exitCode(err error) int {
 		return exitBusy
 	case errors.Is(err, upgrader.ErrStalePlan), errors.Is(err, upgrader.ErrBadPlan), errors.Is(err, upgrader.ErrStagedChanged):
 		return exitStalePlan
+	case errors.Is(err, preflight.ErrInhibited):
+		return exitInhibited
 	case errors.As(err, &ce):
 		return ce.ExitCode()
 	}
@@ -93,7 +98,8 @@ becomes the default only when the whole transaction succeeded.`,
 			return usageError{fmt.Errorf("%w (see kos-upgrade %s --help)", err, c.Command.Name)}
 		},
 		Commands: []*cli.Command{
-			prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
+			checkCmd(), prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
+			daemonCmd(),
 		},
 	}
 	for _, c := range app.Commands {
@@ -175,6 +181,7 @@ Examples:
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, or none (no rollback!)"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
+			&cli.StringSliceFlag{Name: "answer", Usage: "answer an assessment finding `KEY=VALUE` (repeatable; see kos-upgrade check)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.String("to") == "" {
@@ -196,9 +203,14 @@ Examples:
 			default:
 				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs or none", c.String("snapshot"))}
 			}
-			p, err := e.engine.Prepare(c.Context, upgrader.PrepareOptions{
+			opts := upgrader.PrepareOptions{
 				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), SkipSignatures: c.Bool("no-gpg-check"),
-			})
+				Answers: c.StringSlice("answer"),
+			}
+			if ok, err := prepareViaDaemon(c, e, opts); ok {
+				return err
+			}
+			p, err := e.engine.Prepare(c.Context, opts)
 			if err != nil {
 				return err
 			}
@@ -221,11 +233,28 @@ func rebootCmd() *cli.Command {
 system-update.target, where kos-upgrade apply runs) and reboots.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
+			&cli.BoolFlag{Name: "kexec", Usage: "reboot with kexec into and out of the offline upgrade (no firmware POST; needs kexec-tools)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
+			if c.Bool("kexec") && c.Bool("no-reboot") {
+				return usageError{fmt.Errorf("--kexec and --no-reboot exclude each other")}
+			}
+			if c.Bool("kexec") {
+				// Refuse before arming: --kexec without kexec-tools is a
+				// mistake to fix, not a reason to reboot differently.
+				if err := kexecAvailable(); err != nil {
+					return err
+				}
+			}
+			if ok, err := rebootViaDaemon(c, e); ok {
+				return err
+			}
 			p, err := e.engine.Arm(c.Context)
 			if err != nil {
 				return err
+			}
+			if err := setKexecMarker(e.engine.Root, c.Bool("kexec")); err != nil {
+				return fmt.Errorf("cannot record the kexec choice: %w", err)
 			}
 			if !e.json {
 				fmt.Fprintf(e.out, "The upgrade to %s is armed: it runs at the next boot.\n", p.Target.VersionID)
@@ -236,22 +265,12 @@ system-update.target, where kos-upgrade apply runs) and reboots.`,
 				}
 				return nil
 			}
+			if c.Bool("kexec") {
+				return kexecReboot(c.Context, e)
+			}
 			return reboot(c.Context, e)
 		}),
 	}
-}
-
-// reboot asks systemd to reboot the running system. It refuses when acting
-// on another root.
-func reboot(ctx context.Context, e *env) error {
-	if e.engine.Root.Dir != "/" {
-		return fmt.Errorf("cannot reboot: --root %s is not the running system; use --no-reboot", e.engine.Root.Dir)
-	}
-	out, err := exec.CommandContext(ctx, "systemctl", "reboot").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("cannot reboot: systemctl reboot: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
 }
 
 func applyCmd() *cli.Command {
@@ -263,34 +282,52 @@ kos-upgrade's state directory, removes that link first (so a failure can never
 loop), snapshots the root, upgrades the snapshot from the staged packages only
 and makes it the default root. You normally never run it by hand.`,
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "reboot", Usage: "reboot when done, whatever the result (the unit passes it)"},
+			&cli.BoolFlag{Name: "reboot", Usage: "reboot when done, whatever the result, when the upgrade was ours (the unit passes it)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
+			done := announceApply(e)
 			res, err := e.engine.Apply(c.Context)
-			if c.Bool("reboot") {
-				defer reboot(context.Background(), e)
+			done(res, err)
+			if err == nil {
+				err = printApply(e, res)
 			}
-			if err != nil {
-				return err
+			// Reboot after our own run, failed or not. Not when
+			// /system-update is missing or another tool's: that tool's
+			// service (or systemd's system-update-cleanup.service) reboots,
+			// and rebooting under it would interrupt its update.
+			if c.Bool("reboot") && (err != nil || res.Ran) {
+				if rerr := rebootAfterApply(e); rerr != nil {
+					return errors.Join(err, rerr)
+				}
 			}
-			if e.json {
-				return e.printJSON(res)
-			}
-			if !res.Ran {
-				fmt.Fprintln(e.out, "Nothing to do: "+res.Reason)
-				return nil
-			}
-			fmt.Fprintf(e.out, "Upgrade to %s succeeded; the next boot starts %s.\n", res.Result.To, res.Result.Snapshot)
-			return nil
+			return err
 		}),
 	}
+}
+
+func printApply(e *env, res *upgrader.ApplyResult) error {
+	if e.json {
+		return e.printJSON(res)
+	}
+	if !res.Ran {
+		fmt.Fprintln(e.out, "Nothing to do: "+res.Reason)
+		return nil
+	}
+	fmt.Fprintf(e.out, "Upgrade to %s succeeded; the next boot starts %s.\n", res.Result.To, res.Result.Snapshot)
+	return nil
 }
 
 func statusCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the upgrade's state, plan and last result",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "follow", Usage: "stream the progress of the daemon's running job until it ends"},
+		},
 		Action: action(func(c *cli.Context, e *env) error {
+			if ok, err := statusViaDaemon(c, e); ok {
+				return err
+			}
 			r, err := e.engine.Status(c.Context)
 			if err != nil {
 				return err
@@ -309,6 +346,9 @@ func cancelCmd() *cli.Command {
 		Name:  "cancel",
 		Usage: "disarm the upgrade and delete the plan and the staged packages",
 		Action: action(func(c *cli.Context, e *env) error {
+			if ok, err := cancelViaDaemon(c, e); ok {
+				return err
+			}
 			if err := e.engine.Cancel(c.Context); err != nil {
 				return err
 			}
@@ -329,6 +369,9 @@ func rollbackCmd() *cli.Command {
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only switch; the old root boots at the next boot"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
+			if ok, err := rollbackViaDaemon(c, e); ok {
+				return err
+			}
 			res, err := e.engine.Rollback(c.Context)
 			if err != nil {
 				return err

@@ -21,6 +21,7 @@ func printPlan(w io.Writer, p *upgrader.Plan) {
 			fmt.Fprintf(w, "  %-9s %s: %s\n", it.Action, it.NEVRA, it.Reason)
 		}
 	}
+	printPlanReport(w, p)
 }
 
 func printStatus(w io.Writer, r *upgrader.StatusReport) {

@@ -1,0 +1,706 @@
+package dbusapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/introspect"
+
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/upgrader"
+)
+
+// Options configure a Service. The zero value is usable.
+type Options struct {
+	Log *slog.Logger
+	// Sinks returns the extra progress sinks of one job of operation op
+	// (journal, plymouth, sd_notify: progress.SystemSinks); nil: none.
+	Sinks func(op string) progress.Multi
+	// Reboot reboots the machine for Reboot and Rollback. The default runs
+	// systemctl reboot, and refuses when the engine acts on another root
+	// than /.
+	Reboot func(ctx context.Context) error
+	// Check runs the preflight checks for the target release to; it
+	// returns whether an inhibitor was found and the report as JSON. Nil:
+	// Check answers org.kos.Upgrade1.Error.NotSupported.
+	Check func(ctx context.Context, to string) (inhibited bool, reportJSON []byte, err error)
+	// IdleTimeout makes Serve return after this long without a job and
+	// without an incoming call; 0 serves until the context ends.
+	IdleTimeout time.Duration
+	// PollInterval is how often the state files are checked for changes
+	// made by other processes (an offline apply, the CLI run in-process);
+	// default 1s.
+	PollInterval time.Duration
+}
+
+// Service is the org.kos.Upgrade1 object: properties read from the
+// engine's state, methods that run the engine's operations one at a time,
+// the Progress and Finished signals.
+//
+// Contract: the properties always describe what the state files say (read
+// again after every job and whenever they change on disk), except State,
+// which is "preparing" while a Prepare job runs in this daemon. A daemon
+// that restarts reports the truth: an interrupted prepare left nothing
+// prepared; an interrupted apply is reported as Engine.Status settles it.
+type Service struct {
+	conn   *dbus.Conn
+	engine *upgrader.Engine
+	opts   Options
+	log    *slog.Logger
+	auth   authorizer
+	props  *properties
+
+	ctx    context.Context // Serve's; jobs run under it
+	cancel context.CancelFunc
+	jobs   sync.WaitGroup
+
+	mu        sync.Mutex
+	job       *job
+	pct       uint32 // Progress: the running or last job's figure
+	lastCheck string // the last Check report (JSON)
+
+	refreshMu sync.Mutex
+	stamp     string
+
+	lastActivity atomic.Int64 // unix nanoseconds of the last incoming call
+}
+
+// job is the operation in progress; only one runs at a time.
+type job struct {
+	name    string
+	uid     uint32
+	started time.Time
+	target  string
+	step    string
+	overall *progress.Overall
+	sinks   progress.Multi
+}
+
+// JobInfo describes the running job in GetReport.
+type JobInfo struct {
+	Name      string    `json:"name"`
+	Step      string    `json:"step,omitempty"`
+	Percent   uint32    `json:"percent"`
+	Target    string    `json:"target,omitempty"`
+	UID       uint32    `json:"uid"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// Report is what GetReport returns: the status document of
+// `kos-upgrade status --json` plus the daemon's running job.
+type Report struct {
+	upgrader.StatusReport
+	Job *JobInfo `json:"job,omitempty"`
+}
+
+// New exports the service on conn, for the system engine serves. It sets
+// engine.Sink: the service routes the engine's events to the running job.
+// Call Serve to claim the name and serve.
+func New(conn *dbus.Conn, engine *upgrader.Engine, opts Options) (*Service, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = time.Second
+	}
+	s := &Service{conn: conn, engine: engine, opts: opts, log: opts.Log,
+		auth: authorizer{conn: conn, interactiveTimeout: 5 * time.Minute}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.lastActivity.Store(time.Now().UnixNano())
+	engine.Sink = progress.Func(s.onEvent)
+
+	s.props = &properties{conn: conn, path: ObjectPath, touch: s.touch, values: newPropertyValues()}
+	if err := conn.Export(s.props, ObjectPath, propertiesIface); err != nil {
+		return nil, fmt.Errorf("cannot export the properties: %w", err)
+	}
+	if err := conn.Export(object{s}, ObjectPath, Interface); err != nil {
+		return nil, fmt.Errorf("cannot export %s: %w", ObjectPath, err)
+	}
+	node := "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n" +
+		" \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n" +
+		introspect.IntrospectDataString + propertiesXML +
+		"\t<interface name=\"org.freedesktop.DBus.Peer\">\n\t\t<method name=\"Ping\"/>\n" +
+		"\t\t<method name=\"GetMachineId\">\n\t\t\t<arg name=\"machine_uuid\" type=\"s\" direction=\"out\"/>\n\t\t</method>\n\t</interface>\n" +
+		"  " + interfaceXML() + "\n</node>\n"
+	if err := conn.Export(introspect.Introspectable(node), ObjectPath, "org.freedesktop.DBus.Introspectable"); err != nil {
+		return nil, fmt.Errorf("cannot export the introspection data: %w", err)
+	}
+	// Parents, so that busctl tree and gdbus introspect --recurse find us.
+	for p, child := range map[dbus.ObjectPath]string{"/": "org", "/org": "kos", "/org/kos": "Upgrade1"} {
+		n := &introspect.Node{Children: []introspect.Node{{Name: child}},
+			Interfaces: []introspect.Interface{introspect.IntrospectData}}
+		if err := conn.Export(introspect.NewIntrospectable(n), p, "org.freedesktop.DBus.Introspectable"); err != nil {
+			return nil, fmt.Errorf("cannot export %s: %w", p, err)
+		}
+	}
+	if err := s.refresh(context.Background()); err != nil {
+		s.log.Warn("cannot read the upgrade state", "err", err)
+	}
+	return s, nil
+}
+
+// newPropertyValues returns the properties with their initial values (and
+// thereby their D-Bus types).
+func newPropertyValues() map[string]any {
+	return map[string]any{
+		"State":             string(upgrader.StatusIdle),
+		"Step":              "",
+		"Progress":          uint32(0),
+		"CurrentRelease":    "",
+		"TargetRelease":     "",
+		"Armed":             false,
+		"Plan":              map[string]dbus.Variant{},
+		"LastResult":        map[string]dbus.Variant{},
+		"RollbackAvailable": false,
+	}
+}
+
+// ErrNameTaken says another process owns org.kos.Upgrade1.
+var ErrNameTaken = errors.New("another process owns " + BusName)
+
+// Serve claims the bus name (without queueing: a second daemon fails with
+// ErrNameTaken) and serves until ctx ends, the bus connection is lost, or
+// the service has been idle for Options.IdleTimeout. A running job is
+// cancelled and awaited before it returns.
+func (s *Service) Serve(ctx context.Context) error {
+	defer s.shutdown()
+	reply, err := s.conn.RequestName(BusName, dbus.NameFlagDoNotQueue)
+	if err != nil {
+		return fmt.Errorf("cannot claim %s on the bus: %w", BusName, err)
+	}
+	if reply != dbus.RequestNameReplyPrimaryOwner {
+		return fmt.Errorf("cannot claim %s: %w", BusName, ErrNameTaken)
+	}
+	progress.SdNotify("READY=1\nSTATUS=" + s.statusLine())
+	s.log.Info("serving", "name", BusName, "root", s.engine.Root.Dir)
+	tick := time.NewTicker(s.opts.PollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.conn.Context().Done():
+			return fmt.Errorf("lost the bus connection")
+		case <-tick.C:
+			if err := s.poll(ctx); err != nil {
+				s.log.Warn("cannot read the upgrade state", "err", err)
+			}
+			if s.idle() {
+				s.log.Info("exiting: idle", "timeout", s.opts.IdleTimeout)
+				return nil
+			}
+		}
+	}
+}
+
+func (s *Service) shutdown() {
+	progress.SdNotify("STOPPING=1")
+	s.cancel()
+	s.jobs.Wait()
+	_, _ = s.conn.ReleaseName(BusName)
+}
+
+func (s *Service) idle() bool {
+	if s.opts.IdleTimeout <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	busy := s.job != nil
+	s.mu.Unlock()
+	if busy {
+		s.touch()
+		return false
+	}
+	return time.Since(time.Unix(0, s.lastActivity.Load())) >= s.opts.IdleTimeout
+}
+
+func (s *Service) touch() { s.lastActivity.Store(time.Now().UnixNano()) }
+
+func (s *Service) statusLine() string {
+	line := fmt.Sprintf("state %v", s.props.value("State"))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.job != nil {
+		line = fmt.Sprintf("%s: %s (%d%%)", s.job.name, s.job.step, s.pct)
+	}
+	return line
+}
+
+// stampOf summarizes what the properties are read from, to notice changes
+// made by other processes cheaply.
+func (s *Service) stampOf() string {
+	var b strings.Builder
+	for _, p := range []string{
+		filepath.Join(s.engine.Root.StateDir(), "state.json"),
+		filepath.Join(s.engine.Root.StateDir(), "plan.json"),
+		s.engine.Root.Path("/etc/os-release"),
+	} {
+		if fi, err := os.Stat(p); err == nil {
+			fmt.Fprintf(&b, "%d.%d;", fi.ModTime().UnixNano(), fi.Size())
+		} else {
+			b.WriteString("-;")
+		}
+	}
+	l, _ := os.Readlink(s.engine.Root.SystemUpdateLink())
+	b.WriteString(l)
+	return b.String()
+}
+
+func (s *Service) poll(ctx context.Context) error {
+	st := s.props.value("State")
+	// An apply in another process ends with the lock released, which the
+	// files do not show: while "applying", read everything every time.
+	s.refreshMu.Lock()
+	same := s.stampOf() == s.stamp
+	s.refreshMu.Unlock()
+	if st != string(upgrader.StatusApplying) && same {
+		return nil
+	}
+	return s.refresh(ctx)
+}
+
+// refresh reads the state and updates the properties that changed.
+func (s *Service) refresh(ctx context.Context) error {
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	stamp := s.stampOf()
+	r, err := s.engine.Status(ctx)
+	if err != nil {
+		return err
+	}
+	s.stamp = stamp
+	state, step, target := string(r.State.Status), r.State.Step, r.State.Target
+	if r.Plan != nil {
+		target = r.Plan.Target.VersionID
+	}
+	s.mu.Lock()
+	pct := s.pct
+	if j := s.job; j != nil {
+		step = j.step
+		if j.name == "prepare" {
+			state, target = "preparing", j.target
+		}
+	}
+	s.mu.Unlock()
+	cur := ""
+	if r.Current != nil {
+		cur = r.Current.VersionID
+	}
+	var last *upgrader.Result
+	if r.State.LastResult != nil {
+		last = r.State.LastResult
+	}
+	rollback := r.State.Status == upgrader.StatusSucceeded && r.State.Previous != "" &&
+		r.State.Backend != "" && r.State.Backend != "none"
+	s.props.update(map[string]any{
+		"State":             state,
+		"Step":              step,
+		"Progress":          pct,
+		"CurrentRelease":    cur,
+		"TargetRelease":     target,
+		"Armed":             r.Armed,
+		"Plan":              planSummary(r.Plan),
+		"LastResult":        resultDict(last),
+		"RollbackAvailable": rollback,
+	})
+	return nil
+}
+
+// onEvent is the engine's sink: it feeds the running job's figure, the
+// Step and Progress properties, the Progress signal and the job's sinks.
+// The engine calls it from the job's goroutine only.
+func (s *Service) onEvent(e progress.Event) {
+	s.mu.Lock()
+	j := s.job
+	if j == nil {
+		s.mu.Unlock()
+		return
+	}
+	pct := uint32(j.overall.Update(e))
+	changed := pct != s.pct || e.Step != j.step
+	j.step, s.pct = e.Step, pct
+	sinks := j.sinks
+	s.mu.Unlock()
+	if changed {
+		s.props.update(map[string]any{"Step": e.Step, "Progress": pct})
+	}
+	if changed || e.Message != "" {
+		if err := s.conn.Emit(ObjectPath, Interface+".Progress", e.Step, pct, e.Message); err != nil {
+			s.log.Debug("cannot emit Progress", "err", err)
+		}
+	}
+	sinks.Report(e)
+}
+
+// begin takes the job slot for name, or answers Busy naming the job that
+// holds it.
+func (s *Service) begin(name string, uid uint32, target string) (*job, *dbus.Error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j := s.job; j != nil {
+		return nil, dbus.NewError(ErrorBusy, []any{fmt.Sprintf(
+			"cannot start %s: the daemon is running %s (started %s by uid %d, step %q, %d%%); "+
+				"wait for it to finish (kos-upgrade status --follow)",
+			name, j.name, j.started.Format(time.RFC3339), j.uid, j.step, s.pct)})
+	}
+	j := &job{name: name, uid: uid, started: time.Now(), target: target, overall: progress.NewOverall(name)}
+	if s.opts.Sinks != nil {
+		j.sinks = s.opts.Sinks(name)
+	}
+	s.job, s.pct = j, 0
+	return j, nil
+}
+
+// end releases the job slot, reads the state again and emits Finished.
+func (s *Service) end(j *job, err error, okMsg string) {
+	s.mu.Lock()
+	s.job = nil
+	if err == nil {
+		j.overall.Done()
+		s.pct = 100
+	}
+	s.mu.Unlock()
+	if rerr := s.refresh(context.Background()); rerr != nil {
+		s.log.Warn("cannot read the upgrade state", "err", rerr)
+	}
+	msg := okMsg
+	if err != nil {
+		msg = err.Error()
+		s.log.Warn("job failed", "job", j.name, "err", err)
+	} else {
+		s.log.Info("job finished", "job", j.name)
+	}
+	if eerr := s.conn.Emit(ObjectPath, Interface+".Finished", err == nil, msg); eerr != nil {
+		s.log.Debug("cannot emit Finished", "err", eerr)
+	}
+	progress.SdNotify("STATUS=" + s.statusLine())
+	s.touch()
+}
+
+// engineError turns an engine error into the D-Bus error a client sees.
+func engineError(err error) *dbus.Error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, upgrader.ErrBusy):
+		return dbus.NewError(ErrorBusy, []any{err.Error()})
+	case errors.Is(err, upgrader.ErrStalePlan), errors.Is(err, upgrader.ErrBadPlan):
+		return dbus.NewError(ErrorStalePlan, []any{err.Error()})
+	}
+	return dbus.NewError(ErrorFailed, []any{err.Error()})
+}
+
+func invalidArgs(format string, a ...any) *dbus.Error {
+	return dbus.NewError(ErrorInvalidArgs, []any{fmt.Sprintf(format, a...)})
+}
+
+// options reads an a{sv} options argument: every key must be in want (name
+// → pointer to string, bool, []string or uint32), plus "root", which must
+// name the daemon's root.
+func (s *Service) options(method string, in map[string]dbus.Variant, want map[string]any) *dbus.Error {
+	for k, v := range in {
+		if k == "root" {
+			var root string
+			if err := dbus.Store([]any{v.Value()}, &root); err != nil {
+				return invalidArgs("%s: option root must be a string (s)", method)
+			}
+			if !sameDir(root, s.engine.Root.Dir) {
+				return dbus.NewError(ErrorWrongRoot, []any{fmt.Sprintf(
+					"this daemon serves the system at %s, not %s", s.engine.Root.Dir, root)})
+			}
+			continue
+		}
+		dst, ok := want[k]
+		if !ok {
+			known := []string{"root"}
+			for w := range want {
+				known = append(known, w)
+			}
+			return invalidArgs("%s: unknown option %q (known: %s)", method, k, strings.Join(known, ", "))
+		}
+		if err := dbus.Store([]any{v.Value()}, dst); err != nil {
+			return invalidArgs("%s: option %s has type %s, want %s", method, k, v.Signature(),
+				dbus.SignatureOf(reflect.ValueOf(dst).Elem().Interface()))
+		}
+	}
+	return nil
+}
+
+func sameDir(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
+}
+
+func (s *Service) reboot(ctx context.Context) error {
+	if s.opts.Reboot != nil {
+		return s.opts.Reboot(ctx)
+	}
+	if s.engine.Root.Dir != "/" {
+		return fmt.Errorf("cannot reboot: the daemon serves %s, not the running system; pass no_reboot", s.engine.Root.Dir)
+	}
+	out, err := exec.CommandContext(ctx, "systemctl", "reboot").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cannot reboot: systemctl reboot: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// object is the exported org.kos.Upgrade1 interface: only its methods are
+// visible on the bus.
+type object struct{ s *Service }
+
+// privileged authorizes the caller of msg for method and takes the job
+// slot.
+func (o object) privileged(msg dbus.Message, method, action, target string) (*job, *dbus.Error) {
+	o.s.touch()
+	sender, _ := msg.Headers[dbus.FieldSender].Value().(string)
+	interactive := msg.Flags&dbus.FlagAllowInteractiveAuthorization != 0
+	uid, derr := o.s.auth.authorize(o.s.ctx, sender, method, action, interactive)
+	if derr != nil {
+		o.s.log.Info("access denied", "method", method, "sender", sender, "uid", uid)
+		return nil, derr
+	}
+	return o.s.begin(strings.ToLower(method), uid, target)
+}
+
+// Check runs the preflight checks.
+func (o object) Check(msg dbus.Message, options map[string]dbus.Variant) (bool, string, *dbus.Error) {
+	var to string
+	if derr := o.s.options("Check", options, map[string]any{"to": &to}); derr != nil {
+		return false, "", derr
+	}
+	if o.s.opts.Check == nil {
+		return false, "", dbus.NewError(ErrorNotSupported, []any{"Check is not available in this build of the daemon; run kos-upgrade check"})
+	}
+	j, derr := o.privileged(msg, "Check", ActionCheck, to)
+	if derr != nil {
+		return false, "", derr
+	}
+	inhibited, report, err := o.s.opts.Check(o.s.ctx, to)
+	o.s.mu.Lock()
+	if err == nil {
+		o.s.lastCheck = string(report)
+	}
+	o.s.mu.Unlock()
+	o.s.end(j, err, "check finished")
+	if err != nil {
+		return false, "", engineError(err)
+	}
+	return inhibited, string(report), nil
+}
+
+// Prepare starts a prepare job and returns at once.
+func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus.Error {
+	var (
+		to, snap  = "", "auto"
+		repoSpecs []string
+		noGPG     bool
+	)
+	if derr := o.s.options("Prepare", options, map[string]any{
+		"to": &to, "repos": &repoSpecs, "snapshot": &snap, "no_gpg_check": &noGPG,
+	}); derr != nil {
+		return derr
+	}
+	if to == "" {
+		return invalidArgs("Prepare needs the option to (s), the target release, e.g. 5.9")
+	}
+	switch snap {
+	case "auto", "btrfs", "none":
+	default:
+		return invalidArgs("Prepare: snapshot %q: choose auto, btrfs or none", snap)
+	}
+	var repos []pkgmgr.Repo
+	for _, r := range repoSpecs {
+		id, url, ok := strings.Cut(r, "=")
+		if !ok || id == "" || url == "" || strings.ContainsAny(id, " /") {
+			return invalidArgs("Prepare: repos entry %q: want ID=URL", r)
+		}
+		repos = append(repos, pkgmgr.Repo{ID: id, BaseURL: url})
+	}
+	j, derr := o.privileged(msg, "Prepare", ActionPrepare, to)
+	if derr != nil {
+		return derr
+	}
+	from := ""
+	if cur, ok := o.s.props.value("CurrentRelease").(string); ok {
+		from = cur
+	}
+	if err := o.s.refresh(o.s.ctx); err != nil { // State: preparing
+		o.s.log.Warn("cannot read the upgrade state", "err", err)
+	}
+	progress.Announce(j.sinks, progress.Milestone{Kind: progress.Started, Op: "prepare", From: from, To: to})
+	o.s.jobs.Add(1)
+	go func() {
+		defer o.s.jobs.Done()
+		p, err := o.s.engine.Prepare(o.s.ctx, upgrader.PrepareOptions{To: to, Repos: repos, Snapshot: snap, SkipSignatures: noGPG})
+		msg := ""
+		if err == nil {
+			c := p.Counts()
+			msg = fmt.Sprintf("upgrade to %s prepared: %d packages (%d to upgrade, %d to install, %d to remove), %s to install",
+				to, len(p.Transaction), c[pkgmgr.ActionUpgrade], c[pkgmgr.ActionInstall],
+				c[pkgmgr.ActionRemove]+c[pkgmgr.ActionObsoleted], upgrader.HumanSize(p.InstallSize))
+			progress.Announce(j.sinks, progress.Milestone{Kind: progress.Finished, Op: "prepare", From: from, To: to, Message: msg})
+		} else {
+			progress.Announce(j.sinks, progress.Milestone{Kind: progress.Failed, Op: "prepare", From: from, To: to, Error: err.Error()})
+		}
+		o.s.end(j, err, msg)
+	}()
+	return nil
+}
+
+// Arm arms the prepared plan.
+func (o object) Arm(msg dbus.Message, options map[string]dbus.Variant) (string, *dbus.Error) {
+	if derr := o.s.options("Arm", options, nil); derr != nil {
+		return "", derr
+	}
+	j, derr := o.privileged(msg, "Arm", ActionArm, "")
+	if derr != nil {
+		return "", derr
+	}
+	p, err := o.s.engine.Arm(o.s.ctx)
+	if err != nil {
+		o.s.end(j, err, "")
+		return "", engineError(err)
+	}
+	o.s.end(j, nil, "the upgrade to "+p.Target.VersionID+" is armed: it runs at the next boot")
+	return p.ID, nil
+}
+
+// Reboot arms the prepared plan and reboots.
+func (o object) Reboot(msg dbus.Message, options map[string]dbus.Variant) *dbus.Error {
+	var noReboot bool
+	if derr := o.s.options("Reboot", options, map[string]any{"no_reboot": &noReboot}); derr != nil {
+		return derr
+	}
+	j, derr := o.privileged(msg, "Reboot", ActionReboot, "")
+	if derr != nil {
+		return derr
+	}
+	p, err := o.s.engine.Arm(o.s.ctx)
+	if err == nil && !noReboot {
+		err = o.s.reboot(o.s.ctx)
+	}
+	if err != nil {
+		o.s.end(j, err, "")
+		return engineError(err)
+	}
+	okMsg := "the upgrade to " + p.Target.VersionID + " is armed; rebooting"
+	if noReboot {
+		okMsg = "the upgrade to " + p.Target.VersionID + " is armed: it runs at the next boot"
+	}
+	o.s.end(j, nil, okMsg)
+	return nil
+}
+
+// Cancel disarms and drops the plan.
+func (o object) Cancel(msg dbus.Message, options map[string]dbus.Variant) *dbus.Error {
+	if derr := o.s.options("Cancel", options, nil); derr != nil {
+		return derr
+	}
+	j, derr := o.privileged(msg, "Cancel", ActionCancel, "")
+	if derr != nil {
+		return derr
+	}
+	err := o.s.engine.Cancel(o.s.ctx)
+	o.s.end(j, err, "cancelled: nothing is armed, the plan and staged packages are gone")
+	return engineError(err)
+}
+
+// Rollback makes the pre-upgrade root boot again.
+func (o object) Rollback(msg dbus.Message, options map[string]dbus.Variant) *dbus.Error {
+	var noReboot bool
+	if derr := o.s.options("Rollback", options, map[string]any{"no_reboot": &noReboot}); derr != nil {
+		return derr
+	}
+	j, derr := o.privileged(msg, "Rollback", ActionRollback, "")
+	if derr != nil {
+		return derr
+	}
+	res, err := o.s.engine.Rollback(o.s.ctx)
+	if err != nil {
+		progress.Announce(j.sinks, progress.Milestone{Kind: progress.Failed, Op: "rollback", Error: err.Error()})
+		o.s.end(j, err, "")
+		return engineError(err)
+	}
+	progress.Announce(j.sinks, progress.Milestone{Kind: progress.RolledBack, Op: "rollback",
+		From: res.From, To: res.To, RunID: res.RunID})
+	if !noReboot {
+		err = o.s.reboot(o.s.ctx)
+	}
+	o.s.end(j, err, "rolled back: the next boot starts "+res.Snapshot+" again")
+	return engineError(err)
+}
+
+// GetReport returns the status document (or the last Check report).
+func (o object) GetReport(options map[string]dbus.Variant) (string, *dbus.Error) {
+	o.s.touch()
+	what := "status"
+	if derr := o.s.options("GetReport", options, map[string]any{"what": &what}); derr != nil {
+		return "", derr
+	}
+	switch what {
+	case "status":
+	case "check":
+		o.s.mu.Lock()
+		defer o.s.mu.Unlock()
+		if o.s.lastCheck == "" {
+			return "{}", nil
+		}
+		return o.s.lastCheck, nil
+	default:
+		return "", invalidArgs("GetReport: what %q: choose status or check", what)
+	}
+	r, err := o.s.engine.Status(o.s.ctx)
+	if err != nil {
+		return "", engineError(err)
+	}
+	rep := Report{StatusReport: *r}
+	o.s.mu.Lock()
+	if j := o.s.job; j != nil {
+		rep.Job = &JobInfo{Name: j.name, Step: j.step, Percent: o.s.pct, Target: j.target, UID: j.uid, StartedAt: j.started}
+	}
+	o.s.mu.Unlock()
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return "", engineError(err)
+	}
+	return string(b), nil
+}
+
+// GetHistory returns the recorded runs.
+func (o object) GetHistory(options map[string]dbus.Variant) ([]map[string]dbus.Variant, *dbus.Error) {
+	o.s.touch()
+	var limit uint32
+	if derr := o.s.options("GetHistory", options, map[string]any{"limit": &limit}); derr != nil {
+		return nil, derr
+	}
+	h, err := o.s.engine.History(o.s.ctx)
+	if err != nil {
+		return nil, engineError(err)
+	}
+	if limit > 0 && int(limit) < len(h) {
+		h = h[len(h)-int(limit):]
+	}
+	out := make([]map[string]dbus.Variant, 0, len(h))
+	for i := range h {
+		out = append(out, resultDict(&h[i]))
+	}
+	return out, nil
+}
