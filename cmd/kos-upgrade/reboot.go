@@ -28,6 +28,7 @@ import (
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -39,6 +40,9 @@ var (
 	bootDir    = "/boot"
 	// startUnit starts unit with mode through systemd's D-Bus API.
 	startUnit = systemdStartUnit
+	// runningRoot is the root of the running system: the only one we may
+	// reboot.
+	runningRoot = "/"
 	// unameRelease returns the running kernel's release.
 	unameRelease = func() (string, error) {
 		b, err := os.ReadFile("/proc/sys/kernel/osrelease")
@@ -58,7 +62,7 @@ const rebootTimeout = 30 * time.Second
 // reboot asks systemd to reboot the running system cleanly. It refuses when
 // acting on another root.
 func reboot(ctx context.Context, e *env) error {
-	if e.engine.Root.Dir != "/" {
+	if e.engine.Root.Dir != runningRoot {
 		return fmt.Errorf("cannot reboot: --root %s is not the running system; use --no-reboot", e.engine.Root.Dir)
 	}
 	if err := startUnit(ctx, "reboot.target"); err != nil {
@@ -71,13 +75,13 @@ func reboot(ctx context.Context, e *env) error {
 // systemd for kexec.target: a clean shutdown that ends in the loaded kernel
 // instead of the firmware. It needs kexec-tools.
 func kexecReboot(ctx context.Context, e *env) error {
-	if e.engine.Root.Dir != "/" {
+	if e.engine.Root.Dir != runningRoot {
 		return fmt.Errorf("cannot reboot with kexec: --root %s is not the running system; use --no-reboot", e.engine.Root.Dir)
 	}
 	if err := kexecAvailable(); err != nil {
 		return err
 	}
-	k, err := defaultKernel(ctx)
+	k, err := defaultKernel(ctx, e.engine.Root)
 	if err != nil {
 		return fmt.Errorf("cannot reboot with kexec: %w", err)
 	}
@@ -144,10 +148,18 @@ type bootKernel struct {
 	Kernel, Initrd, Options string
 }
 
-// defaultKernel finds the kernel the boot loader would start next: grubby's
-// DEFAULT entry where grubby exists (EL8: BLS entries and grubenv), else the
-// running kernel with the running command line.
-func defaultKernel(ctx context.Context) (bootKernel, error) {
+// defaultKernel finds the kernel the boot loader would start next: the
+// default BLS entry (pkg/boot: grub2 with grubenv, or systemd-boot), else
+// grubby's DEFAULT entry where grubby exists, else the running kernel with
+// the running command line.
+func defaultKernel(ctx context.Context, root sysroot.Root) (bootKernel, error) {
+	if bl, err := boot.Detect(root); err == nil {
+		if k, err := blsDefault(ctx, bl); err == nil {
+			return k, nil
+		} else {
+			fmt.Fprintf(os.Stderr, "kos-upgrade: %v; trying other ways to find the kernel for kexec\n", err)
+		}
+	}
 	if _, err := os.Stat(grubbyTool); err == nil {
 		out, err := exec.CommandContext(ctx, grubbyTool, "--info=DEFAULT").Output()
 		if err != nil {
@@ -184,6 +196,34 @@ func defaultKernel(ctx context.Context) (bootKernel, error) {
 		}
 	}
 	return k, nil
+}
+
+// blsDefault reads the boot loader's default entry.
+func blsDefault(ctx context.Context, bl boot.Bootloader) (bootKernel, error) {
+	id, err := bl.Default(ctx)
+	if err != nil {
+		return bootKernel{}, fmt.Errorf("cannot read the default boot entry: %w", err)
+	}
+	entries, err := bl.Entries(ctx)
+	if err != nil {
+		return bootKernel{}, fmt.Errorf("cannot read the boot entries: %w", err)
+	}
+	for _, e := range entries {
+		if e.ID != id {
+			continue
+		}
+		if e.Linux() == "" {
+			return bootKernel{}, fmt.Errorf("the default boot entry %s has no linux line", id)
+		}
+		k := bootKernel{Kernel: filepath.Join(e.BootDir, e.Linux()), Options: e.Options().String()}
+		// kexec takes one initrd: the initramfs, which comes after any
+		// microcode images.
+		if initrds := e.Initrds(); len(initrds) > 0 {
+			k.Initrd = filepath.Join(e.BootDir, initrds[len(initrds)-1])
+		}
+		return k, nil
+	}
+	return bootKernel{}, fmt.Errorf("the default boot entry %q does not exist", id)
 }
 
 func exists(p string) bool {
