@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deps() {
-	local need=(make gcc rpm dnf python3-dnf createrepo-c btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd)
+	local need=(make gcc rpm dnf python3-dnf createrepo-c btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd
+		systemd-container debootstrap dracut shellcheck)
 	local missing=()
 	for p in "${need[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
