@@ -205,6 +205,13 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	if err := e.step(st, state, StepTransaction); err != nil {
 		return nil, err
 	}
+	if m := p.Migration; m != nil && len(m.Keys) > 0 {
+		// A migration: the new root trusts the target's keys, imported
+		// inside the snapshot, so a failure discards them with it.
+		if err := e.importKeys(ctx, target.Path, m.Keys); err != nil {
+			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepTransaction, Err: err})
+		}
+	}
 	e.report(progress.Event{Step: StepTransaction, Message: fmt.Sprintf("running the transaction (%d packages) in %s", len(p.Transaction), target.Path)})
 	if err := e.PM.Apply(ctx, target.Path, st.stageDir(p.StageDir), p.Transaction, e.Sink); err != nil {
 		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepTransaction, Err: err})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
@@ -58,6 +59,10 @@ type Plan struct {
 	// Report is the assessment prepare made (docs/report.md): findings
 	// that did not inhibit, third-party packages kept, answers given.
 	Report *preflight.Report `json:"report,omitempty"`
+	// Migration is set when the plan moves the system from another
+	// distribution (docs/migration.md): the source, the migration map,
+	// the swaps that apply and the keys apply imports into the new root.
+	Migration *Migration `json:"migration,omitempty"`
 
 	unknown map[string]json.RawMessage
 }
@@ -112,7 +117,8 @@ func (p Plan) MarshalJSON() ([]byte, error) {
 }
 
 var planKeys = []string{"version", "id", "created_at", "machine_id", "source", "target", "repos", "snapshot",
-	"mode", "rpmdb_fingerprint", "signature_check", "stage_dir", "transaction", "download_size", "install_size", "report"}
+	"mode", "rpmdb_fingerprint", "signature_check", "stage_dir", "transaction", "download_size", "install_size", "report",
+	"migration"}
 
 // ErrBadPlan is wrapped by every plan parse and validation error.
 var ErrBadPlan = errors.New("invalid plan")
@@ -174,6 +180,18 @@ func (p *Plan) Validate() error {
 		return bad("no snapshot backend")
 	case p.StageDir == "" || p.StageDir[0] == '/' || bytes.Contains([]byte(p.StageDir), []byte("..")):
 		return bad("stage_dir %q is not a relative directory", p.StageDir)
+	}
+	if m := p.Migration; m != nil {
+		for i, k := range m.Keys {
+			if !strings.Contains(k.Armored, "BEGIN PGP PUBLIC KEY BLOCK") {
+				return bad("migration key %d (%s) is not an armored public key", i, k.File)
+			}
+		}
+		for i, s := range m.Applied {
+			if s.Kind == "" || len(s.From) == 0 && !s.Required {
+				return bad("migration swap %d has no kind or no package", i)
+			}
+		}
 	}
 	seen := map[string]bool{}
 	for i, it := range p.Transaction {

@@ -26,6 +26,13 @@ type PrepareOptions struct {
 	// Answers are answers to the assessment's questions, KEY=VALUE (as
 	// --answer); they are laid over /etc/kos-upgrade/answers.conf.
 	Answers []string
+	// MigrationMap is the migration map file to use instead of the one
+	// found for the source distribution (pkg/migrate); migrations only.
+	MigrationMap string
+	// GPGKeys are public key files of the target distribution, added to
+	// the map's: packages are verified with them and apply imports them
+	// into the new root (migrations only).
+	GPGKeys []string
 }
 
 // Prepare resolves, downloads, verifies and tests the upgrade and writes the
@@ -33,6 +40,10 @@ type PrepareOptions struct {
 func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error) {
 	if !ValidVersion(opts.To) {
 		return nil, fmt.Errorf("cannot prepare: %q is not a release version (for example --to 5.9)", opts.To)
+	}
+	to, err := ParseTarget(opts.To)
+	if err != nil {
+		return nil, fmt.Errorf("cannot prepare: %w", err)
 	}
 	st := e.store()
 	l, err := acquire(st.dir)
@@ -52,8 +63,26 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	if err != nil {
 		return nil, err
 	}
-	if source.VersionID == opts.To {
-		return nil, fmt.Errorf("cannot prepare: the system already runs release %s", opts.To)
+	// Naming another distribution than the running one (--to kos-5.9 on
+	// CentOS) is a migration (docs/migration.md).
+	var mig *migrationSetup
+	repos := opts.Repos
+	if to.Distro != "" && to.Distro != source.ID {
+		if mig, err = setupMigration(source, to, opts); err != nil {
+			return nil, fmt.Errorf("cannot prepare the migration to %s: %w", to, err)
+		}
+		if len(repos) == 0 && mig.m != nil {
+			repos = mig.m.PkgRepos()
+		}
+		supported := mig.preflight.Supported(preflight.Release{ID: source.ID, VersionID: source.VersionID, Name: source.Name})
+		if len(repos) == 0 && supported {
+			return nil, fmt.Errorf("cannot prepare the migration to %s: the migration map %s names no %s repository; give them with --repo ID=URL", to, mig.m.Origin, to.Distro)
+		}
+	} else if source.VersionID == to.Version {
+		return nil, fmt.Errorf("cannot prepare: the system already runs release %s", to.Version)
+	}
+	if mig == nil && len(opts.GPGKeys)+len(opts.MigrationMap) > 0 {
+		return nil, fmt.Errorf("cannot prepare: --gpgkey and --migration-map are for migrations from another distribution (--to kos-VERSION on CentOS)")
 	}
 	snap, err := e.Snapshotters(ctx, opts.Snapshot, e.Root)
 	if err != nil {
@@ -67,9 +96,20 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	if backend == "none" {
 		e.report(progress.Event{Step: "check", Message: "WARNING: --snapshot none: the upgrade will change the running root in place, with NO snapshot and NO rollback"})
 	}
-	report, err := e.assess(ctx, opts, state, backend)
+	var pfm *preflight.Migration
+	if mig != nil {
+		pfm = mig.preflight
+	}
+	report, err := e.assess(ctx, opts, to.Version, repos, pfm, state, backend)
 	if err != nil {
 		return nil, err
+	}
+	var migReq *pkgmgr.Migration
+	if mig != nil {
+		migReq = mig.preflight.Request
+		if len(mig.keys) == 0 && !opts.SkipSignatures {
+			return nil, fmt.Errorf("cannot prepare the migration to %s: no public key of %s to verify its packages with (the migration map's key files %v are not installed); give it with --gpgkey FILE", to, mig.m.Target.Name, mig.m.GPGKeys)
+		}
 	}
 
 	e.report(progress.Event{Step: "fingerprint", Message: "reading the installed package set"})
@@ -86,7 +126,8 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		}
 	}
 	res, err := e.PM.Resolve(ctx, pkgmgr.ResolveRequest{
-		Root: e.Root.Dir, Release: opts.To, Repos: opts.Repos, CacheDir: cacheDir, StageDir: stageDir,
+		Root: e.Root.Dir, Release: to.Version, Repos: repos, CacheDir: cacheDir, StageDir: stageDir,
+		Migration: migReq,
 	}, e.Sink)
 	if err != nil {
 		if errors.Is(err, pkgmgr.ErrDepsolve) {
@@ -103,7 +144,11 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		e.report(progress.Event{Step: "verify", Message: "WARNING: GPG signature verification skipped at the user's request"})
 	} else {
 		e.report(progress.Event{Step: "verify", Message: "verifying package signatures"})
-		if err := e.PM.Verify(ctx, e.Root.Dir, stageDir, res.Items, res.GPGKeys, e.Sink); err != nil {
+		keys := res.GPGKeys
+		if mig != nil {
+			keys = append(append([]string(nil), keys...), mig.keyFiles...)
+		}
+		if err := e.PM.Verify(ctx, e.Root.Dir, stageDir, res.Items, keys, e.Sink); err != nil {
 			return nil, fmt.Errorf("cannot prepare: %w; remove the offending repository, import its key, or pass --no-gpg-check to accept unverified packages", err)
 		}
 	}
@@ -129,7 +174,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		CreatedAt:        now,
 		MachineID:        readMachineID(e.Root.Dir),
 		Source:           source,
-		Target:           Release{ID: source.ID, VersionID: opts.To, Name: source.Name},
+		Target:           Release{ID: source.ID, VersionID: to.Version, Name: source.Name},
 		Repos:            opts.Repos,
 		Snapshot:         backend,
 		Mode:             "target",
@@ -138,6 +183,19 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		StageDir:         stageRel,
 		Transaction:      res.Items,
 		Report:           report,
+	}
+	if mig != nil {
+		p.Target = Release{ID: mig.m.Target.ID, VersionID: to.Version, Name: mig.m.Target.Name}
+		p.Repos = repos
+		p.Migration = &Migration{
+			From:    source,
+			Map:     MapRef{Name: mig.m.Name, Origin: mig.m.Origin, SHA256: mig.m.SHA256},
+			Applied: res.Migration,
+			Keys:    mig.keys,
+		}
+		if p.Migration.Applied == nil {
+			p.Migration.Applied = []pkgmgr.Swap{}
+		}
 	}
 	for _, it := range res.Items {
 		p.DownloadSize += it.Size
@@ -157,14 +215,18 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	if err := st.save(state, e.now()); err != nil {
 		return nil, err
 	}
-	e.report(progress.Event{Step: "prepare", Message: fmt.Sprintf("upgrade to %s prepared: %s", opts.To, summarize(p))})
+	what := "upgrade"
+	if mig != nil {
+		what = "migration from " + source.String()
+	}
+	e.report(progress.Event{Step: "prepare", Message: fmt.Sprintf("%s to %s prepared: %s", what, opts.To, summarize(p))})
 	return p, nil
 }
 
 // assess runs the same assessment as kos-upgrade check and refuses on an
 // inhibitor. The report is saved in the state directory (as check does) and
 // returned for the plan.
-func (e *Engine) assess(ctx context.Context, opts PrepareOptions, state *State, backend string) (*preflight.Report, error) {
+func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string, repos []pkgmgr.Repo, mig *preflight.Migration, state *State, backend string) (*preflight.Report, error) {
 	answers, err := preflight.LoadAnswers(e.Root, opts.Answers)
 	if err != nil {
 		return nil, fmt.Errorf("cannot prepare: %w", err)
@@ -179,7 +241,7 @@ func (e *Engine) assess(ctx context.Context, opts PrepareOptions, state *State, 
 	}
 	e.report(progress.Event{Step: "check", Message: "assessing the upgrade"})
 	r, _, err := preflight.Run(ctx, preflight.Options{
-		Root: e.Root, To: opts.To, Repos: opts.Repos, SkipSignatures: opts.SkipSignatures,
+		Root: e.Root, To: release, Repos: repos, SkipSignatures: opts.SkipSignatures, Migration: mig,
 		Snapshot: preflight.SnapshotFacts{Requested: opts.Snapshot, Backend: backend},
 		State: preflight.StateFacts{Status: string(state.Status), PlanID: state.PlanID, Target: state.Target,
 			Snapshot: state.Snapshot, Previous: state.Previous},

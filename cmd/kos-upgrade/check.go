@@ -115,6 +115,12 @@ func checkOptions(ctx context.Context, eng *upgrader.Engine, to string, repos []
 	if st.Armed {
 		opts.SystemUpdate = "kos-upgrade"
 	}
+	if to != "" {
+		// --to kos-VERSION on another distribution assesses a migration.
+		if opts.To, opts.Repos, opts.Migration, err = eng.AssessTarget(to, repos, "", nil); err != nil {
+			return preflight.Options{}, usageError{fmt.Errorf("cannot use --to: %w", err)}
+		}
+	}
 	s, err := eng.Snapshotters(ctx, snapshot, eng.Root)
 	if err != nil {
 		opts.Snapshot.Error = err.Error()

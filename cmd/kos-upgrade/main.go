@@ -173,15 +173,28 @@ package into /var/lib/kos-upgrade/packages, verifies each GPG signature and
 sha256, runs rpm's test transaction and writes the plan. Without --repo it uses
 the system's own repositories with $releasever set to the target.
 
+Migration from CentOS: on a CentOS Linux 8 system, --to kos-VERSION (the
+distribution named before the version) prepares a migration to KOS: the
+release, repository and key packages are swapped for KOS's, every package is
+synced to the KOS repositories only (--repo, else the migration map's), and the
+migration map renames, splits, merges and removes the packages whose names
+differ (docs/migration.md). The packages are verified with KOS's keys (the
+map's key files, or --gpgkey), which apply imports into the new root.
+CentOS 7 (el7 → el8) is refused: see docs/migration.md.
+
 Examples:
    kos-upgrade prepare --to 5.9
-   kos-upgrade prepare --to 5.9 --repo kos=https://mirror.example/kos/5.9/os/`,
+   kos-upgrade prepare --to 5.9 --repo kos=https://mirror.example/kos/5.9/os/
+   kos-upgrade prepare --to kos-5.9 --repo kos=https://mirror.example/kos/5.9/os/ \
+       --gpgkey /root/RPM-GPG-KEY-kos --answer packages.third-party=keep`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9"},
+			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9; kos-VERSION on CentOS migrates to KOS"},
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, or none (no rollback!)"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer an assessment finding `KEY=VALUE` (repeatable; see kos-upgrade check)"},
+			&cli.StringFlag{Name: "migration-map", Usage: "migration: use the package map `FILE` instead of the installed or built-in one"},
+			&cli.StringSliceFlag{Name: "gpgkey", Usage: "migration: a public key `FILE` of the target distribution (repeatable)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.String("to") == "" {
@@ -205,10 +218,17 @@ Examples:
 			}
 			opts := upgrader.PrepareOptions{
 				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), SkipSignatures: c.Bool("no-gpg-check"),
-				Answers: c.StringSlice("answer"),
+				Answers: c.StringSlice("answer"), MigrationMap: c.String("migration-map"), GPGKeys: c.StringSlice("gpgkey"),
 			}
-			if ok, err := prepareViaDaemon(c, e, opts); ok {
-				return err
+			if _, err := upgrader.ParseTarget(opts.To); err != nil {
+				return usageError{fmt.Errorf("cannot use --to: %w", err)}
+			}
+			// The daemon's options carry no map or key files: with them,
+			// prepare runs in-process.
+			if opts.MigrationMap == "" && len(opts.GPGKeys) == 0 {
+				if ok, err := prepareViaDaemon(c, e, opts); ok {
+					return err
+				}
 			}
 			p, err := e.engine.Prepare(c.Context, opts)
 			if err != nil {

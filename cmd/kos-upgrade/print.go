@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
@@ -11,6 +12,16 @@ import (
 
 func printPlan(w io.Writer, p *upgrader.Plan) {
 	fmt.Fprintf(w, "Plan %s: %s → %s\n", p.ID, p.Source, p.Target.VersionID)
+	if m := p.Migration; m != nil {
+		fmt.Fprintf(w, "  migration from %s to %s (map %s), %d key(s) imported into the new root\n", m.From, p.Target, m.Map.Origin, len(m.Keys))
+		for _, s := range m.Applied {
+			line := s.Kind + ": " + strings.Join(s.From, " + ")
+			if len(s.To) > 0 {
+				line += " → " + strings.Join(s.To, " + ")
+			}
+			fmt.Fprintf(w, "    %s\n", line)
+		}
+	}
 	c := p.Counts()
 	fmt.Fprintf(w, "  %d to upgrade, %d to install, %d to downgrade, %d obsoleted, %d to remove\n",
 		c[pkgmgr.ActionUpgrade], c[pkgmgr.ActionInstall], c[pkgmgr.ActionDowngrade], c[pkgmgr.ActionObsoleted], c[pkgmgr.ActionRemove])

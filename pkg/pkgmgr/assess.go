@@ -16,6 +16,8 @@ type AssessRequest struct {
 	Release  string
 	Repos    []Repo // replace the system's repository configuration when not empty
 	CacheDir string // dnf's metadata cache
+	// Migration adds the swaps of a migration to the distro-sync.
+	Migration *Migration
 }
 
 // RepoInfo is an enabled repository of the target release.
@@ -61,6 +63,8 @@ type Assessment struct {
 	InstallSize  int64       `json:"install_size"` // unpacked size of every package installed
 	EraseSize    int64       `json:"erase_size"`   // installed size of every package erased or replaced
 	Kernel       *KernelInfo `json:"kernel"`
+	// Migration lists the swaps that applied (as Resolution.Migration).
+	Migration []Swap `json:"migration,omitempty"`
 }
 
 // Assess runs the helper's assess command: dnf's solver on a distro-sync of
@@ -70,6 +74,7 @@ func (d *DNF) Assess(ctx context.Context, req AssessRequest, sink progress.Sink)
 	root := sysroot.Root{Dir: req.Root}
 	raw, err := d.runHelper(ctx, "assess", resolveReq{
 		Root: req.Root, DBPath: root.DBPathRel(), Release: req.Release, Repos: req.Repos, CacheDir: req.CacheDir,
+		Migration: req.Migration,
 	}, sink)
 	if err != nil {
 		return nil, err

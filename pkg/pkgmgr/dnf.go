@@ -33,6 +33,8 @@ type resolveReq struct {
 	Repos    []Repo `json:"repos"`
 	CacheDir string `json:"cachedir"`
 	StageDir string `json:"stagedir"`
+	// Migration adds the swaps of a migration to the distro-sync.
+	Migration *Migration `json:"migration,omitempty"`
 }
 
 // Resolve implements Manager.
@@ -40,7 +42,7 @@ func (d *DNF) Resolve(ctx context.Context, req ResolveRequest, sink progress.Sin
 	root := sysroot.Root{Dir: req.Root}
 	raw, err := d.runHelper(ctx, "resolve", resolveReq{
 		Root: req.Root, DBPath: root.DBPathRel(), Release: req.Release, Repos: req.Repos,
-		CacheDir: req.CacheDir, StageDir: req.StageDir,
+		CacheDir: req.CacheDir, StageDir: req.StageDir, Migration: req.Migration,
 	}, sink)
 	if err != nil {
 		return nil, err

@@ -59,6 +59,32 @@ func (it Item) Installs() bool {
 type Repo struct {
 	ID      string `json:"id"`
 	BaseURL string `json:"baseurl"`
+	// GPGKey are the repository's key URLs (a migration map's
+	// repositories name them; --repo gives none).
+	GPGKey []string `json:"gpgkey,omitempty"`
+}
+
+// Swap is one goal operation of a migration to another distribution: when
+// at least one of From is installed, dnf is asked to install every package
+// of To and to remove the installed ones of From, in the same goal as the
+// distro-sync. Kind is the map's (release, rename, split, merge, remove);
+// Reason says why, in words, and becomes the reason of the removals.
+type Swap struct {
+	Kind   string   `json:"kind"`
+	From   []string `json:"from"`
+	To     []string `json:"to,omitempty"`
+	Reason string   `json:"reason,omitempty"`
+	// Required swaps must apply: the resolution fails when none of From
+	// is installed (the release swap: the map does not fit the system).
+	Required bool `json:"required,omitempty"`
+}
+
+// Migration asks the resolution to move the system to another
+// distribution: the swaps are dnf goal operations (install the new names,
+// remove the old ones) resolved together with the distro-sync, erasing
+// allowed, by dnf's own solver.
+type Migration struct {
+	Swaps []Swap `json:"swaps"`
 }
 
 // ResolveRequest asks for an upgrade of Root to Release.
@@ -72,6 +98,8 @@ type ResolveRequest struct {
 	// CacheDir holds dnf's metadata cache; StageDir receives the packages.
 	CacheDir string
 	StageDir string
+	// Migration, when set, adds its swaps to the distro-sync.
+	Migration *Migration
 }
 
 // Resolution is dnf's answer: the transaction, with every installed package
@@ -81,6 +109,9 @@ type Resolution struct {
 	// GPGKeys lists the gpgkey URLs
 	// configured for the repositories the packages come from.
 	GPGKeys []string `json:"gpg_keys,omitempty"`
+	// Migration lists the swaps that applied (From trimmed to the
+	// installed packages); empty unless the request had a Migration.
+	Migration []Swap `json:"migration,omitempty"`
 }
 
 // Manager is the package backend.

@@ -201,3 +201,40 @@ func fileSHA256(path string) (string, int64, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
+
+// ImportKeys imports armored public keys into root's rpm database with
+// rpmkeys (a key already there is not imported twice). Apply of a migration
+// calls it on the new root, before the transaction, so that the upgraded
+// system trusts the target distribution's packages.
+func (d *DNF) ImportKeys(ctx context.Context, root string, armored []string) error {
+	if len(armored) == 0 {
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "kos-upgrade-keys-")
+	if err != nil {
+		return fmt.Errorf("cannot import keys: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	r := sysroot.Root{Dir: root}
+	for i, k := range armored {
+		f := filepath.Join(dir, fmt.Sprintf("key-%d.asc", i))
+		if err := os.WriteFile(f, []byte(k), 0o600); err != nil {
+			return fmt.Errorf("cannot import keys: %w", err)
+		}
+		argv := []string{"rpmkeys", "--root", root, "--dbpath", r.DBPathRel(), "--import", f}
+		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+		d.log().Debug("ran", "argv", argv, "output", strings.TrimSpace(string(out)))
+		if err != nil {
+			return fmt.Errorf("cannot import key %d into %s: %s: %w: %s", i+1, root, strings.Join(argv, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
+// KeyImporter is implemented by backends that can import public keys into
+// a root's rpm database (DNF).
+type KeyImporter interface {
+	ImportKeys(ctx context.Context, root string, armored []string) error
+}
+
+var _ KeyImporter = (*DNF)(nil)

@@ -3,6 +3,7 @@ package preflight
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,7 +46,16 @@ const (
 	KeyNoKeys           = "gpg.no-keys"
 	KeyKeyNotInstalled  = "gpg.key-not-installed"
 	KeyFactsUnavailable = "facts.unavailable"
+	// Migration to another distribution (docs/migration.md).
+	KeyOtherDistribution     = "release.other-distribution"
+	KeyMigration             = "migration.plan"
+	KeyMigrationUnsupported  = "migration.unsupported-source"
+	KeyMigrationMajorVersion = "migration.major-version"
 )
+
+// NativeID is the os-release ID of KOS: an upgrade of any other
+// distribution is a migration.
+const NativeID = "kos"
 
 // Space estimates, documented in docs/report.md.
 const (
@@ -73,7 +83,7 @@ type check func(f *Facts) []Finding
 
 // checks run in this order (the report is sorted afterwards).
 var checks = []check{
-	checkRoot, checkRelease, checkState, checkSnapshot, checkSpace, checkBoot, checkDeps,
+	checkRoot, checkRelease, checkMigration, checkState, checkSnapshot, checkSpace, checkBoot, checkDeps,
 	checkTransaction, checkThirdParty, checkModules, checkKeys, checkSecurity, checkFacts,
 }
 
@@ -128,7 +138,7 @@ func checkRoot(f *Facts) []Finding {
 }
 
 func checkRelease(f *Facts) []Finding {
-	if f.Target == "" || f.Source.VersionID != f.Target {
+	if f.Target == "" || f.Source.VersionID != f.Target || f.Migration != nil {
 		return nil
 	}
 	return []Finding{{
@@ -137,6 +147,92 @@ func checkRelease(f *Facts) []Finding {
 		Summary:      "There is nothing to upgrade to: the target is the running release.",
 		Remediations: []Remediation{hint("choose a newer release with --to VERSION")},
 	}}
+}
+
+// checkMigration decides whether a migration from another distribution
+// can run: a map must cover the source, whose major version must be the
+// target's (el7 → el8 needs the target's own rpm and dnf, which prepare
+// does not build yet). For an upgrade, it refuses a system that is not KOS.
+func checkMigration(f *Facts) []Finding {
+	m := f.Migration
+	if m == nil {
+		if f.Target == "" || f.Source.ID == "" || f.Source.ID == NativeID {
+			return nil
+		}
+		return []Finding{{
+			Key: KeyOtherDistribution, Severity: High, Groups: inhibitor("release"),
+			Title:   fmt.Sprintf("The system runs %s, not KOS", f.Source),
+			Summary: fmt.Sprintf("An upgrade to %s is an upgrade within KOS; moving %s to KOS is a migration, which swaps the release packages and applies a package map.", f.Target, f.Source),
+			Remediations: []Remediation{
+				command("kos-upgrade check --to %s-%s", NativeID, f.Target),
+				hint("then kos-upgrade prepare --to %s-%s (see docs/migration.md)", NativeID, f.Target),
+			},
+		}}
+	}
+	target := m.TargetName
+	if target == "" {
+		target = m.Target
+	}
+	target += " " + f.Target
+	unsupported := func(summary string, rem ...Remediation) []Finding {
+		return []Finding{{
+			Key: KeyMigrationUnsupported, Severity: High, Groups: inhibitor("release", "migration"),
+			Title:        fmt.Sprintf("%s cannot be migrated to %s", f.Source, target),
+			Summary:      summary,
+			Remediations: rem,
+		}}
+	}
+	if m.MapError != "" {
+		return unsupported("No migration map covers this system: "+m.MapError+".",
+			hint("kos-upgrade migrates CentOS Linux 8 and CentOS Stream 8 to KOS; give another map with --migration-map FILE"))
+	}
+	if !contains(m.SourceIDs, f.Source.ID) {
+		return unsupported(fmt.Sprintf("The migration map %s covers %s, but the system's os-release ID is %q.", m.Map, strings.Join(m.SourceIDs, ", "), f.Source.ID),
+			hint("use a migration map made for this distribution (--migration-map FILE)"))
+	}
+	major, _, _ := strings.Cut(f.Source.VersionID, ".")
+	el := fmt.Sprint(m.TargetEL)
+	if major != el {
+		n, _ := strconv.Atoi(major)
+		fd := Finding{
+			Key: KeyMigrationMajorVersion, Severity: High, Groups: inhibitor("release", "migration"),
+			Title: fmt.Sprintf("%s → %s is a major-version jump (el%s → el%s)", f.Source, target, major, el),
+		}
+		if n < m.TargetEL {
+			fd.Summary = fmt.Sprintf("%s is built on EL%s; %s on EL%d. Moving across a major version needs the target release's own rpm and dnf to run the transaction (a target userspace built from the staged packages, as Leapp does), because EL%s's rpm cannot install EL%d packages (new payload and rpmdb formats, changed scriptlets, a Python 2 to 3 switch). kos-upgrade does not build that userspace yet, so it refuses rather than leave a half-migrated system.",
+				f.Source, major, target, m.TargetEL, major, m.TargetEL)
+			fd.Remediations = []Remediation{
+				hint("first upgrade %s to EL%d in place (for example with Leapp/ELevate to an EL%d release), then migrate to %s with kos-upgrade", f.Source, m.TargetEL, m.TargetEL, target),
+				hint("or install %s fresh and move the data and configuration over", target),
+				hint("see /usr/share/doc/kos-upgrade/migration.md, \"Major-version jumps\""),
+			}
+		} else {
+			fd.Summary = fmt.Sprintf("%s is built on EL%s, newer than %s (EL%d): moving to it would downgrade every package of the system.", f.Source, major, target, m.TargetEL)
+			fd.Remediations = []Remediation{hint("migrate to a KOS release built on EL%s, when there is one", major)}
+		}
+		return []Finding{fd}
+	}
+	if !contains(m.SourceVersions, major) {
+		return unsupported(fmt.Sprintf("The migration map %s supports major version(s) %s of %s, not %s.", m.Map, strings.Join(m.SourceVersions, ", "), strings.Join(m.SourceIDs, ", "), f.Source.VersionID))
+	}
+	fd := Finding{
+		Key: KeyMigration, Severity: Medium, Groups: []string{"migration"},
+		Title:   fmt.Sprintf("Migration from %s to %s", f.Source, target),
+		Summary: fmt.Sprintf("The release and repository packages are swapped for %s's, every package is synced to the %s repositories (erasing allowed), and the migration map %s renames, splits, merges and removes the packages that differ between the distributions.", target, target, m.Map),
+	}
+	if a := f.Assessment; a != nil {
+		for _, s := range a.Migration {
+			d := fmt.Sprintf("%s: %s", s.Kind, strings.Join(s.From, " + "))
+			if len(s.To) > 0 {
+				d += " → " + strings.Join(s.To, " + ")
+			}
+			if s.Reason != "" {
+				d += " (" + s.Reason + ")"
+			}
+			fd.Details = append(fd.Details, d)
+		}
+	}
+	return []Finding{fd}
 }
 
 func checkState(f *Facts) []Finding {

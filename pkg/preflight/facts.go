@@ -69,6 +69,10 @@ type Facts struct {
 	// SkipSignatures is the user's --no-gpg-check.
 	SkipSignatures bool `json:"skip_signatures,omitempty"`
 
+	// Migration describes a migration to another distribution; nil for
+	// an upgrade within KOS.
+	Migration *Migration `json:"migration,omitempty"`
+
 	// Assessment is dnf's resolution of the upgrade (no download); nil
 	// without a target or when it could not run (AssessError says why).
 	Assessment  *pkgmgr.Assessment `json:"assessment,omitempty"`
@@ -194,6 +198,48 @@ type KeyFacts struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Migration describes a migration to another distribution (prepare or
+// check --to kos-VERSION on CentOS), from the migration map (pkg/migrate).
+type Migration struct {
+	// Target is the os-release ID of the distribution migrated to ("kos"),
+	// TargetName its name.
+	Target     string `json:"target"`
+	TargetName string `json:"target_name,omitempty"`
+	// Map is where the migration map was read from; MapError says why
+	// there is none (no map covers the source).
+	Map      string `json:"map,omitempty"`
+	MapError string `json:"map_error,omitempty"`
+	// SourceIDs and SourceVersions are the os-release IDs and major
+	// versions the map supports; TargetEL the enterprise Linux major
+	// version of the target (8).
+	SourceIDs      []string `json:"source_ids,omitempty"`
+	SourceVersions []string `json:"source_versions,omitempty"`
+	TargetEL       int      `json:"target_el,omitempty"`
+	// Request is the map as dnf goal operations, given to the assessment.
+	Request *pkgmgr.Migration `json:"-"`
+	// Keys are the target's public key files (verification, import).
+	Keys []string `json:"keys,omitempty"`
+}
+
+// Supported reports whether the map covers the source release: its ID
+// is one of SourceIDs and its major version is TargetEL and listed.
+func (m *Migration) Supported(src Release) bool {
+	if m == nil || m.MapError != "" || m.Request == nil {
+		return false
+	}
+	major, _, _ := strings.Cut(src.VersionID, ".")
+	return contains(m.SourceIDs, src.ID) && contains(m.SourceVersions, major) && major == fmt.Sprint(m.TargetEL)
+}
+
+func contains(list []string, s string) bool {
+	for _, l := range list {
+		if l == s {
+			return true
+		}
+	}
+	return false
+}
+
 // Assessor is the part of the package backend preflight needs.
 type Assessor interface {
 	Assess(ctx context.Context, req pkgmgr.AssessRequest, sink progress.Sink) (*pkgmgr.Assessment, error)
@@ -211,6 +257,10 @@ type Options struct {
 	State          StateFacts
 	SystemUpdate   string
 	SkipSignatures bool
+	// Migration, when set, assesses a migration to another distribution:
+	// the map's swaps are resolved with the distro-sync and its keys are
+	// the target's.
+	Migration *Migration
 	// PM resolves the upgrade; nil uses dnf.
 	PM Assessor
 	// CacheDir is dnf's metadata cache; "" uses a temporary directory.
@@ -228,6 +278,7 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 	f := &Facts{
 		Root: root.Dir, Target: opts.To, EUID: os.Geteuid(), State: opts.State,
 		SystemUpdate: opts.SystemUpdate, Snapshot: opts.Snapshot, SkipSignatures: opts.SkipSignatures,
+		Migration: opts.Migration,
 	}
 	errf := func(format string, a ...any) { f.Errors = append(f.Errors, fmt.Sprintf(format, a...)) }
 	if rel, err := readRelease(root.Dir); err == nil {
@@ -275,6 +326,17 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 		f.DistKeys = distKeys(ctx, root, nil, &f.Errors)
 		return f, nil
 	}
+	if opts.Migration != nil && !opts.Migration.Supported(f.Source) {
+		// The migration checks refuse it: resolving it would say nothing.
+		f.DistKeys = distKeys(ctx, root, migrationKeys(ctx, root, opts.Migration), &f.Errors)
+		return f, nil
+	}
+	if opts.Migration != nil && len(opts.Repos) == 0 {
+		// The system's repositories are the source distribution's.
+		f.AssessError = fmt.Sprintf("no repository of %s to migrate to: the migration map names none; give them with --repo ID=URL", opts.Migration.Target)
+		f.DistKeys = distKeys(ctx, root, migrationKeys(ctx, root, opts.Migration), &f.Errors)
+		return f, nil
+	}
 	pm := opts.PM
 	if pm == nil {
 		pm = pkgmgr.NewDNF(opts.Log)
@@ -288,7 +350,11 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 		defer os.RemoveAll(d)
 		cache = d
 	}
-	a, err := pm.Assess(ctx, pkgmgr.AssessRequest{Root: root.Dir, Release: opts.To, Repos: opts.Repos, CacheDir: cache}, opts.Sink)
+	req := pkgmgr.AssessRequest{Root: root.Dir, Release: opts.To, Repos: opts.Repos, CacheDir: cache}
+	if opts.Migration != nil {
+		req.Migration = opts.Migration.Request
+	}
+	a, err := pm.Assess(ctx, req, opts.Sink)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -297,6 +363,20 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 	} else {
 		f.Assessment = a
 		f.Keys = repoKeys(ctx, root, a.Repos)
+	}
+	if opts.Migration != nil {
+		f.Keys = append(f.Keys, migrationKeys(ctx, root, opts.Migration)...)
+		// The keys in the root's /etc/pki/rpm-gpg are the source
+		// distribution's: only the target's keys make a package "KOS's".
+		f.DistKeys = []string{}
+		for _, id := range distKeys(ctx, root, f.Keys, &f.Errors) {
+			for _, k := range f.Keys {
+				if contains(k.KeyIDs, id) && !contains(f.DistKeys, id) {
+					f.DistKeys = append(f.DistKeys, id)
+				}
+			}
+		}
+		return f, nil
 	}
 	f.DistKeys = distKeys(ctx, root, f.Keys, &f.Errors)
 	return f, nil
@@ -671,6 +751,23 @@ func repoKeys(ctx context.Context, root sysroot.Root, repos []pkgmgr.RepoInfo) [
 			}
 			out = append(out, k)
 		}
+	}
+	return out
+}
+
+// migrationKeys checks the target's key files of a migration.
+func migrationKeys(ctx context.Context, root sysroot.Root, m *Migration) []KeyFacts {
+	var out []KeyFacts
+	for _, k := range m.Keys {
+		kf := KeyFacts{Repo: "(" + m.Target + " release keys)", URL: k}
+		if p, err := keyPath(root, k); err != nil {
+			kf.Error = err.Error()
+		} else if ids, err := keyIDs(ctx, p); err != nil {
+			kf.Path, kf.Error = p, err.Error()
+		} else {
+			kf.Path, kf.KeyIDs = p, ids
+		}
+		out = append(out, kf)
 	}
 	return out
 }

@@ -120,7 +120,10 @@ def setup_base(req, work, filelists=False):
     repos = req.get("repos") or []
     if repos:
         for r in repos:
-            base.repos.add_new_repo(r["id"], conf, baseurl=[r["baseurl"]])
+            extra = {}
+            if r.get("gpgkey"):
+                extra["gpgkey"] = list(r["gpgkey"])
+            base.repos.add_new_repo(r["id"], conf, baseurl=[r["baseurl"]], **extra)
     else:
         base.read_all_repos()
     enabled = list(base.repos.iter_enabled())
@@ -151,19 +154,85 @@ def cmd_resolve(req):
             repo.gpgcheck = False
             repo.pkgdir = req["stagedir"]
         progress("resolve", message="resolving the upgrade with dnf")
-        base.distro_sync()
+        applied = goal(base, req)
         try:
             base.resolve(allow_erasing=True)
         except dnf.exceptions.DepsolveError as e:
             lines = [l.strip() for l in str(e).splitlines() if l.strip()]
             raise Failure("depsolve", "dependency problems in the upgrade", lines)
 
-        items = transaction_items(base)
+        items = annotate_migration(transaction_items(base), applied)
         installs = [p for p in base.transaction.install_set]
         download(base, installs, req["stagedir"], items)
-        emit({"type": "result", "items": items, "gpg_keys": keys})
+        emit({"type": "result", "items": items, "gpg_keys": keys, "migration": applied})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def goal(base, req):
+    """Put the upgrade into dnf's goal: a distro-sync of everything and, for
+    a migration to another distribution, the swaps of its package map as
+    goal operations (install the new names, remove the installed old ones),
+    all resolved together by dnf's solver with erasing allowed. Returns the
+    swaps that applied, their "from" trimmed to the installed packages."""
+    import dnf.exceptions
+
+    applied = []
+    mig = req.get("migration")
+    if mig:
+        installed = set(p.name for p in base.sack.query().installed())
+        available = set(p.name for p in base.sack.query().available())
+        for s in mig.get("swaps") or []:
+            present = [n for n in s.get("from") or [] if n in installed]
+            if not present:
+                if s.get("required"):
+                    raise Failure("config", "none of the packages %s is installed: the migration map does not fit "
+                                  "this system" % ", ".join(s.get("from") or []))
+                continue
+            missing = [n for n in s.get("to") or [] if n not in available and n not in installed]
+            if missing:
+                raise Failure("depsolve", "the migration map replaces %s with %s, but no target repository has %s" % (
+                    ", ".join(present), ", ".join(s.get("to")), ", ".join(missing)))
+            for n in s.get("to") or []:
+                try:
+                    base.install(n)
+                except dnf.exceptions.MarkingError as e:
+                    raise Failure("depsolve", "cannot install %s for the migration: %s" % (n, e))
+            for n in present:
+                base.remove(n)
+            a = dict(s)
+            a["from"] = present
+            applied.append(a)
+    base.distro_sync()
+    return applied
+
+
+def annotate_migration(items, applied):
+    """The swaps' reasons become the removals' reasons; a new package of a
+    swap names the packages it replaces."""
+    if not applied:
+        return items
+    why = {}
+    to_from = {}
+    for s in applied:
+        for n in s["from"]:
+            why[n] = "%s (migration map: %s)" % (s.get("reason") or s.get("kind"), s.get("kind"))
+        for n in s.get("to") or []:
+            to_from[n] = list(s["from"])
+    erased = {}
+    for it in items:
+        if it["action"] in ("remove", "obsoleted"):
+            erased[it["name"]] = it["nevra"]
+    for it in items:
+        if it["action"] in ("remove", "obsoleted") and it["name"] in why:
+            it["reason"] = why[it["name"]]
+        elif it["name"] in to_from:
+            rep = it.get("replaces") or []
+            for n in to_from[it["name"]]:
+                if n in erased and erased[n] not in rep:
+                    rep.append(erased[n])
+            it["replaces"] = rep
+    return items
 
 
 # ---------------------------------------------------------------- assess
@@ -193,7 +262,7 @@ def cmd_assess(req):
         unavailable = sorted(set(p.name for p in base.sack.query().installed()
                                  if p.name not in available and p.name != "gpg-pubkey"))
         progress("resolve", message="resolving the upgrade with dnf (no download)")
-        base.distro_sync()
+        applied = goal(base, req)
         problems = []
         items = []
         download_size = install_size = erase_size = 0
@@ -203,7 +272,7 @@ def cmd_assess(req):
             problems = [l.strip() for l in str(e).splitlines() if l.strip()]
         new_kernels = []
         if not problems:
-            items = transaction_items(base)
+            items = annotate_migration(transaction_items(base), applied)
             sizes = {}
             for p in base.transaction.install_set:
                 sizes[nevra(p)] = p.downloadsize or 0
@@ -218,7 +287,7 @@ def cmd_assess(req):
                     it["size"] = sizes[it["nevra"]]
         emit({"type": "result", "items": items, "problems": problems, "repos": repos, "gpg_keys": keys,
               "unavailable": unavailable, "download_size": download_size, "install_size": install_size,
-              "erase_size": erase_size, "kernel": target_kernel(base, new_kernels)})
+              "erase_size": erase_size, "kernel": target_kernel(base, new_kernels), "migration": applied})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
