@@ -17,7 +17,7 @@ PKGS      := ./...
 # KOS_UPGRADE_REQUIRE_ALL=1 turns their skips into failures.
 TESTFLAGS ?= -count=1 -timeout 25m
 
-.PHONY: all build test unit bench lint fmt install demo check help clean fuzz e2e rpm
+.PHONY: all build test unit bench lint fmt install demo check help clean fuzz e2e cockpit-test rpm
 
 all: build
 
@@ -66,6 +66,10 @@ install: build ## install into DESTDIR (PREFIX=/usr)
 	install -D -m 0644 pkg/dbusapi/org.kos.Upgrade1.xml $(DESTDIR)$(PREFIX)/share/dbus-1/interfaces/org.kos.Upgrade1.xml
 	install -D -m 0644 units/org.kos.upgrade.policy $(DESTDIR)$(PREFIX)/share/polkit-1/actions/org.kos.upgrade.policy
 	install -D -m 0644 units/kos-upgrade.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/kos-upgrade.catalog
+	# Cockpit plugin (docs/cockpit.md): plain files, nothing to build
+	install -d $(DESTDIR)$(PREFIX)/share/cockpit/kos-upgrade
+	install -m 0644 cockpit/kos-upgrade/manifest.json cockpit/kos-upgrade/index.html cockpit/kos-upgrade/*.js cockpit/kos-upgrade/*.css \
+		$(DESTDIR)$(PREFIX)/share/cockpit/kos-upgrade/
 	# initramfs mode (docs/initramfs.md): dracut module, used only with dracut --add kos-upgrade
 	install -d $(DESTDIR)$(PREFIX)/lib/dracut/modules.d/90kos-upgrade
 	install -m 0755 dracut/90kos-upgrade/*.sh $(DESTDIR)$(PREFIX)/lib/dracut/modules.d/90kos-upgrade/
@@ -88,6 +92,9 @@ rpm: ## build the kos-upgrade RPM into bin/rpm/ (source tarball with vendored Go
 
 e2e: build ## only the boot tests in systemd-nspawn guests (root; KOS_UPGRADE_E2E_ARTIFACTS=DIR keeps consoles)
 	$(GO) test $(TESTFLAGS) -p 1 -v ./test/e2e/
+
+cockpit-test: ## the Cockpit plugin in a real browser and Cockpit (root; screenshots in test/cockpit/screenshots)
+	$(GO) test -count=1 -v -run TestCockpit ./test/cockpit/
 
 clean: ## remove build output
 	rm -rf bin

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 deps() {
 	local need=(make gcc rpm dnf python3-dnf createrepo-c btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd
-		systemd-container debootstrap dracut shellcheck)
+		systemd-container debootstrap dracut shellcheck
+		cockpit-ws cockpit-bridge cockpit-system chromium)
 	local missing=()
 	for p in "${need[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +18,11 @@ deps() {
 		export DEBIAN_FRONTEND=noninteractive
 		apt-get update -q
 		apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}"
+	fi
+	# The Cockpit browser test needs node and npm (it runs npm ci itself);
+	# a machine that has them from elsewhere keeps its own.
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		apt-get -o DPkg::Lock::Timeout=600 install -y -q nodejs npm
 	fi
 	if ! command -v go >/dev/null; then
 		export PATH=$PATH:/usr/local/go/bin

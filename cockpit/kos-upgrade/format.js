@@ -1,0 +1,195 @@
+// Pure helpers of the kos-upgrade page: no DOM, no cockpit; node's test
+// runner tests them (test/cockpit/format.test.mjs).
+
+// unwrap turns cockpit.dbus variants ({t, v}) into plain values, deeply.
+export function unwrap(x) {
+    if (Array.isArray(x))
+        return x.map(unwrap);
+    if (x && typeof x === "object") {
+        if ("t" in x && "v" in x && Object.keys(x).length === 2)
+            return unwrap(x.v);
+        const out = {};
+        for (const k of Object.keys(x))
+            out[k] = unwrap(x[k]);
+        return out;
+    }
+    return x;
+}
+
+// humanSize: bytes in the units kos-upgrade's CLI uses (1024-based).
+export function humanSize(n) {
+    n = Number(n) || 0;
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) {
+        n /= 1024;
+        i++;
+    }
+    return (i === 0 ? String(n) : n.toFixed(n < 10 ? 1 : 0)) + " " + units[i];
+}
+
+// formatTime: microseconds since the epoch (D-Bus) or an RFC 3339 string,
+// in the browser's locale; "" when unknown.
+export function formatTime(t) {
+    if (t === undefined || t === null || t === 0 || t === "")
+        return "";
+    const d = typeof t === "number" ? new Date(t / 1000) : new Date(t);
+    if (isNaN(d.getTime()))
+        return "";
+    return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+const STATES = {
+    idle: { label: "Up to date", color: "grey", text: "Nothing is prepared. Run Check to see whether the system can be upgraded, then Prepare." },
+    preparing: { label: "Preparing", color: "blue", text: "The upgrade is being resolved, downloaded and verified. The running system is not changed." },
+    prepared: { label: "Prepared", color: "cyan", text: "The upgrade is downloaded and verified. Reboot to apply it, or cancel it." },
+    armed: { label: "Ready to apply", color: "orange", text: "The upgrade runs at the next boot. Cancel to disarm it." },
+    applying: { label: "Applying", color: "orange", text: "The upgrade is being applied." },
+    succeeded: { label: "Upgraded", color: "green", text: "The last upgrade succeeded." },
+    failed: { label: "Failed", color: "red", text: "The last upgrade failed; the system runs the release it had before. See the history for the error." },
+    "rolled-back": { label: "Rolled back", color: "purple", text: "The system was rolled back to the release it had before the upgrade." },
+};
+
+// stateInfo describes a State property value for a person.
+export function stateInfo(state) {
+    return STATES[state] || { label: state || "Unknown", color: "grey", text: "" };
+}
+
+const STEPS = {
+    check: "Checking the system",
+    fingerprint: "Reading the installed packages",
+    resolve: "Resolving the upgrade",
+    download: "Downloading packages",
+    stage: "Staging packages",
+    verify: "Verifying signatures and checksums",
+    test: "Testing the transaction",
+    plan: "Writing the plan",
+    prepare: "Prepared",
+    recover: "Cleaning up an interrupted run",
+    rollback: "Rolling back",
+    snapshot: "Taking a snapshot",
+    transaction: "Installing packages",
+    boot: "Updating the boot loader",
+    switch: "Switching to the upgraded system",
+};
+
+// stepText names a Step property value for a person ("" when none).
+export function stepText(step) {
+    if (!step)
+        return "";
+    return STEPS[step] || step.charAt(0).toUpperCase() + step.slice(1).replaceAll("-", " ");
+}
+
+const SEVERITY_RANK = { high: 3, medium: 2, low: 1, info: 0 };
+
+export function isInhibitor(f) {
+    return Array.isArray(f.groups) && f.groups.includes("inhibitor");
+}
+
+// sortFindings: inhibitors first, then by severity (high first), then key.
+export function sortFindings(findings) {
+    return [...(findings || [])].sort((a, b) =>
+        (isInhibitor(b) - isInhibitor(a)) ||
+        ((SEVERITY_RANK[b.severity] || 0) - (SEVERITY_RANK[a.severity] || 0)) ||
+        String(a.key).localeCompare(String(b.key)));
+}
+
+// removals lists the packages the plan erases, each with dnf's reason.
+export function removals(plan) {
+    return ((plan && plan.transaction) || [])
+            .filter(it => it.action === "remove" || it.action === "obsoleted")
+            .map(it => ({
+                name: it.name,
+                nevra: it.nevra,
+                action: it.action,
+                reason: it.reason || (it.obsoleted_by ? "obsoleted by " + it.obsoleted_by : ""),
+            }));
+}
+
+// kept lists the installed packages the upgrade keeps although no target
+// repository has them (third-party and orphaned), from the report stored
+// in the plan.
+export function kept(plan) {
+    const findings = (plan && plan.report && plan.report.findings) || [];
+    const out = [];
+    for (const f of findings) {
+        if (f.key !== "packages.third-party" && f.key !== "packages.orphaned")
+            continue;
+        for (const d of f.details || [])
+            out.push({ kind: f.key === "packages.third-party" ? "third-party" : "orphaned", text: d });
+    }
+    return out;
+}
+
+const ACTION_VERBS = {
+    Check: "check the system",
+    Prepare: "prepare an upgrade",
+    Reboot: "reboot into the upgrade",
+    Arm: "arm the upgrade",
+    Cancel: "cancel the upgrade",
+    Rollback: "roll back",
+    GetReport: "read the upgrade status",
+    GetHistory: "read the upgrade history",
+};
+
+// errorText turns a failed D-Bus call (a cockpit DBusError with name and
+// message, or a channel problem) into words for a person.
+export function errorText(method, err) {
+    const verb = ACTION_VERBS[method] || method;
+    const name = (err && err.name) || "";
+    const msg = (err && err.message) || "";
+    const problem = (err && err.problem) || "";
+    if (name === "org.freedesktop.DBus.Error.AccessDenied" || problem === "access-denied" ||
+            name === "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired") {
+        // The daemon's message is written for the CLI: keep why, drop its
+        // advice to run a command, say "nothing was changed" once.
+        const why = msg === "Access denied" ? "" : msg.replace(/\s*Run the command as root.*$/s, "").replace(/\s*Nothing was changed\.?/g, "").trim();
+        return {
+            title: "You are not allowed to " + verb + ".",
+            detail: (why ? why + " " : "") + "Nothing was changed. " +
+                "Switch to administrative access (the \"Limited access\" button at the top of Cockpit), or ask an administrator.",
+        };
+    }
+    if (name === "org.kos.Upgrade1.Error.Busy")
+        return { title: "Another upgrade task is running, so this one was not started.", detail: msg + " Wait until it ends, then try again." };
+    if (name === "org.kos.Upgrade1.Error.StalePlan")
+        return { title: "The prepared upgrade is out of date.", detail: msg + " Packages changed since it was prepared: prepare it again." };
+    if (name === "org.kos.Upgrade1.Error.WrongRoot")
+        return { title: "The upgrade service manages another system.", detail: msg };
+    if (name === "org.kos.Upgrade1.Error.NotSupported")
+        return { title: "This kos-upgrade cannot " + verb + ".", detail: msg };
+    if (name === "org.freedesktop.DBus.Error.InvalidArgs")
+        return { title: "The request to " + verb + " was not accepted.", detail: msg };
+    if (name === "org.freedesktop.DBus.Error.ServiceUnknown" || name === "org.freedesktop.DBus.Error.NameHasNoOwner" ||
+            problem === "not-found")
+        return {
+            title: "The upgrade service is not available.",
+            detail: "kos-upgrade's D-Bus service (org.kos.Upgrade1) is not running and cannot be started. Is kos-upgrade installed?" +
+                (msg ? " (" + msg + ")" : ""),
+        };
+    if (name === "org.freedesktop.DBus.Error.NoReply" || name === "org.freedesktop.DBus.Error.Timeout" || problem === "timeout")
+        return { title: "The upgrade service did not answer in time.", detail: "It may still be working: watch the status. " + msg };
+    if (problem === "disconnected" || problem === "terminated")
+        return { title: "The connection to the system was lost.", detail: "Reload the page once the system is reachable again." };
+    if (name === "org.kos.Upgrade1.Error.Failed")
+        return { title: "Could not " + verb + ".", detail: msg };
+    return { title: "Could not " + verb + ".", detail: msg || problem || String(err) };
+}
+
+// The actions the state allows: {check, prepare, reboot, cancel, rollback}.
+export function allowedActions(props, jobRunning) {
+    const s = props.State;
+    const busy = jobRunning || s === "preparing" || s === "applying";
+    return {
+        check: !busy,
+        prepare: !busy && s !== "armed",
+        reboot: !busy && (s === "prepared" || s === "armed"),
+        cancel: !busy && (s === "prepared" || s === "armed" || s === "failed"),
+        rollback: !busy && !!props.RollbackAvailable,
+    };
+}
+
+// A release version as kos-upgrade accepts it (VERSION_ID): digits and dots.
+export function validRelease(v) {
+    return /^[0-9]+(\.[0-9]+)*$/.test(v);
+}
