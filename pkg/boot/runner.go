@@ -1,15 +1,12 @@
 package boot
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
+
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 )
 
 // Tools run by this package; the one place their names live.
@@ -17,45 +14,16 @@ const (
 	bootctlTool = "bootctl"
 )
 
-// runner runs external commands: every command is logged with its argv, and
-// a failure comes back as "cannot <what>: <argv>: <stderr>: <err>".
+// runner runs external commands through execlog: argv logged, stderr in
+// the error.
 type runner struct {
 	log *slog.Logger // nil: slog.Default()
 }
 
-func (r runner) logger() *slog.Logger {
-	if r.log != nil {
-		return r.log
-	}
-	return slog.Default()
-}
+func (r runner) logger() *slog.Logger { return execlog.Runner{Log: r.log}.Logger() }
 
 func (r runner) run(ctx context.Context, what string, argv ...string) (string, error) {
-	r.logger().Debug("run", "argv", argv)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = "(no error output)"
-		}
-		return stdout.String(), fmt.Errorf("cannot %s: %s: %s: %w", what, quoteArgv(argv), msg, err)
-	}
-	return stdout.String(), nil
-}
-
-func quoteArgv(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		if a == "" || strings.ContainsAny(a, " \t\n\"'\\$`*?[]{}()<>|&;#~") {
-			q[i] = strconv.Quote(a)
-		} else {
-			q[i] = a
-		}
-	}
-	return strings.Join(q, " ")
+	return execlog.Runner{Log: r.log}.Run(ctx, what, argv...)
 }
 
 // resolveIn follows symbolic links at p (a host path below root) the way
