@@ -134,11 +134,11 @@ func checkOptions(ctx context.Context, eng *upgrader.Engine, to string, repos []
 func parseRepos(flags []string) ([]pkgmgr.Repo, error) {
 	var repos []pkgmgr.Repo
 	for _, r := range flags {
-		id, url, ok := strings.Cut(r, "=")
-		if !ok || id == "" || url == "" || strings.ContainsAny(id, " /") {
-			return nil, usageError{fmt.Errorf("cannot use --repo %q: want ID=URL, for example --repo kos=file:///srv/kos/5.9", r)}
+		repo, err := pkgmgr.ParseRepo(r)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("cannot use --repo: %w", err)}
 		}
-		repos = append(repos, pkgmgr.Repo{ID: id, BaseURL: url})
+		repos = append(repos, repo)
 	}
 	return repos, nil
 }
@@ -171,11 +171,11 @@ func printPlanReport(w io.Writer, p *upgrader.Plan) {
 // runCheck runs the assessment as the daemon's Check method does: the
 // system's own repositories and answers.conf, the automatic snapshot
 // backend. The report is saved like the CLI's and returned as JSON.
-func runCheck(ctx context.Context, eng *upgrader.Engine, to string) (inhibited bool, report []byte, err error) {
+func runCheck(ctx context.Context, eng *upgrader.Engine, to string, answerFlags []string) (inhibited bool, report []byte, err error) {
 	if to != "" && !upgrader.ValidVersion(to) {
 		return false, nil, fmt.Errorf("cannot check: %q is not a release version (for example 5.9)", to)
 	}
-	answers, err := preflight.LoadAnswers(eng.Root, nil)
+	answers, err := preflight.LoadAnswers(eng.Root, answerFlags)
 	if err != nil {
 		return false, nil, err
 	}

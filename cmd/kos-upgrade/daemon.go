@@ -47,8 +47,8 @@ It is started by D-Bus activation (kos-upgrade-daemon.service) and exits after
 				Log:         log,
 				Sinks:       progress.SystemSinks,
 				IdleTimeout: c.Duration("idle-timeout"),
-				Check: func(ctx context.Context, to string) (bool, []byte, error) {
-					return runCheck(ctx, e.engine, to)
+				Check: func(ctx context.Context, to string, answers []string) (bool, []byte, error) {
+					return runCheck(ctx, e.engine, to, answers)
 				},
 			})
 			if err != nil {

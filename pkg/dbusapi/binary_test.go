@@ -302,4 +302,10 @@ func TestDaemonCheck(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(s.Root, "var/lib/kos-upgrade/report.json")); err != nil {
 		t.Errorf("report not saved: %v", err)
 	}
+	// Answers travel with the call; a malformed one is refused in words.
+	b.mustBusctl(t, "call", dbusapi.BusName, "/org/kos/Upgrade1", dbusapi.Interface, "Check", "a{sv}", "2", "to", "s", "5.9", "answers", "as", "1", "packages.third-party=keep")
+	_, errOut, err := b.busctl(t, nil, "call", dbusapi.BusName, "/org/kos/Upgrade1", dbusapi.Interface, "Check", "a{sv}", "1", "answers", "as", "1", "no-equals-sign")
+	if err == nil || !strings.Contains(errOut, "no-equals-sign") {
+		t.Errorf("Check with a malformed answer: %v %s", err, errOut)
+	}
 }

@@ -151,6 +151,9 @@ func prepareOptions(o upgrader.PrepareOptions) map[string]dbus.Variant {
 	if o.SkipSignatures {
 		m["no_gpg_check"] = dbus.MakeVariant(true)
 	}
+	if len(o.Answers) > 0 {
+		m["answers"] = dbus.MakeVariant(o.Answers)
+	}
 	return m
 }
 

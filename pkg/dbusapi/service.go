@@ -36,7 +36,8 @@ type Options struct {
 	// Check runs the preflight checks for the target release to; it
 	// returns whether an inhibitor was found and the report as JSON. Nil:
 	// Check answers org.kos.Upgrade1.Error.NotSupported.
-	Check func(ctx context.Context, to string) (inhibited bool, reportJSON []byte, err error)
+	// answers are KEY=VALUE answers laid over answers.conf.
+	Check func(ctx context.Context, to string, answers []string) (inhibited bool, reportJSON []byte, err error)
 	// IdleTimeout makes Serve return after this long without a job and
 	// without an incoming call; 0 serves until the context ends.
 	IdleTimeout time.Duration
@@ -483,7 +484,8 @@ func (o object) privileged(msg dbus.Message, method, action, target string) (*jo
 // Check runs the preflight checks.
 func (o object) Check(msg dbus.Message, options map[string]dbus.Variant) (bool, string, *dbus.Error) {
 	var to string
-	if derr := o.s.options("Check", options, map[string]any{"to": &to}); derr != nil {
+	var answers []string
+	if derr := o.s.options("Check", options, map[string]any{"to": &to, "answers": &answers}); derr != nil {
 		return false, "", derr
 	}
 	if o.s.opts.Check == nil {
@@ -493,7 +495,7 @@ func (o object) Check(msg dbus.Message, options map[string]dbus.Variant) (bool, 
 	if derr != nil {
 		return false, "", derr
 	}
-	inhibited, report, err := o.s.opts.Check(o.s.ctx, to)
+	inhibited, report, err := o.s.opts.Check(o.s.ctx, to, answers)
 	o.s.mu.Lock()
 	if err == nil {
 		o.s.lastCheck = string(report)
@@ -511,10 +513,11 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 	var (
 		to, snap  = "", "auto"
 		repoSpecs []string
+		answers   []string
 		noGPG     bool
 	)
 	if derr := o.s.options("Prepare", options, map[string]any{
-		"to": &to, "repos": &repoSpecs, "snapshot": &snap, "no_gpg_check": &noGPG,
+		"to": &to, "repos": &repoSpecs, "snapshot": &snap, "no_gpg_check": &noGPG, "answers": &answers,
 	}); derr != nil {
 		return derr
 	}
@@ -528,11 +531,11 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 	}
 	var repos []pkgmgr.Repo
 	for _, r := range repoSpecs {
-		id, url, ok := strings.Cut(r, "=")
-		if !ok || id == "" || url == "" || strings.ContainsAny(id, " /") {
-			return invalidArgs("Prepare: repos entry %q: want ID=URL", r)
+		repo, err := pkgmgr.ParseRepo(r)
+		if err != nil {
+			return invalidArgs("Prepare: %v", err)
 		}
-		repos = append(repos, pkgmgr.Repo{ID: id, BaseURL: url})
+		repos = append(repos, repo)
 	}
 	j, derr := o.privileged(msg, "Prepare", ActionPrepare, to)
 	if derr != nil {
@@ -549,7 +552,7 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 	o.s.jobs.Add(1)
 	go func() {
 		defer o.s.jobs.Done()
-		p, err := o.s.engine.Prepare(o.s.ctx, upgrader.PrepareOptions{To: to, Repos: repos, Snapshot: snap, SkipSignatures: noGPG})
+		p, err := o.s.engine.Prepare(o.s.ctx, upgrader.PrepareOptions{To: to, Repos: repos, Snapshot: snap, SkipSignatures: noGPG, Answers: answers})
 		msg := ""
 		if err == nil {
 			c := p.Counts()

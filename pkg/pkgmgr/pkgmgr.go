@@ -6,6 +6,8 @@ package pkgmgr
 
 import (
 	"context"
+	"fmt"
+	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 )
@@ -85,6 +87,16 @@ type Swap struct {
 // allowed, by dnf's own solver.
 type Migration struct {
 	Swaps []Swap `json:"swaps"`
+}
+
+// ParseRepo parses a repository given as ID=URL (the --repo flag and the
+// D-Bus repos option).
+func ParseRepo(spec string) (Repo, error) {
+	id, url, ok := strings.Cut(spec, "=")
+	if !ok || id == "" || url == "" || strings.ContainsAny(id, " /") {
+		return Repo{}, fmt.Errorf("repository %q: want ID=URL, for example kos=file:///srv/kos/5.9", spec)
+	}
+	return Repo{ID: id, BaseURL: url}, nil
 }
 
 // ResolveRequest asks for an upgrade of Root to Release.
