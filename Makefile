@@ -59,6 +59,11 @@ install: build ## install into DESTDIR (PREFIX=/usr)
 	# systemd.offline-updates(7): a .wants link shipped in the package, no [Install] section
 	install -d $(DESTDIR)$(UNITDIR)/system-update.target.wants
 	ln -sfn ../kos-upgrade-apply.service $(DESTDIR)$(UNITDIR)/system-update.target.wants/kos-upgrade-apply.service
+	# first boot after an upgrade (docs/boot.md): health check, trial blessed or rolled back; shipped links, no [Install]
+	install -D -m 0644 units/kos-upgrade-health.service $(DESTDIR)$(UNITDIR)/kos-upgrade-health.service
+	install -d $(DESTDIR)$(UNITDIR)/multi-user.target.wants $(DESTDIR)$(UNITDIR)/boot-complete.target.requires
+	ln -sfn ../kos-upgrade-health.service $(DESTDIR)$(UNITDIR)/multi-user.target.wants/kos-upgrade-health.service
+	ln -sfn ../kos-upgrade-health.service $(DESTDIR)$(UNITDIR)/boot-complete.target.requires/kos-upgrade-health.service
 	# D-Bus service (docs/dbus.md): unit, activation, policy, interface, polkit actions, journal catalog
 	install -D -m 0644 units/kos-upgrade-daemon.service $(DESTDIR)$(UNITDIR)/kos-upgrade-daemon.service
 	install -D -m 0644 units/org.kos.Upgrade1.service $(DESTDIR)$(PREFIX)/share/dbus-1/system-services/org.kos.Upgrade1.service

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
@@ -165,6 +166,7 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	state.RunID = res.RunID
 	state.Backend = p.Snapshot
 	state.Snapshot = ""
+	state.Boot = nil
 	if err := e.step(st, state, StepVerify); err != nil {
 		return nil, err
 	}
@@ -193,6 +195,31 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	state.Snapshot = name
 	state.Previous = cur.Name
 	res.Snapshot, res.Previous = name, cur.Name
+
+	// The boot loader: /boot is not in the snapshot, so it is backed up
+	// before anything can touch it (docs/boot.md). Without snapshots the
+	// root is upgraded in place and its kernel scriptlets handle /boot.
+	var bl boot.Bootloader
+	if p.Snapshot != "none" {
+		if bl, err = e.bootloader(); err != nil {
+			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
+		}
+	}
+	if bl != nil {
+		bs, err := e.planBoot(ctx, bl, res.RunID)
+		if err != nil {
+			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
+		}
+		state.Boot = bs
+		if err := e.step(st, state, StepBackup); err != nil {
+			return nil, err
+		}
+		e.report(progress.Event{Step: StepBackup, Message: "backing up " + bs.Backups[0].Dir + " (" + bs.Loader + ", default entry " + bs.Previous + ")"})
+		if err := e.backupBoot(ctx, st, bs); err != nil {
+			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepBackup, Err: err})
+		}
+	}
+
 	if err := e.step(st, state, StepSnapshot); err != nil {
 		return nil, err
 	}
@@ -200,6 +227,13 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	target, err := snap.Create(ctx, name)
 	if err != nil {
 		return nil, e.finish(st, state, res, snap, "", &StepError{Step: StepSnapshot, Err: err})
+	}
+	if bl != nil && target.Path == e.Root.Dir {
+		// The backend upgrades the root in place (LVM thick: the snapshot
+		// is the rollback point): the current entries boot the upgraded
+		// root; /boot is only backed up and restored on failure.
+		e.report(progress.Event{Step: StepSnapshot, Message: "the root is upgraded in place: no new boot entry, no trial boot"})
+		bl = nil
 	}
 
 	if err := e.step(st, state, StepTransaction); err != nil {
@@ -213,8 +247,17 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		}
 	}
 	e.report(progress.Event{Step: StepTransaction, Message: fmt.Sprintf("running the transaction (%d packages) in %s", len(p.Transaction), target.Path)})
-	if err := e.PM.Apply(ctx, target.Path, st.stageDir(p.StageDir), p.Transaction, e.Sink); err != nil {
+	if err := e.transaction(ctx, p, target.Path, bl != nil); err != nil {
 		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepTransaction, Err: err})
+	}
+
+	if bl != nil {
+		if err := e.step(st, state, StepBoot); err != nil {
+			return nil, err
+		}
+		if err := e.bootStep(ctx, bl, state, p.Snapshot, target.Path, p.Target.VersionID); err != nil {
+			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepBoot, Err: err})
+		}
 	}
 
 	if err := e.step(st, state, StepFinalize); err != nil {
@@ -246,6 +289,15 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		return nil, err
 	}
 	e.report(progress.Event{Step: StepSwitch, Message: "making " + name + " the root of the next boot"})
+	// The trial first: a crash between the two leaves an entry that names
+	// the new root explicitly (settle, not switched, restores /boot), never
+	// a default root that no entry on trial boots.
+	if bl != nil {
+		if err := e.armBoot(ctx, bl, state.Boot); err != nil {
+			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSwitch, Err: err})
+		}
+		crashAt("mid-switch")
+	}
 	if err := snap.Activate(ctx, name); err != nil {
 		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSwitch, Err: err})
 	}
@@ -261,6 +313,18 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	}
 	e.report(progress.Event{Step: StepDone, Message: fmt.Sprintf("upgrade to %s succeeded; the next boot starts %s", p.Target.VersionID, name)})
 	return &ApplyResult{Ran: true, Result: &done}, nil
+}
+
+// transaction runs the plan's transaction in target, with (withBoot) the
+// real /boot mounted for the kernel scriptlets, unmounted again whatever
+// happens (see chrootMounts for why /proc, /sys and /dev are not).
+func (e *Engine) transaction(ctx context.Context, p *Plan, target string, withBoot bool) (err error) {
+	m, err := mountChroot(e.Root, target, false, withBoot)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, m.unmount()) }()
+	return e.PM.Apply(ctx, target, e.store().stageDir(p.StageDir), p.Transaction, e.Sink)
 }
 
 // step journals the step before its side effect, then lets the crash tests
@@ -293,7 +357,19 @@ func (e *Engine) finish(st store, state *State, res *Result, snap snapshot.Snaps
 	if errors.As(cause, &serr) {
 		step = serr.Step
 	}
-	if snap != nil && made != "" && snap.Backend() != "none" {
+	// /boot first: it must never name a snapshot that is gone.
+	keep := false
+	if state.Boot != nil {
+		if err := e.restoreBoot(context.Background(), st, state.Boot); err != nil {
+			cause = errors.Join(cause, fmt.Errorf("cannot put /boot back as it was: %w; the backup is kept in %s", err, st.dir))
+			keep = true
+		} else if err := dropBootBackups(st, state.Boot); err != nil {
+			e.log().Warn("cannot remove the /boot backup", "err", err)
+		} else {
+			state.Boot.Backups = nil
+		}
+	}
+	if snap != nil && made != "" && snap.Backend() != "none" && !keep {
 		if err := snap.Delete(context.Background(), made); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
 			cause = errors.Join(cause, fmt.Errorf("cannot delete the half-made snapshot %s: %w", made, err))
 		} else {
@@ -348,12 +424,28 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 		state.Status, state.Step, state.LastResult = StatusSucceeded, "", res
 		return state, errors.Join(st.record(res), st.save(state, e.now()))
 	}
+	if state.Boot != nil {
+		if err := e.restoreBoot(ctx, st, state.Boot); err != nil {
+			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+		}
+		if err := dropBootBackups(st, state.Boot); err != nil {
+			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+		}
+		state.Boot.Backups = nil
+		e.report(progress.Event{Step: "recover", Message: "restored /boot as it was before the interrupted run"})
+	}
 	if state.Backend != "" && state.Backend != "none" && state.Snapshot != "" {
 		snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
 		if err != nil {
 			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
 		}
 		defer snap.Close()
+		// A run killed in the transaction left the scriptlets' mounts.
+		if path, err := snap.Path(ctx, state.Snapshot); err == nil {
+			if err := unmountBelow(path); err != nil {
+				return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+			}
+		}
 		if err := snap.Delete(ctx, state.Snapshot); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
 			return nil, fmt.Errorf("cannot delete the snapshot %s left by the interrupted run: %w", state.Snapshot, err)
 		}

@@ -5,22 +5,29 @@ import (
 	"encoding/json"
 	"errors"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
 // TestCrashAtEveryStep kills apply (SIGKILL, as a power cut would stop it)
 // at every step boundary, then checks what is left and runs it again: the
 // result is a complete upgrade or a clean failure, never a default
-// subvolume with a partial transaction.
+// subvolume with a partial transaction. The system has a grub2 /boot and the
+// upgrade a new kernel: /boot is restored byte for byte by settle.
 func TestCrashAtEveryStep(t *testing.T) {
-	s := newSystem(t)
+	b := newBootSystem(t, true)
+	s := b.system
 	ctx := context.Background()
 	oldPkgs := rpmQA(t, s.Root)
+	bootBefore := b.digest(t)
+	newEntry := boot.EntryIDPrefix + fixture.MachineID + "-" + newKver
 	for _, tc := range []struct {
 		step string
 		// switched: the crash happened after the new root became the
@@ -28,11 +35,15 @@ func TestCrashAtEveryStep(t *testing.T) {
 		switched bool
 	}{
 		{step: upgrader.StepVerify},
+		{step: upgrader.StepBackup},
 		{step: upgrader.StepSnapshot},
 		{step: upgrader.StepTransaction},
 		{step: "mid-transaction"},
+		{step: upgrader.StepBoot},
+		{step: "mid-boot"},
 		{step: upgrader.StepFinalize},
 		{step: upgrader.StepSwitch},
+		{step: "mid-switch"},
 		{step: upgrader.StepDone, switched: true},
 	} {
 		t.Run(tc.step, func(t *testing.T) {
@@ -45,7 +56,10 @@ func TestCrashAtEveryStep(t *testing.T) {
 			if out, err := s.kosUpgrade(t, nil, "clean"); err != nil {
 				t.Fatalf("clean: %v\n%s", err, out)
 			}
-			s.prepareAndArm(t, upgrader.PrepareOptions{})
+			if d := diffDigest(bootBefore, b.digest(t)); len(d) > 0 {
+				t.Fatalf("/boot differs at the start:\n%s", strings.Join(d, "\n"))
+			}
+			s.prepareAndArm(t, upgrader.PrepareOptions{Repos: s.repos(fixture.Repo59, fixture.Repo59Kernel)})
 
 			out, err := s.kosUpgrade(t, []string{"KOS_UPGRADE_TEST_CRASH_AT=" + tc.step}, "apply")
 			var ee *exec.ExitError
@@ -64,6 +78,9 @@ func TestCrashAtEveryStep(t *testing.T) {
 				// The new default root is complete.
 				if got := rpmQA(t, s.FS.Top+"/"+def); !strings.Contains(strings.Join(got, " "), "kos-release-5.9") {
 					t.Errorf("new default root is not upgraded: %v", got)
+				}
+				if env := b.env(t); env.Value("kos_upgrade_trial") != newEntry {
+					t.Errorf("trial not armed after a crash past the switch: %v", env.Map())
 				}
 				return
 			}
@@ -86,6 +103,12 @@ func TestCrashAtEveryStep(t *testing.T) {
 			}
 			for _, sv := range s.subvols(t) {
 				t.Errorf("leftover snapshot after settling: %s", sv)
+			}
+			if d := diffDigest(bootBefore, b.digest(t)); len(d) > 0 {
+				t.Errorf("/boot not restored by settle after a crash at %s:\n%s", tc.step, strings.Join(d, "\n"))
+			}
+			if m, _ := filepath.Glob(filepath.Join(s.Root, "var/lib/kos-upgrade/boot-backup/*")); len(m) > 0 {
+				t.Errorf("backup of the interrupted run left: %v", m)
 			}
 			if out, err := s.kosUpgrade(t, nil, "apply"); err != nil {
 				t.Fatalf("apply after the crash: %v\n%s", err, out)

@@ -74,6 +74,16 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 	if state.Status != StatusSucceeded || state.Previous == "" {
 		return nil, fmt.Errorf("cannot roll back: the state is %s; a rollback needs a successful upgrade with a snapshot of the old root", state.Status)
 	}
+	return e.rollback(ctx, st, state, "rollback", "")
+}
+
+// rollback makes the pre-upgrade root and its boot entry the ones that boot
+// next, and records it (kind "rollback": asked for; "fallback": the new
+// system failed its trial boot, reason says how) in the root that will
+// boot, then in this one. Order: the record in the old root, the default
+// root, then /boot put back as the backup has it (and the old entry the
+// default), then the record here; each part can be done again.
+func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, reason string) (*Result, error) {
 	if state.Backend == "none" || state.Backend == "" {
 		return nil, fmt.Errorf("cannot roll back: the upgrade ran without a snapshot (--snapshot none)")
 	}
@@ -88,8 +98,8 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 	}
 	now := e.now().UTC()
 	res := &Result{
-		RunID: now.Format("20060102T150405.000Z") + "-rollback", Kind: "rollback", Success: true,
-		Status: StatusRolledBack, Backend: state.Backend, Snapshot: state.Previous, Previous: state.Snapshot,
+		RunID: now.Format("20060102T150405.000Z") + "-" + kind, Kind: kind, Success: kind == "rollback",
+		Status: StatusRolledBack, Error: reason, Backend: state.Backend, Snapshot: state.Previous, Previous: state.Snapshot,
 		From: state.Target, StartedAt: now,
 	}
 	if state.LastResult != nil {
@@ -98,6 +108,18 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 	// Record it in the root that will boot, then switch.
 	rolled := *state
 	rolled.Status, rolled.Step, rolled.LastResult = StatusRolledBack, "", res
+	if state.Boot != nil {
+		b := *state.Boot
+		if kind == "fallback" {
+			b.Trial = TrialFailed
+		}
+		b.Note = reason
+		if b.Note == "" {
+			b.Note = "rolled back: " + b.Previous + " is the default entry again"
+		}
+		b.Backups = nil // consumed by the restore below
+		rolled.Boot = &b
+	}
 	if prevPath != e.Root.Dir {
 		ps := store{dir: filepath.Join(prevPath, sysroot.StateDirRel)}
 		res.FinishedAt = e.now().UTC()
@@ -109,11 +131,47 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 	if err := snap.Activate(ctx, state.Previous); err != nil {
 		return nil, fmt.Errorf("cannot roll back: %w", err)
 	}
+	if err := e.rollbackBoot(ctx, st, state.Boot); err != nil {
+		return nil, fmt.Errorf("cannot roll back: %w", err)
+	}
 	res.FinishedAt = e.now().UTC()
 	if err := errors.Join(st.record(res), st.save(&rolled, e.now())); err != nil {
 		return nil, err
 	}
 	return res, nil
+}
+
+// rollbackBoot makes the pre-upgrade entry the default again: /boot is
+// restored from the run's backup (which removes the new entries and
+// kernels, and undoes a pinning), the trial ended, the old default set.
+// Without a backup (cleaned away) only the default is set back.
+func (e *Engine) rollbackBoot(ctx context.Context, st store, bs *BootState) error {
+	if bs == nil {
+		return nil
+	}
+	bl, err := e.bootloader()
+	if err != nil || bl == nil {
+		return err
+	}
+	if err := bl.Fallback(ctx); err != nil {
+		return fmt.Errorf("cannot end the trial boot: %w", err)
+	}
+	if err := e.restoreBoot(ctx, st, bs); err != nil {
+		return err
+	}
+	if bs.Previous != "" {
+		if err := bl.SetDefault(ctx, bs.Previous); err != nil {
+			return fmt.Errorf("cannot make %s the default boot entry again: %w", bs.Previous, err)
+		}
+		e.report(progress.Event{Step: "rollback", Message: "boot entry " + bs.Previous + " is the default again"})
+		if err := e.removeLeftovers(ctx); err != nil {
+			return err
+		}
+	}
+	if err := dropBootBackups(st, bs); err != nil {
+		e.log().Warn("cannot remove the /boot backup", "err", err)
+	}
+	return nil
 }
 
 // Clean removes staged packages (when no plan is pending) and the snapshots
@@ -131,6 +189,24 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	var removed []string
+	// /boot backups: only the one a successful run may still roll back to.
+	keepBackup := map[string]bool{}
+	if state.Status == StatusSucceeded && state.Boot != nil {
+		for _, b := range state.Boot.Backups {
+			keepBackup[strings.SplitN(b.Path, "/", 3)[1]] = true
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(st.dir, "boot-backup")); err == nil {
+		for _, d := range ents {
+			if keepBackup[d.Name()] {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(st.dir, "boot-backup", d.Name())); err != nil {
+				return nil, fmt.Errorf("cannot remove the /boot backup %s: %w", d.Name(), err)
+			}
+			removed = append(removed, "/boot backup "+d.Name())
+		}
+	}
 	if state.Status != StatusPrepared && state.Status != StatusArmed {
 		if err := removeStaged(st); err != nil {
 			return nil, err

@@ -34,15 +34,17 @@ const (
 // effect runs.
 const (
 	StepVerify      = "verify"      // checksums and rpmdb fingerprint
+	StepBackup      = "backup"      // back up /boot (only with a boot loader)
 	StepSnapshot    = "snapshot"    // create the writable snapshot
 	StepTransaction = "transaction" // run the transaction inside it
+	StepBoot        = "boot"        // new kernel's entry for the new root (only with a boot loader)
 	StepFinalize    = "finalize"    // record the result inside the new root
-	StepSwitch      = "switch"      // make the new root the default
+	StepSwitch      = "switch"      // trial boot of the new entry, new root the default
 	StepDone        = "done"        // record the result in the old root
 )
 
 // applySteps lists the steps in order, for tests and crash injection.
-var applySteps = []string{StepVerify, StepSnapshot, StepTransaction, StepFinalize, StepSwitch, StepDone}
+var applySteps = []string{StepVerify, StepBackup, StepSnapshot, StepTransaction, StepBoot, StepFinalize, StepSwitch, StepDone}
 
 // StateVersion is the state document format.
 const StateVersion = 1
@@ -67,9 +69,56 @@ type State struct {
 	Snapshot string `json:"snapshot,omitempty"`
 	// Previous is the pre-upgrade root, the rollback target.
 	Previous string `json:"previous,omitempty"`
+	// Boot is the boot loader side of the run; nil when the system has no
+	// boot loader kos-upgrade handles (or the run has no snapshot).
+	Boot *BootState `json:"boot,omitempty"`
 	// LastResult is the result of the last apply or rollback.
 	LastResult *Result   `json:"last_result,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// Trial values of BootState.Trial.
+const (
+	TrialArmed   = "armed"     // the new entry boots next, as a trial
+	TrialNone    = "none"      // the new entry was made the default without a trial (Note says why)
+	TrialBlessed = "blessed"   // the new system passed its health check: permanent default
+	TrialFailed  = "fell-back" // the trial failed; the old entry is the default again
+)
+
+// BootState is what a run did to the boot loader (docs/state.md). It is
+// recorded before each side effect, so that a failed or crashed run can put
+// /boot back as it was.
+type BootState struct {
+	// Loader is the boot loader kind (grub2-bls, systemd-boot).
+	Loader string `json:"loader"`
+	// Backups are the copies of /boot (and of an ESP holding boot loader
+	// files) taken before the transaction.
+	Backups []BootBackup `json:"backups,omitempty"`
+	// Previous is the default entry before the run: the fallback.
+	Previous string `json:"previous,omitempty"`
+	// Pinned is set when Previous did not name its btrfs subvolume and was
+	// pinned to the old root (rootflags=subvol=), so that it keeps booting
+	// the old root once the default subvolume is the new one.
+	Pinned string `json:"pinned,omitempty"`
+	// Entry is the entry that boots the new root (on trial, then default).
+	Entry string `json:"entry,omitempty"`
+	// Entries are every entry the run created or retargeted.
+	Entries []string `json:"entries,omitempty"`
+	// Tries is how many boots the trial allows.
+	Tries int `json:"tries,omitempty"`
+	// Trial is armed, none, blessed or fell-back (the Trial* constants).
+	Trial string `json:"trial,omitempty"`
+	// Note says why there is no trial, or why it ended.
+	Note string `json:"note,omitempty"`
+}
+
+// BootBackup is one backup of a boot directory.
+type BootBackup struct {
+	// Dir is the backed-up directory, relative to the root ("/boot").
+	Dir string `json:"dir"`
+	// Path is the backup, relative to the state directory
+	// ("boot-backup/<run_id>/boot").
+	Path string `json:"path"`
 }
 
 // Result is the outcome of one run, also its history record.

@@ -99,7 +99,7 @@ becomes the default only when the whole transaction succeeded.`,
 		},
 		Commands: []*cli.Command{
 			checkCmd(), prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
-			daemonCmd(),
+			daemonCmd(), healthCmd(),
 		},
 	}
 	for _, c := range app.Commands {

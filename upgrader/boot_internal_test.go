@@ -1,0 +1,145 @@
+package upgrader
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+)
+
+func TestVercmp(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		want int
+	}{
+		{"5.9.0-1.noarch", "5.8.0-1.noarch", 1},
+		{"4.18.0-553.el8.x86_64", "4.18.0-80.el8.x86_64", 1},
+		{"4.18.0-80.el8", "4.18.0-80.el8", 0},
+		{"4.18.0-80.el8", "4.18.0-80.1.el8", -1},
+		{"1.0a", "1.0", 1},
+		{"1.0", "1.0.1", -1},
+		{"010", "9", 1},
+		{"a", "1", -1},
+	} {
+		if got := vercmp(c.a, c.b); got != c.want {
+			t.Errorf("vercmp(%q, %q) = %d, want %d", c.a, c.b, got, c.want)
+		}
+		if got := vercmp(c.b, c.a); got != -c.want {
+			t.Errorf("vercmp(%q, %q) = %d, want %d", c.b, c.a, got, -c.want)
+		}
+	}
+}
+
+func TestPinsSubvol(t *testing.T) {
+	for opts, want := range map[string]bool{
+		"root=UUID=1 ro rootflags=subvol=@":                true,
+		"root=UUID=1 rootflags=subvolid=256,compress":      true,
+		"root=UUID=1 rootflags=compress=zstd":              false,
+		"root=UUID=1 ro":                                   false,
+		"root=UUID=1 rootflags=subvol=@ rootflags=noatime": false, // the kernel uses the last
+	} {
+		if got := pinsSubvol(boot.ParseOptions(opts)); got != want {
+			t.Errorf("pinsSubvol(%q) = %v", opts, got)
+		}
+	}
+}
+
+func TestRootSpec(t *testing.T) {
+	for _, c := range []struct {
+		backend, name, root string
+		want                boot.RootSpec
+		err                 bool
+	}{
+		{"btrfs", "kos-upgrade/1-5.9", "UUID=1", boot.RootSpec{BtrfsSubvol: "kos-upgrade/1-5.9"}, false},
+		{"lvm", "kos-upgrade/1-5.9", "/dev/mapper/vg--os-root", boot.RootSpec{LVMVG: "vg-os", LVMLV: "kos-upgrade-1-5.9"}, false},
+		{"lvm", "kos-upgrade/1-5.9", "/dev/vg0/root", boot.RootSpec{LVMVG: "vg0", LVMLV: "kos-upgrade-1-5.9"}, false},
+		{"lvm", "kos-upgrade/1-5.9", "UUID=1", boot.RootSpec{}, true},
+		{"none", "@", "UUID=1", boot.RootSpec{}, true},
+	} {
+		got, err := rootSpec(c.backend, c.name, boot.ParseOptions("root="+c.root))
+		if (err != nil) != c.err || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("rootSpec(%s, %s, %s) = %+v, %v", c.backend, c.name, c.root, got, err)
+		}
+	}
+}
+
+func TestTrialTries(t *testing.T) {
+	for _, c := range []struct {
+		conf string // "" = no file
+		want int
+		err  bool
+	}{
+		{"", boot.DefaultTrialTries, false},
+		{"# comment\ntries=5\n", 5, false},
+		{"tries = 1\n", 1, false},
+		{"other=2\n", boot.DefaultTrialTries, false},
+		{"tries=0\n", 0, true},
+		{"tries=10\n", 0, true},
+		{"tries=x\n", 0, true},
+	} {
+		dir := t.TempDir()
+		if c.conf != "" {
+			p := filepath.Join(dir, BootConfigRel)
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			os.WriteFile(p, []byte(c.conf), 0o644)
+		}
+		got, err := trialTries(sysroot.Root{Dir: dir})
+		if (err != nil) != c.err || (!c.err && got != c.want) {
+			t.Errorf("%q: %d, %v", c.conf, got, err)
+		}
+	}
+}
+
+func TestNewKernels(t *testing.T) {
+	old, cur := t.TempDir(), t.TempDir()
+	mk := func(root, rel string) {
+		p := filepath.Join(root, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte("k"), 0o644)
+	}
+	mk(old, "usr/lib/modules/5.8.0/vmlinuz")
+	mk(cur, "usr/lib/modules/5.8.0/vmlinuz")
+	mk(cur, "usr/lib/modules/5.10.0/vmlinuz")
+	mk(cur, "usr/lib/modules/5.9.0/vmlinuz")
+	mk(cur, "usr/lib/modules/5.9.0-extra/modules.dep") // no vmlinuz: not a kernel
+	os.Symlink("usr/lib", filepath.Join(cur, "lib"))   // followed once, not counted twice
+	got, paths := newKernels(old, cur)
+	if want := []string{"5.9.0", "5.10.0"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("newKernels = %v, want %v", got, want)
+	}
+	if paths["5.10.0"] != filepath.Join(cur, "usr/lib/modules/5.10.0/vmlinuz") {
+		t.Errorf("paths = %v", paths)
+	}
+}
+
+func TestRemoveStrayKernels(t *testing.T) {
+	bootDir, backup := t.TempDir(), t.TempDir()
+	write := func(rel, content string) {
+		p := filepath.Join(bootDir, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte(content), 0o644)
+	}
+	write("vmlinuz-1", "k1")
+	write("initramfs-1.img", "i1")
+	write("initramfs-1kdump.img", "kd")
+	write("loader/entries/m-1.conf", "linux /vmlinuz-1\ninitrd /initramfs-1.img\n")
+	if err := boot.Backup(t.Context(), bootDir, backup); err != nil {
+		t.Fatal(err)
+	}
+	write("vmlinuz-2", "k2")       // copied, no entry: stray
+	write("initramfs-2.img", "i2") // built, no entry: stray
+	write("vmlinuz-3", "k3")       // named by an entry made since: kept
+	write("loader/entries/m-3.conf", "linux /vmlinuz-3\n")
+	if err := removeStrayKernels(bootDir, backup); err != nil {
+		t.Fatal(err)
+	}
+	for rel, want := range map[string]bool{"vmlinuz-1": true, "initramfs-1.img": true, "initramfs-1kdump.img": true,
+		"vmlinuz-2": false, "initramfs-2.img": false, "vmlinuz-3": true} {
+		if _, err := os.Stat(filepath.Join(bootDir, rel)); (err == nil) != want {
+			t.Errorf("%s exists = %v, want %v", rel, err == nil, want)
+		}
+	}
+}

@@ -1,0 +1,167 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+)
+
+// HealthCheck is one check of the first boot of an upgraded system; Run
+// returns nil when the system is healthy as far as it can tell.
+type HealthCheck struct {
+	Name string
+	Run  func(ctx context.Context) error
+}
+
+// HealthOptions are the inputs of Health.
+type HealthOptions struct {
+	// Cmdline is the running kernel's command line (/proc/cmdline): it
+	// tells whether the trial entry booted.
+	Cmdline string
+	// Checks run in order when the trial entry booted; the first failure
+	// fails the trial.
+	Checks []HealthCheck
+}
+
+// Health actions.
+const (
+	HealthNone     = "none"        // no trial of an upgrade to check
+	HealthPending  = "pending"     // a trial is armed but another entry booted, and it has tries left
+	HealthBlessed  = "blessed"     // the trial entry booted and is healthy: now the permanent default
+	HealthFellBack = "rolled-back" // the trial failed: the old root and entry boot next
+)
+
+// HealthResult says what Health did. Its JSON form is stable (docs/cli.md).
+type HealthResult struct {
+	Action string `json:"action"`
+	// Entry is the boot entry of the upgraded system, when there is one.
+	Entry string `json:"entry,omitempty"`
+	// Reason says why (which check failed, how the trial ended).
+	Reason string `json:"reason,omitempty"`
+	// Reboot is true when the caller should reboot now: the trial entry
+	// runs but failed, and the old system boots next.
+	Reboot bool `json:"reboot"`
+	// Result is the fallback record, when there was one.
+	Result *Result `json:"result,omitempty"`
+}
+
+// Health is the first-boot step of an upgrade (kos-upgrade-health.service):
+//
+//   - no upgrade with a trial boot recorded, or the trial over: nothing;
+//   - the trial entry booted (its root and kernel match the command line):
+//     the checks run; healthy → Bless (the entry is the permanent default,
+//     recorded "blessed"); unhealthy → fallback and Reboot;
+//   - another entry booted and the boot loader has no tries left for the
+//     trial: the new system did not come up, the boot loader fell back on
+//     its own; the fallback is recorded and the old root made the default
+//     root again;
+//   - another entry booted with tries left (chosen by hand in the menu):
+//     nothing, the trial stays armed.
+//
+// A fallback is recorded as a run of kind "fallback", status rolled-back,
+// in both roots, like a rollback; /boot is restored from the backup.
+func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult, error) {
+	st := e.store()
+	l, err := acquire(st.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	bs := state.Boot
+	if state.Status != StatusSucceeded || bs == nil || bs.Entry == "" {
+		return &HealthResult{Action: HealthNone, Reason: "no upgrade awaits its first boot"}, nil
+	}
+	bl, err := e.bootloader()
+	if err != nil {
+		return nil, err
+	}
+	if bl == nil {
+		return &HealthResult{Action: HealthNone, Entry: bs.Entry, Reason: "no boot loader found"}, nil
+	}
+	tr, err := bl.Trial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the trial boot state: %w", err)
+	}
+	if !tr.Active || tr.Entry != bs.Entry {
+		if bs.Trial == TrialArmed {
+			// The trial ended without us: blessed by the boot loader's
+			// own tooling (systemd-bless-boot) or undone by hand.
+			if def, err := bl.Default(ctx); err == nil && def == bs.Entry {
+				bs.Trial, bs.Note = TrialBlessed, "blessed outside kos-upgrade"
+				if err := st.save(state, e.now()); err != nil {
+					return nil, err
+				}
+				return &HealthResult{Action: HealthBlessed, Entry: bs.Entry, Reason: bs.Note}, nil
+			}
+		}
+		return &HealthResult{Action: HealthNone, Entry: bs.Entry, Reason: "no trial boot is armed"}, nil
+	}
+	entry, err := findEntry(ctx, bl, bs.Entry)
+	if err != nil {
+		return nil, err
+	}
+	vars, err := boot.GrubVars(bl)
+	if err != nil {
+		return nil, err
+	}
+	if !boot.MatchesCmdline(entry, opts.Cmdline, vars) {
+		if tr.TriesLeft > 0 {
+			return &HealthResult{Action: HealthPending, Entry: bs.Entry,
+				Reason: fmt.Sprintf("another entry booted; the trial of %s has %d tries left", bs.Entry, tr.TriesLeft)}, nil
+		}
+		reason := fmt.Sprintf("automatic fallback: the upgraded system (boot entry %s) did not complete a healthy boot within %d tries; the boot loader started %s again",
+			bs.Entry, bs.Tries, bs.Previous)
+		res, err := e.rollback(ctx, st, state, "fallback", reason)
+		if err != nil {
+			return nil, err
+		}
+		e.report(progress.Event{Step: "health", Message: reason})
+		return &HealthResult{Action: HealthFellBack, Entry: bs.Entry, Reason: reason, Result: res}, nil
+	}
+
+	var failed error
+	for _, c := range opts.Checks {
+		e.report(progress.Event{Step: "health", Message: "health check: " + c.Name})
+		if err := c.Run(ctx); err != nil {
+			failed = fmt.Errorf("health check %s failed: %w", c.Name, err)
+			break
+		}
+	}
+	if failed != nil {
+		reason := "automatic fallback: " + failed.Error()
+		res, err := e.rollback(ctx, st, state, "fallback", reason)
+		if err != nil {
+			return nil, errors.Join(failed, err)
+		}
+		e.report(progress.Event{Step: "health", Message: reason + "; " + state.Previous + " boots next"})
+		return &HealthResult{Action: HealthFellBack, Entry: bs.Entry, Reason: reason, Reboot: true, Result: res}, nil
+	}
+	// Healthy: the new root is the default root (a crash in the switch
+	// step may have armed the trial without it) and the entry is blessed.
+	if state.Backend != "" && state.Backend != "none" {
+		snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
+		if err != nil {
+			return nil, err
+		}
+		defer snap.Close()
+		if err := snap.Activate(ctx, state.Snapshot); err != nil {
+			return nil, fmt.Errorf("cannot make %s the default root: %w", state.Snapshot, err)
+		}
+	}
+	if err := bl.Bless(ctx, bs.Entry); err != nil {
+		return nil, fmt.Errorf("cannot bless boot entry %s: %w", bs.Entry, err)
+	}
+	bs.Trial, bs.Note = TrialBlessed, ""
+	if err := st.save(state, e.now()); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: "health", Message: "the upgraded system is healthy: boot entry " + bs.Entry + " is the default"})
+	return &HealthResult{Action: HealthBlessed, Entry: bs.Entry}, nil
+}
