@@ -41,15 +41,11 @@ func (e *Engine) LinkOwner() (string, error) {
 // /system-update pointing at the state directory.
 func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
 	st := e.store()
-	l, err := acquire(st.dir)
+	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
-	state, err := e.settle(ctx, st)
-	if err != nil {
-		return nil, err
-	}
 	switch state.Status {
 	case StatusPrepared, StatusArmed, StatusFailed:
 	default:
@@ -128,15 +124,11 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	}
 
 	st := e.store()
-	l, err := acquire(st.dir)
+	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
-	state, err := e.settle(ctx, st)
-	if err != nil {
-		return nil, err
-	}
 	if state.Status != StatusArmed {
 		return nil, fmt.Errorf("cannot apply: the state is %s, not armed; nothing was changed", state.Status)
 	}

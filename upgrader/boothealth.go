@@ -65,15 +65,11 @@ type HealthResult struct {
 // in both roots, like a rollback; /boot is restored from the backup.
 func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult, error) {
 	st := e.store()
-	l, err := acquire(st.dir)
+	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
-	state, err := e.settle(ctx, st)
-	if err != nil {
-		return nil, err
-	}
 	bs := state.Boot
 	if state.Status != StatusSucceeded || bs == nil || bs.Entry == "" {
 		return &HealthResult{Action: HealthNone, Reason: "no upgrade awaits its first boot"}, nil

@@ -4,7 +4,6 @@
 package upgrader
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -88,37 +87,16 @@ func (e *Engine) log() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// readRelease parses os-release of the system at dir.
+// readRelease parses os-release of the system at dir; it needs VERSION_ID.
 func readRelease(dir string) (Release, error) {
-	f, err := os.Open(filepath.Join(dir, sysroot.OSReleaseRel))
+	r, err := sysroot.Root{Dir: dir}.OSRelease()
 	if err != nil {
-		f, err = os.Open(filepath.Join(dir, "/usr/lib/os-release"))
-	}
-	if err != nil {
-		return Release{}, fmt.Errorf("cannot read os-release: %w", err)
-	}
-	defer f.Close()
-	var r Release
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
-		if !ok {
-			continue
-		}
-		v = strings.Trim(v, `"'`)
-		switch k {
-		case "ID":
-			r.ID = v
-		case "VERSION_ID":
-			r.VersionID = v
-		case "NAME":
-			r.Name = v
-		}
+		return Release{}, err
 	}
 	if r.VersionID == "" {
-		return r, fmt.Errorf("cannot read os-release: no VERSION_ID")
+		return Release{}, fmt.Errorf("cannot read os-release: no VERSION_ID")
 	}
-	return r, nil
+	return Release{ID: r.ID, VersionID: r.VersionID, Name: r.Name}, nil
 }
 
 func readMachineID(dir string) string {

@@ -1,6 +1,7 @@
 package upgrader
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -50,4 +51,20 @@ func locked(dir string) bool {
 		return errors.Is(err, unix.EWOULDBLOCK)
 	}
 	return false
+}
+
+// begin starts a state-changing operation: it takes the state directory's
+// lock and settles what a crashed run left behind. The caller releases the
+// lock when done.
+func (e *Engine) begin(ctx context.Context, st store) (*lock, *State, error) {
+	l, err := acquire(st.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	state, err := e.settle(ctx, st)
+	if err != nil {
+		l.release()
+		return nil, nil, err
+	}
+	return l, state, nil
 }

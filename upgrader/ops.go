@@ -18,15 +18,11 @@ import (
 // Cancelling when nothing is prepared is not an error.
 func (e *Engine) Cancel(ctx context.Context) error {
 	st := e.store()
-	l, err := acquire(st.dir)
+	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return err
 	}
 	defer l.release()
-	state, err := e.settle(ctx, st)
-	if err != nil {
-		return err
-	}
 	owner, err := e.LinkOwner()
 	if err != nil {
 		return err
@@ -62,15 +58,11 @@ func removeStaged(st store) error {
 // it, in this root and in the pre-upgrade root.
 func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 	st := e.store()
-	l, err := acquire(st.dir)
+	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
-	state, err := e.settle(ctx, st)
-	if err != nil {
-		return nil, err
-	}
 	if state.Status != StatusSucceeded || state.Previous == "" {
 		return nil, fmt.Errorf("cannot roll back: the state is %s; a rollback needs a successful upgrade with a snapshot of the old root", state.Status)
 	}
@@ -179,15 +171,11 @@ func (e *Engine) rollbackBoot(ctx context.Context, st store, bs *BootState) erro
 // one (the rollback target after a success). It returns what it removed.
 func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 	st := e.store()
-	l, err := acquire(st.dir)
+	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
-	state, err := e.settle(ctx, st)
-	if err != nil {
-		return nil, err
-	}
 	var removed []string
 	// /boot backups: only the one a successful run may still roll back to.
 	keepBackup := map[string]bool{}

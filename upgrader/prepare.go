@@ -46,15 +46,11 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		return nil, fmt.Errorf("cannot prepare: %w", err)
 	}
 	st := e.store()
-	l, err := acquire(st.dir)
+	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
-	state, err := e.settle(ctx, st)
-	if err != nil {
-		return nil, err
-	}
 	if state.Status == StatusArmed {
 		return nil, fmt.Errorf("cannot prepare: an upgrade to %s is armed for the next boot; run kos-upgrade cancel first", state.Target)
 	}

@@ -384,30 +384,8 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 
 // readRelease parses os-release of the system at dir.
 func readRelease(dir string) (Release, error) {
-	var r Release
-	b, err := os.ReadFile(filepath.Join(dir, sysroot.OSReleaseRel))
-	if err != nil {
-		b, err = os.ReadFile(filepath.Join(dir, "/usr/lib/os-release"))
-	}
-	if err != nil {
-		return r, fmt.Errorf("cannot read os-release: %w", err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(l), "=")
-		if !ok {
-			continue
-		}
-		v = strings.Trim(v, `"'`)
-		switch k {
-		case "ID":
-			r.ID = v
-		case "VERSION_ID":
-			r.VersionID = v
-		case "NAME":
-			r.Name = v
-		}
-	}
-	return r, nil
+	r, err := sysroot.Root{Dir: dir}.OSRelease()
+	return Release{ID: r.ID, VersionID: r.VersionID, Name: r.Name}, err
 }
 
 func existingParent(root sysroot.Root, rel string) string {

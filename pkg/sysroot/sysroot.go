@@ -4,8 +4,10 @@
 package sysroot
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Relative paths inside a system root.
@@ -68,4 +70,40 @@ func Python() string {
 		return "/usr/libexec/platform-python"
 	}
 	return "/usr/bin/python3"
+}
+
+// OSRelease is what kos-upgrade reads of os-release(5).
+type OSRelease struct {
+	ID        string // ID=
+	VersionID string // VERSION_ID=
+	Name      string // NAME=
+}
+
+// OSRelease reads /etc/os-release of the system, or /usr/lib/os-release
+// when the former is missing.
+func (r Root) OSRelease() (OSRelease, error) {
+	var rel OSRelease
+	b, err := os.ReadFile(r.Path(OSReleaseRel))
+	if err != nil {
+		b, err = os.ReadFile(r.Path("/usr/lib/os-release"))
+	}
+	if err != nil {
+		return rel, fmt.Errorf("cannot read os-release: %w", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(l), "=")
+		if !ok {
+			continue
+		}
+		v = strings.Trim(v, `"'`)
+		switch k {
+		case "ID":
+			rel.ID = v
+		case "VERSION_ID":
+			rel.VersionID = v
+		case "NAME":
+			rel.Name = v
+		}
+	}
+	return rel, nil
 }
