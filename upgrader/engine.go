@@ -21,7 +21,7 @@ import (
 )
 
 // SnapshotterFactory opens the snapshot backend named backend ("auto",
-// "btrfs", "none") for the system at root. "auto" resolves to a concrete
+// "btrfs", "lvm", "none") for the system at root. "auto" resolves to a concrete
 // backend or fails with snapshot.ErrNotSupported.
 type SnapshotterFactory func(ctx context.Context, backend string, root sysroot.Root) (snapshot.Snapshotter, error)
 
@@ -55,14 +55,29 @@ func OpenSnapshotter(ctx context.Context, backend string, root sysroot.Root) (sn
 		return snapshot.NewNone(root.Dir), nil
 	case "btrfs":
 		return snapshot.NewBtrfs(ctx, root.Dir, work)
+	case "lvm":
+		return snapshot.NewLVM(ctx, root.Dir, work)
 	case "auto", "":
-		s, err := snapshot.NewBtrfs(ctx, root.Dir, work)
-		if err != nil {
-			return nil, fmt.Errorf("cannot pick a snapshot backend automatically: %w; kos-upgrade needs the root on a btrfs subvolume (LVM support is coming), or --snapshot none to upgrade without a safety net", err)
+		// Each backend looks at the root's device first and says
+		// ErrNotSupported, without running anything, when it is not its
+		// kind: btrfs for a btrfs root, LVM for a device-mapper one.
+		s, berr := snapshot.NewBtrfs(ctx, root.Dir, work)
+		if berr == nil {
+			return s, nil
 		}
-		return s, nil
+		if !errors.Is(berr, snapshot.ErrNotSupported) {
+			return nil, berr
+		}
+		l, lerr := snapshot.NewLVM(ctx, root.Dir, work)
+		if lerr == nil {
+			return l, nil
+		}
+		if !errors.Is(lerr, snapshot.ErrNotSupported) {
+			return nil, lerr
+		}
+		return nil, fmt.Errorf("cannot pick a snapshot backend automatically: btrfs: %v; lvm: %w; kos-upgrade needs the root on a btrfs subvolume or an LVM logical volume, or --snapshot none to upgrade without a safety net", berr, lerr)
 	}
-	return nil, fmt.Errorf("cannot use snapshot backend %q: choose auto, btrfs or none", backend)
+	return nil, fmt.Errorf("cannot use snapshot backend %q: choose auto, btrfs, lvm or none", backend)
 }
 
 func (e *Engine) store() store { return store{dir: e.Root.StateDir()} }

@@ -18,14 +18,23 @@ import (
 //
 // The none backend departs from the contract on purpose (it makes no copy,
 // see snapshot.None): where it does, the suite checks its documented
-// behaviour instead.
+// behaviour instead. So for backends that upgrade in place with a rollback
+// point (snapshot.InPlace, LVM thick): Create returns the live root as Path
+// and a real snapshot, Activate changes nothing, Default stays the current
+// root.
 func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snapshotter, rootDir string)) {
 	ctx := context.Background()
 	s, rootDir := newBackend(t)
-	inPlace := s.Backend() == "none"
+	none := s.Backend() == "none"
+	ip, ok := s.(snapshot.InPlace)
+	rollbackPoint := ok && ip.UpgradesInPlace() // in place, with a real snapshot
+	inPlace := none || rollbackPoint
 	name := func(label string) string {
-		if s.Backend() == "btrfs" {
+		switch s.Backend() {
+		case "btrfs":
 			return snapshot.BtrfsName(label)
+		case "lvm":
+			return snapshot.LVMName(label)
 		}
 		return label
 	}
@@ -93,6 +102,22 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 			if p, _ := filepath.EvalSymlinks(a.Path); p != resolvedRoot {
 				t.Fatalf("in-place Create().Path = %q, want the root %q", a.Path, rootDir)
 			}
+			if rollbackPoint {
+				if a.Default {
+					t.Fatalf("Create() = %+v: a rollback point must not be the default", a)
+				}
+				// The rollback point kept the root as it was.
+				p, err := s.Path(ctx, a.Name)
+				if err != nil {
+					t.Fatalf("Path() of the rollback point: %v", err)
+				}
+				if got, err := os.ReadFile(filepath.Join(p, "conformance-seed")); err != nil || string(got) != "seed" {
+					t.Fatalf("the rollback point has %q, %v; want the root's content before the change", got, err)
+				}
+				if _, err := os.Stat(filepath.Join(p, "conformance-new")); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("a file written in the root after Create shows in the rollback point (stat: %v)", err)
+				}
+			}
 			if err := os.WriteFile(seed, []byte("seed"), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -115,7 +140,7 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 
 	t.Run("create twice", func(t *testing.T) {
 		again, err := s.Create(ctx, name("conformance-a"))
-		if inPlace {
+		if none {
 			if err != nil || again != a {
 				t.Fatalf("in-place Create() again = %+v, %v; want %+v, nil", again, err, a)
 			}
@@ -125,6 +150,9 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 			t.Fatalf("Create() again: err = %v, want ErrExists", err)
 		}
 		// The existing snapshot is untouched.
+		if inPlace {
+			return
+		}
 		if got, _ := os.ReadFile(filepath.Join(a.Path, "conformance-new")); string(got) != "new" {
 			t.Fatalf("Create() again changed the existing snapshot")
 		}
@@ -156,8 +184,12 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Name != a.Name || !d.Default {
-			t.Fatalf("Default() = %+v after Activate(%q)", d, a.Name)
+		want := a.Name
+		if rollbackPoint {
+			want = cur.Name // the upgraded root boots; the snapshot stays the rollback point
+		}
+		if d.Name != want || !d.Default {
+			t.Fatalf("Default() = %+v after Activate(%q), want %q", d, a.Name, want)
 		}
 		if err := s.Activate(ctx, a.Name); err != nil {
 			t.Fatalf("Activate() of the default: %v, want nil", err)
@@ -170,8 +202,8 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 		for _, sn := range list {
 			if sn.Default {
 				defaults++
-				if sn.Name != a.Name {
-					t.Errorf("List() marks %q as default, want %q", sn.Name, a.Name)
+				if sn.Name != want {
+					t.Errorf("List() marks %q as default, want %q", sn.Name, want)
 				}
 			}
 		}
@@ -181,9 +213,13 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 	})
 
 	t.Run("delete refuses the current root and the default", func(t *testing.T) {
-		for _, n := range []string{cur.Name, a.Name} {
+		refuse := []string{cur.Name, a.Name}
+		if rollbackPoint {
+			refuse = refuse[:1] // a rollback point is neither current nor default
+		}
+		for _, n := range refuse {
 			err := s.Delete(ctx, n)
-			if inPlace {
+			if none {
 				if err != nil {
 					t.Fatalf("in-place Delete(%q) = %v, want nil", n, err)
 				}
@@ -208,14 +244,14 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 		if rp, _ := filepath.EvalSymlinks(p); rp != resolvedRoot {
 			t.Errorf("Path(current) = %s, want the root %s", p, rootDir)
 		}
-		if inPlace {
+		if none {
 			return
 		}
 		p, err = s.Path(ctx, a.Name)
 		if err != nil {
 			t.Fatalf("Path(%s) = %v", a.Name, err)
 		}
-		if p != a.Path {
+		if p != a.Path && !rollbackPoint {
 			t.Errorf("Path(%s) = %s, Create said %s", a.Name, p, a.Path)
 		}
 		if _, err := s.Path(ctx, name("conformance-missing")); !errors.Is(err, snapshot.ErrNotFound) {
@@ -225,7 +261,7 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 
 	t.Run("delete missing", func(t *testing.T) {
 		err := s.Delete(ctx, name("conformance-missing"))
-		if inPlace {
+		if none {
 			if err != nil {
 				t.Fatalf("in-place Delete() = %v, want nil", err)
 			}
@@ -245,10 +281,10 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 		if err := s.Delete(ctx, b.Name); err != nil {
 			t.Fatal(err)
 		}
-		if inPlace {
+		if none {
 			return
 		}
-		if _, err := os.Stat(b.Path); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(b.Path); !rollbackPoint && !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("%s still there after Delete (stat: %v)", b.Path, err)
 		}
 		if listed(t, s, b.Name) {
@@ -290,8 +326,12 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 			t.Fatalf("Current() = %+v, was %+v", c, cur)
 		}
 		requireListed(t, s2, cur.Name, a.Name)
-		if d, err := s2.Default(ctx); err != nil || d.Name != a.Name {
-			t.Fatalf("Default() = %+v, %v; want %q", d, err, a.Name)
+		wantDef := a.Name
+		if rollbackPoint {
+			wantDef = cur.Name
+		}
+		if d, err := s2.Default(ctx); err != nil || d.Name != wantDef {
+			t.Fatalf("Default() = %+v, %v; want %q", d, err, wantDef)
 		}
 		// Roll back, then clean up.
 		if err := s2.Activate(ctx, cur.Name); err != nil {
@@ -303,7 +343,7 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) (s snapshot.Snap
 		if err := s2.Delete(ctx, a.Name); err != nil {
 			t.Fatalf("Delete() of a snapshot that is no longer the default: %v", err)
 		}
-		if !inPlace && listed(t, s2, a.Name) {
+		if !none && listed(t, s2, a.Name) {
 			t.Fatalf("List() still has %q after Delete", a.Name)
 		}
 		if err := s2.Close(); err != nil {

@@ -1,5 +1,5 @@
 // Package snapshot defines how kos-upgrade protects the root filesystem
-// during an upgrade, and its backends (btrfs, none; LVM to come).
+// during an upgrade, and its backends (btrfs, lvm, none).
 //
 // The preferred model is "apply into the snapshot, switch on success": Create
 // makes a writable copy of the root and mounts it, the transaction runs inside
@@ -78,4 +78,39 @@ type Snapshotter interface {
 	// Close unmounts what the backend mounted for its own work. Calling it
 	// twice is harmless.
 	Close() error
+}
+
+// InPlace is implemented by backends that, depending on the root, may not
+// copy the root for the transaction but run it on the live root and keep the
+// snapshot as the rollback point (LVM thick snapshots: "snapshot is the
+// rollback point, upgrade the origin"). A caller holding a Snapshotter checks
+//
+//	ip, ok := s.(snapshot.InPlace); inPlace := ok && ip.UpgradesInPlace()
+//
+// and, when inPlace is true, departs from the apply-into-snapshot flow so:
+//   - Create(name) makes the rollback point and returns Path = the live root:
+//     the transaction runs there, changing the running system;
+//   - on success there is nothing to switch: Activate is a no-op returning
+//     nil and Default stays the current root; the rollback point is kept
+//     (it is the pre-upgrade system: record it as the rollback target);
+//   - on failure, and for `kos-upgrade rollback`, the caller calls
+//     Rollback(name) and reboots, instead of Delete(name) or
+//     Activate(previous);
+//   - Delete(name) drops a rollback point that is no longer wanted (clean).
+type InPlace interface {
+	// UpgradesInPlace reports whether Create returns the live root as
+	// the place of the transaction. It does not change over the life of
+	// the backend.
+	UpgradesInPlace() bool
+
+	// Rollback makes the root what it was when the rollback point called
+	// name was created, discarding every change made since, and consumes
+	// the rollback point. For a mounted root (always, in practice) the
+	// change takes effect at the next boot, and the caller must reboot
+	// without writing anything to the root that it wants to keep. Once it
+	// returned nil it cannot be undone; calling it again for the same
+	// name is a no-op returning nil until the rollback has completed,
+	// ErrNotFound afterwards. An overflowed (invalid) rollback point is
+	// refused with an error saying so.
+	Rollback(ctx context.Context, name string) error
 }

@@ -152,12 +152,35 @@ func mirrorIn(text, suite string, deb822 bool) string {
 // the package list and baseVersion; the mirror is not part of it (any
 // mirror of the suite gives the same system).
 func BaseTarball(ctx context.Context, logf func(string, ...any)) (string, error) {
+	return buildTarball(ctx, logf, "", baseVersion, GuestPackages)
+}
+
+// QemuGuestPackages is what the QEMU tier's guest adds to GuestPackages: a
+// kernel (booted with -kernel/-initrd taken from the guest root, its
+// initramfs built by initramfs-tools inside debootstrap), LVM with thin
+// provisioning, and XFS, the common KOS root layout.
+var QemuGuestPackages = append(append([]string(nil), GuestPackages...),
+	"linux-image-amd64", "initramfs-tools", "kmod", "lvm2", "thin-provisioning-tools", "xfsprogs", "e2fsprogs")
+
+// qemuBaseVersion is mixed into the QEMU variant's cache key.
+const qemuBaseVersion = "qemu-1"
+
+// QemuBaseTarball is BaseTarball for the QEMU tier's guest
+// (QemuGuestPackages), cached under its own key next to the nspawn one.
+func QemuBaseTarball(ctx context.Context, logf func(string, ...any)) (string, error) {
+	return buildTarball(ctx, logf, "qemu-", qemuBaseVersion, QemuGuestPackages)
+}
+
+// buildTarball returns the cached tarball of one variant of the guest base
+// (prefix in its file name, version and packages in its key), building it
+// when it is missing.
+func buildTarball(ctx context.Context, logf func(string, ...any), prefix, version string, pkgs []string) (string, error) {
 	suite := hostSuite()
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n", baseVersion, suite, strings.Join(GuestPackages, ","))
+	fmt.Fprintf(h, "%s\n%s\n%s\n", version, suite, strings.Join(pkgs, ","))
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 	dir := cacheDir()
-	final := filepath.Join(dir, fmt.Sprintf("debian-%s-%s.tar", suite, key))
+	final := filepath.Join(dir, fmt.Sprintf("debian-%s%s-%s.tar", prefix, suite, key))
 	if _, err := os.Stat(final); err == nil {
 		return final, nil
 	}
@@ -184,7 +207,7 @@ func BaseTarball(ctx context.Context, logf func(string, ...any)) (string, error)
 	root := filepath.Join(tmp, "root")
 	mirror := Mirror(suite)
 	logf("debootstrap %s from %s into %s (cached afterwards in %s)", suite, mirror, root, final)
-	args := []string{"--variant=minbase", "--include=" + strings.Join(GuestPackages, ","), suite, root, mirror}
+	args := []string{"--variant=minbase", "--include=" + strings.Join(pkgs, ","), suite, root, mirror}
 	if out, err := exec.CommandContext(ctx, "debootstrap", args...).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("debootstrap %s: %w\n%s", strings.Join(args, " "), err, tail(string(out), 40))
 	}

@@ -1,0 +1,452 @@
+package e2e
+
+// The QEMU tier boots a real kernel (TCG: there is no KVM on the test
+// machines, about 30 s a boot) for what a container cannot show: LVM
+// (device-mapper does not exist on the host), the kernel's root=, firmware
+// and boot loaders.
+//
+// One base image per guest variant is cached next to the tarballs: the QEMU
+// guest root (QemuGuestPackages: Debian, its kernel and initramfs, lvm2,
+// xfsprogs) as a raw ext4 image made with mke2fs -d (no loop mount), plus
+// the kernel and initramfs taken out of it, booted with -kernel/-initrd and
+// root=/dev/vda. Each VM gets a qcow2 overlay on it, so the base stays
+// untouched, and any number of blank scratch disks.
+//
+// The guest is driven through a 9p share (tag kose2e, mounted at /kos-e2e):
+// kos-qemu-driver.service, in multi-user.target, mounts it, writes the boot
+// number it finds in /kos-e2e/boot, runs /kos-e2e/run.sh (the scenario's
+// script; it may reboot or power off itself), and powers off. The console
+// (ttyS0) is captured per boot; QEMU runs with -no-reboot, so a guest reboot
+// ends the QEMU process and the harness decides what boots next.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/test/testenv"
+)
+
+// FullEnv selects the slow scenarios: KOS_UPGRADE_E2E=full (make e2e).
+// The default test run boots one QEMU scenario only.
+const FullEnv = "KOS_UPGRADE_E2E"
+
+// QemuTools lists the host commands the QEMU tier runs.
+var QemuTools = []string{"qemu-system-x86_64", "qemu-img", "debootstrap", "mke2fs", "tar"}
+
+// qemuImageVersion is mixed into the base image's cache key: bump it when
+// the image preparation (driver, fstab, ...) changes.
+const qemuImageVersion = "2"
+
+// qemuShareTag is the 9p mount tag of the shared directory.
+const qemuShareTag = "kose2e"
+
+// RequireQemu skips unless the QEMU tier can run here: root, not -short,
+// the tools (a failure under KOS_UPGRADE_REQUIRE_ALL=1).
+func RequireQemu(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping QEMU boot tests in -short mode")
+	}
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, QemuTools...)
+}
+
+// RequireFull skips a slow scenario unless KOS_UPGRADE_E2E=full. This is a
+// plain skip even in CI: the default run has one QEMU scenario on purpose.
+func RequireFull(t *testing.T) {
+	t.Helper()
+	if os.Getenv(FullEnv) != "full" {
+		t.Skipf("slow QEMU scenario: runs with %s=full (make e2e)", FullEnv)
+	}
+}
+
+// QemuBase is the cached, read-only base of every QEMU guest.
+type QemuBase struct {
+	Image  string // raw ext4 image of the guest root (label kos-root)
+	Kernel string // the guest's /boot/vmlinuz-*
+	Initrd string // the guest's /boot/initrd.img-*
+}
+
+// qemuDriver runs in every boot of a QEMU guest (see the file comment).
+const qemuDriver = `#!/bin/sh
+# kos-upgrade e2e QEMU driver: run the scenario's script for this boot.
+mkdir -p /kos-e2e
+modprobe 9pnet_virtio 2>/dev/null
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 ` + qemuShareTag + ` /kos-e2e; then
+	echo "KOS-E2E: cannot mount the 9p share" >/dev/console
+	systemctl poweroff
+	exit 1
+fi
+n=$(cat /kos-e2e/boot 2>/dev/null || echo 0)
+echo "KOS-E2E: boot $n driver start $(cut -d' ' -f1 /proc/uptime)" >/dev/console
+cut -d' ' -f1 /proc/uptime >/kos-e2e/boot-$n.uptime
+if [ -x /kos-e2e/run.sh ]; then
+	/kos-e2e/run.sh "$n" >/kos-e2e/run-$n.log 2>&1
+	echo $? >/kos-e2e/run-$n.rc
+	echo "KOS-E2E: run.sh exited $(cat /kos-e2e/run-$n.rc)" >/dev/console
+fi
+sync
+systemctl poweroff
+`
+
+const qemuDriverUnit = `[Unit]
+Description=kos-upgrade e2e QEMU driver
+After=systemd-udevd.service systemd-user-sessions.service
+ConditionPathExists=!/etc/kos-e2e-no-driver
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/kos-qemu-driver
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// QemuBaseImage returns the cached base image of the QEMU guest, building
+// it when it is missing: the debootstrap tarball (QemuBaseTarball, a few
+// minutes cold), then mke2fs -d (about a minute).
+func QemuBaseImage(ctx context.Context, logf func(string, ...any)) (*QemuBase, error) {
+	tarball, err := QemuBaseTarball(ctx, logf)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", qemuImageVersion, filepath.Base(tarball), qemuDriver, qemuDriverUnit)
+	dir := filepath.Join(cacheDir(), "qemu-"+hex.EncodeToString(h.Sum(nil))[:16])
+	base := &QemuBase{Image: filepath.Join(dir, "root.img"), Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img")}
+	if fileExists(base.Image) {
+		return base, nil
+	}
+	lf, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer lf.Close()
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, err
+	}
+	defer syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
+	if fileExists(base.Image) {
+		return base, nil
+	}
+	tmp, err := os.MkdirTemp(cacheDir(), ".qemu-build-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	root := filepath.Join(tmp, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	logf("building the QEMU base image %s from %s", dir, tarball)
+	if out, err := exec.CommandContext(ctx, "tar", "--numeric-owner", "--xattrs", "-C", root, "-xf", tarball).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("tar: %w: %s", err, out)
+	}
+	if err := prepareQemuRoot(root); err != nil {
+		return nil, err
+	}
+	// A small initramfs (MODULES=list, see prepareQemuRoot): the one
+	// debootstrap made has every module, which TCG takes 20 s to unpack
+	// and probe.
+	if err := chrootRun(ctx, root, "update-initramfs", "-u", "-k", "all"); err != nil {
+		return nil, err
+	}
+	kernels, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
+	initrds, _ := filepath.Glob(filepath.Join(root, "boot", "initrd.img-*"))
+	if len(kernels) != 1 || len(initrds) != 1 {
+		return nil, fmt.Errorf("the QEMU guest root has kernels %v and initramfs %v, want one of each", kernels, initrds)
+	}
+	out := filepath.Join(tmp, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+	for src, dst := range map[string]string{kernels[0]: "vmlinuz", initrds[0]: "initrd.img"} {
+		if b, err := exec.Command("cp", src, filepath.Join(out, dst)).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("cp %s: %w: %s", src, err, b)
+		}
+	}
+	// 3 GiB sparse: the root takes about 700 MiB; scenarios install more.
+	img := filepath.Join(out, "root.img")
+	if b, err := exec.CommandContext(ctx, "mke2fs", "-q", "-t", "ext4", "-L", "kos-root", "-d", root, img, "3G").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("mke2fs -d %s: %w: %s", root, err, b)
+	}
+	if err := os.Chmod(img, 0o444); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(out, dir); err != nil {
+		return nil, err
+	}
+	return base, nil
+}
+
+// chrootRun runs argv in root with /proc mounted.
+func chrootRun(ctx context.Context, root string, argv ...string) error {
+	proc := filepath.Join(root, "proc")
+	if out, err := exec.CommandContext(ctx, "mount", "-t", "proc", "proc", proc).CombinedOutput(); err != nil {
+		return fmt.Errorf("mount proc in %s: %w: %s", root, err, out)
+	}
+	defer exec.Command("umount", "-l", proc).Run()
+	cmd := exec.CommandContext(ctx, "chroot", append([]string{root}, argv...)...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("chroot %s %s: %w: %s", root, strings.Join(argv, " "), err, tail(string(out), 20))
+	}
+	return nil
+}
+
+// prepareQemuRoot configures the QEMU guest root: fstab, the driver, a
+// serial console without a login prompt, an initramfs with only the
+// modules the guests boot from (virtio disks; ext4, XFS, LVM roots).
+func prepareQemuRoot(root string) error {
+	// btrfs's initramfs script loads btrfs and benchmarks raid6 at every
+	// boot: not needed for the QEMU guests' roots.
+	for _, f := range []string{"usr/share/initramfs-tools/hooks/btrfs", "usr/share/initramfs-tools/scripts/local-premount/btrfs"} {
+		if err := os.Remove(filepath.Join(root, f)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	conf := filepath.Join(root, "etc/initramfs-tools/initramfs.conf")
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(conf, []byte(strings.Replace(string(b), "\nMODULES=most", "\nMODULES=list", 1)), 0o644); err != nil {
+		return err
+	}
+	files := map[string]struct {
+		content string
+		mode    os.FileMode
+	}{
+		"etc/initramfs-tools/modules":                {"virtio_pci\nvirtio_blk\next4\nxfs\ndm_mod\ndm_snapshot\ndm_thin_pool\n", 0o644},
+		"etc/initramfs-tools/conf.d/resume":          {"RESUME=none\n", 0o644},
+		"etc/fstab":                                  {"LABEL=kos-root / ext4 rw,errors=remount-ro 0 1\n", 0o644},
+		"usr/local/sbin/kos-qemu-driver":             {qemuDriver, 0o755},
+		"etc/systemd/system/kos-qemu-driver.service": {qemuDriverUnit, 0o644},
+	}
+	for name, f := range files {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(f.content), f.mode); err != nil {
+			return err
+		}
+	}
+	links := map[string]string{
+		"etc/systemd/system/multi-user.target.wants/kos-qemu-driver.service": "/etc/systemd/system/kos-qemu-driver.service",
+		// Nothing logs in on the console; it only shows the boot.
+		"etc/systemd/system/serial-getty@ttyS0.service": "/dev/null",
+		"etc/systemd/system/getty@tty1.service":         "/dev/null",
+		"etc/systemd/system/e2scrub_reap.service":       "/dev/null",
+	}
+	for name, target := range links {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		os.Remove(p)
+		if err := os.Symlink(target, p); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(root, 0o755)
+}
+
+// QemuVM is one guest: a qcow2 overlay on the base image, scratch disks, a
+// shared directory and a work directory, all removed at cleanup.
+type QemuVM struct {
+	Base   *QemuBase
+	Dir    string // overlays, consoles
+	Shared string // the 9p share, /kos-e2e in the guest
+	Memory int    // MiB, 1024 unless set
+	CPUs   int    // 2 unless set
+	// Append is added to the kernel command line.
+	Append string
+	disks  []qemuDisk
+	boots  int
+}
+
+type qemuDisk struct {
+	path, serial string
+}
+
+// QemuBoot is one boot of a QEMU guest.
+type QemuBoot struct {
+	N        int
+	Duration time.Duration // QEMU started to QEMU exited
+	Uptime   string        // the guest's /proc/uptime when the driver started ("" if it did not)
+	Console  string        // the serial console
+	TimedOut bool
+	Err      error // QEMU's exit error, if any
+}
+
+// NewQemuVM makes a guest on the cached base image, with its root overlay
+// as the first disk (/dev/vda, serial kos-root).
+func NewQemuVM(t *testing.T) *QemuVM {
+	t.Helper()
+	RequireQemu(t)
+	start := time.Now()
+	base, err := QemuBaseImage(context.Background(), t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("QEMU base image ready in %s", time.Since(start).Round(time.Millisecond))
+	dir := t.TempDir()
+	vm := &QemuVM{Base: base, Dir: dir, Shared: filepath.Join(dir, "shared")}
+	if err := os.MkdirAll(vm.Shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	overlay := filepath.Join(dir, "root.qcow2")
+	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base.Image, "-F", "raw", overlay)
+	vm.disks = append(vm.disks, qemuDisk{path: overlay, serial: "kos-root"})
+	if a := os.Getenv(ArtifactsEnv); a != "" {
+		t.Cleanup(func() {
+			dst := filepath.Join(a, strings.ReplaceAll(t.Name(), "/", "_"))
+			os.RemoveAll(dst)
+			os.MkdirAll(a, 0o755)
+			if out, err := exec.Command("cp", "-a", vm.Shared, dst).CombinedOutput(); err != nil {
+				t.Logf("cannot keep artifacts: %v: %s", err, out)
+			}
+		})
+	}
+	return vm
+}
+
+// AddDisk adds a blank qcow2 disk of sizeMB; the guest sees it as
+// /dev/disk/by-id/virtio-<serial>, which it returns.
+func (vm *QemuVM) AddDisk(t *testing.T, serial string, sizeMB int) string {
+	t.Helper()
+	p := filepath.Join(vm.Dir, serial+".qcow2")
+	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, fmt.Sprintf("%dM", sizeMB))
+	vm.disks = append(vm.disks, qemuDisk{path: p, serial: serial})
+	return "/dev/disk/by-id/virtio-" + serial
+}
+
+// WriteShared writes a file into the shared directory.
+func (vm *QemuVM) WriteShared(t *testing.T, name, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(vm.Shared, name), []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ReadShared returns a file of the shared directory, "" if it is missing.
+func (vm *QemuVM) ReadShared(name string) string {
+	b, _ := os.ReadFile(filepath.Join(vm.Shared, name))
+	return string(b)
+}
+
+// Boot boots the guest once and returns when QEMU exits (the guest powered
+// off or rebooted) or after timeout. When the file result appears in the
+// shared directory, the guest gets 30 s more to power off before QEMU is
+// killed; result "" waits for the exit only.
+func (vm *QemuVM) Boot(t *testing.T, timeout time.Duration, result string) QemuBoot {
+	t.Helper()
+	vm.boots++
+	b := QemuBoot{N: vm.boots}
+	vm.WriteShared(t, "boot", fmt.Sprintf("%d\n", b.N), 0o644)
+	console := filepath.Join(vm.Shared, fmt.Sprintf("console-%d.log", b.N))
+	mem, cpus := vm.Memory, vm.CPUs
+	if mem == 0 {
+		mem = 1024
+	}
+	if cpus == 0 {
+		cpus = 2
+	}
+	args := []string{
+		"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", fmt.Sprint(cpus), "-m", fmt.Sprint(mem),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", vm.Base.Kernel, "-initrd", vm.Base.Initrd,
+		"-append", strings.TrimSpace("root=/dev/vda rw console=ttyS0,115200 panic=-1 net.ifnames=0 systemd.show_status=1 " + vm.Append),
+		"-serial", "file:" + console,
+		"-virtfs", "local,path=" + vm.Shared + ",mount_tag=" + qemuShareTag + ",security_model=passthrough,id=" + qemuShareTag,
+		"-nic", "none",
+	}
+	for i, d := range vm.disks {
+		args = append(args, "-drive", fmt.Sprintf("file=%s,format=qcow2,if=none,id=d%d,cache=unsafe,discard=unmap", d.path, i),
+			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i, d.serial))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("qemu-system-x86_64: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var resultSeen time.Time
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case err := <-done:
+			b.Err = err
+			break wait
+		case <-tick.C:
+			if result == "" {
+				continue
+			}
+			if resultSeen.IsZero() {
+				if fileExists(filepath.Join(vm.Shared, result)) {
+					resultSeen = time.Now()
+				}
+			} else if time.Since(resultSeen) > 30*time.Second {
+				t.Logf("boot %d: the result is there but the guest did not power off within 30 s: killing QEMU", b.N)
+				cmd.Process.Kill()
+			}
+		}
+	}
+	b.Duration = time.Since(start)
+	b.TimedOut = ctx.Err() != nil
+	c, _ := os.ReadFile(console)
+	b.Console = string(c)
+	b.Uptime = strings.TrimSpace(vm.ReadShared(fmt.Sprintf("boot-%d.uptime", b.N)))
+	if s := strings.TrimSpace(stderr.String()); s != "" {
+		b.Console += "\n[qemu] " + s
+	}
+	if b.Err != nil && !errors.Is(b.Err, context.DeadlineExceeded) && stderr.Len() > 0 {
+		b.Err = fmt.Errorf("%w: %s", b.Err, strings.TrimSpace(stderr.String()))
+	}
+	t.Logf("QEMU boot %d: %s (guest reached the driver at uptime %ss)%s", b.N, b.Duration.Round(time.Millisecond), b.Uptime,
+		map[bool]string{true: ", TIMED OUT", false: ""}[b.TimedOut])
+	return b
+}
+
+// goTool returns the go command that runs this test.
+func goTool() string {
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "go"
+}
+
+// BuildTestBinary compiles the tests of pkg (relative to the module, e.g.
+// "./pkg/snapshot") into a static binary at dst, for running in a guest.
+func BuildTestBinary(t *testing.T, pkg, dst string) {
+	t.Helper()
+	start := time.Now()
+	cmd := exec.Command(goTool(), "test", "-c", "-o", dst, pkg)
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go test -c %s: %v\n%s", pkg, err, out)
+	}
+	t.Logf("built %s in %s", pkg, time.Since(start).Round(time.Millisecond))
+}
