@@ -51,6 +51,9 @@ func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
 	default:
 		return nil, fmt.Errorf("cannot arm: the state is %s; run kos-upgrade prepare --to VERSION first", state.Status)
 	}
+	if state.RebootRequired {
+		return nil, fmt.Errorf("cannot arm: a rollback to %s completes at the next boot; reboot first", state.Previous)
+	}
 	p, err := loadPlan(st.planPath())
 	if err != nil {
 		return nil, fmt.Errorf("cannot arm: %w", err)
@@ -106,7 +109,10 @@ type ApplyResult struct {
 // boot loops), then verifies, snapshots, runs the transaction in the
 // snapshot, records the result in the new root, switches the default and
 // records the result in the old root. Any failure deletes the half-made
-// snapshot and leaves the default untouched.
+// snapshot and leaves the default untouched. A backend that upgrades in
+// place (snapshot.InPlace, LVM thick) runs the transaction on the live root
+// instead, keeps the snapshot as the rollback point on success, and merges
+// it back on a failure (inplace.go).
 func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	owner, err := e.LinkOwner()
 	if err != nil {
@@ -184,9 +190,21 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		name = cur.Name
 		e.report(progress.Event{Step: StepSnapshot, Message: "WARNING: no snapshot (--snapshot none): upgrading the running root in place, there is no rollback"})
 	}
+	// In place (LVM thick): the snapshot is the rollback point, the live
+	// root is upgraded (docs/lvm.md). Journaled with the step below,
+	// before Create, so that a crash is recovered by a merge.
+	inPlace := p.Snapshot != "none" && upgradesInPlace(snap)
 	state.Snapshot = name
 	state.Previous = cur.Name
-	res.Snapshot, res.Previous = name, cur.Name
+	state.InPlace = inPlace
+	state.RebootRequired = false
+	res.Snapshot, res.Previous, res.InPlace = name, cur.Name, inPlace
+	if inPlace {
+		state.Previous, res.Previous = name, name
+		if l, ok := snap.(*snapshot.LVM); ok {
+			l.ChangeSize = inPlaceChangeSize(p)
+		}
+	}
 
 	// The boot loader: /boot is not in the snapshot, so it is backed up
 	// before anything can touch it (docs/boot.md). Without snapshots the
@@ -197,10 +215,21 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
 		}
 	}
+	if bl == nil && p.Snapshot == "lvm" && !inPlace {
+		// LVM has no default LV: only a boot entry naming the new LV
+		// makes it boot (docs/lvm.md).
+		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: fmt.Errorf(
+			"the root is a thin LVM volume, whose upgraded copy boots only through a boot entry naming it, but no boot loader kos-upgrade handles (grub2 with BLS entries, systemd-boot) was found under %s", e.Root.Path("/boot"))})
+	}
 	if bl != nil {
 		bs, err := e.planBoot(ctx, bl, res.RunID)
 		if err != nil {
 			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
+		}
+		if inPlace {
+			// The current entries boot the upgraded root: /boot is only
+			// backed up, and restored on failure and rollback.
+			bs.Trial, bs.Note = TrialNone, "no trial boot: the root is upgraded in place (its snapshot is the rollback point)"
 		}
 		state.Boot = bs
 		if err := e.step(st, state, StepBackup); err != nil {
@@ -220,11 +249,11 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	if err != nil {
 		return nil, e.finish(st, state, res, snap, "", &StepError{Step: StepSnapshot, Err: err})
 	}
-	if bl != nil && target.Path == e.Root.Dir {
+	if inPlace || (bl != nil && target.Path == e.Root.Dir) {
 		// The backend upgrades the root in place (LVM thick: the snapshot
 		// is the rollback point): the current entries boot the upgraded
 		// root; /boot is only backed up and restored on failure.
-		e.report(progress.Event{Step: StepSnapshot, Message: "the root is upgraded in place: no new boot entry, no trial boot"})
+		e.report(progress.Event{Step: StepSnapshot, Message: "the root is upgraded in place, " + name + " is its rollback point: no new boot entry, no trial boot"})
 		bl = nil
 	}
 
@@ -247,7 +276,7 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		if err := e.step(st, state, StepBoot); err != nil {
 			return nil, err
 		}
-		if err := e.bootStep(ctx, bl, state, p.Snapshot, target.Path, p.Target.VersionID); err != nil {
+		if err := e.bootStep(ctx, bl, state, snap, target.Path, p.Target.VersionID); err != nil {
 			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepBoot, Err: err})
 		}
 	}
@@ -263,8 +292,13 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	newState := *state
 	newState.Status, newState.Step, newState.LastResult = StatusSucceeded, "", &done
 	if target.Path != e.Root.Dir {
-		if p.Snapshot == "btrfs" {
+		switch p.Snapshot {
+		case "btrfs":
 			if _, err := rewriteFstab(target.Path, name); err != nil {
+				return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
+			}
+		case "lvm":
+			if err := e.rewriteFstabLVM(snap, target.Path, cur.Name, name); err != nil {
 				return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
 			}
 		}
@@ -290,8 +324,11 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		}
 		crashAt("mid-switch")
 	}
-	if err := snap.Activate(ctx, name); err != nil {
-		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSwitch, Err: err})
+	if !inPlace {
+		// In place, there is nothing to switch: the upgraded root boots.
+		if err := snap.Activate(ctx, name); err != nil {
+			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSwitch, Err: err})
+		}
 	}
 
 	if err := e.step(st, state, StepDone); err != nil {
@@ -303,7 +340,11 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	if err := st.save(&newState, e.now()); err != nil {
 		return nil, err
 	}
-	e.report(progress.Event{Step: StepDone, Message: fmt.Sprintf("upgrade to %s succeeded; the next boot starts %s", p.Target.VersionID, name)})
+	if inPlace {
+		e.report(progress.Event{Step: StepDone, Message: fmt.Sprintf("upgrade to %s succeeded in place; %s is kept as the rollback point (kos-upgrade rollback merges it back)", p.Target.VersionID, name)})
+	} else {
+		e.report(progress.Event{Step: StepDone, Message: fmt.Sprintf("upgrade to %s succeeded; the next boot starts %s", p.Target.VersionID, name)})
+	}
 	return &ApplyResult{Ran: true, Result: &done}, nil
 }
 
@@ -342,7 +383,8 @@ func (e *Engine) failEarly(st store, state *State, step string, cause error) err
 }
 
 // finish records a failed run: it deletes the half-made snapshot (never the
-// default), then writes the result and the state.
+// default), or for an in-place run whose transaction started merges the
+// rollback point back (mergeBack), then writes the result and the state.
 func (e *Engine) finish(st store, state *State, res *Result, snap snapshot.Snapshotter, made string, cause error) error {
 	var serr *StepError
 	step := state.Step
@@ -361,7 +403,13 @@ func (e *Engine) finish(st store, state *State, res *Result, snap snapshot.Snaps
 			state.Boot.Backups = nil
 		}
 	}
-	if snap != nil && made != "" && snap.Backend() != "none" && !keep {
+	merge := false
+	switch {
+	case snap != nil && made != "" && state.InPlace && snap.Backend() != "none" && step != StepSnapshot:
+		// The live root was (partly) upgraded: never delete the only
+		// copy of the old root, merge it back (effective at next boot).
+		merge = true
+	case snap != nil && made != "" && snap.Backend() != "none" && !keep:
 		if err := snap.Delete(context.Background(), made); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
 			cause = errors.Join(cause, fmt.Errorf("cannot delete the half-made snapshot %s: %w", made, err))
 		} else {
@@ -376,6 +424,13 @@ func (e *Engine) finish(st store, state *State, res *Result, snap snapshot.Snaps
 	state.Status = StatusFailed
 	state.Step = step
 	state.LastResult = res
+	if merge {
+		if note, err := e.mergeBack(context.Background(), snap, state, res, made); err != nil {
+			cause = errors.Join(cause, err)
+		} else {
+			cause = fmt.Errorf("%w; %s", cause, note)
+		}
+	}
 	err := errors.Join(st.record(res), st.save(state, e.now()))
 	e.report(progress.Event{Step: step, Message: "upgrade failed: " + cause.Error()})
 	if err != nil {
@@ -409,6 +464,11 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
 	}
+	if !switched && state.InPlace && state.Backend != "" && state.Backend != "none" && state.Snapshot != "" &&
+		(state.Step == StepTransaction || state.Step == StepBoot) {
+		// The live root is half-upgraded: merge the rollback point back.
+		return e.settleInPlace(ctx, st, state, res)
+	}
 	if switched {
 		// The switch happened: the run is complete.
 		res.Success, res.Status, res.Error, res.Step = true, StatusSucceeded, "", ""
@@ -432,10 +492,13 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
 		}
 		defer snap.Close()
-		// A run killed in the transaction left the scriptlets' mounts.
-		if path, err := snap.Path(ctx, state.Snapshot); err == nil {
-			if err := unmountBelow(path); err != nil {
-				return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+		// A run killed in the transaction left the scriptlets' mounts
+		// (in place, the transaction had not started: none).
+		if !state.InPlace {
+			if path, err := snap.Path(ctx, state.Snapshot); err == nil {
+				if err := unmountBelow(path); err != nil {
+					return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+				}
 			}
 		}
 		if err := snap.Delete(ctx, state.Snapshot); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
@@ -454,6 +517,15 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 // default root, that is whether the run got past its switch step.
 func (e *Engine) switched(ctx context.Context, state *State) (bool, error) {
 	if state.Backend == "" || state.Backend == "none" || state.Snapshot == "" {
+		return false, nil
+	}
+	if state.InPlace {
+		// Nothing to switch in place: the transaction completed before
+		// these steps, so the live root holds the upgrade.
+		switch state.Step {
+		case StepFinalize, StepSwitch, StepDone:
+			return true, nil
+		}
 		return false, nil
 	}
 	switch state.Step {

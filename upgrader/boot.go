@@ -16,6 +16,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -253,13 +254,24 @@ func dropBootBackups(st store, bs *BootState) error {
 
 // rootSpec returns how entries name the snapshot called name of backend.
 // LVM (pkg/snapshot/lvm.go): the snapshot "kos-upgrade/<label>" is the LV
-// "kos-upgrade-<label>" in the VG of the current root, read from the old
-// entry's root= (/dev/mapper/<vg>-<lv> or /dev/<vg>/<lv>).
-func rootSpec(backend, name string, oldOpts boot.Options) (boot.RootSpec, error) {
+// "kos-upgrade-<label>" in the VG of the current root. The backend (snap,
+// when it is the LVM one: VG and LV) knows both; without it the VG is
+// read from the old entry's root= (/dev/mapper/<vg>-<lv> or
+// /dev/<vg>/<lv>). The entry then gets root=/dev/mapper/<vg>-<lv> (or the
+// /dev/<vg>/<lv> form of the old one) and rd.lvm.lv=<vg>/<lv>: by path,
+// never by UUID, which the snapshot shares with its origin.
+func rootSpec(backend, name string, oldOpts boot.Options, snap snapshot.Snapshotter) (boot.RootSpec, error) {
 	switch backend {
 	case "btrfs":
 		return boot.RootSpec{BtrfsSubvol: name}, nil
 	case "lvm":
+		if n, ok := snap.(lvmNames); ok && n.VG() != "" {
+			lv, err := n.LV(name)
+			if err != nil {
+				return boot.RootSpec{}, err
+			}
+			return boot.RootSpec{LVMVG: n.VG(), LVMLV: lv}, nil
+		}
 		lv := strings.ReplaceAll(name, "/", "-")
 		root, _ := oldOpts.Get("root")
 		var vg string
@@ -275,6 +287,12 @@ func rootSpec(backend, name string, oldOpts boot.Options) (boot.RootSpec, error)
 		return boot.RootSpec{LVMVG: vg, LVMLV: lv}, nil
 	}
 	return boot.RootSpec{}, fmt.Errorf("cannot point a boot entry at a %s snapshot", backend)
+}
+
+// namesLV reports whether the root= of opts names the LV vg/lv by path.
+func namesLV(opts boot.Options, vg, lv string) bool {
+	root, _ := opts.Get("root")
+	return root == "/dev/mapper/"+boot.MapperName(vg, lv) || root == "/dev/"+vg+"/"+lv
 }
 
 // modulesDirs are where kernels live in a root (/lib is usually a link to
@@ -408,7 +426,8 @@ func findEntry(ctx context.Context, bl boot.Bootloader, id string) (*boot.Entry,
 // no new kernel, the current kernel with the new root. A current default
 // that does not name its btrfs subvolume is pinned to the old root, so
 // that it keeps booting it once the default subvolume changes.
-func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State, backend, target, targetVersion string) error {
+func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State, snap snapshot.Snapshotter, target, targetVersion string) error {
+	backend := snap.Backend()
 	bs := state.Boot
 	old, err := findEntry(ctx, bl, bs.Previous)
 	if err != nil {
@@ -422,9 +441,16 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 	if err != nil {
 		return err
 	}
-	spec, err := rootSpec(backend, state.Snapshot, oldOpts)
+	spec, err := rootSpec(backend, state.Snapshot, oldOpts, snap)
 	if err != nil {
 		return err
+	}
+	if n, ok := snap.(lvmNames); ok && spec.LVMLV != "" {
+		// The old root's LV, for the rd.lvm.lv= to replace when root=
+		// does not name it (UUID=).
+		if prev, err := n.LV(state.Previous); err == nil {
+			spec.OldLVMVG, spec.OldLVMLV = spec.LVMVG, prev
+		}
 	}
 	mid := readMachineID(target)
 	if mid == "" {
@@ -489,6 +515,30 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 		}
 		bs.Pinned = old.ID
 		e.report(progress.Event{Step: StepBoot, Message: "entry " + old.ID + " now names its root subvolume " + state.Previous})
+	}
+	if spec.LVMLV != "" {
+		// An old entry naming the root by UUID= would boot either LV
+		// once the snapshot exists (both carry the filesystem's UUID):
+		// it is pinned to the old root's LV by path.
+		prevLV := strings.ReplaceAll(state.Previous, "/", "-")
+		if n, ok := snap.(lvmNames); ok {
+			if prevLV, err = n.LV(state.Previous); err != nil {
+				return err
+			}
+		}
+		if !namesLV(oldOpts, spec.LVMVG, prevLV) {
+			pinned := old.Clone()
+			opts, err := boot.RetargetRoot(oldOpts, boot.RootSpec{LVMVG: spec.LVMVG, LVMLV: prevLV})
+			if err != nil {
+				return err
+			}
+			pinned.SetOptions(opts)
+			if err := boot.WriteEntry(bl.EntriesDir(), pinned); err != nil {
+				return fmt.Errorf("cannot pin entry %s to the old root: %w", old.ID, err)
+			}
+			bs.Pinned = old.ID
+			e.report(progress.Event{Step: StepBoot, Message: "entry " + old.ID + " now names its root LV " + spec.LVMVG + "/" + prevLV})
+		}
 	}
 	return nil
 }

@@ -59,7 +59,7 @@ func TestRootSpec(t *testing.T) {
 		{"lvm", "kos-upgrade/1-5.9", "UUID=1", boot.RootSpec{}, true},
 		{"none", "@", "UUID=1", boot.RootSpec{}, true},
 	} {
-		got, err := rootSpec(c.backend, c.name, boot.ParseOptions("root="+c.root))
+		got, err := rootSpec(c.backend, c.name, boot.ParseOptions("root="+c.root), nil)
 		if (err != nil) != c.err || !reflect.DeepEqual(got, c.want) {
 			t.Errorf("rootSpec(%s, %s, %s) = %+v, %v", c.backend, c.name, c.root, got, err)
 		}

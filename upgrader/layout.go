@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
@@ -123,4 +124,63 @@ func rewriteFstabData(b []byte, newSubvol string) ([]byte, bool) {
 		buf.WriteByte('\n')
 	}
 	return buf.Bytes(), changed
+}
+
+// rewriteFstabLVMFile points the "/" line of newRoot's fstab at the LV
+// vg/newLV when it names vg/oldLV by path (/dev/mapper/<vg>-<lv> or
+// /dev/<vg>/<lv>, in the same form). It returns whether it changed the
+// file, and the source ("UUID=…") when "/" is named by something both LVs
+// carry (the filesystem's UUID or label), which it leaves alone.
+func rewriteFstabLVMFile(newRoot, vg, oldLV, newLV string) (bool, string, error) {
+	path := filepath.Join(newRoot, "etc/fstab")
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return false, "", nil
+	}
+	if err != nil {
+		return false, "", fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	out, changed, ambiguous := rewriteFstabLVMData(b, vg, oldLV, newLV)
+	if !changed {
+		return false, ambiguous, nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false, "", fmt.Errorf("cannot stat %s: %w", path, err)
+	}
+	if err := atomicfile.WriteFile(path, out, fi.Mode().Perm()); err != nil {
+		return false, "", err
+	}
+	return true, ambiguous, nil
+}
+
+func rewriteFstabLVMData(b []byte, vg, oldLV, newLV string) ([]byte, bool, string) {
+	mapper := func(lv string) string { return "/dev/mapper/" + boot.MapperName(vg, lv) }
+	byPath := func(lv string) string { return "/dev/" + vg + "/" + lv }
+	var buf bytes.Buffer
+	changed, ambiguous := false, ""
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") && f[1] == "/" {
+			orig := f[0]
+			switch {
+			case orig == mapper(oldLV):
+				f[0] = mapper(newLV)
+			case orig == byPath(oldLV):
+				f[0] = byPath(newLV)
+			case strings.HasPrefix(orig, "UUID="), strings.HasPrefix(orig, "LABEL="),
+				strings.HasPrefix(orig, "/dev/disk/by-uuid/"), strings.HasPrefix(orig, "/dev/disk/by-label/"):
+				ambiguous = orig
+			}
+			if f[0] != orig {
+				line = strings.Join(f, "\t")
+				changed = true
+			}
+		}
+		buf.WriteString(line)
+		buf.WriteByte('\n')
+	}
+	return buf.Bytes(), changed, ambiguous
 }

@@ -67,3 +67,34 @@ func TestSeparateMounts(t *testing.T) {
 		})
 	}
 }
+
+func TestRewriteFstabLVM(t *testing.T) {
+	const newLV = "kos-upgrade-20261125T101500.000Z-5.9"
+	tests := []struct {
+		name      string
+		in        string
+		want      string
+		changed   bool
+		ambiguous string
+	}{
+		{name: "mapper path", in: "/dev/mapper/vg--os-root / xfs defaults 0 0\n",
+			want: "/dev/mapper/vg--os-kos--upgrade--20261125T101500.000Z--5.9\t/\txfs\tdefaults\t0\t0\n", changed: true},
+		{name: "vg path", in: "/dev/vg-os/root / ext4 defaults,noatime 1 1\n",
+			want: "/dev/vg-os/" + newLV + "\t/\text4\tdefaults,noatime\t1\t1\n", changed: true},
+		{name: "uuid left alone, flagged", in: "UUID=1234 / xfs defaults 0 0\n", want: "UUID=1234 / xfs defaults 0 0\n", ambiguous: "UUID=1234"},
+		{name: "label flagged", in: "LABEL=root / xfs defaults 0 0\n", want: "LABEL=root / xfs defaults 0 0\n", ambiguous: "LABEL=root"},
+		{name: "by-uuid flagged", in: "/dev/disk/by-uuid/1234 / xfs defaults 0 0\n", want: "/dev/disk/by-uuid/1234 / xfs defaults 0 0\n", ambiguous: "/dev/disk/by-uuid/1234"},
+		{name: "another LV untouched", in: "/dev/mapper/vg--os-other / xfs defaults 0 0\n", want: "/dev/mapper/vg--os-other / xfs defaults 0 0\n"},
+		{name: "other mounts untouched",
+			in:   "# /dev/mapper/vg--os-root / xfs defaults 0 0\n/dev/mapper/vg--os-root /mnt xfs nouuid 0 0\n/dev/mapper/vg--os-swap none swap defaults 0 0\n/dev/mapper/vg--os-root / xfs defaults 0 0\n",
+			want: "# /dev/mapper/vg--os-root / xfs defaults 0 0\n/dev/mapper/vg--os-root /mnt xfs nouuid 0 0\n/dev/mapper/vg--os-swap none swap defaults 0 0\n/dev/mapper/vg--os-kos--upgrade--20261125T101500.000Z--5.9\t/\txfs\tdefaults\t0\t0\n", changed: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, changed, ambiguous := rewriteFstabLVMData([]byte(tc.in), "vg-os", "root", newLV)
+			if changed != tc.changed || string(out) != tc.want || ambiguous != tc.ambiguous {
+				t.Errorf("got %q (changed %v, ambiguous %q), want %q (changed %v, ambiguous %q)", out, changed, ambiguous, tc.want, tc.changed, tc.ambiguous)
+			}
+		})
+	}
+}

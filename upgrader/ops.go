@@ -63,6 +63,9 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer l.release()
+	if state.RebootRequired {
+		return nil, fmt.Errorf("cannot roll back: the rollback to %s is scheduled already; reboot to complete it", state.Previous)
+	}
 	if state.Status != StatusSucceeded || state.Previous == "" {
 		return nil, fmt.Errorf("cannot roll back: the state is %s; a rollback needs a successful upgrade with a snapshot of the old root", state.Status)
 	}
@@ -89,10 +92,18 @@ func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, rea
 		return nil, fmt.Errorf("cannot roll back to the pre-upgrade root %s: %w", state.Previous, err)
 	}
 	now := e.now().UTC()
+	var ip snapshot.InPlace
+	if state.InPlace {
+		// The rollback point is merged back into the root (docs/lvm.md).
+		var ok bool
+		if ip, ok = snap.(snapshot.InPlace); !ok || !ip.UpgradesInPlace() {
+			return nil, fmt.Errorf("cannot roll back: the upgrade ran in place, but the %s backend of this root cannot merge %s back", snap.Backend(), state.Previous)
+		}
+	}
 	res := &Result{
 		RunID: now.Format("20060102T150405.000Z") + "-" + kind, Kind: kind, Success: kind == "rollback",
 		Status: StatusRolledBack, Error: reason, Backend: state.Backend, Snapshot: state.Previous, Previous: state.Snapshot,
-		From: state.Target, StartedAt: now,
+		From: state.Target, StartedAt: now, InPlace: state.InPlace,
 	}
 	if state.LastResult != nil {
 		res.To = state.LastResult.From
@@ -112,6 +123,11 @@ func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, rea
 		b.Backups = nil // consumed by the restore below
 		rolled.Boot = &b
 	}
+	if state.InPlace {
+		// In the rollback point, which the root becomes: it is consumed
+		// by the merge, so there is nothing to roll back to from there.
+		rolled.Snapshot, rolled.Previous = "", ""
+	}
 	if prevPath != e.Root.Dir {
 		ps := store{dir: filepath.Join(prevPath, sysroot.StateDirRel)}
 		res.FinishedAt = e.now().UTC()
@@ -119,12 +135,25 @@ func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, rea
 			return nil, fmt.Errorf("cannot roll back: %w", err)
 		}
 	}
-	e.report(progress.Event{Step: "rollback", Message: "making " + state.Previous + " the root of the next boot"})
-	if err := snap.Activate(ctx, state.Previous); err != nil {
-		return nil, fmt.Errorf("cannot roll back: %w", err)
+	if ip != nil {
+		e.report(progress.Event{Step: "rollback", Message: "merging the rollback point " + state.Previous + " back into the root"})
+		if err := ip.Rollback(ctx, state.Previous); err != nil {
+			return nil, fmt.Errorf("cannot roll back: %w", err)
+		}
+	} else {
+		e.report(progress.Event{Step: "rollback", Message: "making " + state.Previous + " the root of the next boot"})
+		if err := snap.Activate(ctx, state.Previous); err != nil {
+			return nil, fmt.Errorf("cannot roll back: %w", err)
+		}
 	}
 	if err := e.rollbackBoot(ctx, st, state.Boot); err != nil {
 		return nil, fmt.Errorf("cannot roll back: %w", err)
+	}
+	if ip != nil {
+		// Here, until the reboot: the merge is pending.
+		note := rebootNote(state.Previous)
+		rolled.Snapshot, rolled.Previous, rolled.RebootRequired = "", state.Previous, true
+		e.report(progress.Event{Step: "rollback", Message: note})
 	}
 	res.FinishedAt = e.now().UTC()
 	if err := errors.Join(st.record(res), st.save(&rolled, e.now())); err != nil {
@@ -226,6 +255,13 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 	keep := map[string]bool{cur.Name: true}
 	if state.Status == StatusSucceeded {
 		keep[state.Previous] = true
+	}
+	if state.InPlace {
+		// An in-place rollback point is the only copy of the old root
+		// (after a success: the last good one), or is being merged back
+		// (after a failure or rollback: it goes away at the next boot).
+		keep[state.Previous] = true
+		keep[state.Snapshot] = true
 	}
 	for _, s := range list {
 		if s.Default {

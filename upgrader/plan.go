@@ -43,7 +43,7 @@ type Plan struct {
 	// Repos are the repositories given with --repo; empty means the
 	// system's own configuration with the target release version.
 	Repos []pkgmgr.Repo `json:"repos,omitempty"`
-	// Snapshot is the backend that protects the root: btrfs or none.
+	// Snapshot is the backend that protects the root: btrfs, lvm or none.
 	Snapshot string `json:"snapshot"`
 	// Mode is how apply runs: "target" (systemd offline target).
 	Mode string `json:"mode"`

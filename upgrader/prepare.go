@@ -19,7 +19,7 @@ type PrepareOptions struct {
 	To string
 	// Repos replace the system's repository configuration when given.
 	Repos []pkgmgr.Repo
-	// Snapshot is auto, btrfs or none.
+	// Snapshot is auto, btrfs, lvm or none.
 	Snapshot string
 	// SkipSignatures disables GPG verification (explicit user override).
 	SkipSignatures bool
@@ -85,7 +85,17 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		return nil, err
 	}
 	backend := snap.Backend()
+	thinLVM := backend == "lvm" && !upgradesInPlace(snap)
 	snap.Close()
+	if thinLVM {
+		// The upgraded copy of a thin LV boots only through a boot entry
+		// naming it (docs/lvm.md): apply would refuse without one.
+		if bl, err := e.bootloader(); err != nil {
+			return nil, err
+		} else if bl == nil {
+			return nil, fmt.Errorf("cannot prepare: the root is a thin LVM volume, whose upgraded copy boots only through a boot entry naming it, but no boot loader kos-upgrade handles (grub2 with BLS entries, systemd-boot) was found under %s; use --snapshot none to upgrade in place without rollback", e.Root.Path("/boot"))
+		}
+	}
 	if err := checkLayout(e.Root, backend); err != nil {
 		return nil, err
 	}

@@ -67,8 +67,20 @@ type State struct {
 	// Snapshot is the snapshot the current run applies into; set before it
 	// is created so that a crashed run's leftover can be removed.
 	Snapshot string `json:"snapshot,omitempty"`
-	// Previous is the pre-upgrade root, the rollback target.
+	// Previous is the pre-upgrade root, the rollback target. For an
+	// in-place run it is the rollback point (the same as Snapshot).
 	Previous string `json:"previous,omitempty"`
+	// InPlace is set for a run whose backend upgrades the live root and
+	// keeps the snapshot as the rollback point (LVM thick,
+	// snapshot.InPlace): a failure, a crash in the transaction and
+	// `kos-upgrade rollback` merge the rollback point back into the root
+	// (snapshot.InPlace.Rollback) instead of deleting or activating a
+	// snapshot. Journaled before the snapshot is created.
+	InPlace bool `json:"in_place,omitempty"`
+	// RebootRequired is set once a merge of an in-place rollback point was
+	// scheduled: the running root is replaced by the rollback point at
+	// the next boot, so nothing may be upgraded before that reboot.
+	RebootRequired bool `json:"reboot_required,omitempty"`
 	// Boot is the boot loader side of the run; nil when the system has no
 	// boot loader kos-upgrade handles (or the run has no snapshot).
 	Boot *BootState `json:"boot,omitempty"`
@@ -134,6 +146,7 @@ type Result struct {
 	Backend    string         `json:"backend,omitempty"`
 	Snapshot   string         `json:"snapshot,omitempty"`
 	Previous   string         `json:"previous,omitempty"`
+	InPlace    bool           `json:"in_place,omitempty"`
 	Counts     map[string]int `json:"counts,omitempty"`
 	StartedAt  time.Time      `json:"started_at"`
 	FinishedAt time.Time      `json:"finished_at,omitempty"`

@@ -44,7 +44,7 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9 (without it, only target-independent checks run)"},
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
-			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "the snapshot backend prepare would use: auto, btrfs or none"},
+			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "the snapshot backend prepare would use: auto, btrfs, lvm or none"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "assess as prepare --no-gpg-check would run"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer the finding `KEY=VALUE` (repeatable)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON (docs/report.md)"},
@@ -62,9 +62,9 @@ Examples:
 				return usageError{fmt.Errorf("cannot use --to %q: not a release version (for example --to 5.9)", to)}
 			}
 			switch c.String("snapshot") {
-			case "auto", "btrfs", "none":
+			case "auto", "btrfs", "lvm", "none":
 			default:
-				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs or none", c.String("snapshot"))}
+				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs, lvm or none", c.String("snapshot"))}
 			}
 			answers, err := preflight.LoadAnswers(e.engine.Root, c.StringSlice("answer"))
 			if err != nil {

@@ -80,8 +80,10 @@ func newApp() *cli.App {
    (at boot) kos-upgrade apply     snapshot the root, upgrade the snapshot, boot it
    kos-upgrade status              see where it stands; rollback if you do not like the result
 
-The running root is never modified: the upgrade runs in a btrfs snapshot that
-becomes the default only when the whole transaction succeeded.`,
+The running root is never modified: the upgrade runs in a btrfs (or thin LVM)
+snapshot that becomes the default only when the whole transaction succeeded.
+On a thick LVM volume the root is upgraded in place and its snapshot is the
+rollback point, merged back at the next boot when the upgrade fails.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "act on the system mounted at `DIR` (tests, initramfs)"},
 			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout"},
@@ -190,7 +192,7 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9; kos-VERSION on CentOS migrates to KOS"},
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
-			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, or none (no rollback!)"},
+			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, lvm, or none (no rollback!)"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer an assessment finding `KEY=VALUE` (repeatable; see kos-upgrade check)"},
 			&cli.StringFlag{Name: "migration-map", Usage: "migration: use the package map `FILE` instead of the installed or built-in one"},
@@ -212,9 +214,9 @@ Examples:
 				repos = append(repos, pkgmgr.Repo{ID: id, BaseURL: url})
 			}
 			switch c.String("snapshot") {
-			case "auto", "btrfs", "none":
+			case "auto", "btrfs", "lvm", "none":
 			default:
-				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs or none", c.String("snapshot"))}
+				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs, lvm or none", c.String("snapshot"))}
 			}
 			opts := upgrader.PrepareOptions{
 				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), SkipSignatures: c.Bool("no-gpg-check"),
@@ -401,7 +403,11 @@ func rollbackCmd() *cli.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintf(e.out, "Rolled back: the next boot starts %s again.\n", res.Snapshot)
+				if res.InPlace {
+					fmt.Fprintf(e.out, "Rolled back: the root is merged back to its rollback point %s at the next boot; reboot to complete the rollback.\n", res.Snapshot)
+				} else {
+					fmt.Fprintf(e.out, "Rolled back: the next boot starts %s again.\n", res.Snapshot)
+				}
 			}
 			if c.Bool("no-reboot") {
 				return nil

@@ -67,7 +67,12 @@ func printStatus(w io.Writer, r *upgrader.StatusReport) {
 			fmt.Fprintf(w, "  error: %s\n", st.LastResult.Error)
 		}
 	}
-	if st.Status == upgrader.StatusSucceeded && st.Previous != "" && st.Backend != "none" {
+	switch {
+	case st.RebootRequired:
+		fmt.Fprintf(w, "Reboot:   required: the root is rolled back to %s at the next boot\n", st.Previous)
+	case st.Status == upgrader.StatusSucceeded && st.Previous != "" && st.InPlace:
+		fmt.Fprintf(w, "Rollback: available (kos-upgrade rollback merges the rollback point %s back into the root at the next boot)\n", st.Previous)
+	case st.Status == upgrader.StatusSucceeded && st.Previous != "" && st.Backend != "none":
 		fmt.Fprintf(w, "Rollback: available (kos-upgrade rollback boots %s again)\n", st.Previous)
 	}
 }

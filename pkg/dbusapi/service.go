@@ -525,9 +525,9 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 		return invalidArgs("Prepare needs the option to (s), the target release, e.g. 5.9")
 	}
 	switch snap {
-	case "auto", "btrfs", "none":
+	case "auto", "btrfs", "lvm", "none":
 	default:
-		return invalidArgs("Prepare: snapshot %q: choose auto, btrfs or none", snap)
+		return invalidArgs("Prepare: snapshot %q: choose auto, btrfs, lvm or none", snap)
 	}
 	var repos []pkgmgr.Repo
 	for _, r := range repoSpecs {

@@ -289,7 +289,7 @@ func checkSnapshot(f *Facts) []Finding {
 			Title:   "The upgrade runs without a snapshot: no rollback",
 			Summary: "With --snapshot none the running root is changed in place: a failure halfway leaves a half-upgraded system and there is no rollback.",
 			Remediations: []Remediation{
-				hint("put the root on a btrfs subvolume and use --snapshot auto"),
+				hint("put the root on a btrfs subvolume or an LVM logical volume and use --snapshot auto"),
 				hint("take a backup before the upgrade"),
 			},
 		})
@@ -299,7 +299,7 @@ func checkSnapshot(f *Facts) []Finding {
 			Title:   "The root cannot be snapshotted",
 			Summary: "kos-upgrade upgrades a snapshot of the root and switches to it only on success; no snapshot backend can protect this root: " + orUnknown(s.Error) + ".",
 			Remediations: []Remediation{
-				hint("kos-upgrade supports a root on a btrfs subvolume (LVM support is coming)"),
+				hint("kos-upgrade supports a root on a btrfs subvolume or an LVM logical volume (thin, or thick with free extents in its volume group for the snapshot)"),
 				hint("or accept an upgrade in place without rollback: --snapshot none"),
 			},
 		}

@@ -111,7 +111,7 @@ type StateFacts struct {
 
 // SnapshotFacts says how the root would be protected.
 type SnapshotFacts struct {
-	Requested string `json:"requested"` // auto, btrfs, none
+	Requested string `json:"requested"` // auto, btrfs, lvm, none
 	Backend   string `json:"backend"`   // the backend chosen; "" when none fits
 	Error     string `json:"error,omitempty"`
 	// LVM describes the root's logical volume when it is on LVM.

@@ -1,0 +1,164 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+)
+
+// In-place runs (docs/lvm.md, "Thick LVs"): a backend implementing
+// snapshot.InPlace with UpgradesInPlace() true makes the snapshot the
+// rollback point and returns the live root as the place of the
+// transaction. The engine then
+//
+//   - journals State.InPlace (with Snapshot = Previous = the rollback
+//     point) before Create;
+//   - on success switches nothing and keeps the rollback point;
+//   - on a failure after the transaction started, and after a crash in
+//     it, merges the rollback point back (mergeBack): never Delete, the
+//     rollback point is the only copy of the old root;
+//   - for `kos-upgrade rollback` merges it back too (rollback).
+//
+// A merge of an open root takes effect at the next boot: until then the
+// running root is the half-upgraded (or upgraded) one, State.RebootRequired
+// is set and nothing new can be armed.
+
+// upgradesInPlace reports whether s upgrades the live root.
+func upgradesInPlace(s snapshot.Snapshotter) bool {
+	ip, ok := s.(snapshot.InPlace)
+	return ok && ip.UpgradesInPlace()
+}
+
+// inPlaceChangeSize estimates the bytes the transaction of p writes to the
+// root, for the size of a thick snapshot (snapshot.LVM.ChangeSize): a COW
+// snapshot copies every chunk the transaction writes, free space included,
+// so the new packages' installed size counts twice (rpm writes each file to
+// a temporary name, and the old files' blocks get reused), plus the rpm
+// database, the journal and the scriptlets' writes.
+func inPlaceChangeSize(p *Plan) int64 {
+	return 2*p.InstallSize + 256<<20
+}
+
+// rebootNote is how a failed or rolled-back in-place run says what is left.
+func rebootNote(name string) string {
+	return "the root is rolled back to " + name + " at the next boot: reboot to complete the rollback"
+}
+
+// mergeBack rolls an in-place run back: it records the outcome (state and
+// res, with the note that the root was rolled back) inside the rollback
+// point name, which is what the root reads as after the merge, then asks
+// the backend to merge it (effective at the next boot). On success it
+// amends res and state (RebootRequired) for the live root, which the
+// caller saves, and returns the note to add to the error.
+func (e *Engine) mergeBack(ctx context.Context, snap snapshot.Snapshotter, state *State, res *Result, name string) (string, error) {
+	ip, ok := snap.(snapshot.InPlace)
+	if !ok || !ip.UpgradesInPlace() {
+		return "", fmt.Errorf("cannot roll back: the %s backend cannot merge %s back into the root; the root is half-upgraded", snap.Backend(), name)
+	}
+	// What the root says after the reboot: the run failed, and the
+	// rollback happened. Best effort: without it the next run settles
+	// the leftover state as interrupted.
+	after := *res
+	after.Error = res.Error + "; the root was rolled back to its state before the upgrade (rollback point " + name + " merged at boot)"
+	afterState := *state
+	afterState.Snapshot, afterState.Previous, afterState.RebootRequired = "", "", false
+	afterState.LastResult = &after
+	if path, err := snap.Path(ctx, name); err != nil {
+		e.log().Warn("cannot record the failure in the rollback point", "snapshot", name, "err", err)
+	} else if filepath.Clean(path) != filepath.Clean(e.Root.Dir) {
+		ps := store{dir: filepath.Join(path, sysroot.StateDirRel)}
+		if err := errors.Join(ps.record(&after), ps.save(&afterState, e.now())); err != nil {
+			e.log().Warn("cannot record the failure in the rollback point", "snapshot", name, "err", err)
+		}
+	}
+	e.report(progress.Event{Step: "rollback", Message: "merging the rollback point " + name + " back into the root"})
+	if err := ip.Rollback(ctx, name); err != nil {
+		msg := fmt.Sprintf("cannot roll back to %s: %v; the root stays half-upgraded: restore it from a backup", name, err)
+		res.Error += "; " + msg
+		return "", errors.New(msg)
+	}
+	note := rebootNote(name)
+	res.Error += "; " + note
+	state.Snapshot = ""
+	state.Previous = name // merging: Clean keeps it, it goes away by itself
+	state.RebootRequired = true
+	e.report(progress.Event{Step: "rollback", Message: note})
+	return note, nil
+}
+
+// settleInPlace recovers an in-place run that stopped in its transaction:
+// the live root is half-upgraded, so /boot is put back and the rollback
+// point merged back; it is recorded as failed, reboot pending.
+func (e *Engine) settleInPlace(ctx context.Context, st store, state *State, res *Result) (*State, error) {
+	if state.Boot != nil {
+		if err := e.restoreBoot(ctx, st, state.Boot); err != nil {
+			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+		}
+		if err := dropBootBackups(st, state.Boot); err != nil {
+			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+		}
+		state.Boot.Backups = nil
+		e.report(progress.Event{Step: "recover", Message: "restored /boot as it was before the interrupted run"})
+	}
+	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
+	if err != nil {
+		return nil, fmt.Errorf("cannot roll back the interrupted in-place run: %w", err)
+	}
+	defer snap.Close()
+	res.Success, res.Status, res.Step, res.InPlace = false, StatusFailed, state.Step, true
+	res.Error = "interrupted: the run stopped in its " + state.Step + " step (crash or power cut), after it had begun to change the running root in place"
+	res.FinishedAt = e.now().UTC()
+	state.Status, state.LastResult = StatusFailed, res
+	name := state.Snapshot
+	if _, err := e.mergeBack(ctx, snap, state, res, name); err != nil {
+		// Recorded: every command shows it; the root needs a human.
+		e.report(progress.Event{Step: "recover", Message: "ERROR: " + err.Error()})
+	}
+	return state, errors.Join(st.record(res), st.save(state, e.now()))
+}
+
+// lvmNames is what the engine needs of the LVM backend for boot entries
+// and fstab (snapshot.LVM).
+type lvmNames interface {
+	VG() string
+	LV(name string) (string, error)
+}
+
+// rewriteFstabLVM points the "/" line of the fstab of newRoot, a thin LVM
+// snapshot called name of the root called cur, at the snapshot's LV when
+// it names the old LV by path. A "/" named by UUID= or LABEL= is left
+// alone (both LVs carry the filesystem's UUID, so it may resolve to
+// either; the boot entry names the LV by path, which is what mounts the
+// root) and reported.
+func (e *Engine) rewriteFstabLVM(snap snapshot.Snapshotter, newRoot, cur, name string) error {
+	n, ok := snap.(lvmNames)
+	if !ok {
+		return nil
+	}
+	oldLV, err := n.LV(cur)
+	if err != nil {
+		return err
+	}
+	newLV, err := n.LV(name)
+	if err != nil {
+		return err
+	}
+	changed, ambiguous, err := rewriteFstabLVMFile(newRoot, n.VG(), oldLV, newLV)
+	if err != nil {
+		return err
+	}
+	if changed {
+		e.report(progress.Event{Step: StepFinalize, Message: "/etc/fstab of the new root mounts / from " + n.VG() + "/" + newLV})
+	}
+	if ambiguous != "" {
+		e.report(progress.Event{Step: StepFinalize, Message: "WARNING: /etc/fstab of the new root names / by " + ambiguous +
+			", which the old root's LV " + n.VG() + "/" + oldLV + " carries too (a snapshot has its origin's filesystem UUID); the boot entry mounts " +
+			n.VG() + "/" + newLV + " by path, but tools that resolve the fstab line may pick either: name / by /dev/mapper path"})
+	}
+	return nil
+}
