@@ -77,21 +77,9 @@ var _ Snapshotter = (*Btrfs)(nil)
 // mounts the top level of the same filesystem at <workDir>/btrfs-top, or
 // reuses the mount a previous run left there. Close undoes that mount.
 func NewBtrfs(ctx context.Context, rootDir, workDir string) (*Btrfs, error) {
-	abs, err := filepath.Abs(rootDir)
-	if err != nil {
-		return nil, fmt.Errorf("cannot use root %s: %w", rootDir, err)
-	}
-	root, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return nil, fmt.Errorf("cannot use root %s: %w", rootDir, err)
-	}
-	mounts, err := mountinfo.Read()
+	root, mounts, m, err := rootMount(rootDir)
 	if err != nil {
 		return nil, err
-	}
-	m, err := mountinfo.Lookup(mounts, root)
-	if err != nil {
-		return nil, fmt.Errorf("cannot find the filesystem of root %s: %w", rootDir, err)
 	}
 	if m.FSType != "btrfs" {
 		return nil, fmt.Errorf("root %s is on %s (%s), not btrfs: %w", rootDir, m.FSType, m.Source, ErrNotSupported)

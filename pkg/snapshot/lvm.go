@@ -278,21 +278,9 @@ var devMapperMajor = func() int {
 // ErrNotSupported and says what the root is on. Snapshots are mounted below
 // workDir. Close unmounts them.
 func NewLVM(ctx context.Context, rootDir, workDir string) (*LVM, error) {
-	abs, err := filepath.Abs(rootDir)
-	if err != nil {
-		return nil, fmt.Errorf("cannot use root %s: %w", rootDir, err)
-	}
-	root, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return nil, fmt.Errorf("cannot use root %s: %w", rootDir, err)
-	}
-	mounts, err := mountinfo.Read()
+	root, _, m, err := rootMount(rootDir)
 	if err != nil {
 		return nil, err
-	}
-	m, err := mountinfo.Lookup(mounts, root)
-	if err != nil {
-		return nil, fmt.Errorf("cannot find the filesystem of root %s: %w", rootDir, err)
 	}
 	if m.Point != root {
 		return nil, fmt.Errorf("root %s is not a mount point but a directory in the %s mount at %s: %w", rootDir, m.FSType, m.Point, ErrNotSupported)

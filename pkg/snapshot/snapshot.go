@@ -11,6 +11,10 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
 )
 
 // Sentinel errors, wrapped with %w by the backends.
@@ -113,4 +117,26 @@ type InPlace interface {
 	// ErrNotFound afterwards. An overflowed (invalid) rollback point is
 	// refused with an error saying so.
 	Rollback(ctx context.Context, name string) error
+}
+
+// rootMount resolves rootDir (absolute, symlinks followed) and finds the
+// mount it lives on, for the backends' constructors.
+func rootMount(rootDir string) (string, []mountinfo.Mount, mountinfo.Mount, error) {
+	abs, err := filepath.Abs(rootDir)
+	if err != nil {
+		return "", nil, mountinfo.Mount{}, fmt.Errorf("cannot use root %s: %w", rootDir, err)
+	}
+	root, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", nil, mountinfo.Mount{}, fmt.Errorf("cannot use root %s: %w", rootDir, err)
+	}
+	mounts, err := mountinfo.Read()
+	if err != nil {
+		return "", nil, mountinfo.Mount{}, err
+	}
+	m, err := mountinfo.Lookup(mounts, root)
+	if err != nil {
+		return "", nil, mountinfo.Mount{}, fmt.Errorf("cannot find the filesystem of root %s: %w", rootDir, err)
+	}
+	return root, mounts, m, nil
 }
