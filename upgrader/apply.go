@@ -68,6 +68,24 @@ func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
 	if err := e.checkPlan(ctx, p); err != nil {
 		return nil, fmt.Errorf("cannot arm: %w", err)
 	}
+	if p.Mode == ModeInitramfs {
+		// Refused before anything is made where no one-time boot can be
+		// armed (initramfs.go); the image, the entry and the one-shot
+		// come before the status and the link.
+		bl, def, err := e.oneShotLoader(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("cannot arm: %w", err)
+		}
+		dracut, err := e.dracutCommand()
+		if err != nil {
+			return nil, fmt.Errorf("cannot arm: %w", err)
+		}
+		if err := e.armInitramfs(ctx, st, state, p, bl, def, dracut); err != nil {
+			return nil, fmt.Errorf("cannot arm in initramfs mode: %w", err)
+		}
+	} else if err := e.cleanupInitramfs(ctx, st, state); err != nil {
+		return nil, fmt.Errorf("cannot arm: %w", err)
+	}
 	state.Status = StatusArmed
 	state.Step = ""
 	state.PlanID = p.ID
@@ -77,6 +95,12 @@ func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
 	}
 	if err := atomicfile.Symlink(sysroot.StateDirRel, e.Root.SystemUpdateLink()); err != nil {
 		return nil, fmt.Errorf("cannot arm: %w", err)
+	}
+	if state.Initramfs != nil {
+		state.Initramfs.Step = InitramfsStepArmed
+		if err := st.save(state, e.now()); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -141,6 +165,17 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	p, err := loadPlan(st.planPath())
 	if err != nil {
 		return nil, e.failEarly(st, state, StepVerify, err)
+	}
+	if p.Mode == ModeInitramfs {
+		if !e.inUpgradeInitramfs() {
+			return nil, e.refuseOutsideInitramfs(ctx, st, state, p)
+		}
+		// The hook removed the one-time entry and its image already;
+		// whatever it could not is removed here, before /boot is
+		// backed up.
+		if err := e.cleanupInitramfs(ctx, st, state); err != nil {
+			e.log().Warn("cannot remove the one-time boot entry", "err", err)
+		}
 	}
 
 	now := e.now().UTC()
@@ -283,6 +318,11 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 
 	if err := e.step(st, state, StepFinalize); err != nil {
 		return nil, err
+	}
+	if p.Mode == ModeInitramfs {
+		if err := e.autorelabel(target.Path); err != nil {
+			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
+		}
 	}
 	// Record success inside the new root before it becomes the default,
 	// so that it boots knowing what happened.

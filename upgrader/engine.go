@@ -33,6 +33,13 @@ type Engine struct {
 	Sink         progress.Sink
 	Log          *slog.Logger
 	Now          func() time.Time
+	// Dracut is the dracut command that builds the upgrade initramfs of
+	// initramfs mode, run on the live system; "" means $KOS_UPGRADE_DRACUT,
+	// else the root's dracut when the root is / (initramfs.go).
+	Dracut string
+	// Cmdline is the kernel command line file apply reads to tell whether
+	// it runs from the upgrade initramfs; "" means /proc/cmdline.
+	Cmdline string
 }
 
 // New returns an engine for root with the real backends.

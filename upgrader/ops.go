@@ -32,6 +32,10 @@ func (e *Engine) Cancel(ctx context.Context) error {
 			return fmt.Errorf("cannot disarm: %w", err)
 		}
 	}
+	// Initramfs mode: the one-shot boot, the one-time entry, the image.
+	if err := e.cleanupInitramfs(ctx, st, state); err != nil {
+		return fmt.Errorf("cannot disarm: %w", err)
+	}
 	if state.Status == StatusPrepared || state.Status == StatusArmed || state.Status == StatusFailed {
 		state.Status = StatusIdle
 	}

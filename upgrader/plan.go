@@ -45,7 +45,9 @@ type Plan struct {
 	Repos []pkgmgr.Repo `json:"repos,omitempty"`
 	// Snapshot is the backend that protects the root: btrfs, lvm or none.
 	Snapshot string `json:"snapshot"`
-	// Mode is how apply runs: "target" (systemd offline target).
+	// Mode is how apply runs: "target" (the root's systemd offline
+	// target) or "initramfs" (an upgrade initramfs booted once, before
+	// switch-root: docs/initramfs.md). Empty in older plans: target.
 	Mode string `json:"mode"`
 	// RPMDBFingerprint is the installed package set prepare planned against.
 	RPMDBFingerprint string `json:"rpmdb_fingerprint"`
@@ -178,6 +180,8 @@ func (p *Plan) Validate() error {
 		return bad("no rpmdb fingerprint")
 	case p.Snapshot == "":
 		return bad("no snapshot backend")
+	case p.Mode != "" && !ValidMode(p.Mode):
+		return bad("mode %q is neither target nor initramfs", p.Mode)
 	case p.StageDir == "" || p.StageDir[0] == '/' || bytes.Contains([]byte(p.StageDir), []byte("..")):
 		return bad("stage_dir %q is not a relative directory", p.StageDir)
 	}

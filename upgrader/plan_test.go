@@ -62,6 +62,9 @@ func TestParsePlan(t *testing.T) {
 		{name: "version wrong type", input: planJSON(t, func(m map[string]any) { m["version"] = "1" }), wantErr: "wrong type"},
 		{name: "no target", input: planJSON(t, func(m map[string]any) { m["target"] = map[string]any{} }), wantErr: "no target release"},
 		{name: "no fingerprint", input: planJSON(t, func(m map[string]any) { delete(m, "rpmdb_fingerprint") }), wantErr: "no rpmdb fingerprint"},
+		{name: "initramfs mode", input: planJSON(t, func(m map[string]any) { m["mode"] = "initramfs" })},
+		{name: "no mode (older plans)", input: planJSON(t, func(m map[string]any) { delete(m, "mode") })},
+		{name: "unknown mode", input: planJSON(t, func(m map[string]any) { m["mode"] = "kexec" }), wantErr: `mode "kexec" is neither target nor initramfs`},
 		{name: "absolute stage dir", input: planJSON(t, func(m map[string]any) { m["stage_dir"] = "/etc" }), wantErr: "not a relative directory"},
 		{name: "escaping stage dir", input: planJSON(t, func(m map[string]any) { m["stage_dir"] = "../../etc" }), wantErr: "not a relative directory"},
 		{name: "install without file", input: planJSON(t, func(m map[string]any) {

@@ -33,6 +33,9 @@ type PrepareOptions struct {
 	// the map's: packages are verified with them and apply imports them
 	// into the new root (migrations only).
 	GPGKeys []string
+	// Mode is how apply will run: target (default, "" too) or initramfs
+	// (docs/initramfs.md).
+	Mode string
 }
 
 // Prepare resolves, downloads, verifies and tests the upgrade and writes the
@@ -44,6 +47,13 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	to, err := ParseTarget(opts.To)
 	if err != nil {
 		return nil, fmt.Errorf("cannot prepare: %w", err)
+	}
+	mode := opts.Mode
+	if mode == "" {
+		mode = ModeTarget
+	}
+	if !ValidMode(mode) {
+		return nil, fmt.Errorf("cannot prepare: mode %q: choose target or initramfs", opts.Mode)
 	}
 	st := e.store()
 	l, state, err := e.begin(ctx, st)
@@ -98,6 +108,13 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	}
 	if err := checkLayout(e.Root, backend); err != nil {
 		return nil, err
+	}
+	if mode == ModeInitramfs {
+		// Refused now rather than at arm: the one-time boot of the
+		// upgrade initramfs needs a boot loader that can do one.
+		if _, _, err := e.oneShotLoader(ctx); err != nil {
+			return nil, fmt.Errorf("cannot prepare: %w", err)
+		}
 	}
 	if backend == "none" {
 		e.report(progress.Event{Step: "check", Message: "WARNING: --snapshot none: the upgrade will change the running root in place, with NO snapshot and NO rollback"})
@@ -183,7 +200,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		Target:           Release{ID: source.ID, VersionID: to.Version, Name: source.Name},
 		Repos:            opts.Repos,
 		Snapshot:         backend,
-		Mode:             "target",
+		Mode:             mode,
 		RPMDBFingerprint: before,
 		SignatureCheck:   sigCheck,
 		StageDir:         stageRel,

@@ -84,6 +84,11 @@ type State struct {
 	// Boot is the boot loader side of the run; nil when the system has no
 	// boot loader kos-upgrade handles (or the run has no snapshot).
 	Boot *BootState `json:"boot,omitempty"`
+	// Initramfs is what arming a plan in initramfs mode put into /boot
+	// (the upgrade initramfs, the one-time entry, the one-shot boot),
+	// journaled before each is made so that cancel, a re-arm and apply
+	// can remove it; nil when nothing is there.
+	Initramfs *InitramfsState `json:"initramfs,omitempty"`
 	// LastResult is the result of the last apply or rollback.
 	LastResult *Result   `json:"last_result,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at"`

@@ -184,15 +184,23 @@ differ (docs/migration.md). The packages are verified with KOS's keys (the
 map's key files, or --gpgkey), which apply imports into the new root.
 CentOS 7 (el7 → el8) is refused: see docs/migration.md.
 
+--mode initramfs: the upgrade runs from an upgrade initramfs (built with
+dracut --add kos-upgrade when the upgrade is armed) that boots once through a
+one-time boot entry, before switch-root, so that nothing of the root's own
+userspace runs it (docs/initramfs.md). It needs a boot loader that can boot an
+entry once (grub2 with a writable grubenv; systemd-boot with bootctl).
+
 Examples:
    kos-upgrade prepare --to 5.9
    kos-upgrade prepare --to 5.9 --repo kos=https://mirror.example/kos/5.9/os/
+   kos-upgrade prepare --to 5.9 --mode initramfs
    kos-upgrade prepare --to kos-5.9 --repo kos=https://mirror.example/kos/5.9/os/ \
        --gpgkey /root/RPM-GPG-KEY-kos --answer packages.third-party=keep`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9; kos-VERSION on CentOS migrates to KOS"},
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, lvm, or none (no rollback!)"},
+			&cli.StringFlag{Name: "mode", Value: "target", Usage: "where apply runs: target (the root's system-update.target) or initramfs (an upgrade initramfs booted once; docs/initramfs.md)"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer an assessment finding `KEY=VALUE` (repeatable; see kos-upgrade check)"},
 			&cli.StringFlag{Name: "migration-map", Usage: "migration: use the package map `FILE` instead of the installed or built-in one"},
@@ -218,8 +226,11 @@ Examples:
 			default:
 				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs, lvm or none", c.String("snapshot"))}
 			}
+			if !upgrader.ValidMode(c.String("mode")) {
+				return usageError{fmt.Errorf("cannot use --mode %q: choose target or initramfs", c.String("mode"))}
+			}
 			opts := upgrader.PrepareOptions{
-				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), SkipSignatures: c.Bool("no-gpg-check"),
+				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), Mode: c.String("mode"), SkipSignatures: c.Bool("no-gpg-check"),
 				Answers: c.StringSlice("answer"), MigrationMap: c.String("migration-map"), GPGKeys: c.StringSlice("gpgkey"),
 			}
 			if _, err := upgrader.ParseTarget(opts.To); err != nil {

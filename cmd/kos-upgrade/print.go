@@ -27,6 +27,9 @@ func printPlan(w io.Writer, p *upgrader.Plan) {
 		c[pkgmgr.ActionUpgrade], c[pkgmgr.ActionInstall], c[pkgmgr.ActionDowngrade], c[pkgmgr.ActionObsoleted], c[pkgmgr.ActionRemove])
 	fmt.Fprintf(w, "  download %s, installed size %s\n", upgrader.HumanSize(p.DownloadSize), upgrader.HumanSize(p.InstallSize))
 	fmt.Fprintf(w, "  snapshot: %s, signatures: %s\n", p.Snapshot, p.SignatureCheck)
+	if p.Mode == upgrader.ModeInitramfs {
+		fmt.Fprintf(w, "  mode: initramfs (applied from an upgrade initramfs booted once, before switch-root)\n")
+	}
 	for _, it := range p.Transaction {
 		if it.Action == pkgmgr.ActionRemove || it.Action == pkgmgr.ActionObsoleted {
 			fmt.Fprintf(w, "  %-9s %s: %s\n", it.Action, it.NEVRA, it.Reason)

@@ -184,7 +184,7 @@ func (g *Grub) SetOneShot(ctx context.Context, id string) error {
 	if _, err := g.entry(id); err != nil {
 		return err
 	}
-	if err := g.Check.CheckEnvWritable(g.envPath); err != nil {
+	if err := g.CheckOneShot(ctx); err != nil {
 		return err
 	}
 	env, err := g.Env()
@@ -192,6 +192,27 @@ func (g *Grub) SetOneShot(ctx context.Context, id string) error {
 		return err
 	}
 	env.Set(EnvNextEntry, id)
+	return g.writeEnv(env)
+}
+
+// CheckOneShot returns nil when SetOneShot can work here, else an error
+// wrapping ErrUnsafeEnv that says why (grub cannot clear next_entry at
+// boot). It changes nothing.
+func (g *Grub) CheckOneShot(ctx context.Context) error {
+	return g.Check.CheckEnvWritable(g.envPath)
+}
+
+// ClearOneShot cancels a pending one-time boot of id (next_entry=id); a
+// one-time boot of another entry, or none, is left as it is.
+func (g *Grub) ClearOneShot(ctx context.Context, id string) error {
+	env, err := g.Env()
+	if err != nil {
+		return err
+	}
+	if env.Value(EnvNextEntry) != id {
+		return nil
+	}
+	env.Unset(EnvNextEntry)
 	return g.writeEnv(env)
 }
 

@@ -204,22 +204,37 @@ func (s *SystemdBoot) SetOneShot(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if s.root.Dir != "/" {
-		return fmt.Errorf("one-shot boot needs EFI variables of the running system, not of %s: %w", s.root.Dir, ErrNotSupported)
-	}
-	if !exists("/sys/firmware/efi/efivars") {
-		return fmt.Errorf("one-shot boot needs EFI variables (/sys/firmware/efi/efivars missing): %w", ErrNotSupported)
-	}
-	tool := s.Bootctl
-	if tool == "" {
-		p, err := exec.LookPath(bootctlTool)
-		if err != nil {
-			return fmt.Errorf("one-shot boot needs bootctl: %w", ErrNotSupported)
-		}
-		tool = p
+	tool, err := s.oneShotTool()
+	if err != nil {
+		return err
 	}
 	_, err = s.run.run(ctx, "set the one-shot boot entry", tool, "set-oneshot", filepath.Base(e.Path))
 	return err
+}
+
+// CheckOneShot returns nil when SetOneShot can work here (the running
+// system's EFI variables and bootctl), else an error wrapping
+// ErrNotSupported that says why. It changes nothing.
+func (s *SystemdBoot) CheckOneShot(ctx context.Context) error {
+	_, err := s.oneShotTool()
+	return err
+}
+
+func (s *SystemdBoot) oneShotTool() (string, error) {
+	if s.root.Dir != "/" {
+		return "", fmt.Errorf("one-shot boot needs EFI variables of the running system, not of %s: %w", s.root.Dir, ErrNotSupported)
+	}
+	if !exists("/sys/firmware/efi/efivars") {
+		return "", fmt.Errorf("one-shot boot needs EFI variables (/sys/firmware/efi/efivars missing): %w", ErrNotSupported)
+	}
+	if s.Bootctl != "" {
+		return s.Bootctl, nil
+	}
+	p, err := exec.LookPath(bootctlTool)
+	if err != nil {
+		return "", fmt.Errorf("one-shot boot needs bootctl: %w", ErrNotSupported)
+	}
+	return p, nil
 }
 
 // efiDefaultVar is the EFI variable that overrides loader.conf's default.

@@ -148,6 +148,9 @@ func prepareOptions(o upgrader.PrepareOptions) map[string]dbus.Variant {
 		}
 		m["repos"] = dbus.MakeVariant(rs)
 	}
+	if o.Mode != "" {
+		m["mode"] = dbus.MakeVariant(o.Mode)
+	}
 	if o.SkipSignatures {
 		m["no_gpg_check"] = dbus.MakeVariant(true)
 	}

@@ -512,17 +512,22 @@ func (o object) Check(msg dbus.Message, options map[string]dbus.Variant) (bool, 
 func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus.Error {
 	var (
 		to, snap  = "", "auto"
+		mode      = upgrader.ModeTarget
 		repoSpecs []string
 		answers   []string
 		noGPG     bool
 	)
 	if derr := o.s.options("Prepare", options, map[string]any{
 		"to": &to, "repos": &repoSpecs, "snapshot": &snap, "no_gpg_check": &noGPG, "answers": &answers,
+		"mode": &mode,
 	}); derr != nil {
 		return derr
 	}
 	if to == "" {
 		return invalidArgs("Prepare needs the option to (s), the target release, e.g. 5.9")
+	}
+	if !upgrader.ValidMode(mode) {
+		return invalidArgs("Prepare: mode %q: choose target or initramfs", mode)
 	}
 	switch snap {
 	case "auto", "btrfs", "lvm", "none":
@@ -552,7 +557,7 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 	o.s.jobs.Add(1)
 	go func() {
 		defer o.s.jobs.Done()
-		p, err := o.s.engine.Prepare(o.s.ctx, upgrader.PrepareOptions{To: to, Repos: repos, Snapshot: snap, SkipSignatures: noGPG, Answers: answers})
+		p, err := o.s.engine.Prepare(o.s.ctx, upgrader.PrepareOptions{To: to, Repos: repos, Snapshot: snap, Mode: mode, SkipSignatures: noGPG, Answers: answers})
 		msg := ""
 		if err == nil {
 			c := p.Counts()
