@@ -1,15 +1,12 @@
 package dbusapi_test
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,88 +24,15 @@ import (
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
-// repoDir is the repository's top directory.
-func repoDir(t testing.TB) string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot find the source directory")
-	}
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
 // bus is a private dbus-daemon configured like a system bus, with the
-// project's policy file included.
+// project's policy file included (testenv.StartSystemBus).
 type bus struct {
-	Addr   string
-	Socket string
-	cmd    *exec.Cmd
+	Addr string
 }
 
-// startBus runs dbus-daemon with a system-bus-like configuration (deny by
-// default) that includes units/org.kos.Upgrade1.conf. Its socket lives in a
-// world-traversable directory so that a non-root user can connect.
 func startBus(t testing.TB) *bus {
 	t.Helper()
-	testenv.RequireTools(t, "dbus-daemon")
-	dir, err := os.MkdirTemp("", "kos-upgrade-bus-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(repoDir(t), "units", "org.kos.Upgrade1.conf")
-	sock := filepath.Join(dir, "system_bus_socket")
-	// The default policy of dbus's own system.conf, then ours.
-	cfg := fmt.Sprintf(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Peer"/>
-  </policy>
-  <include>%s</include>
-</busconfig>
-`, sock, policy)
-	cfgFile := filepath.Join(dir, "bus.conf")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("dbus-daemon", "--config-file="+cfgFile, "--print-address", "--nofork")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon did not start: %v\n%s", err, stderr.String())
-	}
-	return &bus{Addr: strings.TrimSpace(line), Socket: sock, cmd: cmd}
+	return &bus{Addr: testenv.StartSystemBus(t)}
 }
 
 // connect opens a connection to the bus as this process (root).

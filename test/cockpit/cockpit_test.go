@@ -31,7 +31,7 @@ func TestCockpitPlugin(t *testing.T) {
 
 	shots := os.Getenv("KOS_UPGRADE_SCREENSHOTS")
 	if shots == "" {
-		shots = filepath.Join(repoDir(t), "test", "cockpit", "screenshots")
+		shots = filepath.Join(testenv.RepoDir(t), "test", "cockpit", "screenshots")
 	}
 	shots, _ = filepath.Abs(shots)
 	os.RemoveAll(shots)

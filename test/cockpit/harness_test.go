@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,89 +38,14 @@ const (
 	installedPath = "/usr/bin/kos-upgrade" // manifest.json's condition
 )
 
-// repoDir is the repository's top directory.
-func repoDir(t testing.TB) string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot find the source directory")
-	}
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
-// worldDir makes a temporary directory that every user may traverse.
-func worldDir(t testing.TB, pattern string) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", pattern)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 type bus struct {
 	Addr string
 }
 
-// startBus runs dbus-daemon configured like the system bus (deny by
-// default) with units/org.kos.Upgrade1.conf included, on a socket a
-// non-root user can reach.
+// startBus runs the private system-like bus of testenv.StartSystemBus.
 func startBus(t testing.TB) *bus {
 	t.Helper()
-	dir := worldDir(t, "kos-upgrade-cockpit-bus-")
-	sock := filepath.Join(dir, "system_bus_socket")
-	policy := filepath.Join(repoDir(t), "units", "org.kos.Upgrade1.conf")
-	cfg := fmt.Sprintf(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Peer"/>
-  </policy>
-  <include>%s</include>
-</busconfig>
-`, sock, policy)
-	cfgFile := filepath.Join(dir, "bus.conf")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("dbus-daemon", "--config-file="+cfgFile, "--print-address", "--nofork")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon did not start: %v\n%s", err, stderr.String())
-	}
-	return &bus{Addr: strings.TrimSpace(line)}
+	return &bus{Addr: testenv.StartSystemBus(t)}
 }
 
 // waitOwner waits until org.kos.Upgrade1 has an owner on b.
@@ -158,7 +82,7 @@ func newSystem(t testing.TB) (root string, set *fixture.Set) {
 	testenv.Run(t, "btrfs", "subvolume", "create", filepath.Join(fs.Top, "@"))
 	id := strings.TrimSpace(testenv.Run(t, "btrfs", "inspect-internal", "rootid", filepath.Join(fs.Top, "@")))
 	testenv.Run(t, "btrfs", "subvolume", "set-default", id, fs.Top)
-	root = filepath.Join(worldDir(t, "kos-upgrade-cockpit-root-"), "root")
+	root = filepath.Join(testenv.WorldDir(t, "kos-upgrade-cockpit-root-"), "root")
 	fs.MountSubvol(t, "@", root)
 	if err := fixture.InstallBase(context.Background(), set, root); err != nil {
 		t.Fatal(err)
@@ -169,9 +93,9 @@ func newSystem(t testing.TB) (root string, set *fixture.Set) {
 // binary builds kos-upgrade into a world-readable directory.
 func binary(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(worldDir(t, "kos-upgrade-cockpit-bin-"), "kos-upgrade")
+	bin := filepath.Join(testenv.WorldDir(t, "kos-upgrade-cockpit-bin-"), "kos-upgrade")
 	cmd := exec.Command("go", "build", "-o", bin, "github.com/keyarchos/kos-upgrade/cmd/kos-upgrade")
-	cmd.Dir = repoDir(t)
+	cmd.Dir = testenv.RepoDir(t)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("cannot build kos-upgrade: %v\n%s", err, out)
 	}
@@ -238,12 +162,12 @@ func startDaemon(t testing.TB, b *bus, bin, root string) *logBuffer {
 // /usr/bin/kos-upgrade (not installed on a test machine).
 func pluginDataDir(t testing.TB, bin string) string {
 	t.Helper()
-	data := worldDir(t, "kos-upgrade-cockpit-data-")
+	data := testenv.WorldDir(t, "kos-upgrade-cockpit-data-")
 	dst := filepath.Join(data, "cockpit", "kos-upgrade")
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	src := filepath.Join(repoDir(t), "cockpit", "kos-upgrade")
+	src := filepath.Join(testenv.RepoDir(t), "cockpit", "kos-upgrade")
 	entries, err := os.ReadDir(src)
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +214,7 @@ func startCockpit(t testing.TB, b *bus, dataDir string, local bool) (string, *lo
 		args = append(args, "--no-tls")
 	}
 	cmd := exec.Command(cockpitWS, args...)
-	runtimeDir := worldDir(t, "kos-upgrade-cockpit-run-")
+	runtimeDir := testenv.WorldDir(t, "kos-upgrade-cockpit-run-")
 	cmd.Env = append(os.Environ(),
 		"DBUS_SYSTEM_BUS_ADDRESS="+b.Addr,
 		// A session bus address that exists nowhere: otherwise the
@@ -399,7 +323,7 @@ var npmErr error
 // browser download: the test drives Debian's chromium) with npm ci.
 func nodeModules(t testing.TB) string {
 	t.Helper()
-	dir := filepath.Join(repoDir(t), "test", "cockpit")
+	dir := filepath.Join(testenv.RepoDir(t), "test", "cockpit")
 	npmOnce.Do(func() {
 		if _, err := os.Stat(filepath.Join(dir, "node_modules", "playwright-core", "package.json")); err == nil {
 			return
