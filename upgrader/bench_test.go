@@ -99,11 +99,8 @@ type applyBenchResult struct {
 // with their own clocks.
 func runApplyBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs []string, v2 string) applyBenchResult {
 	fs := testenv.NewBtrfs(b, 3072)
-	testenv.Run(b, "btrfs", "subvolume", "create", filepath.Join(fs.Top, "@"))
-	id := strings.TrimSpace(testenv.Run(b, "btrfs", "inspect-internal", "rootid", filepath.Join(fs.Top, "@")))
-	testenv.Run(b, "btrfs", "subvolume", "set-default", id, fs.Top)
 	root := filepath.Join(b.TempDir(), "root")
-	fs.MountSubvol(b, "@", root)
+	fs.MakeDefaultRoot(b, "@", root)
 	if err := fixture.InstallBase(ctx, set, root); err != nil {
 		b.Fatal(err)
 	}

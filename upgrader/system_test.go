@@ -42,11 +42,8 @@ func newSystem(t *testing.T) *system {
 	testenv.RequireTools(t, "rpm", "rpmkeys", "btrfs", "/usr/bin/python3")
 	set := fixture.MustBuild(t)
 	fs := testenv.NewBtrfs(t, 1024)
-	testenv.Run(t, "btrfs", "subvolume", "create", filepath.Join(fs.Top, "@"))
-	id := strings.TrimSpace(testenv.Run(t, "btrfs", "inspect-internal", "rootid", filepath.Join(fs.Top, "@")))
-	testenv.Run(t, "btrfs", "subvolume", "set-default", id, fs.Top)
 	root := filepath.Join(t.TempDir(), "root")
-	fs.MountSubvol(t, "@", root)
+	fs.MakeDefaultRoot(t, "@", root)
 	if err := fixture.InstallBase(context.Background(), set, root); err != nil {
 		t.Fatal(err)
 	}

@@ -64,9 +64,6 @@ func newSystem(t testing.TB) *system {
 	testenv.RequireTools(t, "rpm", "rpmkeys", "btrfs", "/usr/bin/python3", "dbus-daemon")
 	set := fixture.MustBuild(t)
 	fs := testenv.NewBtrfs(t, 1024)
-	testenv.Run(t, "btrfs", "subvolume", "create", filepath.Join(fs.Top, "@"))
-	id := strings.TrimSpace(testenv.Run(t, "btrfs", "inspect-internal", "rootid", filepath.Join(fs.Top, "@")))
-	testenv.Run(t, "btrfs", "subvolume", "set-default", id, fs.Top)
 	// A world-traversable parent: the non-root test user reads the state.
 	parent, err := os.MkdirTemp("", "kos-upgrade-dbus-root-")
 	if err != nil {
@@ -75,7 +72,7 @@ func newSystem(t testing.TB) *system {
 	t.Cleanup(func() { os.RemoveAll(parent) })
 	os.Chmod(parent, 0o755)
 	root := filepath.Join(parent, "root")
-	fs.MountSubvol(t, "@", root)
+	fs.MakeDefaultRoot(t, "@", root)
 	if err := fixture.InstallBase(context.Background(), set, root); err != nil {
 		t.Fatal(err)
 	}

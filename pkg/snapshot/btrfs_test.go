@@ -19,10 +19,8 @@ import (
 func newBtrfsRoot(t testing.TB, sizeMB int) (fs *testenv.Btrfs, rootDir string) {
 	t.Helper()
 	fs = testenv.NewBtrfs(t, sizeMB)
-	testenv.Run(t, "btrfs", "subvolume", "create", filepath.Join(fs.Top, "@"))
-	testenv.Run(t, "btrfs", "subvolume", "set-default", filepath.Join(fs.Top, "@"))
 	rootDir = filepath.Join(t.TempDir(), "sysroot")
-	fs.MountSubvol(t, "@", rootDir)
+	fs.MakeDefaultRoot(t, "@", rootDir)
 	writeTree(t, rootDir)
 	return fs, rootDir
 }

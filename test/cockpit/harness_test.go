@@ -79,11 +79,8 @@ func newSystem(t testing.TB) (root string, set *fixture.Set) {
 	t.Helper()
 	set = fixture.MustBuild(t)
 	fs := testenv.NewBtrfs(t, 1024)
-	testenv.Run(t, "btrfs", "subvolume", "create", filepath.Join(fs.Top, "@"))
-	id := strings.TrimSpace(testenv.Run(t, "btrfs", "inspect-internal", "rootid", filepath.Join(fs.Top, "@")))
-	testenv.Run(t, "btrfs", "subvolume", "set-default", id, fs.Top)
 	root = filepath.Join(testenv.WorldDir(t, "kos-upgrade-cockpit-root-"), "root")
-	fs.MountSubvol(t, "@", root)
+	fs.MakeDefaultRoot(t, "@", root)
 	if err := fixture.InstallBase(context.Background(), set, root); err != nil {
 		t.Fatal(err)
 	}

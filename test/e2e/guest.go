@@ -125,10 +125,7 @@ func NewGuest(t *testing.T) *Guest {
 	g := &Guest{Set: set, dir: dir, Root: filepath.Join(dir, "root"), Shared: filepath.Join(dir, "shared"),
 		Binary: filepath.Join(tree, "usr/bin/kos-upgrade")}
 	g.FS = testenv.NewBtrfs(t, 3072)
-	testenv.Run(t, "btrfs", "subvolume", "create", filepath.Join(g.FS.Top, "@"))
-	id := strings.TrimSpace(testenv.Run(t, "btrfs", "inspect-internal", "rootid", filepath.Join(g.FS.Top, "@")))
-	testenv.Run(t, "btrfs", "subvolume", "set-default", id, g.FS.Top)
-	g.FS.MountSubvol(t, "@", g.Root)
+	g.FS.MakeDefaultRoot(t, "@", g.Root)
 	testenv.Run(t, "tar", "--numeric-owner", "--xattrs", "-C", g.Root, "-xf", tarball)
 	if err := fixture.InstallBase(ctx, set, g.Root); err != nil {
 		t.Fatal(err)

@@ -3,13 +3,14 @@ package e2e
 import (
 	"errors"
 	"fmt"
-	"github.com/keyarchos/kos-upgrade/test/testenv"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
 // maxBoots bounds every scenario: more boots than that is a reboot loop.

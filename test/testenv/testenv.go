@@ -109,6 +109,16 @@ func (b *Btrfs) MountSubvol(t testing.TB, sub, dir string) {
 	t.Cleanup(func() { UnmountAll(dir) })
 }
 
+// MakeDefaultRoot creates subvolume name, makes it the default subvolume
+// (what a boot loader without subvol= boots) and mounts it at dir, as the
+// root of an installed system.
+func (b *Btrfs) MakeDefaultRoot(t testing.TB, name, dir string) {
+	t.Helper()
+	Run(t, "btrfs", "subvolume", "create", filepath.Join(b.Top, name))
+	Run(t, "btrfs", "subvolume", "set-default", filepath.Join(b.Top, name))
+	b.MountSubvol(t, name, dir)
+}
+
 // UnmountAll lazily unmounts dir and everything below it; errors are ignored
 // (cleanup only).
 func UnmountAll(dir string) {
