@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
 
 // Finding keys. They are stable: scripts, answers and docs/report.md
@@ -24,6 +25,7 @@ const (
 	KeySnapshotNone     = "snapshot.none"
 	KeySnapshotUnusable = "snapshot.unavailable"
 	KeySeparateMounts   = "snapshot.separate-mounts"
+	KeyThinPool         = "snapshot.thin-pool"
 	KeySpaceRoot        = "space.root"
 	KeySpaceState       = "space.state"
 	KeySpaceUnknown     = "space.unknown"
@@ -73,6 +75,16 @@ const (
 	BootKernelFactor = 3
 )
 
+// Thin pool warning levels, in percent of the data and metadata space of
+// the root's thin pool in use (docs/report.md): from here
+// snapshot.thin-pool warns; at pkg/snapshot's ThinPoolDataMax and
+// ThinPoolMetadataMax, where the LVM backend refuses the snapshot, it
+// inhibits.
+const (
+	ThinPoolDataWarn     = 75.0
+	ThinPoolMetadataWarn = 60.0
+)
+
 // margin returns need plus the safety margin.
 func margin(need int64) int64 {
 	return need + need*MarginPercent/100 + MarginFixed
@@ -83,7 +95,7 @@ type check func(f *Facts) []Finding
 
 // checks run in this order (the report is sorted afterwards).
 var checks = []check{
-	checkRoot, checkRelease, checkMigration, checkState, checkSnapshot, checkSpace, checkBoot, checkDeps,
+	checkRoot, checkRelease, checkMigration, checkState, checkSnapshot, checkThinPool, checkSpace, checkBoot, checkDeps,
 	checkTransaction, checkThirdParty, checkModules, checkKeys, checkSecurity, checkFacts,
 }
 
@@ -328,6 +340,60 @@ func checkSnapshot(f *Facts) []Finding {
 		})
 	}
 	return out
+}
+
+// checkThinPool judges the thin pool of a thin-LV root, where the LVM
+// backend makes the snapshot the upgrade runs in: every byte the upgrade
+// writes there is new data in the pool, which the running root shares.
+func checkThinPool(f *Facts) []Finding {
+	l := f.Snapshot.LVM
+	if f.Snapshot.Backend != "lvm" || l == nil || l.Pool == "" || l.ThinPool == nil {
+		return nil
+	}
+	p := l.ThinPool
+	u := snapshot.ThinPoolUsage{VG: l.VG, Pool: l.Pool, Size: p.Size, Data: p.DataPercent, Metadata: p.MetadataPercent, Health: p.Health}
+	pool := l.VG + "/" + l.Pool
+	fd := Finding{
+		Key: KeyThinPool,
+		Details: []string{fmt.Sprintf("thin pool %s: data %.2f%% of %s in use (%s free), metadata %.2f%% in use",
+			pool, p.DataPercent, Size(p.Size), Size(u.Free()), p.MetadataPercent)},
+		Remediations: []Remediation{
+			hint("extend the pool: lvextend --size +SIZE %s (data), lvextend --poolmetadatasize +SIZE %s (metadata); vgextend %s first if the volume group has no free extents", pool, pool, l.VG),
+			hint("or free space in it: remove the thin LVs and snapshots you no longer need (kos-upgrade clean, lvremove), fstrim the mounted thin filesystems"),
+		},
+	}
+	// What the upgrade writes into the pool: as with a btrfs snapshot,
+	// every byte installed, and the download when it is staged in the root.
+	var need int64
+	var what string
+	if a := f.Assessment; a != nil {
+		need, what = a.InstallSize, Size(a.InstallSize)+" to install"
+		if f.StateFS != nil && f.RootFS != nil && sameFS(f.StateFS, f.RootFS) {
+			need += a.DownloadSize
+			what = Size(a.DownloadSize) + " to download + " + what
+		}
+		need = margin(need)
+	}
+	switch problem := u.Problem(); {
+	case problem != "":
+		fd.Severity, fd.Groups = High, inhibitor("snapshot")
+		fd.Title = "The root's thin pool is too full for a snapshot"
+		fd.Summary = fmt.Sprintf("The upgrade runs in a thin snapshot of the root, which shares pool %s with the running root; a pool that runs out of space stops every LV in it, the running root included. kos-upgrade refuses to create the snapshot: %s.",
+			pool, problem)
+	case need > 0 && u.Free() < need:
+		fd.Severity, fd.Groups = High, inhibitor("snapshot", "space")
+		fd.Title = "Not enough free space in the root's thin pool"
+		fd.Summary = fmt.Sprintf("The upgrade writes about %s (%s; + %d%% + %s margin) into a thin snapshot in pool %s, which has %s free, %s short; a pool that runs out of space stops every LV in it, the running root included.",
+			Size(need), what, MarginPercent, Size(MarginFixed), pool, Size(u.Free()), Size(need-u.Free()))
+	case p.DataPercent >= ThinPoolDataWarn || p.MetadataPercent >= ThinPoolMetadataWarn:
+		fd.Severity, fd.Groups = Medium, []string{"snapshot"}
+		fd.Title = "The root's thin pool is nearly full"
+		fd.Summary = fmt.Sprintf("Pool %s, where the upgrade's snapshot goes, has %.2f%% of its data and %.2f%% of its metadata space in use (warning from %g%% data or %g%% metadata); kos-upgrade refuses the snapshot from %g%% data or %g%% metadata, and the upgrade fills the pool further.",
+			pool, p.DataPercent, p.MetadataPercent, ThinPoolDataWarn, ThinPoolMetadataWarn, snapshot.ThinPoolDataMax, snapshot.ThinPoolMetadataMax)
+	default:
+		return nil
+	}
+	return []Finding{fd}
 }
 
 // sameFS reports whether a and b share their free space.

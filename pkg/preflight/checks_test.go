@@ -111,6 +111,24 @@ func TestChecks(t *testing.T) {
 			f.Snapshot.LVM = &preflight.LVMFacts{VG: "vg0", LV: "root", Size: 10 << 30, VGFree: 1 << 30}
 		}, nil, preflight.KeySnapshotUnusable, preflight.High, true, "not enough"},
 		{"snapshot none", func(f *preflight.Facts) { f.Snapshot.Backend = "none" }, nil, preflight.KeySnapshotNone, preflight.High, false, "no rollback"},
+		{"thin pool with room", thinRoot(74.99, 59.99, ""), nil, preflight.KeyThinPool, "", false, ""},
+		{"thin pool nearly full", thinRoot(75, 10, ""), nil, preflight.KeyThinPool, preflight.Medium, false, "75.00% of its data"},
+		{"thin pool metadata nearly full", thinRoot(20, 60, ""), nil, preflight.KeyThinPool, preflight.Medium, false, "60.00% of its metadata"},
+		{"thin pool data full", thinRoot(90, 10, ""), nil, preflight.KeyThinPool, preflight.High, true, "vg0/pool has 90.00% of its data space (20480.0 MiB) in use"},
+		{"thin pool metadata full", thinRoot(20, 80, ""), nil, preflight.KeyThinPool, preflight.High, true, "80.00% of its metadata space in use, at or above the 80% limit"},
+		{"thin pool out of data space", thinRoot(100, 10, "out of data space"), nil, preflight.KeyThinPool, preflight.High, true, "is out of data space"},
+		{"thin pool too small for the upgrade", func(f *preflight.Facts) {
+			thinRoot(70, 10, "")(f)
+			f.Snapshot.LVM.ThinPool.Size = 1 << 30 // 307.2 MiB free; 35 + 90 + 10% + 200 = 337.5 MiB needed
+		}, nil, preflight.KeyThinPool, preflight.High, true, "337.5 MiB (35.0 MiB to download + 90.0 MiB to install"},
+		{"thin pool not used without the LVM backend", func(f *preflight.Facts) {
+			thinRoot(95, 90, "")(f)
+			f.Snapshot.Backend = "none"
+		}, nil, preflight.KeyThinPool, "", false, ""},
+		{"thin pool usage unknown", func(f *preflight.Facts) {
+			thinRoot(95, 90, "")(f)
+			f.Snapshot.LVM.ThinPool = nil
+		}, nil, preflight.KeyThinPool, "", false, ""},
 		{"separate /var", func(f *preflight.Facts) { f.SeparateMounts = []string{"/var (xfs on /dev/vdb1)"} }, nil, preflight.KeySeparateMounts, preflight.High, true, "/var"},
 		{"root full", func(f *preflight.Facts) { f.RootFS.Free = 250 * MiB; f.StateFS.Free = 250 * MiB }, nil, preflight.KeySpaceRoot, preflight.High, true, "short"},
 		{"state dir full", func(f *preflight.Facts) {
@@ -200,6 +218,16 @@ func TestChecks(t *testing.T) {
 				t.Errorf("inhibitor %s has no remediation", tc.key)
 			}
 		})
+	}
+}
+
+// thinRoot puts the root on a thin LV whose 20 GiB pool has data and meta
+// percent in use.
+func thinRoot(data, meta float64, health string) func(f *preflight.Facts) {
+	return func(f *preflight.Facts) {
+		f.Snapshot.Backend = "lvm"
+		f.Snapshot.LVM = &preflight.LVMFacts{VG: "vg0", LV: "root", Pool: "pool", Size: 10 << 30,
+			ThinPool: &preflight.ThinPoolFacts{Size: 20 << 30, DataPercent: data, MetadataPercent: meta, Health: health}}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -127,6 +128,21 @@ type LVMFacts struct {
 	VGFree int64  `json:"vg_free"`
 	// PoolFree is the free data space of the thin pool.
 	PoolFree int64 `json:"pool_free,omitempty"`
+	// ThinPool is how full the thin pool is; nil for a thick LV, or when
+	// lvs could not say (Facts.Errors has why).
+	ThinPool *ThinPoolFacts `json:"thin_pool,omitempty"`
+}
+
+// ThinPoolFacts is how full the thin pool of the root is.
+type ThinPoolFacts struct {
+	Size int64 `json:"size"` // bytes of data space
+	// DataPercent and MetadataPercent are the percentages of its data and
+	// metadata space in use.
+	DataPercent     float64 `json:"data_percent"`
+	MetadataPercent float64 `json:"metadata_percent"`
+	// Health is "" when healthy, else lvm2's verdict ("out of data
+	// space", "metadata read-only", "failed").
+	Health string `json:"health,omitempty"`
 }
 
 // FSFacts is one filesystem and its free space.
@@ -301,7 +317,7 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 		}
 		f.SeparateMounts = separateMounts(mounts, root, &f.Errors)
 		if f.RootFS != nil && isLVM(f.RootFS.Source) {
-			if lvm, err := lvmFacts(ctx, f.RootFS.Source); err == nil {
+			if lvm, err := lvmFacts(ctx, f.RootFS.Source, &f.Errors); err == nil {
 				f.Snapshot.LVM = lvm
 			} else {
 				errf("cannot describe the root's logical volume: %v", err)
@@ -447,8 +463,9 @@ func isLVM(source string) bool {
 		strings.HasPrefix(source, "/dev/dm-")
 }
 
-// lvmFacts asks lvs about the logical volume at dev.
-func lvmFacts(ctx context.Context, dev string) (*LVMFacts, error) {
+// lvmFacts asks lvs about the logical volume at dev, and about its thin
+// pool (what cannot be read of the pool goes to errs).
+func lvmFacts(ctx context.Context, dev string, errs *[]string) (*LVMFacts, error) {
 	out, err := exec.CommandContext(ctx, "lvs", "--noheadings", "--units", "b", "--nosuffix", "--separator", "|",
 		"-o", "vg_name,lv_name,pool_lv,lv_size,vg_free", dev).Output()
 	if err != nil {
@@ -462,16 +479,15 @@ func lvmFacts(ctx context.Context, dev string) (*LVMFacts, error) {
 	l.Size, _ = strconv.ParseInt(strings.TrimSpace(fl[3]), 10, 64)
 	l.VGFree, _ = strconv.ParseInt(strings.TrimSpace(fl[4]), 10, 64)
 	if l.Pool != "" {
-		out, err := exec.CommandContext(ctx, "lvs", "--noheadings", "--units", "b", "--nosuffix", "--separator", "|",
-			"-o", "lv_size,data_percent", l.VG+"/"+l.Pool).Output()
-		if err == nil {
-			pf := strings.Split(strings.TrimSpace(string(out)), "|")
-			if len(pf) == 2 {
-				size, _ := strconv.ParseInt(strings.TrimSpace(pf[0]), 10, 64)
-				pct, _ := strconv.ParseFloat(strings.TrimSpace(pf[1]), 64)
-				l.PoolFree = int64(float64(size) * (100 - pct) / 100)
-			}
+		// The snapshot backend's own reading, so that check and apply
+		// judge the pool alike.
+		u, err := snapshot.ReadThinPool(ctx, nil, l.VG, l.Pool)
+		if err != nil {
+			*errs = append(*errs, fmt.Sprintf("cannot tell how full the thin pool of the root is: %v", err))
+			return l, nil
 		}
+		l.PoolFree = u.Free()
+		l.ThinPool = &ThinPoolFacts{Size: u.Size, DataPercent: u.Data, MetadataPercent: u.Metadata, Health: u.Health}
 	}
 	return l, nil
 }

@@ -35,6 +35,19 @@ const LVMDefaultTag = "kos_upgrade_default:"
 // lvmSnapshotMin is the smallest thick snapshot the backend creates.
 const lvmSnapshotMin = 64 << 20
 
+// Thin pool limits, in percent of the pool's data and metadata space in
+// use: Create refuses a thin snapshot at or above either (docs/lvm.md).
+// A thin snapshot shares the pool with its origin: every block the
+// transaction writes takes new data space, the snapshot's mappings take
+// metadata. A pool out of data space stops every LV in it, the running
+// root included (writes queue, then fail); one out of metadata goes
+// read-only and needs lvconvert --repair, the harder failure, hence the
+// lower metadata limit (it is also where dmeventd starts warning).
+const (
+	ThinPoolDataMax     = 90.0
+	ThinPoolMetadataMax = 80.0
+)
+
 // LVMName returns the snapshot name the LVM backend uses for label (the LV
 // is LVMPrefix+label).
 func LVMName(label string) string { return BtrfsDir + "/" + label }
@@ -45,7 +58,9 @@ func LVMName(label string) string { return BtrfsDir + "/" + label }
 // Thin LV (in a thin pool): apply into the snapshot, as btrfs. Create makes
 // a writable thin snapshot (lvcreate -s -kn, so it activates without -K)
 // and mounts it at <workDir>/<lv> (XFS with nouuid: it has the origin's
-// UUID); the transaction runs there. Activate cannot make an LV boot: that
+// UUID); the transaction runs there. It refuses with ErrNotSupported when
+// the pool is unhealthy or at or above ThinPoolDataMax or
+// ThinPoolMetadataMax. Activate cannot make an LV boot: that
 // is the root= (and rd.lvm.lv=) of the default boot entry, which the
 // caller retargets after Activate (pkg/boot RetargetRoot with
 // RootSpec{LVMVG: VG(), LVMLV: LV(name)}). Activate records the choice in
@@ -82,6 +97,9 @@ type LVM struct {
 	// the default boot entry boots, for Default on thin LVs. Nil: the
 	// LV Activate recorded in the VG tag, else the current root.
 	DefaultLV func(ctx context.Context) (string, error)
+
+	// exec runs the backend's commands; nil runs them (tests fake it).
+	exec func(ctx context.Context, what string, argv ...string) (string, error)
 
 	rootDir string // resolved mount point of the root
 	workDir string // where snapshots are mounted, <workDir>/<lv>
@@ -120,10 +138,15 @@ type lvInfo struct {
 	VGExtentSize string `json:"vg_extent_size"`
 	VGFreeCount  string `json:"vg_free_count"`
 	VGTags       string `json:"vg_tags"`
+	// Of a thin pool: the percentage of its data and metadata space in
+	// use ("12.34"); "" when inactive. Other LVs report their own usage
+	// (thin LV, thick snapshot) or "".
+	DataPercent     string `json:"data_percent"`
+	MetadataPercent string `json:"metadata_percent"`
 }
 
 // lvFields is the -o of every lvs: the json keys of lvInfo.
-const lvFields = "lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,lv_dm_path,lv_kernel_major,lv_kernel_minor,lv_time,lv_uuid,vg_extent_size,vg_free_count,vg_tags"
+const lvFields = "lv_name,vg_name,lv_attr,lv_size,pool_lv,origin,lv_dm_path,lv_kernel_major,lv_kernel_minor,lv_time,lv_uuid,vg_extent_size,vg_free_count,vg_tags,data_percent,metadata_percent"
 
 // attr returns character i of lv_attr, or 0.
 func (lv lvInfo) attr(i int) byte {
@@ -394,6 +417,9 @@ func (l *LVM) Create(ctx context.Context, name string) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("cannot create snapshot %s: LV %s exists: %w", name, lv.full(), ErrExists)
 	}
 	if l.thin {
+		if err := l.checkThinPool(st, what); err != nil {
+			return Snapshot{}, err
+		}
 		if _, err := l.run(ctx, what, lvmTool, "lvcreate", "--snapshot", "--setactivationskip", "n", "--name", lvName, st.cur.full()); err != nil {
 			return Snapshot{}, err
 		}
@@ -431,6 +457,114 @@ func (l *LVM) Create(ctx context.Context, name string) (Snapshot, error) {
 	s := l.snapshot(lv, st.def)
 	s.Path = l.rootDir
 	return s, nil
+}
+
+// checkThinPool refuses a thin snapshot (the error says why and what to
+// do) when the root's pool is unhealthy or at or above ThinPoolDataMax or
+// ThinPoolMetadataMax.
+func (l *LVM) checkThinPool(st lvmState, what string) error {
+	pool, ok := st.find(st.cur.Pool)
+	if !ok {
+		return fmt.Errorf("cannot %s: lvs does not report %s/%s, the thin pool of the root %s", what, l.vg, st.cur.Pool, st.cur.full())
+	}
+	u, err := thinPoolUsage(pool)
+	if err != nil {
+		return fmt.Errorf("cannot %s: %w", what, err)
+	}
+	if p := u.Problem(); p != "" {
+		return fmt.Errorf("cannot %s: %s: a snapshot upgraded in a full pool stops every LV in it, the running root included; %s, then try again: %w",
+			what, p, ThinPoolRemedy(u.VG, u.Pool), ErrNotSupported)
+	}
+	l.logger().Debug("thin pool has room for a snapshot", "pool", u.VG+"/"+u.Pool, "data_percent", u.Data, "metadata_percent", u.Metadata)
+	return nil
+}
+
+// ThinPoolUsage is how full a thin pool is.
+type ThinPoolUsage struct {
+	VG   string
+	Pool string
+	// Size is the pool's data space in bytes.
+	Size int64
+	// Data and Metadata are the percentages of the pool's data and
+	// metadata space in use.
+	Data     float64
+	Metadata float64
+	// Health is "" for a healthy pool, else what lvm2 says is wrong with
+	// it (lv_attr's health character): "failed", "out of data space" or
+	// "metadata read-only".
+	Health string
+}
+
+// Free returns the pool's free data space in bytes.
+func (u ThinPoolUsage) Free() int64 { return int64(float64(u.Size) * (100 - u.Data) / 100) }
+
+// Problem says why a thin snapshot must not be made in the pool ("thin
+// pool vg/pool has 93.10% of its data space in use, at or above the 90%
+// limit"), or returns "" when it may.
+func (u ThinPoolUsage) Problem() string {
+	var p []string
+	if u.Health != "" {
+		p = append(p, "is "+u.Health)
+	}
+	if u.Data >= ThinPoolDataMax {
+		p = append(p, fmt.Sprintf("has %.2f%% of its data space (%s) in use, at or above the %g%% limit", u.Data, humanBytes(u.Size), ThinPoolDataMax))
+	}
+	if u.Metadata >= ThinPoolMetadataMax {
+		p = append(p, fmt.Sprintf("has %.2f%% of its metadata space in use, at or above the %g%% limit", u.Metadata, ThinPoolMetadataMax))
+	}
+	if len(p) == 0 {
+		return ""
+	}
+	return "thin pool " + u.VG + "/" + u.Pool + " " + strings.Join(p, " and ")
+}
+
+// ThinPoolRemedy says how to make room in thin pool vg/pool.
+func ThinPoolRemedy(vg, pool string) string {
+	return fmt.Sprintf("extend the pool (lvextend --size +SIZE %[1]s/%[2]s for data, lvextend --poolmetadatasize +SIZE %[1]s/%[2]s for metadata; vgextend %[1]s first if the VG has no free extents) or free space in it (remove the thin LVs and snapshots you no longer need: kos-upgrade clean, lvremove; fstrim the mounted thin filesystems)", vg, pool)
+}
+
+// thinPoolUsage reads the usage of pool from its lvs row.
+func thinPoolUsage(pool lvInfo) (ThinPoolUsage, error) {
+	u := ThinPoolUsage{VG: pool.VG, Pool: pool.Name, Size: pool.sizeBytes()}
+	if pool.attr(0) != 't' {
+		return u, fmt.Errorf("%s is not a thin pool (lv_attr %s)", pool.full(), pool.Attr)
+	}
+	d, derr := strconv.ParseFloat(pool.DataPercent, 64)
+	m, merr := strconv.ParseFloat(pool.MetadataPercent, 64)
+	if derr != nil || merr != nil {
+		return u, fmt.Errorf("lvs reports no usage for thin pool %s (data_percent %q, metadata_percent %q, lv_attr %s): is it active?",
+			pool.full(), pool.DataPercent, pool.MetadataPercent, pool.Attr)
+	}
+	u.Data, u.Metadata = d, m
+	switch pool.attr(8) {
+	case 'F':
+		u.Health = "failed"
+	case 'D':
+		u.Health = "out of data space"
+	case 'M':
+		u.Health = "metadata read-only"
+	}
+	return u, nil
+}
+
+// ReadThinPool reads how full the thin pool vg/pool is, with the lvs
+// report the backend uses (JSON, LANG=C). log nil means slog.Default().
+func ReadThinPool(ctx context.Context, log *slog.Logger, vg, pool string) (ThinPoolUsage, error) {
+	what := "read the usage of thin pool " + vg + "/" + pool
+	lvs, err := (&LVM{Logger: log}).lvs(ctx, what, vg+"/"+pool)
+	if err != nil {
+		return ThinPoolUsage{}, err
+	}
+	for _, lv := range lvs {
+		if lv.Name == pool && !lv.Hidden {
+			u, err := thinPoolUsage(lv)
+			if err != nil {
+				return u, fmt.Errorf("cannot %s: %w", what, err)
+			}
+			return u, nil
+		}
+	}
+	return ThinPoolUsage{}, fmt.Errorf("cannot %s: lvs does not report it", what)
 }
 
 func humanBytes(n int64) string {
@@ -859,5 +993,8 @@ func lvTime(s string) string {
 func (l *LVM) logger() *slog.Logger { return runner{log: l.Logger}.logger() }
 
 func (l *LVM) run(ctx context.Context, what string, argv ...string) (string, error) {
+	if l.exec != nil {
+		return l.exec(ctx, what, argv...)
+	}
 	return runner{log: l.Logger, env: []string{"LANG=C", "LC_ALL=C"}}.run(ctx, what, argv...)
 }
