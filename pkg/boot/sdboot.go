@@ -182,7 +182,10 @@ func (s *SystemdBoot) RemoveEntry(ctx context.Context, id string) error {
 }
 
 // SetDefault implements Bootloader: loader.conf "default" matches exactly
-// id (with or without counter); a trial is ended.
+// id (with or without counter); a trial is ended. When no trial is armed
+// and loader.conf already picks id, it is left as it is: its pattern (say
+// "<machine-id>-*") is the admin's, and also picks the kernels installed
+// later, which an exact pattern would never boot.
 func (s *SystemdBoot) SetDefault(ctx context.Context, id string) error {
 	if _, err := ReadEntry(s.entriesDir, id); err != nil {
 		return err
@@ -190,6 +193,11 @@ func (s *SystemdBoot) SetDefault(ctx context.Context, id string) error {
 	c, err := s.loaderConf()
 	if err != nil {
 		return err
+	}
+	if _, armed := getTrial(c); !armed {
+		if def, err := s.Default(ctx); err == nil && def == id {
+			return nil
+		}
 	}
 	setTrial(c, nil)
 	c.Set("default", exactPattern(id))

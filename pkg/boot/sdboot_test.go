@@ -269,3 +269,42 @@ func TestSystemdBootRefusals(t *testing.T) {
 		t.Errorf("default %s", def)
 	}
 }
+
+// Setting the default that loader.conf picks already keeps its pattern (a
+// rollback does that after restoring /boot): an exact pattern would pin the
+// old kernel and never boot the ones installed later.
+func TestSystemdBootSetDefaultKeepsPattern(t *testing.T) {
+	ctx := context.Background()
+	const conf = "timeout 3\ndefault m-*\n"
+	s := sdRoot(t, conf)
+	if err := s.SetDefault(ctx, "m-6.1.0-9"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(s.ESP(), LoaderConfRel)); string(got) != conf {
+		t.Errorf("loader.conf after setting the current default:\n%s\nwas\n%s", got, conf)
+	}
+	// Another entry, or the same one under a trial, still gets an exact
+	// pattern.
+	if err := s.AddEntry(ctx, mkEntry("kos-upgrade-m-6.1.0-10", "sort-key debian\nmachine-id m\nversion 6.1.0-10\n", Counter{})); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDefault(ctx, "kos-upgrade-m-6.1.0-10"); err != nil {
+		t.Fatal(err)
+	}
+	if def, _ := s.Default(ctx); def != "kos-upgrade-m-6.1.0-10" {
+		t.Errorf("default %s after SetDefault of another entry", def)
+	}
+	s2 := sdRoot(t, conf)
+	if err := s2.AddEntry(ctx, mkEntry("kos-upgrade-m-6.1.0-10", "sort-key debian\nmachine-id m\nversion 6.1.0-10\n", Counter{})); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.TrialBoot(ctx, "kos-upgrade-m-6.1.0-10", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.SetDefault(ctx, "kos-upgrade-m-6.1.0-10"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s2.Trial(ctx); st.Active {
+		t.Errorf("SetDefault of the entry on trial left the trial armed: %+v", st)
+	}
+}
