@@ -23,21 +23,38 @@ const (
 )
 
 // bootSystem is a system (newSystem) with kernel 5.8.0 installed and a
-// separate /boot (ext4 on a loop device) laid out as EL8's grub2 with BLS
-// entries: the kernel's entry as default in grubenv, its kernel and
-// initramfs, a grub.cfg with the multi-try trial logic.
+// separate /boot (ext4 on a loop device) holding its kernel and initramfs
+// and the boot loader: newBootSystem lays it out as EL8's grub2 with BLS
+// entries (the kernel's entry as default in grubenv, a grub.cfg with the
+// multi-try trial logic), newSDBootSystem as systemd-boot's.
 type bootSystem struct {
 	*system
 	Boot     string // <root>/boot
 	UUID     string // root= UUID of the btrfs filesystem
 	OldEntry string // id of the 5.8 entry
-	EnvPath  string
+	EnvPath  string // grubenv; "" without grub
 }
 
 // newBootSystem builds it. dracut puts a stand-in dracut into the root (it
 // writes a small file as the initramfs) so that apply can build the new
 // kernel's initramfs in the new root.
 func newBootSystem(t *testing.T, dracut bool) *bootSystem {
+	t.Helper()
+	b := newKernelSystem(t, dracut)
+	writeFile(t, filepath.Join(b.Boot, "loader/entries", b.OldEntry+".conf"),
+		"title KOS 5.8 ("+oldKver+")\nversion "+oldKver+"\nlinux /vmlinuz-"+oldKver+"\ninitrd /initramfs-"+oldKver+".img\n"+
+			"options root=UUID="+b.UUID+" ro rootflags=subvol=@ console=ttyS0\ngrub_users $grub_users\ngrub_arg --unrestricted\ngrub_class kernel\n", 0o644)
+	writeFile(t, filepath.Join(b.Boot, "grub2/grub.cfg"), "load_env\nblscfg\n### BEGIN /etc/grub.d/09_kos_upgrade_trial ###\n"+boot.GrubTrialConfig, 0o600)
+	b.EnvPath = filepath.Join(b.Boot, "grub2/grubenv")
+	testenv.Run(t, "grub-editenv", b.EnvPath, "create")
+	testenv.Run(t, "grub-editenv", b.EnvPath, "set", "saved_entry="+b.OldEntry, "boot_success=1")
+	return b
+}
+
+// newKernelSystem is a bootSystem without its boot loader: kernel 5.8.0
+// installed, its vmlinuz and initramfs in a separate /boot (ext4 on a loop
+// device), no entry, no boot loader configuration.
+func newKernelSystem(t *testing.T, dracut bool) *bootSystem {
 	t.Helper()
 	s := newSystem(t)
 	testenv.RequireTools(t, "mkfs.ext4", "losetup", "grub-editenv", "blkid", "chroot")
@@ -67,13 +84,6 @@ func newBootSystem(t *testing.T, dracut bool) *bootSystem {
 	b.UUID = strings.TrimSpace(testenv.Run(t, "blkid", "-s", "UUID", "-o", "value", s.FS.Device))
 	writeFile(t, filepath.Join(b.Boot, "vmlinuz-"+oldKver), "old kernel\n", 0o755)
 	writeFile(t, filepath.Join(b.Boot, "initramfs-"+oldKver+".img"), "old initramfs\n", 0o600)
-	writeFile(t, filepath.Join(b.Boot, "loader/entries", b.OldEntry+".conf"),
-		"title KOS 5.8 ("+oldKver+")\nversion "+oldKver+"\nlinux /vmlinuz-"+oldKver+"\ninitrd /initramfs-"+oldKver+".img\n"+
-			"options root=UUID="+b.UUID+" ro rootflags=subvol=@ console=ttyS0\ngrub_users $grub_users\ngrub_arg --unrestricted\ngrub_class kernel\n", 0o644)
-	writeFile(t, filepath.Join(b.Boot, "grub2/grub.cfg"), "load_env\nblscfg\n### BEGIN /etc/grub.d/09_kos_upgrade_trial ###\n"+boot.GrubTrialConfig, 0o600)
-	b.EnvPath = filepath.Join(b.Boot, "grub2/grubenv")
-	testenv.Run(t, "grub-editenv", b.EnvPath, "create")
-	testenv.Run(t, "grub-editenv", b.EnvPath, "set", "saved_entry="+b.OldEntry, "boot_success=1")
 	return b
 }
 
