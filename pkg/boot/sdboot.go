@@ -274,6 +274,35 @@ func planTrial(es []*Entry, id, fallback string, tries int) (string, error) {
 		"(give %s the same sort-key and machine-id as %s and a newer version): %w", id, fallback, id, fallback, ErrNotSupported)
 }
 
+// TrialSortKey is the sort-key a trial entry gets when neither it nor its
+// fallback has one (see TrialBoot).
+const TrialSortKey = "kos-upgrade"
+
+// giveSortKey sets TrialSortKey on entry id of es (in memory) when neither
+// it nor fallback has a sort-key, and reports whether it did.
+func giveSortKey(es []*Entry, id, fallback string) bool {
+	var trial, fb *Entry
+	for _, e := range es {
+		switch e.ID {
+		case id:
+			trial = e
+		case fallback:
+			fb = e
+		}
+	}
+	if trial == nil || fb == nil {
+		return false
+	}
+	if _, ok := trial.Get(KeySortKey); ok {
+		return false
+	}
+	if _, ok := fb.Get(KeySortKey); ok {
+		return false
+	}
+	trial.Set(KeySortKey, TrialSortKey)
+	return true
+}
+
 func commonPrefix(a, b string) string {
 	n := 0
 	for n < len(a) && n < len(b) && a[n] == b[n] {
@@ -323,6 +352,18 @@ func (s *SystemdBoot) TrialBoot(ctx context.Context, id string, tries int) error
 		}
 	}
 	pattern, err := planTrial(es, id, t.fallback, tries)
+	if errors.Is(err, ErrNotSupported) && giveSortKey(es, id, t.fallback) {
+		// Where neither entry has a sort-key, systemd-boot orders them
+		// by file name, and a made entry ("kos-upgrade-...") sorts after
+		// the distro's ("<machine-id>-<kernel>"): a sort-key puts the
+		// trial first (entries with one come first) while it has tries.
+		e.Set(KeySortKey, TrialSortKey)
+		if pattern, err = planTrial(es, id, t.fallback, tries); err == nil {
+			if err = WriteEntry(s.entriesDir, e); err != nil {
+				return err
+			}
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -306,5 +307,46 @@ func TestSystemdBootSetDefaultKeepsPattern(t *testing.T) {
 	}
 	if st, _ := s2.Trial(ctx); st.Active {
 		t.Errorf("SetDefault of the entry on trial left the trial armed: %+v", st)
+	}
+}
+
+// Entries without sort-keys (as an installer or grub-era kernel-install
+// writes them) are ordered by file name, where a made "kos-upgrade-..."
+// entry sorts after "<machine-id>-<kernel>": the trial gets TrialSortKey,
+// which puts it first while it has tries, even with the same kernel.
+func TestSystemdBootTrialWithoutSortKeys(t *testing.T) {
+	ctx := context.Background()
+	root, _ := sysroot.New(t.TempDir())
+	os.MkdirAll(root.Path("/boot/EFI/systemd"), 0o755)
+	dir := root.Path("/boot/loader/entries")
+	os.MkdirAll(filepath.Dir(dir), 0o755)
+	os.WriteFile(root.Path("/boot/loader/loader.conf"), []byte("timeout 0\ndefault m-6.1.0-9.conf\n"), 0o644)
+	if err := WriteEntry(dir, mkEntry("m-6.1.0-9", "machine-id m\nversion 6.1.0-9\nlinux /vmlinuz-6.1.0-9\noptions root=/dev/mapper/kos-root ro\n", Counter{})); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSystemdBoot(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "kos-upgrade-m-6.1.0-9-5.9"
+	if err := s.AddEntry(ctx, mkEntry(id, "machine-id m\nversion 6.1.0-9\nlinux /vmlinuz-6.1.0-9\noptions root=/dev/mapper/kos-snap ro\n", Counter{})); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TrialBoot(ctx, id, 2); err != nil {
+		t.Fatalf("trial refused: %v", err)
+	}
+	e, err := ReadEntry(dir, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := e.Get(KeySortKey); v != TrialSortKey || e.Counter.Left != 2 {
+		t.Errorf("trial entry %s: sort-key %q, counter %+v", e.Path, v, e.Counter)
+	}
+	var got []string
+	for range 4 {
+		got = append(got, sdBoot(t, s))
+	}
+	if want := []string{id, id, "m-6.1.0-9", "m-6.1.0-9"}; !slices.Equal(got, want) {
+		t.Errorf("booted %v, want %v", got, want)
 	}
 }
