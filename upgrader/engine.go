@@ -135,11 +135,22 @@ var versionRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]*$`)
 func ValidVersion(v string) bool { return versionRE.MatchString(v) }
 
 // crashAt kills the process at an apply step boundary when
-// KOS_UPGRADE_TEST_CRASH_AT names the step: the crash tests use it.
+// KOS_UPGRADE_TEST_CRASH_AT names the step: the crash tests use it. When
+// KOS_UPGRADE_TEST_HANG_AT names it, the process says so on the console
+// and stops there for good: the VM tests cut the power at that line.
 func crashAt(step string) {
 	if os.Getenv("KOS_UPGRADE_TEST_CRASH_AT") == step {
 		p, _ := os.FindProcess(os.Getpid())
 		p.Kill()
+		select {}
+	}
+	if os.Getenv("KOS_UPGRADE_TEST_HANG_AT") == step {
+		msg := "KOS-TEST: hanging at " + step + "\n"
+		if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+			c.WriteString(msg)
+			c.Close()
+		}
+		os.Stderr.WriteString(msg)
 		select {}
 	}
 }

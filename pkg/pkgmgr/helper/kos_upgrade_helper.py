@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 rpm = None  # imported by main() once the rpm database path is configured
 
@@ -30,6 +31,21 @@ def emit(obj):
 def progress(step, n=0, total=0, action="", package="", message=""):
     emit({"type": "progress", "step": step, "n": n, "total": total,
           "action": action, "package": package, "message": message})
+
+
+def hang(where):
+    """Test hook (KOS_UPGRADE_TEST_HANG_AT): say so on the console and
+    stop for good; the VM tests cut the power at that line."""
+    msg = "KOS-TEST: hanging at %s\n" % where
+    try:
+        with open("/dev/console", "w") as c:
+            c.write(msg)
+    except (IOError, OSError):
+        pass
+    sys.stderr.write(msg)
+    sys.stderr.flush()
+    while True:
+        time.sleep(3600)
 
 
 class Failure(Exception):
@@ -463,6 +479,11 @@ class TsCallback(object):
                 # stops kos-upgrade and the helper at once.
                 os.kill(os.getppid(), 9)
                 os._exit(137)
+            if self.n == 3 and self.step == "transaction" and \
+                    os.environ.get("KOS_UPGRADE_TEST_HANG_AT") == "mid-transaction":
+                # VM tests: stop here for good, say so on the console,
+                # and let the test cut the power.
+                hang("mid-transaction")
         elif reason == rpm.RPMCALLBACK_UNINST_START:
             self.n += 1
             name = key if isinstance(key, str) else ""
