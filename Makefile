@@ -95,8 +95,8 @@ rpm: ## build the kos-upgrade RPM into bin/rpm/ (source tarball with vendored Go
 	rm -f $(RPMOUT)/kos-upgrade-*.rpm && cp $(RPMTOP)/RPMS/*/kos-upgrade-$(VERSION)-*.rpm $(RPMOUT)/
 	@ls $(RPMOUT)/kos-upgrade-$(VERSION)-*.rpm
 
-e2e: build ## only the boot tests in systemd-nspawn guests (root; KOS_UPGRADE_E2E_ARTIFACTS=DIR keeps consoles)
-	$(GO) test $(TESTFLAGS) -p 1 -v ./test/e2e/
+e2e: build ## every boot scenario: nspawn and all QEMU ones, about 45 min (root; KOS_UPGRADE_E2E_ARTIFACTS=DIR keeps consoles)
+	KOS_UPGRADE_E2E=full $(GO) test -count=1 -timeout 120m -p 1 -v ./test/e2e/
 
 cockpit-test: ## the Cockpit plugin in a real browser and Cockpit (root; screenshots in test/cockpit/screenshots)
 	$(GO) test -count=1 -v -run TestCockpit ./test/cockpit/

@@ -156,14 +156,16 @@ func BaseTarball(ctx context.Context, logf func(string, ...any)) (string, error)
 }
 
 // QemuGuestPackages is what the QEMU tier's guest adds to GuestPackages: a
-// kernel (booted with -kernel/-initrd taken from the guest root, its
-// initramfs built by initramfs-tools inside debootstrap), LVM with thin
-// provisioning, and XFS, the common KOS root layout.
+// kernel (its initramfs built by initramfs-tools inside debootstrap), LVM
+// with thin provisioning, and XFS, the common KOS root layout; dnf, so that
+// the full-system scenarios run prepare inside the guest as a user would;
+// kexec-tools for `kos-upgrade reboot --kexec`.
 var QemuGuestPackages = append(append([]string(nil), GuestPackages...),
-	"linux-image-amd64", "initramfs-tools", "kmod", "lvm2", "thin-provisioning-tools", "xfsprogs", "e2fsprogs")
+	"linux-image-amd64", "initramfs-tools", "kmod", "lvm2", "thin-provisioning-tools", "xfsprogs", "e2fsprogs",
+	"python3-dnf", "kexec-tools")
 
 // qemuBaseVersion is mixed into the QEMU variant's cache key.
-const qemuBaseVersion = "qemu-1"
+const qemuBaseVersion = "qemu-2"
 
 // QemuBaseTarball is BaseTarball for the QEMU tier's guest
 // (QemuGuestPackages), cached under its own key next to the nspawn one.

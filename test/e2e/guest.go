@@ -392,22 +392,32 @@ ExecStart=/bin/sh /kos-e2e/driver.sh
 StandardOutput=journal+console
 `
 
+// factsFunc defines the shell function facts DIR, which records the facts
+// of the booted system into DIR: both tiers' drivers use it.
+const factsFunc = `facts() {
+	d=$1
+	mkdir -p $d
+	cp /etc/os-release $d/os-release
+	# /usr/bin/rpm: the fixture's /bin/sh is busybox-static, whose shell prefers its own rpm applet
+	/usr/bin/rpm --dbpath /var/lib/rpm -qa --qf '%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n' | sort > $d/rpm-qa
+	kos-upgrade --json status > $d/status.json 2> $d/status.err; echo $? > $d/status.rc
+	kos-upgrade --json history > $d/history.json 2>&1
+	if [ -L /system-update ]; then readlink /system-update > $d/system-update
+	elif [ -e /system-update ]; then echo "(not a symlink)" > $d/system-update; fi
+	findmnt -n -o SOURCE,FSROOT,OPTIONS / > $d/root-mount
+	ls /var/lib/kos-upgrade > $d/state-dir 2>&1
+	cat /proc/cmdline > $d/cmdline
+}
+`
+
 // driverScript records the facts of the booted system, then runs this
 // boot's step or powers off.
 const driverScript = `#!/bin/sh
+` + factsFunc + `
 n=$(cat /kos-e2e/boot)
 d=/kos-e2e/boot-$n
-mkdir -p $d
 echo "kos-e2e: boot $n reached multi-user.target"
-cp /etc/os-release $d/os-release
-# /usr/bin/rpm: the fixture's /bin/sh is busybox-static, whose shell prefers its own rpm applet
-/usr/bin/rpm --dbpath /var/lib/rpm -qa --qf '%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n' | sort > $d/rpm-qa
-kos-upgrade --json status > $d/status.json 2> $d/status.err; echo $? > $d/status.rc
-kos-upgrade --json history > $d/history.json 2>&1
-if [ -L /system-update ]; then readlink /system-update > $d/system-update
-elif [ -e /system-update ]; then echo "(not a symlink)" > $d/system-update; fi
-findmnt -n -o SOURCE,FSROOT,OPTIONS / > $d/root-mount
-ls /var/lib/kos-upgrade > $d/state-dir 2>&1
+facts $d
 if [ -f /kos-e2e/step-$n.sh ]; then
 	sh /kos-e2e/step-$n.sh $d > $d/step.log 2>&1
 	rc=$?

@@ -273,15 +273,33 @@ type QemuVM struct {
 	Shared string // the 9p share, /kos-e2e in the guest
 	Memory int    // MiB, 1024 unless set
 	CPUs   int    // 2 unless set
-	// Append is added to the kernel command line.
+	// Append is added to the kernel command line (direct kernel boots).
 	Append string
+	// UEFI boots the first disk through OVMF firmware (its boot loader
+	// on the ESP) instead of the base's kernel with root=/dev/vda.
+	UEFI   bool
+	vars   string // the guest's copy of OVMF's variable store
 	disks  []qemuDisk
+	shares []qemuShare
 	boots  int
 }
 
 type qemuDisk struct {
-	path, serial string
+	path, serial, format string
+	readOnly             bool
 }
+
+// qemuShare is a host directory the guest mounts over 9p by its tag.
+type qemuShare struct {
+	tag, path string
+}
+
+// OVMF firmware of the host's ovmf package (4 MiB variant, without
+// Secure Boot), for UEFI guests.
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
 
 // QemuBoot is one boot of a QEMU guest.
 type QemuBoot struct {
@@ -290,6 +308,7 @@ type QemuBoot struct {
 	Uptime   string        // the guest's /proc/uptime when the driver started ("" if it did not)
 	Console  string        // the serial console
 	TimedOut bool
+	Cut      bool  // BootCut killed QEMU: a power cut
 	Err      error // QEMU's exit error, if any
 }
 
@@ -304,17 +323,36 @@ func NewQemuVM(t *testing.T) *QemuVM {
 		t.Fatal(err)
 	}
 	t.Logf("QEMU base image ready in %s", time.Since(start).Round(time.Millisecond))
+	return newBaseVM(t, base, "")
+}
+
+// newBaseVM makes a guest booting base (name as for newQemuVM).
+func newBaseVM(t *testing.T, base *QemuBase, name string) *QemuVM {
+	t.Helper()
+	vm := newQemuVM(t, base, name)
+	overlay := filepath.Join(vm.Dir, "root.qcow2")
+	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base.Image, "-F", "raw", overlay)
+	vm.disks = append(vm.disks, qemuDisk{path: overlay, serial: "kos-root", format: "qcow2"})
+	return vm
+}
+
+// newQemuVM makes a guest without disks: its directories, the 9p share,
+// the artifacts kept at cleanup (under the test's name and name, when a
+// test has more than one guest).
+func newQemuVM(t *testing.T, base *QemuBase, name string) *QemuVM {
+	t.Helper()
 	dir := t.TempDir()
 	vm := &QemuVM{Base: base, Dir: dir, Shared: filepath.Join(dir, "shared")}
 	if err := os.MkdirAll(vm.Shared, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	overlay := filepath.Join(dir, "root.qcow2")
-	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base.Image, "-F", "raw", overlay)
-	vm.disks = append(vm.disks, qemuDisk{path: overlay, serial: "kos-root"})
+	vm.shares = append(vm.shares, qemuShare{tag: qemuShareTag, path: vm.Shared})
 	if a := os.Getenv(ArtifactsEnv); a != "" {
 		t.Cleanup(func() {
 			dst := filepath.Join(a, strings.ReplaceAll(t.Name(), "/", "_"))
+			if name != "" {
+				dst += "_" + name
+			}
 			os.RemoveAll(dst)
 			os.MkdirAll(a, 0o755)
 			if out, err := exec.Command("cp", "-a", vm.Shared, dst).CombinedOutput(); err != nil {
@@ -331,8 +369,21 @@ func (vm *QemuVM) AddDisk(t *testing.T, serial string, sizeMB int) string {
 	t.Helper()
 	p := filepath.Join(vm.Dir, serial+".qcow2")
 	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, fmt.Sprintf("%dM", sizeMB))
-	vm.disks = append(vm.disks, qemuDisk{path: p, serial: serial})
+	vm.disks = append(vm.disks, qemuDisk{path: p, serial: serial, format: "qcow2"})
 	return "/dev/disk/by-id/virtio-" + serial
+}
+
+// AttachDisk adds an existing image (format "raw" or "qcow2") as the next
+// disk, read-only or not; the guest sees /dev/disk/by-id/virtio-<serial>,
+// which it returns. The image is the caller's: it is not removed.
+func (vm *QemuVM) AttachDisk(path, format, serial string, readOnly bool) string {
+	vm.disks = append(vm.disks, qemuDisk{path: path, serial: serial, format: format, readOnly: readOnly})
+	return "/dev/disk/by-id/virtio-" + serial
+}
+
+// Share exports the host directory path to the guest over 9p with tag.
+func (vm *QemuVM) Share(tag, path string) {
+	vm.shares = append(vm.shares, qemuShare{tag: tag, path: path})
 }
 
 // WriteShared writes a file into the shared directory.
@@ -355,6 +406,18 @@ func (vm *QemuVM) ReadShared(name string) string {
 // killed; result "" waits for the exit only.
 func (vm *QemuVM) Boot(t *testing.T, timeout time.Duration, result string) QemuBoot {
 	t.Helper()
+	return vm.boot(t, timeout, result, "")
+}
+
+// BootCut is Boot that cuts the power (kills QEMU at once) when the
+// console shows the line killOn; QemuBoot.Cut says whether it did.
+func (vm *QemuVM) BootCut(t *testing.T, timeout time.Duration, killOn string) QemuBoot {
+	t.Helper()
+	return vm.boot(t, timeout, "", killOn)
+}
+
+func (vm *QemuVM) boot(t *testing.T, timeout time.Duration, result, killOn string) QemuBoot {
+	t.Helper()
 	vm.boots++
 	b := QemuBoot{N: vm.boots}
 	vm.WriteShared(t, "boot", fmt.Sprintf("%d\n", b.N), 0o644)
@@ -369,15 +432,30 @@ func (vm *QemuVM) Boot(t *testing.T, timeout time.Duration, result string) QemuB
 	args := []string{
 		"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", fmt.Sprint(cpus), "-m", fmt.Sprint(mem),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", vm.Base.Kernel, "-initrd", vm.Base.Initrd,
-		"-append", strings.TrimSpace("root=/dev/vda rw console=ttyS0,115200 panic=-1 net.ifnames=0 systemd.show_status=1 " + vm.Append),
 		"-serial", "file:" + console,
-		"-virtfs", "local,path=" + vm.Shared + ",mount_tag=" + qemuShareTag + ",security_model=passthrough,id=" + qemuShareTag,
 		"-nic", "none",
 	}
+	if vm.UEFI {
+		if vm.vars == "" {
+			vm.vars = filepath.Join(vm.Dir, "OVMF_VARS.fd")
+			testenv.Run(t, "cp", ovmfVars, vm.vars)
+		}
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars)
+	} else {
+		args = append(args, "-kernel", vm.Base.Kernel, "-initrd", vm.Base.Initrd,
+			"-append", strings.TrimSpace("root=/dev/vda rw console=ttyS0,115200 panic=-1 net.ifnames=0 systemd.show_status=1 "+vm.Append))
+	}
+	for _, s := range vm.shares {
+		args = append(args, "-virtfs", "local,path="+s.path+",mount_tag="+s.tag+",security_model=passthrough,id="+s.tag)
+	}
 	for i, d := range vm.disks {
-		args = append(args, "-drive", fmt.Sprintf("file=%s,format=qcow2,if=none,id=d%d,cache=unsafe,discard=unmap", d.path, i),
-			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i, d.serial))
+		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=d%d,cache=unsafe,discard=unmap", d.path, d.format, i)
+		if d.readOnly {
+			drive += ",readonly=on"
+		}
+		args = append(args, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i, d.serial))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -400,6 +478,13 @@ wait:
 			b.Err = err
 			break wait
 		case <-tick.C:
+			if killOn != "" && !b.Cut {
+				if c, _ := os.ReadFile(console); strings.Contains(string(c), killOn) {
+					t.Logf("boot %d: the console shows %q: cutting the power", b.N, killOn)
+					cmd.Process.Kill()
+					b.Cut = true
+				}
+			}
 			if result == "" {
 				continue
 			}

@@ -1,0 +1,315 @@
+package e2e
+
+// Full-system QEMU guests: a disk laid out as a KOS server's, booted by
+// real firmware and a real boot loader, on which a whole upgrade runs as a
+// user would run it (prepare and `kos-upgrade reboot` inside the guest).
+//
+// The disk (built per test, in Go with go-diskfs, see boot.BuildTestDisk):
+//
+//	partition 1  ESP, FAT32, mounted at /boot: systemd-boot (the host's
+//	             systemd-boot-efi, also as EFI/BOOT/BOOTX64.EFI, which OVMF
+//	             boots with no NVRAM entry), loader.conf, one BLS entry
+//	             (root=/dev/mapper/kos-root), the kernel and initramfs
+//	partition 2  LVM PV of VG "kos": LV root (ext4), thin in pool "pool"
+//	             (LayoutThin) or thick with free extents for the snapshot
+//	             (LayoutThick)
+//
+// The root is the QEMU guest base (Debian, its kernel, lvm2, dnf) plus the
+// fixture's KOS 5.8 RPM system and `make install` of kos-upgrade, made into
+// an ext4 image on the host (mke2fs -d). device-mapper does not exist on
+// the host, so one setup boot of the plain QEMU base guest makes the volume
+// group on the disk and copies the image into the LV.
+//
+// Every boot of the system runs OVMF (a copy of its variable store per
+// guest), systemd-boot, the kernel and systemd; the driver (see qemu.go)
+// mounts the share and runs the scenario's run.sh with the boot number,
+// which records facts (factsFunc) and does that boot's step. The fixture's
+// repositories are shared read-only at the path their .repo files name.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/test/fixture"
+	"github.com/keyarchos/kos-upgrade/test/testenv"
+)
+
+// Root layouts of a full-system guest.
+const (
+	LayoutThin  = "thin"  // root is a thin LV: apply runs in a thin snapshot
+	LayoutThick = "thick" // root is a thick LV: upgraded in place, a snapshot to merge back
+)
+
+// The system's volume group, root LV and the size of the root filesystem.
+const (
+	systemVG       = "kos"
+	systemRootLV   = "root"
+	systemRootMB   = 2048
+	systemDiskMB   = 4096
+	systemPoolMB   = 3072
+	systemReposTag = "kosrepos"
+)
+
+// sdBootEFI is systemd-boot's EFI binary on the host (systemd-boot-efi).
+const sdBootEFI = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+
+// systemCmdline is the kernel command line of the system's entry after
+// root= and rd.lvm.lv=.
+const systemCmdline = "console=ttyS0,115200 panic=-1 net.ifnames=0 systemd.show_status=1"
+
+// systemTimeout bounds one boot of a full-system guest, prepare or the
+// offline upgrade included.
+const systemTimeout = 6 * time.Minute
+
+// QemuSystem is a full KOS system in a QEMU guest (see the file comment).
+type QemuSystem struct {
+	*QemuVM
+	Set    *fixture.Set
+	Layout string
+	Kernel string // the kernel version of its entry
+	Entry  string // the id of its entry ("<machine-id>-<kernel>.conf")
+	// CutAt[n] is a console line at which Run cuts the power of boot n.
+	CutAt map[int]string
+}
+
+// SystemBoot is one boot of a full-system guest.
+type SystemBoot struct {
+	QemuBoot
+	PoweredOff bool // the guest powered off (else it rebooted or died)
+}
+
+// RequireSystem skips unless full-system guests can run here: the QEMU
+// tier's tools, the fixture's, OVMF and systemd-boot's EFI binary.
+func RequireSystem(t *testing.T) {
+	t.Helper()
+	RequireQemu(t)
+	testenv.RequireTools(t, fixture.Tools...)
+	testenv.RequireTools(t, "make", ovmfCode, ovmfVars, sdBootEFI)
+}
+
+// NewQemuSystem builds a full-system guest with the root on layout: the
+// root image and the disk on the host, then the setup boot.
+func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
+	t.Helper()
+	RequireSystem(t)
+	ctx := context.Background()
+	start := time.Now()
+	set := fixture.MustBuild(t)
+	base, err := QemuBaseImage(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarball, err := QemuBaseTarball(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := installTree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	root := filepath.Join(work, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "tar", "--numeric-owner", "--xattrs", "-C", root, "-xf", tarball)
+	if err := prepareQemuRoot(root); err != nil {
+		t.Fatal(err)
+	}
+	fstab := fmt.Sprintf("/dev/mapper/%s / ext4 defaults 0 1\nPARTLABEL=ESP /boot vfat umask=0077 0 2\n",
+		boot.MapperName(systemVG, systemRootLV))
+	if err := os.WriteFile(filepath.Join(root, "etc/fstab"), []byte(fstab), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The driver must not hold multi-user.target back: the health check
+	// of an upgraded system runs after it, and run.sh waits for that.
+	dropin := filepath.Join(root, "etc/systemd/system/kos-qemu-driver.service.d/system.conf")
+	if err := os.MkdirAll(filepath.Dir(dropin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dropin, []byte("[Service]\nType=simple\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := chrootRun(ctx, root, "update-initramfs", "-u", "-k", "all"); err != nil {
+		t.Fatal(err)
+	}
+	kernels, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
+	if len(kernels) != 1 {
+		t.Fatalf("the guest root has kernels %v, want one", kernels)
+	}
+	kv := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
+	vmlinuz, err := os.ReadFile(kernels[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	initrd, err := os.ReadFile(filepath.Join(root, "boot", "initrd.img-"+kv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fixture.InstallBase(ctx, set, root); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "cp", "-a", tree+"/.", root+"/")
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(work, "root.img")
+	testenv.Run(t, "mke2fs", "-q", "-t", "ext4", "-L", "kos-root", "-d", root, img, fmt.Sprintf("%dM", systemRootMB))
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
+
+	efi, err := os.ReadFile(sdBootEFI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := fixture.MachineID + "-" + kv + ".conf"
+	files := map[string][]byte{
+		"EFI/BOOT/BOOTX64.EFI":            efi,
+		"EFI/systemd/systemd-bootx64.efi": efi,
+		"loader/loader.conf":              []byte("timeout 0\ndefault " + entry + "\neditor no\n"),
+		"vmlinuz-" + kv:                   vmlinuz,
+		"initrd.img-" + kv:                initrd,
+		"loader/entries/" + entry:         []byte(systemEntry(kv)),
+	}
+	disk := filepath.Join(work, "disk.raw")
+	if err := boot.BuildTestDisk(disk, systemDiskMB, files); err != nil {
+		t.Fatal(err)
+	}
+
+	setup := newBaseVM(t, base, "setup")
+	setup.AttachDisk(disk, "raw", "kos-disk", false)
+	setup.AttachDisk(img, "raw", "kos-rootimg", true)
+	setup.WriteShared(t, "run.sh", setupScript(layout), 0o755)
+	b := setup.Boot(t, systemTimeout, "setup.rc")
+	if rc := strings.TrimSpace(setup.ReadShared("setup.rc")); b.TimedOut || rc != "0" {
+		t.Fatalf("setup boot: rc %q, timed out %v, qemu %v\n--- setup log:\n%s\n--- console (tail):\n%s",
+			rc, b.TimedOut, b.Err, tail(setup.ReadShared("setup.log"), 60), tail(b.Console, 40))
+	}
+	os.Remove(img)
+
+	vm := newQemuVM(t, base, "")
+	vm.UEFI = true
+	vm.AttachDisk(disk, "raw", "kos-disk", false)
+	vm.Share(systemReposTag, filepath.Join(set.Dir, "repos"))
+	t.Logf("%s system ready in %s (kernel %s)", layout, time.Since(start).Round(time.Millisecond), kv)
+	return &QemuSystem{QemuVM: vm, Set: set, Layout: layout, Kernel: kv, Entry: entry}
+}
+
+// systemEntry is the BLS entry of the installed system, as the distro's
+// installer writes it.
+func systemEntry(kv string) string {
+	return fmt.Sprintf("title KOS 5.8 (%[1]s)\nversion %[1]s\nmachine-id %[2]s\nlinux /vmlinuz-%[1]s\ninitrd /initrd.img-%[1]s\n"+
+		"options root=/dev/mapper/%[3]s ro rd.lvm.lv=%[4]s/%[5]s %[6]s\n",
+		kv, fixture.MachineID, boot.MapperName(systemVG, systemRootLV), systemVG, systemRootLV, systemCmdline)
+}
+
+// setupScript makes the volume group on the system disk and copies the
+// root image into the root LV.
+func setupScript(layout string) string {
+	lv := fmt.Sprintf("lvcreate -y -L %dM -n %s %s", systemRootMB, systemRootLV, systemVG)
+	if layout == LayoutThin {
+		lv = fmt.Sprintf("lvcreate -y --type thin-pool -L %dM -n pool %s\nlvcreate -y -V %dM -T %s/pool -n %s",
+			systemPoolMB, systemVG, systemRootMB, systemVG, systemRootLV)
+	}
+	return fmt.Sprintf(`#!/bin/sh
+exec >/kos-e2e/setup.log 2>&1
+set -ex
+udevadm settle
+pv=/dev/disk/by-id/virtio-kos-disk-part2
+pvcreate -ff -y $pv
+vgcreate %[1]s $pv
+%[2]s
+# Only the blocks in use: TCG makes every copied byte count.
+e2image -ra /dev/disk/by-id/virtio-kos-rootimg /dev/%[1]s/%[3]s
+sync
+lvs -a %[1]s
+vgchange -an %[1]s
+echo 0 >/kos-e2e/setup.rc
+`, systemVG, lv, systemRootLV)
+}
+
+// Script sets the scenario: steps["N"] is the shell code of boot N (the
+// boots the driver runs in, i.e. those reaching multi-user.target), run
+// after the facts of the boot are recorded into $F (/kos-e2e/boot-N). A
+// system that kexecs stays in the same QEMU boot: the driver's next run
+// there is "Nk" (then "Nkk"). A boot without a step powers off once its
+// facts are recorded; a step that reboots must not return
+// (`kos-upgrade reboot; sleep 600`).
+func (s *QemuSystem) Script(t *testing.T, steps map[string]string) {
+	t.Helper()
+	repos := filepath.Join(s.Set.Dir, "repos")
+	var b strings.Builder
+	fmt.Fprintf(&b, "#!/bin/sh\n%s\nn=$1\nwhile [ -e /kos-e2e/boot-$n ]; do n=${n}k; done\nF=/kos-e2e/boot-$n\n", factsFunc)
+	fmt.Fprintf(&b, "mkdir -p %[1]s && mount -t 9p -o trans=virtio,version=9p2000.L,ro %[2]s %[1]s\n", repos, systemReposTag)
+	b.WriteString(`# The health check of an upgraded system decides first (it may reboot).
+i=0
+while [ $i -lt 300 ] && { systemctl list-jobs --no-legend 2>/dev/null | grep -q kos-upgrade-health ||
+	[ "$(systemctl show -p ActiveState --value kos-upgrade-health.service)" = activating ]; }; do
+	sleep 1; i=$((i+1))
+done
+facts $F
+lvs --reportformat json -a -o lv_name,lv_attr,origin,pool_lv,lv_size,data_percent,lv_merging >$F/lvs.json 2>&1
+ls /boot/loader/entries >$F/entries
+cat /boot/loader/loader.conf >$F/loader.conf
+f=/sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+[ -e $f ] && tail -c +5 $f | tr -d '\000' >$F/entry-selected
+journalctl -b -o short-monotonic -u kos-upgrade-health.service >$F/health.log 2>&1
+set -x
+case $n in
+`)
+	for n, step := range steps {
+		fmt.Fprintf(&b, "%s)\n%s\n;;\n", n, step)
+	}
+	b.WriteString("esac\n")
+	s.WriteShared(t, "run.sh", b.String(), 0o755)
+}
+
+// Run boots the system until it powers off, at most max times (more is a
+// reboot loop and fails the test).
+func (s *QemuSystem) Run(t *testing.T, max int) []SystemBoot {
+	t.Helper()
+	var boots []SystemBoot
+	for n := 1; n <= max; n++ {
+		var b SystemBoot
+		if line, ok := s.CutAt[n]; ok {
+			b.QemuBoot = s.BootCut(t, systemTimeout, line)
+			if !b.Cut {
+				t.Fatalf("boot %d ended before the console showed %q; console:\n%s", n, line, tail(b.Console, 80))
+			}
+		} else {
+			b.QemuBoot = s.Boot(t, systemTimeout, "")
+		}
+		if b.TimedOut {
+			t.Fatalf("boot %d did not end within %s; console:\n%s", b.N, systemTimeout, tail(b.Console, 80))
+		}
+		b.PoweredOff = strings.Contains(b.Console, "reboot: Power down")
+		boots = append(boots, b)
+		end := map[bool]string{true: "powered off", false: "rebooted"}[b.PoweredOff]
+		if b.Cut {
+			end = "power cut"
+		}
+		t.Logf("boot %d: entry %q, %s", b.N, strings.TrimSpace(s.ReadShared(fmt.Sprintf("boot-%d/entry-selected", b.N))), end)
+		if b.PoweredOff {
+			return boots
+		}
+	}
+	t.Fatalf("reboot loop: the guest still reboots after %d boots; last console:\n%s", max, tail(boots[len(boots)-1].Console, 80))
+	return nil
+}
+
+// Facts returns boot n's facts ("1", "3", "1k"), or nil when the driver
+// did not run then.
+func (s *QemuSystem) Facts(n string) *Facts {
+	d := filepath.Join(s.Shared, "boot-"+n)
+	if !fileExists(d) {
+		return nil
+	}
+	return &Facts{dir: d}
+}
