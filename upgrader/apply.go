@@ -354,7 +354,11 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	if err := e.step(st, state, StepSwitch); err != nil {
 		return nil, err
 	}
-	e.report(progress.Event{Step: StepSwitch, Message: "making " + name + " the root of the next boot"})
+	if inPlace {
+		e.report(progress.Event{Step: StepSwitch, Message: "the upgraded root boots next; " + name + " is its rollback point"})
+	} else {
+		e.report(progress.Event{Step: StepSwitch, Message: "making " + name + " the root of the next boot"})
+	}
 	// The trial first: a crash between the two leaves an entry that names
 	// the new root explicitly (settle, not switched, restores /boot), never
 	// a default root that no entry on trial boots.

@@ -346,6 +346,10 @@ func printApply(e *env, res *upgrader.ApplyResult) error {
 		fmt.Fprintln(e.out, "Nothing to do: "+res.Reason)
 		return nil
 	}
+	if res.Result.InPlace {
+		fmt.Fprintf(e.out, "Upgrade to %s succeeded in place; %s is kept as the rollback point.\n", res.Result.To, res.Result.Snapshot)
+		return nil
+	}
 	fmt.Fprintf(e.out, "Upgrade to %s succeeded; the next boot starts %s.\n", res.Result.To, res.Result.Snapshot)
 	return nil
 }

@@ -225,8 +225,8 @@ func TestQemuSystemThickRollback(t *testing.T) {
 	if lvs := after.lvNames(t); len(lvs) != 2 {
 		t.Errorf("LVs after the in-place upgrade: %q, want the root and its rollback snapshot", lvs)
 	}
-	if l := after.File("step.log") + s.ReadShared("run-3.log"); !strings.Contains(l, "Rolled back") {
-		t.Errorf("kos-upgrade rollback did not say it rolled back:\n%s", s.ReadShared("boot-3/rollback.log"))
+	if l := after.File("rollback.log"); !strings.Contains(l, "Rolled back: the root is merged back") {
+		t.Errorf("kos-upgrade rollback did not say it merges the rollback point back:\n%s", l)
 	}
 	back := s.Facts("4")
 	expectOld(t, "boot 4 (after the rollback)", back, before.Packages())
@@ -333,4 +333,45 @@ func TestQemuSystemKexec(t *testing.T) {
 	}
 	t.Logf("FIGURES: --kexec: firmware POSTs after `kos-upgrade reboot` %d; QEMU run %s; scenario %s",
 		posts-1, boots[0].Duration.Round(time.Millisecond), time.Since(t0).Round(time.Second))
+}
+
+// TestQemuSystemInitramfs is initramfs mode on the thin system: prepare
+// --mode initramfs, `kos-upgrade reboot` builds the upgrade initramfs with
+// the guest's dracut and boots it once through systemd-boot's one-shot
+// entry; the hook applies before switch-root, removes its entry and image
+// and reboots into the trial of the new root.
+func TestQemuSystemInitramfs(t *testing.T) {
+	RequireFull(t)
+	t0 := time.Now()
+	s := NewQemuSystem(t, LayoutThin)
+	s.Script(t, map[string]string{
+		"1": strings.Replace(prepareAndReboot, "--to 5.9 ", "--to 5.9 --mode initramfs ", 1) + "\n",
+		"3": oldRootPackages(systemRootLV) + "\nls /boot >$F/boot-files",
+	})
+	boots := s.Run(t, 5)
+	if len(boots) != 3 {
+		t.Fatalf("%d boots, want 3 (5.8, the upgrade initramfs, 5.9)", len(boots))
+	}
+	before := s.Facts("1")
+	expectOld(t, "boot 1", before, nil)
+	if c := boots[1].Console; !strings.Contains(c, "Upgrade to 5.9 succeeded") || strings.Contains(c, "system-update.target") {
+		t.Errorf("boot 2 is not an upgrade from the initramfs; console:\n%s", tail(c, 60))
+	}
+	after := s.Facts("3")
+	expectUpgraded(t, "boot 3", after)
+	if t.Failed() {
+		t.Fatalf("facts of boot 3:%s\n--- run log of boot 1:\n%s", after, s.ReadShared("run-1.log"))
+	}
+	if strings.Contains(after.File("entries"), "initramfs") || strings.Contains(after.File("boot-files"), "kos-upgrade-initramfs") {
+		t.Errorf("the one-time entry or the upgrade initramfs is left:\n%s\n%s", after.File("entries"), after.File("boot-files"))
+	}
+	if got := strings.Fields(after.File("old-rpm-qa")); !slices.Equal(got, before.Packages()) {
+		t.Errorf("the old root's packages changed: %q, were %q", got, before.Packages())
+	}
+	st := after.Status(t)
+	if st.State.Status != "succeeded" || st.State.LastResult == nil || !st.State.LastResult.Success {
+		t.Errorf("kos-upgrade status in the new system: %s", after.File("status.json"))
+	}
+	t.Logf("FIGURES: initramfs mode: upgrade boot (QEMU start to exit) %s; offline window (apply) %s; scenario %s",
+		boots[1].Duration.Round(time.Millisecond), offlineWindow(t, after).Round(time.Millisecond), time.Since(t0).Round(time.Second))
 }
