@@ -577,6 +577,19 @@ func (e *Engine) kernelEntry(ctx context.Context, bl boot.Bootloader, old *boot.
 			return "", err
 		}
 		ki.SetOptions(opts)
+		// An entry whose kernel is missing from $BOOT cannot boot: put
+		// the new root's kernel where it names it.
+		if l := ki.Linux(); l != "" && !strings.HasPrefix(l, "$") {
+			dst := filepath.Join(bootDirOf(bl), strings.TrimPrefix(l, "/boot"))
+			if !fileExists(dst) {
+				if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+					return "", fmt.Errorf("cannot place the kernel kernel-install's entry %s names: %w", ki.ID, err)
+				}
+				if err := copyIfDifferent(vmlinuz, dst); err != nil {
+					return "", err
+				}
+			}
+		}
 		// kernel-install's dracut may have failed in the transaction
 		// (no /proc there): build what the entry names and lacks.
 		for _, p := range ki.Initrds() {

@@ -23,13 +23,15 @@ const kiKver = "5.9.1-1.noarch"
 // inside the transaction.
 func TestKernelInstallEntryRetargeted(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		cmdline string // /etc/kernel/cmdline; "": none (and no /proc): kernel-install writes no root=
-		dracut  bool
-		wantErr string
+		name     string
+		cmdline  string // /etc/kernel/cmdline; "": none (and no /proc): kernel-install writes no root=
+		dracut   bool
+		noKernel bool // the scriptlet writes the entry but not the kernel it names
+		wantErr  string
 	}{
 		{name: "command line of the old root", cmdline: "root=UUID=%s ro rootflags=subvol=@ console=ttyS0 ki.marker=1", dracut: true},
 		{name: "no command line", dracut: true},
+		{name: "entry without its kernel", cmdline: "root=UUID=%s ro rootflags=subvol=@ console=ttyS0 ki.marker=1", dracut: true, noKernel: true},
 		{name: "no dracut for the missing initramfs", cmdline: "root=UUID=%s ro rootflags=subvol=@ console=ttyS0", wantErr: "which does not exist, and the new root has no dracut to build it"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -37,6 +39,9 @@ func TestKernelInstallEntryRetargeted(t *testing.T) {
 			ctx := context.Background()
 			if tc.cmdline != "" {
 				writeFile(t, filepath.Join(b.Root, "etc/kernel/cmdline"), strings.ReplaceAll(tc.cmdline, "%s", b.UUID)+"\n", 0o644)
+			}
+			if tc.noKernel {
+				writeFile(t, filepath.Join(b.Root, "etc/kernel/kos-test-no-kernel"), "", 0o644)
 			}
 			before := b.digest(t)
 			b.prepareAndArm(t, upgrader.PrepareOptions{Repos: b.repos(fixture.Repo59, fixture.Repo59KernelInstall)})
@@ -79,6 +84,9 @@ func TestKernelInstallEntryRetargeted(t *testing.T) {
 			}
 			if e.Linux() != "/vmlinuz-"+kiKver || strings.Join(e.Initrds(), " ") != "/initramfs-"+kiKver+".img" || e.Value(boot.KeyGrubClass) != "kernel" {
 				t.Errorf("entry:\n%s", e.Format())
+			}
+			if k, err := os.ReadFile(filepath.Join(b.Boot, "vmlinuz-"+kiKver)); err != nil || len(k) == 0 {
+				t.Errorf("the kernel the entry names is not in /boot: %v", err)
 			}
 			if ird, _ := os.ReadFile(filepath.Join(b.Boot, "initramfs-"+kiKver+".img")); !strings.Contains(string(ird), "initramfs of "+kiKver) {
 				t.Errorf("the initramfs the entry names was not built by the new root's dracut: %q", ird)
