@@ -159,10 +159,13 @@ func BaseTarball(ctx context.Context, logf func(string, ...any)) (string, error)
 // kernel (its initramfs built by initramfs-tools inside debootstrap), LVM
 // with thin provisioning, and XFS, the common KOS root layout; dnf, so that
 // the full-system scenarios run prepare inside the guest as a user would;
-// kexec-tools for `kos-upgrade reboot --kexec`.
+// kexec-tools for `kos-upgrade reboot --kexec`; dracut-core (next to
+// initramfs-tools, which still makes the guest's own initramfs) for the
+// upgrade initramfs of initramfs mode, and systemd-boot for bootctl, which
+// arms its one-time boot.
 var QemuGuestPackages = append(append([]string(nil), GuestPackages...),
 	"linux-image-amd64", "initramfs-tools", "kmod", "lvm2", "thin-provisioning-tools", "xfsprogs", "e2fsprogs",
-	"python3-dnf", "kexec-tools")
+	"python3-dnf", "kexec-tools", "dracut-core", "systemd-boot")
 
 // qemuBaseVersion is mixed into the QEMU variant's cache key.
 const qemuBaseVersion = "qemu-2"

@@ -30,6 +30,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -44,7 +45,11 @@ import (
 const (
 	LayoutThin  = "thin"  // root is a thin LV: apply runs in a thin snapshot
 	LayoutThick = "thick" // root is a thick LV: upgraded in place, a snapshot to merge back
+	LayoutBtrfs = "btrfs" // root is subvolume @ (the default) of a btrfs partition
 )
+
+// systemBtrfsSubvol is the root subvolume of LayoutBtrfs.
+const systemBtrfsSubvol = "@"
 
 // The system's volume group, root LV and the size of the root filesystem.
 const (
@@ -65,7 +70,7 @@ const systemCmdline = "console=ttyS0,115200 panic=-1 net.ifnames=0 systemd.show_
 
 // systemTimeout bounds one boot of a full-system guest, prepare or the
 // offline upgrade included.
-const systemTimeout = 6 * time.Minute
+const systemTimeout = 10 * time.Minute
 
 // QemuSystem is a full KOS system in a QEMU guest (see the file comment).
 type QemuSystem struct {
@@ -90,7 +95,7 @@ func RequireSystem(t *testing.T) {
 	t.Helper()
 	RequireQemu(t)
 	testenv.RequireTools(t, fixture.Tools...)
-	testenv.RequireTools(t, "make", ovmfCode, ovmfVars, sdBootEFI)
+	testenv.RequireTools(t, "make", "losetup", "mkfs.btrfs", "btrfs", ovmfCode, ovmfVars, sdBootEFI)
 }
 
 // NewQemuSystem builds a full-system guest with the root on layout: the
@@ -122,9 +127,32 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	if err := prepareQemuRoot(root); err != nil {
 		t.Fatal(err)
 	}
-	fstab := fmt.Sprintf("/dev/mapper/%s / ext4 defaults 0 1\nPARTLABEL=ESP /boot vfat umask=0077 0 2\n",
-		boot.MapperName(systemVG, systemRootLV))
+	fstab := fmt.Sprintf("/dev/mapper/%s / ext4 defaults 0 1\n", boot.MapperName(systemVG, systemRootLV))
+	if layout == LayoutBtrfs {
+		fstab = "LABEL=kos-root / btrfs subvol=" + systemBtrfsSubvol + " 0 0\n"
+		// The initramfs mounts a btrfs root (prepareQemuRoot drops
+		// the btrfs hooks: a single device needs no scan).
+		mods := filepath.Join(root, "etc/initramfs-tools/modules")
+		b, err := os.ReadFile(mods)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(mods, append(b, "btrfs\n"...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fstab += "PARTLABEL=ESP /boot vfat umask=0077 0 2\n"
 	if err := os.WriteFile(filepath.Join(root, "etc/fstab"), []byte(fstab), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The upgrade initramfs of initramfs mode is host-only, as on KOS
+	// (Debian's dracut defaults to a generic image that does not fit the
+	// ESP).
+	dconf := filepath.Join(root, "etc/dracut.conf.d/kos-e2e.conf")
+	if err := os.MkdirAll(filepath.Dir(dconf), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dconf, []byte("hostonly=\"yes\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// The driver must not hold multi-user.target back: the health check
@@ -134,6 +162,11 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(dropin, []byte("[Service]\nType=simple\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Debian's kexec-tools loads a kernel at every shutdown (10 s under
+	// TCG); kos-upgrade reboot --kexec loads its own.
+	if err := os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/kexec-load.service")); err != nil {
 		t.Fatal(err)
 	}
 	if err := chrootRun(ctx, root, "update-initramfs", "-u", "-k", "all"); err != nil {
@@ -159,12 +192,6 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(work, "root.img")
-	testenv.Run(t, "mke2fs", "-q", "-t", "ext4", "-L", "kos-root", "-d", root, img, fmt.Sprintf("%dM", systemRootMB))
-	if err := os.RemoveAll(root); err != nil {
-		t.Fatal(err)
-	}
-
 	efi, err := os.ReadFile(sdBootEFI)
 	if err != nil {
 		t.Fatal(err)
@@ -176,23 +203,20 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 		"loader/loader.conf":              []byte("timeout 0\ndefault " + entry + "\neditor no\n"),
 		"vmlinuz-" + kv:                   vmlinuz,
 		"initrd.img-" + kv:                initrd,
-		"loader/entries/" + entry:         []byte(systemEntry(kv)),
+		"loader/entries/" + entry:         []byte(systemEntry(kv, layout)),
 	}
 	disk := filepath.Join(work, "disk.raw")
 	if err := boot.BuildTestDisk(disk, systemDiskMB, files); err != nil {
 		t.Fatal(err)
 	}
-
-	setup := newBaseVM(t, base, "setup")
-	setup.AttachDisk(disk, "raw", "kos-disk", false)
-	setup.AttachDisk(img, "raw", "kos-rootimg", true)
-	setup.WriteShared(t, "run.sh", setupScript(layout), 0o755)
-	b := setup.Boot(t, systemTimeout, "setup.rc")
-	if rc := strings.TrimSpace(setup.ReadShared("setup.rc")); b.TimedOut || rc != "0" {
-		t.Fatalf("setup boot: rc %q, timed out %v, qemu %v\n--- setup log:\n%s\n--- console (tail):\n%s",
-			rc, b.TimedOut, b.Err, tail(setup.ReadShared("setup.log"), 60), tail(b.Console, 40))
+	if layout == LayoutBtrfs {
+		fillBtrfsPartition(t, disk, root)
+	} else {
+		fillLVM(t, base, layout, disk, root, work)
 	}
-	os.Remove(img)
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
 
 	vm := newQemuVM(t, base, "")
 	vm.UEFI = true
@@ -202,12 +226,64 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	return &QemuSystem{QemuVM: vm, Set: set, Layout: layout, Kernel: kv, Entry: entry}
 }
 
+// fillBtrfsPartition makes the disk's root partition a btrfs filesystem
+// (label kos-root) whose default subvolume @ holds root: on the host,
+// through a loop device at the partition's offset.
+func fillBtrfsPartition(t *testing.T, disk, root string) {
+	t.Helper()
+	parts, err := boot.Partitions(context.Background(), disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p *boot.Partition
+	for i := range parts {
+		if parts[i].Index == boot.TestDiskRootIndex {
+			p = &parts[i]
+		}
+	}
+	if p == nil {
+		t.Fatalf("%s has no partition %d: %+v", disk, boot.TestDiskRootIndex, parts)
+	}
+	dev := strings.TrimSpace(testenv.Run(t, "losetup", "--find", "--show", "--offset", fmt.Sprint(p.Start), "--sizelimit", fmt.Sprint(p.Size), disk))
+	defer exec.Command("losetup", "-d", dev).Run()
+	testenv.Run(t, "mkfs.btrfs", "-q", "-f", "-L", "kos-root", dev)
+	mnt := t.TempDir()
+	testenv.Run(t, "mount", dev, mnt)
+	defer testenv.UnmountAll(mnt)
+	testenv.Run(t, "btrfs", "subvolume", "create", filepath.Join(mnt, systemBtrfsSubvol))
+	testenv.Run(t, "cp", "-a", root+"/.", filepath.Join(mnt, systemBtrfsSubvol)+"/")
+	testenv.Run(t, "chmod", "0755", filepath.Join(mnt, systemBtrfsSubvol))
+	testenv.Run(t, "btrfs", "subvolume", "set-default", filepath.Join(mnt, systemBtrfsSubvol))
+}
+
+// fillLVM makes the volume group on the disk and copies root into the
+// root LV: an ext4 image of it made on the host (mke2fs -d), copied in by
+// a setup boot of the plain guest (the host has no device-mapper).
+func fillLVM(t *testing.T, base *QemuBase, layout, disk, root, work string) {
+	t.Helper()
+	img := filepath.Join(work, "root.img")
+	testenv.Run(t, "mke2fs", "-q", "-t", "ext4", "-L", "kos-root", "-d", root, img, fmt.Sprintf("%dM", systemRootMB))
+	defer os.Remove(img)
+	setup := newBaseVM(t, base, "setup")
+	setup.AttachDisk(disk, "raw", "kos-disk", false)
+	setup.AttachDisk(img, "raw", "kos-rootimg", true)
+	setup.WriteShared(t, "run.sh", setupScript(layout), 0o755)
+	b := setup.Boot(t, systemTimeout, "setup.rc")
+	if rc := strings.TrimSpace(setup.ReadShared("setup.rc")); b.TimedOut || rc != "0" {
+		t.Fatalf("setup boot: rc %q, timed out %v, qemu %v\n--- setup log:\n%s\n--- console (tail):\n%s",
+			rc, b.TimedOut, b.Err, tail(setup.ReadShared("setup.log"), 60), tail(b.Console, 40))
+	}
+}
+
 // systemEntry is the BLS entry of the installed system, as the distro's
 // installer writes it.
-func systemEntry(kv string) string {
+func systemEntry(kv, layout string) string {
+	root := fmt.Sprintf("root=/dev/mapper/%s ro rd.lvm.lv=%s/%s", boot.MapperName(systemVG, systemRootLV), systemVG, systemRootLV)
+	if layout == LayoutBtrfs {
+		root = "root=LABEL=kos-root ro rootflags=subvol=" + systemBtrfsSubvol
+	}
 	return fmt.Sprintf("title KOS 5.8 (%[1]s)\nversion %[1]s\nmachine-id %[2]s\nlinux /vmlinuz-%[1]s\ninitrd /initrd.img-%[1]s\n"+
-		"options root=/dev/mapper/%[3]s ro rd.lvm.lv=%[4]s/%[5]s %[6]s\n",
-		kv, fixture.MachineID, boot.MapperName(systemVG, systemRootLV), systemVG, systemRootLV, systemCmdline)
+		"options %[3]s %[4]s\n", kv, fixture.MachineID, root, systemCmdline)
 }
 
 // setupScript makes the volume group on the system disk and copies the

@@ -19,10 +19,14 @@ sleep 600`
 // oldRootPackages is a step that records the packages of the old root LV
 // into $F/old-rpm-qa (mounted read-only: the snapshot is the rollback
 // point, not to be touched).
-func oldRootPackages(lv string) string {
-	return fmt.Sprintf(`mkdir -p /mnt/old && mount -o ro,noload /dev/%s/%s /mnt/old &&
-/usr/bin/rpm --root /mnt/old --dbpath /var/lib/rpm -qa --qf '%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}\n' | sort >$F/old-rpm-qa
-cat /mnt/old/etc/os-release >$F/old-os-release; umount /mnt/old`, systemVG, lv)
+func oldRootPackages(layout string) string {
+	mount := fmt.Sprintf("mount -o ro,noload /dev/%s/%s /mnt/old", systemVG, systemRootLV)
+	if layout == LayoutBtrfs {
+		mount = "mount -o ro,subvol=" + systemBtrfsSubvol + " LABEL=kos-root /mnt/old"
+	}
+	return `mkdir -p /mnt/old && ` + mount + ` &&
+/usr/bin/rpm --root /mnt/old --dbpath /var/lib/rpm -qa --qf '%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n' | sort >$F/old-rpm-qa
+cat /mnt/old/etc/os-release >$F/old-os-release; umount /mnt/old`
 }
 
 // lvReport is `lvs --reportformat json` of the system's VG.
@@ -116,11 +120,24 @@ func offlineWindow(t *testing.T, f *Facts) time.Duration {
 // the health unit blesses it. This is the full-system scenario of the
 // default test run.
 func TestQemuSystemThinSuccess(t *testing.T) {
+	upgradeSucceeds(t, LayoutThin)
+}
+
+// TestQemuSystemBtrfsSuccess is TestQemuSystemThinSuccess on a btrfs root
+// (subvolume @): the new entry boots the snapshot with rootflags=subvol=.
+func TestQemuSystemBtrfsSuccess(t *testing.T) {
+	RequireFull(t)
+	upgradeSucceeds(t, LayoutBtrfs)
+}
+
+// upgradeSucceeds runs and checks a successful upgrade of a system whose
+// root is a snapshot (thin LV or btrfs).
+func upgradeSucceeds(t *testing.T, layout string) {
 	t0 := time.Now()
-	s := NewQemuSystem(t, LayoutThin)
+	s := NewQemuSystem(t, layout)
 	s.Script(t, map[string]string{
 		"1": prepareAndReboot,
-		"3": oldRootPackages(systemRootLV),
+		"3": oldRootPackages(layout),
 	})
 	boots := s.Run(t, 5)
 	if len(boots) != 3 {
@@ -162,8 +179,9 @@ func TestQemuSystemThinSuccess(t *testing.T) {
 	}
 	// The new root is the thin snapshot, booted by its own entry, which
 	// systemd-boot selected and the health check blessed.
-	if m := after.File("root-mount"); !strings.Contains(m, "/dev/mapper/"+systemVG+"-") || strings.Contains(m, "/dev/mapper/"+systemVG+"-"+systemRootLV+" ") {
-		t.Errorf("boot 3's root is %q, want the snapshot LV", m)
+	if m := after.File("root-mount"); layout == LayoutBtrfs && !strings.Contains(m, "[/"+snap+"]") ||
+		layout != LayoutBtrfs && (!strings.Contains(m, "/dev/mapper/"+systemVG+"-") || strings.Contains(m, "/dev/mapper/"+systemVG+"-"+systemRootLV+" ")) {
+		t.Errorf("boot 3's root is %q, want the snapshot %s", m, snap)
 	}
 	sel := strings.TrimSpace(after.File("entry-selected"))
 	if sel == "" || sel == s.Entry {
@@ -176,16 +194,18 @@ func TestQemuSystemThinSuccess(t *testing.T) {
 	if !strings.Contains(after.File("entries"), s.Entry) {
 		t.Errorf("the old entry %s is gone:\n%s", s.Entry, after.File("entries"))
 	}
-	if lvs := after.lvNames(t); !slices.Contains(lvs, systemRootLV) || len(lvs) < 3 {
-		t.Errorf("LVs after the upgrade: %q, want the old root, the pool and the snapshot", lvs)
+	if layout == LayoutThin {
+		if lvs := after.lvNames(t); !slices.Contains(lvs, systemRootLV) || len(lvs) < 3 {
+			t.Errorf("LVs after the upgrade: %q, want the old root, the pool and the snapshot", lvs)
+		}
 	}
 	// The old root LV is the untouched rollback point.
 	if got := strings.Fields(after.File("old-rpm-qa")); !slices.Equal(got, before.Packages()) {
 		t.Errorf("the old root's packages changed: %q, were %q", got, before.Packages())
 	}
 	t.Logf("snapshot %s; the new system booted %d boot(s) after `kos-upgrade reboot`", snap, len(boots)-1)
-	t.Logf("FIGURES: boots from reboot to the new system %d; offline boot (QEMU start to exit) %s; offline window (apply) %s; scenario %s",
-		len(boots)-1, boots[1].Duration.Round(time.Millisecond), offlineWindow(t, after).Round(time.Millisecond), time.Since(t0).Round(time.Second))
+	t.Logf("FIGURES (%s): boots from reboot to the new system %d; offline boot (QEMU start to exit) %s; offline window (apply) %s; scenario %s",
+		layout, len(boots)-1, boots[1].Duration.Round(time.Millisecond), offlineWindow(t, after).Round(time.Millisecond), time.Since(t0).Round(time.Second))
 }
 
 // reposFlags returns --repo flags for fixture repos of s.
@@ -301,10 +321,16 @@ sleep 600`, s.reposFlags("5.9", "5.9-badinit")),
 		t.Errorf("boot 5 started entry %q, want the old %s", sel, s.Entry)
 	}
 	st := f.Status(t)
-	if st.State.LastResult == nil || st.State.LastResult.Success {
+	if st.State.Status != "rolled-back" || st.State.LastResult == nil || st.State.LastResult.Kind != "fallback" || st.State.LastResult.Success {
 		t.Errorf("the fallback is not recorded: %s\n--- health:\n%s", f.File("status.json"), f.File("health.log"))
 	}
-	t.Logf("fallback recorded as: %s", f.File("status.json"))
+	// The failed entry is gone and loader.conf is as before the upgrade.
+	if e := strings.TrimSpace(f.File("entries")); e != s.Entry {
+		t.Errorf("entries after the fallback: %q, want only %s", e, s.Entry)
+	}
+	if c := f.File("loader.conf"); !strings.Contains(c, "default "+s.Entry+"\n") {
+		t.Errorf("loader.conf after the fallback:\n%s", c)
+	}
 }
 
 // TestQemuSystemKexec is the upgrade with `kos-upgrade reboot --kexec`:
@@ -333,45 +359,4 @@ func TestQemuSystemKexec(t *testing.T) {
 	}
 	t.Logf("FIGURES: --kexec: firmware POSTs after `kos-upgrade reboot` %d; QEMU run %s; scenario %s",
 		posts-1, boots[0].Duration.Round(time.Millisecond), time.Since(t0).Round(time.Second))
-}
-
-// TestQemuSystemInitramfs is initramfs mode on the thin system: prepare
-// --mode initramfs, `kos-upgrade reboot` builds the upgrade initramfs with
-// the guest's dracut and boots it once through systemd-boot's one-shot
-// entry; the hook applies before switch-root, removes its entry and image
-// and reboots into the trial of the new root.
-func TestQemuSystemInitramfs(t *testing.T) {
-	RequireFull(t)
-	t0 := time.Now()
-	s := NewQemuSystem(t, LayoutThin)
-	s.Script(t, map[string]string{
-		"1": strings.Replace(prepareAndReboot, "--to 5.9 ", "--to 5.9 --mode initramfs ", 1) + "\n",
-		"3": oldRootPackages(systemRootLV) + "\nls /boot >$F/boot-files",
-	})
-	boots := s.Run(t, 5)
-	if len(boots) != 3 {
-		t.Fatalf("%d boots, want 3 (5.8, the upgrade initramfs, 5.9)", len(boots))
-	}
-	before := s.Facts("1")
-	expectOld(t, "boot 1", before, nil)
-	if c := boots[1].Console; !strings.Contains(c, "Upgrade to 5.9 succeeded") || strings.Contains(c, "system-update.target") {
-		t.Errorf("boot 2 is not an upgrade from the initramfs; console:\n%s", tail(c, 60))
-	}
-	after := s.Facts("3")
-	expectUpgraded(t, "boot 3", after)
-	if t.Failed() {
-		t.Fatalf("facts of boot 3:%s\n--- run log of boot 1:\n%s", after, s.ReadShared("run-1.log"))
-	}
-	if strings.Contains(after.File("entries"), "initramfs") || strings.Contains(after.File("boot-files"), "kos-upgrade-initramfs") {
-		t.Errorf("the one-time entry or the upgrade initramfs is left:\n%s\n%s", after.File("entries"), after.File("boot-files"))
-	}
-	if got := strings.Fields(after.File("old-rpm-qa")); !slices.Equal(got, before.Packages()) {
-		t.Errorf("the old root's packages changed: %q, were %q", got, before.Packages())
-	}
-	st := after.Status(t)
-	if st.State.Status != "succeeded" || st.State.LastResult == nil || !st.State.LastResult.Success {
-		t.Errorf("kos-upgrade status in the new system: %s", after.File("status.json"))
-	}
-	t.Logf("FIGURES: initramfs mode: upgrade boot (QEMU start to exit) %s; offline window (apply) %s; scenario %s",
-		boots[1].Duration.Round(time.Millisecond), offlineWindow(t, after).Round(time.Millisecond), time.Since(t0).Round(time.Second))
 }
