@@ -144,8 +144,12 @@ finish() {
 		exit "$1"
 	fi
 	say "rebooting"
+	# --force: what had to be written is written and synced; stopping the
+	# initramfs' units one by one hung in a QEMU run (nothing of ours was
+	# left to stop), while systemd-shutdown still kills, unmounts and
+	# detaches everything.
 	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-		systemctl --no-block reboot && exit "$1"
+		systemctl --force reboot && exit "$1"
 	fi
 	reboot -f
 	exit "$1"

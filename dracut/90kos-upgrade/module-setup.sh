@@ -26,6 +26,22 @@ depends() {
     return 0
 }
 
+# The hook mounts /boot, /boot/efi and /efi itself (dracut mounts only the
+# root): the drivers of their filesystems, which a host-only image lacks
+# otherwise, and for vfat the codepages its mount needs.
+installkernel() {
+    local mp fs
+    for mp in /boot /boot/efi /efi; do
+        fs=$(findmnt -n -o FSTYPE --mountpoint "$mp" 2>/dev/null) || continue
+        [ -n "$fs" ] || continue
+        hostonly='' instmods "$fs"
+        if [ "$fs" = vfat ]; then
+            hostonly='' instmods nls_cp437 nls_iso8859-1 nls_ascii nls_utf8
+        fi
+    done
+    return 0
+}
+
 install() {
     inst_simple "${KOS_UPGRADE_BIN:-/usr/bin/kos-upgrade}" /usr/bin/kos-upgrade
     inst_script "$moddir/kos-upgrade-initrd.sh" /usr/sbin/kos-upgrade-initrd

@@ -185,9 +185,15 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The fixture's kos-sh puts busybox applets over the guest's
+	// coreutils, grep and sed (a fixture system has nothing else); the
+	// guest's own are put back, or its dracut (GNU grep -P) breaks.
+	debianBin := filepath.Join(work, "debian-bin")
+	testenv.Run(t, "cp", "-al", filepath.Join(root, "usr/bin"), debianBin)
 	if err := fixture.InstallBase(ctx, set, root); err != nil {
 		t.Fatal(err)
 	}
+	restoreOverBusybox(t, filepath.Join(root, "usr/bin"), debianBin)
 	testenv.Run(t, "cp", "-a", tree+"/.", root+"/")
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
@@ -224,6 +230,30 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	vm.Share(systemReposTag, filepath.Join(set.Dir, "repos"))
 	t.Logf("%s system ready in %s (kernel %s)", layout, time.Since(start).Round(time.Millisecond), kv)
 	return &QemuSystem{QemuVM: vm, Set: set, Layout: layout, Kernel: kv, Entry: entry}
+}
+
+// restoreOverBusybox puts back the programs of saved (a hard-linked copy
+// of bin made before the fixture was installed) that the fixture replaced
+// in bin with symlinks to busybox.
+func restoreOverBusybox(t *testing.T, bin, saved string) {
+	t.Helper()
+	ents, err := os.ReadDir(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(bin, e.Name())
+		if l, err := os.Readlink(p); err != nil || l != "busybox" {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(saved, e.Name())); err != nil {
+			continue // an applet the guest has no program for
+		}
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Run(t, "cp", "-a", filepath.Join(saved, e.Name()), p)
+	}
 }
 
 // fillBtrfsPartition makes the disk's root partition a btrfs filesystem
@@ -335,7 +365,7 @@ lvs --reportformat json -a -o lv_name,lv_attr,origin,pool_lv,lv_size,data_percen
 ls /boot/loader/entries >$F/entries
 cat /boot/loader/loader.conf >$F/loader.conf
 f=/sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
-[ -e $f ] && tail -c +5 $f | tr -d '\000' >$F/entry-selected
+[ -e $f ] && dd if=$f bs=1 skip=4 2>/dev/null | tr -d '\000' >$F/entry-selected
 journalctl -b -o short-monotonic -u kos-upgrade-health.service >$F/health.log 2>&1
 set -x
 case $n in

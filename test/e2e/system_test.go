@@ -94,6 +94,20 @@ func expectOld(t *testing.T, what string, f *Facts, before []string) {
 	}
 }
 
+// expectBackOnOld checks that boot n runs, from the old entry, the 5.8
+// system boot 1 ran, untouched, and returns its facts.
+func expectBackOnOld(t *testing.T, s *QemuSystem, n, what string) *Facts {
+	t.Helper()
+	before := s.Facts("1")
+	expectOld(t, "boot 1", before, nil)
+	f := s.Facts(n)
+	expectOld(t, what, f, before.Packages())
+	if sel := strings.TrimSpace(f.File("entry-selected")); sel != s.Entry {
+		t.Errorf("%s started entry %q, want the old %s", what, sel, s.Entry)
+	}
+	return f
+}
+
 // offlineWindow is how long the offline apply ran, from the result in
 // the new system's status.
 func offlineWindow(t *testing.T, f *Facts) time.Duration {
@@ -274,13 +288,7 @@ printf '[Service]\nEnvironment=KOS_UPGRADE_TEST_HANG_AT=mid-transaction\n' >/etc
 	if len(boots) != 3 {
 		t.Fatalf("%d boots, want 3 (5.8, offline cut, 5.8)", len(boots))
 	}
-	before := s.Facts("1")
-	expectOld(t, "boot 1", before, nil)
-	f := s.Facts("3")
-	expectOld(t, "boot 3 (after the power cut)", f, before.Packages())
-	if sel := strings.TrimSpace(f.File("entry-selected")); sel != s.Entry {
-		t.Errorf("boot 3 started entry %q, want the old %s", sel, s.Entry)
-	}
+	f := expectBackOnOld(t, s, "3", "boot 3 (after the power cut)")
 	st := f.Status(t)
 	if st.State.LastResult == nil || st.State.LastResult.Success || !strings.Contains(st.State.LastResult.Error, "interrupted") {
 		t.Errorf("the interrupted run is not recorded as failed: %s", f.File("status.json"))
@@ -313,13 +321,7 @@ sleep 600`, s.reposFlags("5.9", "5.9-badinit")),
 			t.Errorf("boot %d did not run the broken init of the new root; console:\n%s", b.N, tail(b.Console, 40))
 		}
 	}
-	before := s.Facts("1")
-	expectOld(t, "boot 1", before, nil)
-	f := s.Facts("5")
-	expectOld(t, "boot 5 (after the fallback)", f, before.Packages())
-	if sel := strings.TrimSpace(f.File("entry-selected")); sel != s.Entry {
-		t.Errorf("boot 5 started entry %q, want the old %s", sel, s.Entry)
-	}
+	f := expectBackOnOld(t, s, "5", "boot 5 (after the fallback)")
 	st := f.Status(t)
 	if st.State.Status != "rolled-back" || st.State.LastResult == nil || st.State.LastResult.Kind != "fallback" || st.State.LastResult.Success {
 		t.Errorf("the fallback is not recorded: %s\n--- health:\n%s", f.File("status.json"), f.File("health.log"))
