@@ -352,24 +352,30 @@ func (s *SystemdBoot) TrialBoot(ctx context.Context, id string, tries int) error
 		}
 	}
 	pattern, err := planTrial(es, id, t.fallback, tries)
+	sortKey := false
 	if errors.Is(err, ErrNotSupported) && giveSortKey(es, id, t.fallback) {
 		// Where neither entry has a sort-key, systemd-boot orders them
 		// by file name, and a made entry ("kos-upgrade-...") sorts after
 		// the distro's ("<machine-id>-<kernel>"): a sort-key puts the
 		// trial first (entries with one come first) while it has tries.
 		e.Set(KeySortKey, TrialSortKey)
-		if pattern, err = planTrial(es, id, t.fallback, tries); err == nil {
-			if err = WriteEntry(s.entriesDir, e); err != nil {
-				return err
-			}
-		}
+		pattern, err = planTrial(es, id, t.fallback, tries)
+		sortKey = err == nil
 	}
 	if err != nil {
 		return err
 	}
 	// Counter first: if we crash before loader.conf is written, the
-	// old default pattern still boots the old entry.
-	if err := renameEntry(e, Counter{Set: true, Left: tries}); err != nil {
+	// old default pattern still boots the old entry. A sort-key is
+	// written with the counter, in one file: under a default pattern
+	// that matches it, an entry with the sort-key but no counter would
+	// boot first, uncounted, for good.
+	if sortKey {
+		e.Counter = Counter{Set: true, Left: tries}
+		if err := WriteEntry(s.entriesDir, e); err != nil {
+			return err
+		}
+	} else if err := renameEntry(e, Counter{Set: true, Left: tries}); err != nil {
 		return err
 	}
 	setTrial(c, &t)

@@ -342,6 +342,10 @@ func TestSystemdBootTrialWithoutSortKeys(t *testing.T) {
 	if v, _ := e.Get(KeySortKey); v != TrialSortKey || e.Counter.Left != 2 {
 		t.Errorf("trial entry %s: sort-key %q, counter %+v", e.Path, v, e.Counter)
 	}
+	// One file, sort-key and counter together: never the sort-key uncounted.
+	if m, _ := filepath.Glob(filepath.Join(dir, id+"*")); len(m) != 1 || filepath.Base(m[0]) != id+"+2.conf" {
+		t.Errorf("trial entry files: %v, want only %s+2.conf", m, id)
+	}
 	var got []string
 	for range 4 {
 		got = append(got, sdBoot(t, s))
