@@ -156,13 +156,7 @@ func TestSystemdBootTrialBlessRollback(t *testing.T) {
 	if def, err := sd.Default(ctx); err != nil || def != b.OldEntry {
 		t.Errorf("systemd-boot boots %q (%v) after rollback", def, err)
 	}
-	for _, r := range []string{b.Root, newRoot} {
-		e := b.engine(t)
-		e.Root.Dir = r
-		if s, _ := e.Status(ctx); s.State.Status != upgrader.StatusRolledBack {
-			t.Errorf("state in %s after rollback: %s", r, s.State.Status)
-		}
-	}
+	b.expectRolledBack(t, b.Root, newRoot)
 }
 
 // systemd-boot tried the new entry three times and went back to the old

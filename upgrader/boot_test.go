@@ -97,6 +97,18 @@ func writeFile(t *testing.T, p, content string, mode os.FileMode) {
 	}
 }
 
+// expectRolledBack checks that the state in each root says rolled back.
+func (b *bootSystem) expectRolledBack(t *testing.T, roots ...string) {
+	t.Helper()
+	for _, r := range roots {
+		e := b.engine(t)
+		e.Root.Dir = r
+		if s, _ := e.Status(context.Background()); s.State.Status != upgrader.StatusRolledBack {
+			t.Errorf("state in %s after rollback: %s", r, s.State.Status)
+		}
+	}
+}
+
 func (b *bootSystem) digest(t *testing.T) map[string]string {
 	return treeDigest(t, b.Boot, "lost+found")
 }
@@ -243,13 +255,7 @@ func TestApplyKernelTrialBlessRollback(t *testing.T) {
 	if env := b.env(t); env.Value("saved_entry") != b.OldEntry {
 		t.Errorf("grubenv after rollback: %v", env.Map())
 	}
-	for _, r := range []string{b.Root, newRoot} {
-		e := b.engine(t)
-		e.Root.Dir = r
-		if s, _ := e.Status(ctx); s.State.Status != upgrader.StatusRolledBack {
-			t.Errorf("state in %s after rollback: %s", r, s.State.Status)
-		}
-	}
+	b.expectRolledBack(t, b.Root, newRoot)
 }
 
 func TestBootLoaderFellBack(t *testing.T) {
