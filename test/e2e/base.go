@@ -265,6 +265,16 @@ func trimBase(root string) error {
 	return nil
 }
 
+// putFile writes content to rel below root with mode, creating its
+// directory: how both tiers configure a guest root.
+func putFile(root, rel, content string, mode os.FileMode) error {
+	p := filepath.Join(root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte(content), mode)
+}
+
 func tail(s string, n int) string {
 	var lines []string
 	sc := bufio.NewScanner(strings.NewReader(s))

@@ -161,11 +161,7 @@ func NewGuest(t *testing.T) *Guest {
 // WriteFile writes a file into the guest's root (@).
 func (g *Guest) WriteFile(t *testing.T, rel, content string, mode os.FileMode) {
 	t.Helper()
-	p := filepath.Join(g.Root, rel)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+	if err := putFile(g.Root, rel, content, mode); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -308,8 +304,12 @@ type Facts struct {
 }
 
 // Facts returns boot n's facts, or nil.
-func (g *Guest) Facts(n int) *Facts {
-	d := filepath.Join(g.Shared, fmt.Sprintf("boot-%d", n))
+func (g *Guest) Facts(n int) *Facts { return factsIn(g.Shared, fmt.Sprint(n)) }
+
+// factsIn returns the facts of boot n recorded in the shared directory
+// (boot-<n>), or nil when the driver did not run in that boot.
+func factsIn(shared, n string) *Facts {
+	d := filepath.Join(shared, "boot-"+n)
 	if !fileExists(d) {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
@@ -99,23 +100,7 @@ func TestNspawnSuccessBtrfs(t *testing.T) {
 	}
 
 	after := g.Facts(3)
-	if after == nil {
-		t.Fatal("the driver did not run in boot 3")
-	}
-	if v := after.OSRelease("VERSION_ID"); v != "5.9" {
-		t.Errorf("boot 3 runs VERSION_ID %q, want 5.9", v)
-	}
-	pkgs := after.Packages()
-	for _, p := range want59 {
-		if !hasPackage(pkgs, p) {
-			t.Errorf("boot 3: %s is not installed: %q", p, pkgs)
-		}
-	}
-	for _, p := range gone59 {
-		if hasPackage(pkgs, p) {
-			t.Errorf("boot 3: %s is still installed: %q", p, pkgs)
-		}
-	}
+	expectUpgraded(t, "boot 3", after)
 	if m := after.File("root-mount"); !strings.Contains(m, boots[2].Subvol) {
 		t.Errorf("boot 3's root is %q, want subvolume %s", m, boots[2].Subvol)
 	}
@@ -148,10 +133,13 @@ func readlinkOrEmpty(p string) (string, error) {
 }
 
 // repoFlags returns --repo ID=file://DIR for fixture repos.
-func (g *Guest) repoFlags(names ...string) []string {
+func (g *Guest) repoFlags(names ...string) []string { return repoFlags(g.Set, names...) }
+
+// repoFlags returns --repo ID=file://DIR for fixture repos of set.
+func repoFlags(set *fixture.Set, names ...string) []string {
 	var out []string
 	for i, n := range names {
-		out = append(out, "--repo", fmt.Sprintf("r%d=file://%s", i, g.Set.Repos[n]))
+		out = append(out, "--repo", fmt.Sprintf("r%d=file://%s", i, set.Repos[n]))
 	}
 	return out
 }

@@ -237,11 +237,7 @@ func prepareQemuRoot(root string) error {
 		"etc/systemd/system/kos-qemu-driver.service": {qemuDriverUnit, 0o644},
 	}
 	for name, f := range files {
-		p := filepath.Join(root, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(p, []byte(f.content), f.mode); err != nil {
+		if err := putFile(root, name, f.content, f.mode); err != nil {
 			return err
 		}
 	}
@@ -332,7 +328,7 @@ func newBaseVM(t *testing.T, base *QemuBase, name string) *QemuVM {
 	vm := newQemuVM(t, base, name)
 	overlay := filepath.Join(vm.Dir, "root.qcow2")
 	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base.Image, "-F", "raw", overlay)
-	vm.disks = append(vm.disks, qemuDisk{path: overlay, serial: "kos-root", format: "qcow2"})
+	vm.AttachDisk(overlay, "qcow2", "kos-root", false)
 	return vm
 }
 
@@ -369,8 +365,7 @@ func (vm *QemuVM) AddDisk(t *testing.T, serial string, sizeMB int) string {
 	t.Helper()
 	p := filepath.Join(vm.Dir, serial+".qcow2")
 	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, fmt.Sprintf("%dM", sizeMB))
-	vm.disks = append(vm.disks, qemuDisk{path: p, serial: serial, format: "qcow2"})
-	return "/dev/disk/by-id/virtio-" + serial
+	return vm.AttachDisk(p, "qcow2", serial, false)
 }
 
 // AttachDisk adds an existing image (format "raw" or "qcow2") as the next

@@ -142,27 +142,20 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 		}
 	}
 	fstab += "PARTLABEL=ESP /boot vfat umask=0077 0 2\n"
-	if err := os.WriteFile(filepath.Join(root, "etc/fstab"), []byte(fstab), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The upgrade initramfs of initramfs mode is host-only, as on KOS
-	// (Debian's dracut defaults to a generic image that does not fit the
-	// ESP).
-	dconf := filepath.Join(root, "etc/dracut.conf.d/kos-e2e.conf")
-	if err := os.MkdirAll(filepath.Dir(dconf), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dconf, []byte("hostonly=\"yes\"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The driver must not hold multi-user.target back: the health check
-	// of an upgraded system runs after it, and run.sh waits for that.
-	dropin := filepath.Join(root, "etc/systemd/system/kos-qemu-driver.service.d/system.conf")
-	if err := os.MkdirAll(filepath.Dir(dropin), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dropin, []byte("[Service]\nType=simple\n"), 0o644); err != nil {
-		t.Fatal(err)
+	for rel, content := range map[string]string{
+		"etc/fstab": fstab,
+		// The upgrade initramfs of initramfs mode is host-only, as on
+		// KOS (Debian's dracut defaults to a generic image that does
+		// not fit the ESP).
+		"etc/dracut.conf.d/kos-e2e.conf": "hostonly=\"yes\"\n",
+		// The driver must not hold multi-user.target back: the health
+		// check of an upgraded system runs after it, and run.sh waits
+		// for that.
+		"etc/systemd/system/kos-qemu-driver.service.d/system.conf": "[Service]\nType=simple\n",
+	} {
+		if err := putFile(root, rel, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Debian's kexec-tools loads a kernel at every shutdown (10 s under
 	// TCG); kos-upgrade reboot --kexec loads its own.
@@ -265,14 +258,9 @@ func fillBtrfsPartition(t *testing.T, disk, root string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p *boot.Partition
-	for i := range parts {
-		if parts[i].Index == boot.TestDiskRootIndex {
-			p = &parts[i]
-		}
-	}
-	if p == nil {
-		t.Fatalf("%s has no partition %d: %+v", disk, boot.TestDiskRootIndex, parts)
+	p, err := boot.FindRole(parts, boot.RoleLinux)
+	if err != nil || p.Index != boot.TestDiskRootIndex {
+		t.Fatalf("%s has no root partition %d: %v %+v", disk, boot.TestDiskRootIndex, err, parts)
 	}
 	dev := strings.TrimSpace(testenv.Run(t, "losetup", "--find", "--show", "--offset", fmt.Sprint(p.Start), "--sizelimit", fmt.Sprint(p.Size), disk))
 	defer exec.Command("losetup", "-d", dev).Run()
@@ -412,10 +400,4 @@ func (s *QemuSystem) Run(t *testing.T, max int) []SystemBoot {
 
 // Facts returns boot n's facts ("1", "3", "1k"), or nil when the driver
 // did not run then.
-func (s *QemuSystem) Facts(n string) *Facts {
-	d := filepath.Join(s.Shared, "boot-"+n)
-	if !fileExists(d) {
-		return nil
-	}
-	return &Facts{dir: d}
-}
+func (s *QemuSystem) Facts(n string) *Facts { return factsIn(s.Shared, n) }

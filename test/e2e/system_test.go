@@ -224,11 +224,7 @@ func upgradeSucceeds(t *testing.T, layout string) {
 
 // reposFlags returns --repo flags for fixture repos of s.
 func (s *QemuSystem) reposFlags(names ...string) string {
-	var out []string
-	for i, n := range names {
-		out = append(out, fmt.Sprintf("--repo r%d=file://%s", i, s.Set.Repos[n]))
-	}
-	return strings.Join(out, " ")
+	return strings.Join(repoFlags(s.Set, names...), " ")
 }
 
 // TestQemuSystemThickRollback upgrades a root on a thick LV in place (the
