@@ -163,13 +163,3 @@ type StepError struct {
 
 func (e *StepError) Error() string { return fmt.Sprintf("%s: %v", e.Step, e.Err) }
 func (e *StepError) Unwrap() error { return e.Err }
-
-// ErrStalePlan says the system changed since prepare.
-var ErrStalePlan = errors.New("the installed packages changed since the upgrade was prepared")
-
-// ErrStagedChanged says a staged package is missing or differs from the
-// plan's checksum.
-var ErrStagedChanged = errors.New("the staged packages do not match the plan")
-
-// ErrNotArmed says apply found nothing to do.
-var ErrNotArmed = errors.New("no upgrade is armed")

@@ -10,9 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrBusy says another kos-upgrade process holds the state directory.
-var ErrBusy = errors.New("another kos-upgrade operation is running")
-
 // lock is an exclusive flock on the state directory's lock file.
 type lock struct{ f *os.File }
 

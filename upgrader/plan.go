@@ -122,9 +122,6 @@ var planKeys = []string{"version", "id", "created_at", "machine_id", "source", "
 	"mode", "rpmdb_fingerprint", "signature_check", "stage_dir", "transaction", "download_size", "install_size", "report",
 	"migration"}
 
-// ErrBadPlan is wrapped by every plan parse and validation error.
-var ErrBadPlan = errors.New("invalid plan")
-
 // ParsePlan decodes and validates a plan document.
 func ParsePlan(b []byte) (*Plan, error) {
 	if len(bytes.TrimSpace(b)) == 0 {

@@ -2,7 +2,6 @@ package upgrader
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -160,9 +159,6 @@ type Result struct {
 // ErrInterrupted is the provisional error recorded before the transaction:
 // a crash leaves it as the truth.
 const errInterrupted = "interrupted: the run stopped before it finished (crash or power cut); the system it left boots the old root"
-
-// ErrNoPlan says there is no prepared plan.
-var ErrNoPlan = errors.New("no upgrade is prepared")
 
 // store reads and writes the documents of one state directory.
 type store struct {

@@ -17,7 +17,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
-	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
@@ -53,16 +52,20 @@ func exitCode(err error) int {
 	fmt.Fprintln(os.Stderr, "kos-upgrade: "+err.Error())
 	var ue usageError
 	var ce cli.ExitCoder
-	switch {
-	case errors.As(err, &ue):
+	if errors.As(err, &ue) {
 		return exitUsage
-	case errors.Is(err, upgrader.ErrBusy):
+	}
+	// upgrader.Classify is the one classification; the daemon's D-Bus
+	// error names come from it too, and its client maps them back.
+	switch upgrader.Classify(err) {
+	case upgrader.ClassBusy:
 		return exitBusy
-	case errors.Is(err, upgrader.ErrStalePlan), errors.Is(err, upgrader.ErrBadPlan), errors.Is(err, upgrader.ErrStagedChanged):
+	case upgrader.ClassStalePlan:
 		return exitStalePlan
-	case errors.Is(err, preflight.ErrInhibited):
+	case upgrader.ClassInhibited:
 		return exitInhibited
-	case errors.As(err, &ce):
+	}
+	if errors.As(err, &ce) {
 		return ce.ExitCode()
 	}
 	return exitFailed

@@ -3,6 +3,7 @@ package dbusapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -307,5 +308,55 @@ func TestDaemonCheck(t *testing.T) {
 	_, errOut, err := b.busctl(t, nil, "call", dbusapi.BusName, "/org/kos/Upgrade1", dbusapi.Interface, "Check", "a{sv}", "1", "answers", "as", "1", "no-equals-sign")
 	if err == nil || !strings.Contains(errOut, "no-equals-sign") {
 		t.Errorf("Check with a malformed answer: %v %s", err, errOut)
+	}
+}
+
+// TestRefusalExitCodeInProcessAndDaemon: the same refusal (a staged
+// package changed since prepare: ErrStagedChanged) ends with the same exit
+// code whether `kos-upgrade reboot --no-reboot` arms in-process or through
+// the daemon, because both derive from upgrader.Classify. A monitor on the
+// bus proves the second run went through the daemon.
+func TestRefusalExitCodeInProcessAndDaemon(t *testing.T) {
+	s := newSystem(t)
+	b := startBus(t)
+	p, err := s.engine(t).Prepare(context.Background(), upgrader.PrepareOptions{To: "5.9", Snapshot: "auto"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stage := filepath.Join(s.Root, "var/lib/kos-upgrade", p.StageDir)
+	rpms, _ := filepath.Glob(filepath.Join(stage, "*.rpm"))
+	if len(rpms) == 0 {
+		t.Fatalf("nothing staged in %s", stage)
+	}
+	if err := os.WriteFile(rpms[0], []byte("not the package the plan names"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exitOf := func(env ...string) (int, string) {
+		t.Helper()
+		cmd := exec.Command(binary(t), "--root", s.Root, "reboot", "--no-reboot")
+		cmd.Env = append(append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+b.Addr), env...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	inProcess, out := exitOf("KOS_UPGRADE_NO_DAEMON=1")
+	if inProcess != 3 || !strings.Contains(out, upgrader.ErrStagedChanged.Error()) {
+		t.Errorf("in-process: exit %d, want 3 (docs/cli.md)\n%s", inProcess, out)
+	}
+
+	startDaemonProc(t, b, s.Root, nil)
+	// The daemon answers the refusal with Error.StalePlan...
+	call := b.connect(t).Object(dbusapi.BusName, dbusapi.ObjectPath).Call(dbusapi.Interface+".Arm", 0, map[string]dbus.Variant{})
+	var de dbus.Error
+	if !errors.As(call.Err, &de) || de.Name != dbusapi.ErrorStalePlan {
+		t.Errorf("Arm over the bus: %v, want %s", call.Err, dbusapi.ErrorStalePlan)
+	}
+	// ...and the CLI, which goes through it, exits as it does in-process.
+	viaDaemon, out := exitOf()
+	if viaDaemon != inProcess {
+		t.Errorf("through the daemon: exit %d, in-process %d\n%s", viaDaemon, inProcess, out)
 	}
 }

@@ -391,17 +391,26 @@ func (s *Service) end(j *job, err error, okMsg string) {
 	s.touch()
 }
 
-// engineError turns an engine error into the D-Bus error a client sees.
+// engineError turns an engine error into the D-Bus error a client sees:
+// its name comes from upgrader.Classify, as the CLI's exit codes do, and
+// the client maps the name back to the sentinel (RemoteError.Unwrap).
 func engineError(err error) *dbus.Error {
-	switch {
-	case err == nil:
+	if err == nil {
 		return nil
-	case errors.Is(err, upgrader.ErrBusy):
-		return dbus.NewError(ErrorBusy, []any{err.Error()})
-	case errors.Is(err, upgrader.ErrStalePlan), errors.Is(err, upgrader.ErrBadPlan):
-		return dbus.NewError(ErrorStalePlan, []any{err.Error()})
 	}
-	return dbus.NewError(ErrorFailed, []any{err.Error()})
+	return dbus.NewError(ErrorName(upgrader.Classify(err)), []any{err.Error()})
+}
+
+// ErrorName is the D-Bus error name of an engine error class. An inhibited
+// prepare is Error.Failed: its exit code is that of a failure.
+func ErrorName(c upgrader.Class) string {
+	switch c {
+	case upgrader.ClassBusy:
+		return ErrorBusy
+	case upgrader.ClassStalePlan:
+		return ErrorStalePlan
+	}
+	return ErrorFailed
 }
 
 func invalidArgs(format string, a ...any) *dbus.Error {
