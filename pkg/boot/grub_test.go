@@ -329,24 +329,32 @@ func TestGrubRefusals(t *testing.T) {
 }
 
 func TestGrubEnvSymlinkIntoESP(t *testing.T) {
-	root, _ := sysroot.New(t.TempDir())
-	os.MkdirAll(root.Path("/boot/efi/EFI/redhat"), 0o755)
-	os.MkdirAll(root.Path("/boot/grub2"), 0o755)
-	os.MkdirAll(root.Path("/boot/loader/entries"), 0o755)
-	env := NewEnv()
-	env.Set(EnvSavedEntry, "x")
-	WriteEnv(root.Path("/boot/efi/EFI/redhat/grubenv"), env)
-	// EL8 UEFI: an absolute link, which must resolve inside the root.
-	os.Symlink("/boot/efi/EFI/redhat/grubenv", root.Path("/boot/grub2/grubenv"))
-	g, err := NewGrub(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g.EnvPath() != root.Path("/boot/efi/EFI/redhat/grubenv") {
-		t.Errorf("env path %s", g.EnvPath())
-	}
-	if fi, err := os.Lstat(root.Path("/boot/grub2/grubenv")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
-		t.Error("link replaced")
+	for _, tc := range []struct{ name, link string }{
+		// EL8 UEFI (grub.macros): ln -sf ../efi/EFI/<vendor>/grubenv /boot/grub2/grubenv
+		{"relative, as EL8 ships it", "../efi/EFI/redhat/grubenv"},
+		// An absolute link (made by hand) must resolve inside the root too.
+		{"absolute", "/boot/efi/EFI/redhat/grubenv"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, _ := sysroot.New(t.TempDir())
+			os.MkdirAll(root.Path("/boot/efi/EFI/redhat"), 0o755)
+			os.MkdirAll(root.Path("/boot/grub2"), 0o755)
+			os.MkdirAll(root.Path("/boot/loader/entries"), 0o755)
+			env := NewEnv()
+			env.Set(EnvSavedEntry, "x")
+			WriteEnv(root.Path("/boot/efi/EFI/redhat/grubenv"), env)
+			os.Symlink(tc.link, root.Path("/boot/grub2/grubenv"))
+			g, err := NewGrub(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.EnvPath() != root.Path("/boot/efi/EFI/redhat/grubenv") {
+				t.Errorf("env path %s", g.EnvPath())
+			}
+			if fi, err := os.Lstat(root.Path("/boot/grub2/grubenv")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+				t.Error("link replaced")
+			}
+		})
 	}
 }
 
