@@ -1,6 +1,10 @@
 // Package execlog runs external commands the one way kos-upgrade does:
 // every command is logged with its argv before it runs, and a failure comes
 // back as "cannot <what>: <argv>: <stderr>: <err>", wrapping the exit error.
+//
+// Every command starts isolated (Command): working directory /, a fixed
+// minimal environment, nothing inherited from whoever started kos-upgrade
+// (PYTHONPATH, LD_PRELOAD, a planted module in the caller's directory).
 package execlog
 
 import (
@@ -14,11 +18,41 @@ import (
 	"strings"
 )
 
-// Runner runs commands. The zero value logs to slog.Default() and keeps the
-// process environment.
+// Path is the PATH every command runs with.
+const Path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// testEnvPrefix names the test hooks' variables (a crash or a hang at a
+// named step) that are passed on to commands so that a helper can honour
+// them; nothing else of the caller's environment is.
+const testEnvPrefix = "KOS_UPGRADE_TEST_"
+
+// Env returns the environment every command starts with: PATH, LANG=C,
+// the test hooks' variables of this process, then extra (a later entry
+// overrides an earlier one of the same name).
+func Env(extra ...string) []string {
+	env := []string{"PATH=" + Path, "LANG=C"}
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, testEnvPrefix) {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// Command returns an isolated command: argv run in / with Env(extra...).
+// Callers that cannot use Runner.Run (a pipe, extra files) start their
+// command from here.
+func Command(ctx context.Context, argv []string, extra ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = "/"
+	cmd.Env = Env(extra...)
+	return cmd
+}
+
+// Runner runs commands. The zero value logs to slog.Default().
 type Runner struct {
 	Log *slog.Logger // nil: slog.Default()
-	Env []string     // added to the environment (LANG=C for tools whose output is parsed)
+	Env []string     // added to the fixed environment (see Env)
 }
 
 // Logger returns the logger commands are logged to.
@@ -29,14 +63,12 @@ func (r Runner) Logger() *slog.Logger {
 	return slog.Default()
 }
 
-// Run runs argv and returns its standard output. what says what the command
-// is for, in the words of the error message ("cannot <what>").
+// Run runs argv (isolated, see Command) and returns its standard output.
+// what says what the command is for, in the words of the error message
+// ("cannot <what>").
 func (r Runner) Run(ctx context.Context, what string, argv ...string) (string, error) {
 	r.Logger().Debug("run", "argv", argv)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	if len(r.Env) > 0 {
-		cmd.Env = append(os.Environ(), r.Env...)
-	}
+	cmd := Command(ctx, argv, r.Env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr

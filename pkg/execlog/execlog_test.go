@@ -30,3 +30,35 @@ func TestRunner(t *testing.T) {
 		t.Fatalf("run() error does not wrap the exit error: %#v", err)
 	}
 }
+
+// TestIsolated: a command starts in / with the fixed environment, whatever
+// the caller's directory and environment hold.
+func TestIsolated(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("PYTHONPATH", "/tmp/evil")
+	t.Setenv("LD_PRELOAD", "/tmp/evil.so")
+	t.Setenv("KOS_UPGRADE_TEST_CRASH_AT", "nowhere")
+	r := Runner{Log: slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)), Env: []string{"LANG=C.UTF-8", "X=1"}}
+	out, err := r.Run(context.Background(), "show the environment", "sh", "-c", "pwd; env | sort")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if lines[0] != "/" {
+		t.Errorf("working directory %q, want /", lines[0])
+	}
+	got := map[string]bool{}
+	for _, l := range lines[1:] {
+		got[l] = true
+	}
+	for _, want := range []string{"PATH=" + Path, "LANG=C.UTF-8", "X=1", "KOS_UPGRADE_TEST_CRASH_AT=nowhere"} {
+		if !got[want] {
+			t.Errorf("environment lacks %s: %q", want, lines[1:])
+		}
+	}
+	for _, l := range lines[1:] {
+		if strings.HasPrefix(l, "PYTHONPATH=") || strings.HasPrefix(l, "LD_PRELOAD=") || l == "LANG=C" {
+			t.Errorf("environment has %s", l)
+		}
+	}
+}

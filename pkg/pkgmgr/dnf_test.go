@@ -2,13 +2,18 @@ package pkgmgr_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
@@ -280,8 +285,10 @@ func TestHelperProtocol(t *testing.T) {
 		wantErr string
 		wantEv  int
 	}{
-		{name: "result", script: `echo '{"type":"progress","step":"x","n":1,"total":2}'; echo 'not json'; echo '{"type":"result","fingerprint":"sha256:1"}'`, wantEv: 1},
-		{name: "helper error", script: `echo '{"type":"error","kind":"depsolve","message":"dependency problems","problems":["nothing provides foo"]}'; exit 1`, wantErr: "nothing provides foo"},
+		{name: "result", script: `echo '{"type":"progress","step":"x","n":1,"total":2}' >&3; echo 'not json' >&3; echo '{"type":"result","fingerprint":"sha256:1"}' >&3`, wantEv: 1},
+		{name: "helper error", script: `echo '{"type":"error","kind":"depsolve","message":"dependency problems","problems":["nothing provides foo"]}' >&3; exit 1`, wantErr: "nothing provides foo"},
+		{name: "stdout is not the protocol", script: `printf 'glued'; echo '{"type":"error","kind":"transaction","message":"forged"}'; echo '{"type":"result","ok":true}' >&3`},
+		{name: "result only on stdout", script: `echo '{"type":"result","ok":true}'`, wantErr: "gave no result"},
 		{name: "crash", script: `echo boom >&2; exit 3`, wantErr: "boom"},
 		{name: "no result", script: `exit 0`, wantErr: "gave no result"},
 	}
@@ -305,6 +312,146 @@ func TestHelperProtocol(t *testing.T) {
 			}
 			if tc.name == "helper error" && !errors.Is(err, pkgmgr.ErrDepsolve) {
 				t.Errorf("depsolve error does not match ErrDepsolve")
+			}
+		})
+	}
+}
+
+// TestScriptletOutputIsNotProtocol: a %post that prints text without a
+// newline, a forged protocol line and noise on stderr neither breaks nor
+// fails the transaction: the protocol has its own file descriptor.
+func TestScriptletOutputIsNotProtocol(t *testing.T) {
+	_, root := newRoot(t)
+	testenv.RequireTools(t, "rpmbuild")
+	ctx := context.Background()
+	const spec = `Name: noisy
+Version: 1.0
+Release: 1
+Summary: A package whose scriptlet prints (test)
+License: MIT
+BuildArch: noarch
+%description
+Noisy.
+%prep
+%build
+%install
+mkdir -p %{buildroot}/usr/share/noisy
+echo hi > %{buildroot}/usr/share/noisy/file
+%post
+printf 'no newline at the end'
+printf '{"type":"error","kind":"transaction","message":"forged by a scriptlet"}\n'
+echo '{"type":"result","ok":false}' >&2
+printf 'more without newline' >&2
+%files
+/usr/share/noisy/file
+`
+	rpmFile, err := fixture.BuildSpec(ctx, spec, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stage := t.TempDir()
+	data, err := os.ReadFile(rpmFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(stage, "noisy.rpm"), data, 0o600)
+	items := []pkgmgr.Item{{Action: "install", NEVRA: "noisy-0:1.0-1.noarch", Name: "noisy", Arch: "noarch",
+		File: "noisy.rpm", Size: int64(len(data)), SHA256: sha256Hex(data)}}
+	var logged strings.Builder
+	d := pkgmgr.NewDNF(slog.New(slog.NewTextHandler(&logged, nil)))
+	if err := d.Apply(ctx, root, stage, items, nil); err != nil {
+		t.Fatalf("Apply with a noisy %%post: %v", err)
+	}
+	if got := rpmQA(t, root); findPrefix(got, "noisy-") != "noisy-1.0" {
+		t.Errorf("noisy not installed: %v", got)
+	}
+	if !strings.Contains(logged.String(), "no newline at the end") || !strings.Contains(logged.String(), "forged by a scriptlet") {
+		t.Errorf("the scriptlet's output is not in the log: %s", logged.String())
+	}
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestSwappedStagedFileRefused: a staged package replaced after the plan
+// recorded its sha256 (here by an unsigned one, then by a symlink to a
+// signed one) is refused by Verify and by the helper's Test and Apply,
+// which check the sha256 on the descriptor rpm reads from.
+func TestSwappedStagedFileRefused(t *testing.T) {
+	set, root := newRoot(t)
+	ctx := context.Background()
+	d := pkgmgr.NewDNF(nil)
+	res, stage := resolve(t, d, set, root, "5.9")
+	var target pkgmgr.Item
+	for _, it := range res.Items {
+		if it.Name == "libbar" {
+			target = it
+		}
+	}
+	other, err := set.Packages("5.9-unsigned")
+	if err != nil || len(other) == 0 {
+		t.Fatalf("no unsigned package: %v", err)
+	}
+	path := filepath.Join(stage, target.File)
+	swaps := []struct {
+		name string
+		swap func() error
+	}{
+		{name: "other bytes", swap: func() error {
+			b, err := os.ReadFile(other[0])
+			if err != nil {
+				return err
+			}
+			os.Remove(path)
+			return os.WriteFile(path, b, 0o600)
+		}},
+		{name: "symlink", swap: func() error {
+			keep := filepath.Join(t.TempDir(), "kept.rpm")
+			if err := os.Rename(path, keep); err != nil {
+				return err
+			}
+			return os.Symlink(keep, path)
+		}},
+		{name: "fifo", swap: func() error {
+			os.Remove(path)
+			return syscall.Mkfifo(path, 0o600)
+		}},
+	}
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := rpmQA(t, root)
+	for _, sw := range swaps {
+		t.Run(sw.name, func(t *testing.T) {
+			os.Remove(path)
+			os.WriteFile(path, orig, 0o600)
+			if err := sw.swap(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				if err := d.Verify(ctx, root, stage, res.Items, nil, nil); err == nil {
+					t.Error("Verify accepted a swapped staged file")
+				}
+				if err := d.Test(ctx, root, stage, res.Items, nil); err == nil {
+					t.Error("Test accepted a swapped staged file")
+				}
+				var he *pkgmgr.HelperError
+				if err := d.Apply(ctx, root, stage, res.Items, nil); !errors.As(err, &he) || (he.Kind != "changed" && he.Kind != "package") {
+					t.Errorf("Apply of a swapped staged file: %v", err)
+				}
+			}()
+			select {
+			case <-done:
+			case <-time.After(2 * time.Minute):
+				t.Fatal("a swapped staged file hung verification")
+			}
+			if got := rpmQA(t, root); strings.Join(got, " ") != strings.Join(before, " ") {
+				t.Errorf("the rpmdb changed: %v, was %v", got, before)
 			}
 		})
 	}

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os/exec"
+	"os"
 	"strings"
+	"sync"
 
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 )
 
@@ -58,35 +60,61 @@ type helperLine struct {
 	Problems []string `json:"problems"`
 }
 
+// pythonFlags returns the interpreter's isolation flags: -I (no user site,
+// no PYTHON* variables, no script or working directory on sys.path) where
+// the interpreter has it, else -E -s. Both keep a virtual environment's
+// interpreter working (pyvenv.cfg is found from the executable).
+func (d *DNF) pythonFlags(ctx context.Context) []string {
+	d.flagsOnce.Do(func() {
+		d.flags = []string{"-E", "-s"}
+		cmd := execlog.Command(ctx, []string{d.Python, "-I", "-c", ""})
+		if err := cmd.Run(); err == nil {
+			d.flags = []string{"-I"}
+		}
+	})
+	return d.flags
+}
+
 // runHelper runs one helper command with req on its stdin, forwards progress
 // to sink and returns the raw result line.
+//
+// The helper starts isolated (pythonFlags, working directory /, the fixed
+// environment of execlog) and speaks its protocol on its own pipe, fd 3,
+// which it keeps from the scriptlets; what it or a scriptlet prints on fd 1
+// and 2 is output for the log, never part of the protocol.
 func (d *DNF) runHelper(ctx context.Context, command string, req any, sink progress.Sink) (json.RawMessage, error) {
 	in, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("cannot encode %s request: %w", command, err)
 	}
-	argv := []string{d.Python, "-c", helperSource, command}
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	argv := append([]string{d.Python}, d.pythonFlags(ctx)...)
+	argv = append(argv, "-c", helperSource, command)
+	cmd := execlog.Command(ctx, argv, "LANG=C.UTF-8")
 	cmd.Stdin = bytes.NewReader(in)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
+	output := &tailBuffer{max: 64 << 10}
+	cmd.Stdout = output
+	cmd.Stderr = output
+	proto, protoW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("cannot run package helper: %w", err)
 	}
-	d.log().Debug("running package helper", "python", d.Python, "command", command)
-	if err := cmd.Start(); err != nil {
+	defer proto.Close()
+	cmd.ExtraFiles = []*os.File{protoW} // fd 3
+	d.log().Debug("running package helper", "python", d.Python, "flags", d.pythonFlags(ctx), "command", command)
+	err = cmd.Start()
+	protoW.Close()
+	if err != nil {
 		return nil, fmt.Errorf("cannot start package helper %s: %w", d.Python, err)
 	}
 	var result json.RawMessage
 	var herr *HelperError
-	sc := bufio.NewScanner(stdout)
+	sc := bufio.NewScanner(proto)
 	sc.Buffer(make([]byte, 64<<10), 256<<20)
 	for sc.Scan() {
 		line := sc.Bytes()
 		var l helperLine
 		if err := json.Unmarshal(line, &l); err != nil {
-			d.log().Warn("package helper printed a non-JSON line", "line", string(line))
+			d.log().Warn("package helper sent a non-JSON line", "line", string(line))
 			continue
 		}
 		switch l.Type {
@@ -104,23 +132,54 @@ func (d *DNF) runHelper(ctx context.Context, command string, req any, sink progr
 	}
 	scanErr := sc.Err()
 	if scanErr != nil {
-		io.Copy(io.Discard, stdout)
+		io.Copy(io.Discard, proto)
 	}
 	waitErr := cmd.Wait()
+	if out := strings.TrimSpace(output.String()); out != "" {
+		d.log().Info("package helper output", "command", command, "output", out)
+	}
 	if herr != nil {
-		d.log().Debug("package helper failed", "command", command, "stderr", stderr.String())
 		return nil, herr
 	}
 	if waitErr != nil {
-		return nil, fmt.Errorf("cannot run package helper %s: %w: %s", command, waitErr, lastLines(stderr.String(), 10))
+		return nil, fmt.Errorf("cannot run package helper %s: %w: %s", command, waitErr, lastLines(output.String(), 10))
 	}
 	if scanErr != nil {
 		return nil, fmt.Errorf("cannot read package helper output: %w", scanErr)
 	}
 	if result == nil {
-		return nil, fmt.Errorf("cannot run package helper %s: it gave no result: %s", command, lastLines(stderr.String(), 10))
+		return nil, fmt.Errorf("cannot run package helper %s: it gave no result: %s", command, lastLines(output.String(), 10))
 	}
 	return result, nil
+}
+
+// tailBuffer keeps the last max bytes written to it (a scriptlet may print
+// without end).
+type tailBuffer struct {
+	max int
+	mu  sync.Mutex
+	b   []byte
+	cut bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+		t.cut = true
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cut {
+		return "[...]" + string(t.b)
+	}
+	return string(t.b)
 }
 
 func lastLines(s string, n int) string {

@@ -11,7 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
@@ -60,16 +62,12 @@ func (d *DNF) Verify(ctx context.Context, root, stageDir string, items []Item, k
 	}
 	var failures []VerifyFailure
 	for i, it := range files {
-		path := filepath.Join(stageDir, it.File)
-		argv := []string{"rpmkeys", "--dbpath", keyring, "--define", "_pkgverify_level signature", "-K", path}
-		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-		text := strings.TrimSpace(string(out))
-		d.log().Debug("ran", "argv", argv, "output", text)
-		if ctx.Err() != nil {
-			return ctx.Err()
+		reason, err := d.verifyOne(ctx, keyring, stageDir, it)
+		if err != nil {
+			return err
 		}
-		if err != nil || !strings.HasSuffix(text, " OK") || strings.Contains(text, "NOT OK") {
-			failures = append(failures, VerifyFailure{NEVRA: it.NEVRA, File: it.File, Reason: signatureReason(path, text)})
+		if reason != "" {
+			failures = append(failures, VerifyFailure{NEVRA: it.NEVRA, File: it.File, Reason: reason})
 		}
 		if sink != nil {
 			sink.Report(progress.Event{Step: "verify", Action: "verify", Package: it.NEVRA, N: i + 1, Total: len(files)})
@@ -79,6 +77,60 @@ func (d *DNF) Verify(ctx context.Context, root, stageDir string, items []Item, k
 		return &VerifyError{Failures: failures}
 	}
 	return nil
+}
+
+// verifyOne checks one staged file's sha256 (when the item has one) and
+// signature from one open descriptor, so that both speak of the same bytes
+// (rpmkeys reads it as /dev/fd/3). It returns why the file is refused, ""
+// when it is good.
+func (d *DNF) verifyOne(ctx context.Context, keyring, stageDir string, it Item) (string, error) {
+	if it.File == "" || strings.Contains(it.File, "/") || it.File == "." || it.File == ".." {
+		return "the plan names no valid staged file", nil
+	}
+	path := filepath.Join(stageDir, it.File)
+	f, err := openRegular(path)
+	if err != nil {
+		return err.Error(), nil
+	}
+	defer f.Close()
+	if it.SHA256 != "" {
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return fmt.Sprintf("cannot read %s: %v", path, err), nil
+		}
+		if sum := hex.EncodeToString(h.Sum(nil)); sum != it.SHA256 {
+			return fmt.Sprintf("sha256 is %s, the resolution says %s", sum, it.SHA256), nil
+		}
+	}
+	const fdPath = "/dev/fd/3"
+	argv := []string{"rpmkeys", "--dbpath", keyring, "--define", "_pkgverify_level signature", "-K", fdPath}
+	cmd := execlog.Command(ctx, argv)
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.CombinedOutput()
+	text := strings.TrimSpace(string(out))
+	d.log().Debug("ran", "argv", argv, "file", path, "output", text)
+	if ctx.Err() != nil {
+		return "", ctx.Err()
+	}
+	if err != nil || !strings.HasSuffix(text, " OK") || strings.Contains(text, "NOT OK") {
+		return signatureReason(fdPath, text), nil
+	}
+	return "", nil
+}
+
+// openRegular opens path for reading if it is a regular file, without
+// following a symbolic link and without blocking on a FIFO.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open %s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("cannot open %s: not a regular file", path)
+	}
+	return f, nil
 }
 
 func signatureReason(path, out string) string {
@@ -189,7 +241,7 @@ func CheckStaged(stageDir string, items []Item) error {
 }
 
 func fileSHA256(path string) (string, int64, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return "", 0, err
 	}

@@ -1,26 +1,47 @@
 # kos-upgrade package helper: dnf's solver and librpm's transaction set,
 # driven by kos-upgrade (Go) over JSON lines.
 #
-# Usage: <python> kos_upgrade_helper.py COMMAND < request.json
+# Usage: <python> -I kos_upgrade_helper.py COMMAND < request.json 3>protocol
 # COMMAND is one of: resolve, assess, test, apply, fingerprint.
-# Every line on stdout is one JSON object with a "type":
+# The protocol has its own file descriptor, 3 (stdout when 3 is not open),
+# kept from scriptlets; what dnf, rpm or a scriptlet prints on stdout and
+# stderr is only logged by kos-upgrade. Every protocol line is one JSON
+# object with a "type":
 #   progress {step, action, package, n, total, message}
 #   log      {message}
 #   result   {...command specific...}
 #   error    {kind, message, problems}
 # Diagnostics go to stderr. Must stay compatible with Python 3.6 (EL8's
 # platform-python) and dnf 4 / rpm 4.14.
+import sys
+
+# Never import from the working directory (python -c puts it first on
+# sys.path when the interpreter lacks -I).
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+
 import hashlib
 import json
 import os
 import shutil
-import sys
+import stat
 import tempfile
 import time
 
 rpm = None  # imported by main() once the rpm database path is configured
 
-OUT = sys.stdout
+
+
+def protocol_file():
+    """The protocol's file: fd 3, not inherited by scriptlets."""
+    try:
+        os.fstat(3)
+    except OSError:
+        return sys.stdout
+    os.set_inheritable(3, False)
+    return os.fdopen(3, "w")
+
+
+OUT = protocol_file()
 
 
 def emit(obj):
@@ -452,23 +473,21 @@ def download(base, pkgs, stagedir, items):
 # ---------------------------------------------------------------- rpm ts
 
 class TsCallback(object):
-    def __init__(self, stagedir, total, step):
-        self.stagedir = stagedir
+    def __init__(self, fds, total, step):
         self.total = total
         self.step = step
-        self.fds = {}
+        self.fds = fds
         self.n = 0
         self.errors = []
 
     def __call__(self, reason, amount, total, key, client_data):
         if reason == rpm.RPMCALLBACK_INST_OPEN_FILE:
-            fd = os.open(os.path.join(self.stagedir, key["file"]), os.O_RDONLY)
-            self.fds[key["file"]] = fd
+            # The descriptor build_ts checked the sha256 of: a file swapped
+            # in the staging directory since is never read.
+            fd = self.fds[key["file"]]
+            os.lseek(fd, 0, os.SEEK_SET)
             return fd
         if reason == rpm.RPMCALLBACK_INST_CLOSE_FILE:
-            fd = self.fds.pop(key["file"], None)
-            if fd is not None:
-                os.close(fd)
             return None
         if reason == rpm.RPMCALLBACK_INST_START:
             self.n += 1
@@ -499,24 +518,60 @@ class TsCallback(object):
         return None
 
 
-def build_ts(req):
+def open_staged(stagedir, it):
+    """Open the staged file of item it (a plain name in stagedir, a regular
+    file, no symlink) and check its size and sha256 against the plan from
+    this descriptor, which rpm then reads the header and payload from."""
+    name = it.get("file") or ""
+    if not name or "/" in name or name in (".", ".."):
+        raise Failure("package", "the plan names no valid staged file for %s" % it.get("nevra"))
+    path = os.path.join(stagedir, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise Failure("package", "cannot open %s: %s" % (path, e))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Failure("package", "%s is not a regular file" % path)
+        h = hashlib.sha256()
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            h.update(b)
+        if not it.get("sha256") or h.hexdigest() != it["sha256"] or \
+                (it.get("size") and st.st_size != it["size"]):
+            raise Failure("changed", "%s changed since it was verified (sha256 %s, the plan says %s)" % (
+                path, h.hexdigest(), it.get("sha256") or "nothing"))
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def build_ts(req, fds):
+    """A transaction set of req's items; fds gets each staged file's open,
+    checked descriptor by file name (the caller closes them)."""
     set_dbpath(req)
     ts = rpm.TransactionSet(req["root"])
-    # Signatures were verified by kos-upgrade with the target keys already;
-    # the root's keyring may not hold the new release key yet.
+    # Signatures were verified by kos-upgrade with the target keys already,
+    # and open_staged checks that these are the bytes it verified; the
+    # root's keyring may not hold the new release key yet.
     ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES)
     stagedir = req["stagedir"]
     erase = []
     for it in req["items"]:
         if it["action"] in ("install", "upgrade", "downgrade", "reinstall"):
-            path = os.path.join(stagedir, it["file"])
-            fd = os.open(path, os.O_RDONLY)
+            path = os.path.join(stagedir, it.get("file") or "")
+            fd = open_staged(stagedir, it)
+            fds[it["file"]] = fd
             try:
                 h = ts.hdrFromFdno(fd)
             except rpm.error as e:
                 raise Failure("package", "cannot read %s: %s" % (path, e))
-            finally:
-                os.close(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
             mode = "i" if it["action"] == "install" else "u"
             if it["action"] == "reinstall":
                 ts.addReinstall(h, it)
@@ -554,9 +609,15 @@ def te_nevra(te):
     return "%s-%s:%s-%s.%s" % (te.N(), te.E() or 0, te.V(), te.R(), te.A() or "noarch")
 
 
-def run_ts(req, ts, test):
+def close_all(fds):
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
+def run_ts(req, ts, fds, test):
     total = len(req["items"])
-    cb = TsCallback(req["stagedir"], len(list(ts)), "test" if test else "transaction")
+    cb = TsCallback(fds, len(list(ts)), "test" if test else "transaction")
     flags = 0
     if test:
         flags |= rpm.RPMTRANS_FLAG_TEST
@@ -573,18 +634,26 @@ def run_ts(req, ts, test):
 
 
 def cmd_test(req):
-    ts = build_ts(req)
-    total, problems = run_ts(req, ts, True)
-    ts.closeDB()
+    fds = {}
+    try:
+        ts = build_ts(req, fds)
+        total, problems = run_ts(req, ts, fds, True)
+        ts.closeDB()
+    finally:
+        close_all(fds)
     if problems:
         raise Failure("test", "the test transaction failed", problems)
     emit({"type": "result", "ok": True})
 
 
 def cmd_apply(req):
-    ts = build_ts(req)
-    total, problems = run_ts(req, ts, False)
-    ts.closeDB()
+    fds = {}
+    try:
+        ts = build_ts(req, fds)
+        total, problems = run_ts(req, ts, fds, False)
+        ts.closeDB()
+    finally:
+        close_all(fds)
     if problems:
         raise Failure("transaction", "the transaction failed", problems)
     # Check the rpmdb holds exactly what the plan says.
