@@ -27,6 +27,10 @@ func printPlan(w io.Writer, p *upgrader.Plan) {
 		c[pkgmgr.ActionUpgrade], c[pkgmgr.ActionInstall], c[pkgmgr.ActionDowngrade], c[pkgmgr.ActionObsoleted], c[pkgmgr.ActionRemove])
 	fmt.Fprintf(w, "  download %s, installed size %s\n", upgrader.HumanSize(p.DownloadSize), upgrader.HumanSize(p.InstallSize))
 	fmt.Fprintf(w, "  snapshot: %s, signatures: %s\n", p.Snapshot, p.SignatureCheck)
+	fmt.Fprintf(w, "  repositories: %s\n", planRepos(p))
+	if p.SignatureCheck == "skipped" {
+		fmt.Fprintln(w, "  WARNING: the packages' GPG signatures were NOT checked (prepared with --no-gpg-check)")
+	}
 	if p.Mode == upgrader.ModeInitramfs {
 		fmt.Fprintf(w, "  mode: initramfs (applied from an upgrade initramfs booted once, before switch-root)\n")
 	}
@@ -95,4 +99,16 @@ func printResultLine(w io.Writer, r *upgrader.Result) {
 		fmt.Fprintf(w, "  [%s]", r.Snapshot)
 	}
 	fmt.Fprintln(w)
+}
+
+// planRepos says where a plan's packages come from, credentials redacted.
+func planRepos(p *upgrader.Plan) string {
+	if len(p.Repos) == 0 {
+		return "the system's own (/etc/yum.repos.d, release " + p.Target.VersionID + ")"
+	}
+	l := make([]string, len(p.Repos))
+	for i, r := range p.Repos {
+		l[i] = r.String()
+	}
+	return strings.Join(l, ", ")
 }

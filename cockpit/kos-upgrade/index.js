@@ -455,6 +455,7 @@ function renderPlan() {
         ["Installed size", fmt.humanSize(p.install_size)],
         ["Snapshot", p.snapshot === "none" ? "none: no rollback is possible" : (p.snapshot || "unknown") + " (the old system stays bootable)"],
         ["Signatures", p.signature_check === "skipped" ? "NOT checked (prepared without GPG check)" : "checked"],
+        ["Repositories", reposText(p)],
         ["Prepared", fmt.formatTime(p.created_usec)],
         ["Plan", h("span", { class: "ku-mono" }, p.id)],
     ]));
@@ -496,6 +497,13 @@ function renderHistory() {
 
 let dialogResolve = null;
 let dialogOpener = null;
+
+// reposText says where a plan's packages come from (the daemon redacts
+// credentials in the URLs).
+function reposText(p) {
+    const r = p.repos || [];
+    return r.length ? "the repositories given to prepare: " + r.join(", ") : "the system's own repositories";
+}
 
 // confirm opens the dialog and resolves with the form's values, or null
 // when the person closes it.
@@ -641,6 +649,10 @@ $("btn-reboot").addEventListener("click", async () => {
               p.snapshot && p.snapshot !== "none"
                   ? h("li", {}, "It is applied into a " + p.snapshot + " snapshot: the current system stays as it is until the upgrade has succeeded, and you can roll back to it.")
                   : h("li", {}, h("strong", {}, "This upgrade has no snapshot: it changes the system in place and cannot be rolled back.")),
+              h("li", { id: "reboot-repos" }, "Packages from " + reposText(p) + "."),
+              p.signature_check === "skipped"
+                  ? h("li", { id: "reboot-signatures" }, h("strong", {}, "The packages' GPG signatures were NOT checked: this upgrade was prepared without GPG check."))
+                  : h("li", { id: "reboot-signatures" }, "Every package's GPG signature and checksum was verified."),
               h("li", {}, "The machine is unavailable for several minutes; everyone logged in is disconnected.")),
             checkbox("reboot-now", "reboot", "Reboot now", true, "Uncheck to only arm the upgrade: it then runs at the next reboot, whenever that happens."),
         ],

@@ -34,12 +34,17 @@ const (
 
 // Polkit action ids, one per privileged method (units/org.kos.upgrade.policy).
 const (
-	ActionCheck    = "org.kos.upgrade.check"
-	ActionPrepare  = "org.kos.upgrade.prepare"
-	ActionArm      = "org.kos.upgrade.arm"
-	ActionReboot   = "org.kos.upgrade.reboot"
-	ActionCancel   = "org.kos.upgrade.cancel"
-	ActionRollback = "org.kos.upgrade.rollback"
+	ActionCheck   = "org.kos.upgrade.check"
+	ActionPrepare = "org.kos.upgrade.prepare"
+	// ActionPrepareUnsafe is needed, instead of ActionPrepare, by a
+	// Prepare without signature checks, with repositories of the caller's
+	// choosing, without a snapshot or to an older release (auth_admin,
+	// never kept).
+	ActionPrepareUnsafe = "org.kos.upgrade.prepare-unsafe"
+	ActionArm           = "org.kos.upgrade.arm"
+	ActionReboot        = "org.kos.upgrade.reboot"
+	ActionCancel        = "org.kos.upgrade.cancel"
+	ActionRollback      = "org.kos.upgrade.rollback"
 )
 
 // IntrospectionXML is the interface description, as installed.

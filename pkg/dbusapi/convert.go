@@ -28,6 +28,11 @@ func planSummary(p *upgrader.Plan) map[string]dbus.Variant {
 	m["target"] = dbus.MakeVariant(p.Target.VersionID)
 	m["snapshot"] = dbus.MakeVariant(p.Snapshot)
 	m["signature_check"] = dbus.MakeVariant(p.SignatureCheck)
+	repos := make([]string, len(p.Repos)) // empty: the system's own
+	for i, r := range p.Repos {
+		repos[i] = r.String() // ID=URL, credentials redacted
+	}
+	m["repos"] = dbus.MakeVariant(repos)
 	m["created_usec"] = dbus.MakeVariant(usec(p.CreatedAt))
 	m["download_size"] = dbus.MakeVariant(uint64(max(p.DownloadSize, 0)))
 	m["install_size"] = dbus.MakeVariant(uint64(max(p.InstallSize, 0)))

@@ -19,6 +19,7 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
@@ -441,10 +442,15 @@ func (s *Service) options(method string, in map[string]dbus.Variant, want map[st
 			}
 			return invalidArgs("%s: unknown option %q (known: %s)", method, k, strings.Join(known, ", "))
 		}
-		if err := dbus.Store([]any{v.Value()}, dst); err != nil {
-			return invalidArgs("%s: option %s has type %s, want %s", method, k, v.Signature(),
-				dbus.SignatureOf(reflect.ValueOf(dst).Elem().Interface()))
+		// The exact signature, no conversion: "u 5" is not the string
+		// "\x05".
+		d := reflect.ValueOf(dst).Elem()
+		sig := dbus.SignatureOf(d.Interface())
+		val := reflect.ValueOf(v.Value())
+		if v.Signature() != sig || !val.IsValid() || !val.Type().AssignableTo(d.Type()) {
+			return invalidArgs("%s: option %s has type %s, want %s", method, k, v.Signature(), sig)
 		}
+		d.Set(val)
 	}
 	return nil
 }
@@ -497,6 +503,12 @@ func (o object) Check(msg dbus.Message, options map[string]dbus.Variant) (bool, 
 	if derr := o.s.options("Check", options, map[string]any{"to": &to, "answers": &answers}); derr != nil {
 		return false, "", derr
 	}
+	if to != "" && !upgrader.ValidVersion(to) {
+		return false, "", invalidArgs("Check: to %q is not a release version (e.g. 5.9)", to)
+	}
+	if _, err := preflight.ParseAnswerFlags(answers); err != nil {
+		return false, "", invalidArgs("Check: %v", err)
+	}
 	if o.s.opts.Check == nil {
 		return false, "", dbus.NewError(ErrorNotSupported, []any{"Check is not available in this build of the daemon; run kos-upgrade check"})
 	}
@@ -525,15 +537,26 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 		repoSpecs []string
 		answers   []string
 		noGPG     bool
+		downgrade bool
 	)
 	if derr := o.s.options("Prepare", options, map[string]any{
 		"to": &to, "repos": &repoSpecs, "snapshot": &snap, "no_gpg_check": &noGPG, "answers": &answers,
-		"mode": &mode,
+		"mode": &mode, "allow_downgrade": &downgrade,
 	}); derr != nil {
 		return derr
 	}
 	if to == "" {
 		return invalidArgs("Prepare needs the option to (s), the target release, e.g. 5.9")
+	}
+	if !upgrader.ValidVersion(to) {
+		return invalidArgs("Prepare: to %q is not a release version (e.g. 5.9)", to)
+	}
+	if downgrade {
+		answers = append(answers, AnswerAllowDowngrade+"=yes")
+	}
+	parsed, err := preflight.ParseAnswerFlags(answers)
+	if err != nil {
+		return invalidArgs("Prepare: %v", err)
 	}
 	if !upgrader.ValidMode(mode) {
 		return invalidArgs("Prepare: mode %q: choose target or initramfs", mode)
@@ -551,7 +574,12 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 		}
 		repos = append(repos, repo)
 	}
-	j, derr := o.privileged(msg, "Prepare", ActionPrepare, to)
+	action := ActionPrepare
+	if unsafe := unsafePrepare(noGPG, repos, snap, parsed); len(unsafe) > 0 {
+		action = ActionPrepareUnsafe
+		o.s.log.Info("prepare asks for more than a plain upgrade", "options", strings.Join(unsafe, ", "))
+	}
+	j, derr := o.privileged(msg, "Prepare", action, to)
 	if derr != nil {
 		return derr
 	}
@@ -580,6 +608,30 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 		o.s.end(j, err, msg)
 	}()
 	return nil
+}
+
+// AnswerAllowDowngrade is the answer that allows a target release older
+// than the running one (the D-Bus option allow_downgrade sets it).
+const AnswerAllowDowngrade = "allow-downgrade"
+
+// unsafePrepare names what a Prepare asks for beyond a plain upgrade from
+// the system's own signed repositories with a snapshot: each needs
+// ActionPrepareUnsafe.
+func unsafePrepare(noGPG bool, repos []pkgmgr.Repo, snap string, answers preflight.Answers) []string {
+	var u []string
+	if noGPG {
+		u = append(u, "no_gpg_check")
+	}
+	if len(repos) > 0 {
+		u = append(u, "repos")
+	}
+	if snap == "none" {
+		u = append(u, "snapshot=none")
+	}
+	if a, ok := answers[AnswerAllowDowngrade]; ok && a.Value != "no" {
+		u = append(u, "allow_downgrade")
+	}
+	return u
 }
 
 // Arm arms the prepared plan.

@@ -152,3 +152,25 @@ type Manager interface {
 	// install, erase or upgrade changes it.
 	Fingerprint(ctx context.Context, root string) (string, error)
 }
+
+// RedactURL returns u without credentials, for anything shown to a person
+// or an unprivileged caller: "https://user:token@host/x" becomes
+// "https://***@host/x". A string that is no URL is returned unchanged
+// unless it has an "@" before its first "/" after "://".
+func RedactURL(u string) string {
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return u
+	}
+	host, path, _ := strings.Cut(rest, "/")
+	if i := strings.LastIndex(host, "@"); i >= 0 {
+		host = "***" + host[i:]
+	}
+	if path != "" || strings.Contains(rest, "/") {
+		return scheme + "://" + host + "/" + path
+	}
+	return scheme + "://" + host
+}
+
+// String is the repository as ID=URL, credentials redacted (RedactURL).
+func (r Repo) String() string { return r.ID + "=" + RedactURL(r.BaseURL) }

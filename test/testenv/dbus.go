@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // RepoDir returns the top directory of the source tree.
@@ -70,6 +71,7 @@ func StartSystemBus(t testing.TB) string {
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Peer"/>
   </policy>
   <include>%s</include>
+  <include ignore_missing="yes">/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>
 </busconfig>
 `, sock, policy)
 	cfgFile := filepath.Join(dir, "bus.conf")
@@ -95,4 +97,57 @@ func StartSystemBus(t testing.TB) string {
 		t.Fatalf("dbus-daemon did not start: %v\n%s", err, stderr.String())
 	}
 	return strings.TrimSpace(line)
+}
+
+// StartPolkit runs the machine's polkitd on the bus at addr (StartSystemBus)
+// in a private mount namespace where the only actions are the project's
+// units/org.kos.upgrade.policy and the only rules are rules (JavaScript, as
+// in /etc/polkit-1/rules.d; "" for none): the real authority deciding with
+// the shipped defaults, nothing on the machine changed. It waits until
+// polkitd knows the actions; polkitd is stopped at cleanup.
+func StartPolkit(t testing.TB, addr, rules string) {
+	t.Helper()
+	RequireRoot(t)
+	polkitd := "/usr/lib/polkit-1/polkitd"
+	RequireTools(t, polkitd, "unshare", "busctl")
+	dir := WorldDir(t, "kos-upgrade-polkit-")
+	for _, d := range []string{"actions", "rules", "empty"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	policy, err := os.ReadFile(filepath.Join(RepoDir(t), "units", "org.kos.upgrade.policy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "actions", "org.kos.upgrade.policy"), policy, 0o644)
+	if rules != "" {
+		os.WriteFile(filepath.Join(dir, "rules", "50-test.rules"), []byte(rules), 0o644)
+	}
+	script := fmt.Sprintf("mount --bind %[1]s/actions /usr/share/polkit-1/actions && "+
+		"mount --bind %[1]s/rules /etc/polkit-1/rules.d && "+
+		"mount --bind %[1]s/empty /usr/share/polkit-1/rules.d && exec %[2]s --no-debug", dir, polkitd)
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+addr)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	for i := 0; ; i++ {
+		q := exec.Command("busctl", "--address="+addr, "call", "org.freedesktop.PolicyKit1",
+			"/org/freedesktop/PolicyKit1/Authority", "org.freedesktop.PolicyKit1.Authority", "EnumerateActions", "s", "")
+		b, err := q.CombinedOutput()
+		if err == nil && strings.Contains(string(b), "org.kos.upgrade.prepare") {
+			return
+		}
+		if i == 100 {
+			t.Fatalf("polkitd did not start: %v %s\n%s", err, b, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
