@@ -96,7 +96,7 @@ type check func(f *Facts) []Finding
 // checks run in this order (the report is sorted afterwards).
 var checks = []check{
 	checkRoot, checkRelease, checkMigration, checkState, checkSnapshot, checkThinPool, checkSpace, checkBoot, checkDeps,
-	checkTransaction, checkThirdParty, checkModules, checkKeys, checkSecurity, checkFacts,
+	checkTransaction, checkThirdParty, checkModules, checkKeys, checkSecurity, checkPlatform, checkFacts,
 }
 
 // Evaluate runs every check on f, applies the answers and returns the

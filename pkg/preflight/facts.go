@@ -48,6 +48,8 @@ type Facts struct {
 	StateFS *FSFacts  `json:"state_fs,omitempty"`
 	BootFS  *FSFacts  `json:"boot_fs,omitempty"`
 	Boot    BootFacts `json:"boot"`
+	// Platform is the rpm database, grub2, UPDATEDEFAULT and dracut.
+	Platform PlatformFacts `json:"platform"`
 
 	// Loaded are the kernel modules loaded now; nil when unknown.
 	Loaded        []string `json:"loaded_modules"`
@@ -337,6 +339,7 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 	} else {
 		errf("cannot list the installed packages: %v", err)
 	}
+	collectPlatform(ctx, root, f)
 
 	if opts.To == "" {
 		f.DistKeys = distKeys(ctx, root, nil, &f.Errors)
