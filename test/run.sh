@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deps() {
-	local need=(make gcc rpm dnf python3-dnf createrepo-c btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd
+	local need=(make gcc rpm dnf python3-dnf createrepo-c xorriso btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd
 		systemd-container debootstrap dracut shellcheck qemu-system-x86 qemu-utils ovmf
 		cockpit-ws cockpit-bridge cockpit-system chromium)
 	local missing=()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/iso"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 )
@@ -43,6 +44,9 @@ type Plan struct {
 	// Repos are the repositories given with --repo; empty means the
 	// system's own configuration with the target release version.
 	Repos []pkgmgr.Repo `json:"repos,omitempty"`
+	// Images are the ISO images prepare read packages from (--iso); apply
+	// does not need them (docs/iso.md).
+	Images []iso.Ref `json:"images,omitempty"`
 	// Snapshot is the backend that protects the root: btrfs, lvm or none.
 	Snapshot string `json:"snapshot"`
 	// Mode is how apply runs: "target" (the root's systemd offline
@@ -120,7 +124,7 @@ func (p Plan) MarshalJSON() ([]byte, error) {
 
 var planKeys = []string{"version", "id", "created_at", "machine_id", "source", "target", "repos", "snapshot",
 	"mode", "rpmdb_fingerprint", "signature_check", "stage_dir", "transaction", "download_size", "install_size", "report",
-	"migration"}
+	"migration", "images"}
 
 // ParsePlan decodes and validates a plan document.
 func ParsePlan(b []byte) (*Plan, error) {

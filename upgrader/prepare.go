@@ -36,11 +36,26 @@ type PrepareOptions struct {
 	// Mode is how apply will run: target (default, "" too) or initramfs
 	// (docs/initramfs.md).
 	Mode string
+	// Images are ISO 9660 images (absolute paths) whose repositories are
+	// used together with Repos, read in place (docs/iso.md); To may be
+	// empty when they name their release.
+	Images []string
 }
 
 // Prepare resolves, downloads, verifies and tests the upgrade and writes the
 // plan. The running system is not changed (only the state directory).
 func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error) {
+	imgs, err := openImages(opts.Images, targetVersion(opts.To))
+	if err != nil {
+		return nil, fmt.Errorf("cannot prepare: %w", err)
+	}
+	defer imgs.Close()
+	if opts.To == "" && imgs != nil {
+		if imgs.release == "" {
+			return nil, fmt.Errorf("cannot prepare: the images name no release (no .treeinfo or .discinfo): give the target release with --to VERSION")
+		}
+		opts.To = imgs.release
+	}
 	if !ValidVersion(opts.To) {
 		return nil, fmt.Errorf("cannot prepare: %q is not a release version (for example --to 5.9)", opts.To)
 	}
@@ -72,7 +87,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	// Naming another distribution than the running one (--to kos-5.9 on
 	// CentOS) is a migration (docs/migration.md).
 	var mig *migrationSetup
-	repos := opts.Repos
+	repos := append(append([]pkgmgr.Repo(nil), opts.Repos...), imgs.dnfRepos()...)
 	if to.Distro != "" && to.Distro != source.ID {
 		if mig, err = setupMigration(source, to, opts); err != nil {
 			return nil, fmt.Errorf("cannot prepare the migration to %s: %w", to, err)
@@ -143,6 +158,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	const stageRel = "packages"
 	stageDir := st.stageDir(stageRel)
 	cacheDir := filepath.Join(st.dir, "cache")
+	defer imgs.dropCache(cacheDir)
 	for _, d := range []string{stageDir, cacheDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("cannot create %s: %w", d, err)
@@ -153,6 +169,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		Migration: migReq,
 	}, e.Sink)
 	if err != nil {
+		err = imgs.explain(err)
 		if errors.Is(err, pkgmgr.ErrDepsolve) {
 			return nil, fmt.Errorf("cannot resolve the upgrade to %s: %w", opts.To, err)
 		}
@@ -199,6 +216,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		Source:           source,
 		Target:           Release{ID: source.ID, VersionID: to.Version, Name: source.Name},
 		Repos:            opts.Repos,
+		Images:           imgs.refs(),
 		Snapshot:         backend,
 		Mode:             mode,
 		RPMDBFingerprint: before,

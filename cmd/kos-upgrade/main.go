@@ -11,7 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
+	"path/filepath"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -193,15 +193,26 @@ one-time boot entry, before switch-root, so that nothing of the root's own
 userspace runs it (docs/initramfs.md). It needs a boot loader that can boot an
 entry once (grub2 with a writable grubenv; systemd-boot with bootctl).
 
+--iso FILE: air-gapped sites. The ISO 9660 image (the release DVD, or a bundle
+made by kos-upgrade bundle) is read in place, with no loop device and no mount:
+every directory holding repodata/repomd.xml is a repository (with --repo, in
+addition to those), the release comes from its .treeinfo when --to is not
+given, and only the packages the upgrade needs are copied out, each checked
+against the metadata's checksum and its GPG signature as for a network
+repository. The image is not needed after prepare (docs/iso.md).
+
 Examples:
    kos-upgrade prepare --to 5.9
    kos-upgrade prepare --to 5.9 --repo kos=https://mirror.example/kos/5.9/os/
    kos-upgrade prepare --to 5.9 --mode initramfs
+   kos-upgrade prepare --iso /srv/KOS-5.9-x86_64-dvd.iso
+   kos-upgrade prepare --to 5.9 --repo kos=/srv/mirror/kos/5.9/os
    kos-upgrade prepare --to kos-5.9 --repo kos=https://mirror.example/kos/5.9/os/ \
        --gpgkey /root/RPM-GPG-KEY-kos --answer packages.third-party=keep`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9; kos-VERSION on CentOS migrates to KOS"},
-			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
+			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` (or ID=/directory) instead of the system's configuration (repeatable)"},
+			&cli.StringSliceFlag{Name: "iso", Usage: "use the repositories of the ISO 9660 image `FILE`, read in place, instead of the system's configuration (repeatable; with --repo: both)"},
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, lvm, or none (no rollback!)"},
 			&cli.StringFlag{Name: "mode", Value: "target", Usage: "where apply runs: target (the root's system-update.target) or initramfs (an upgrade initramfs booted once; docs/initramfs.md)"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
@@ -210,19 +221,27 @@ Examples:
 			&cli.StringSliceFlag{Name: "gpgkey", Usage: "migration: a public key `FILE` of the target distribution (repeatable)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
-			if c.String("to") == "" {
+			if c.String("to") == "" && len(c.StringSlice("iso")) == 0 {
 				return usageError{fmt.Errorf("prepare needs the target release: kos-upgrade prepare --to VERSION (for example --to 5.9)")}
 			}
-			if !upgrader.ValidVersion(c.String("to")) {
+			var images []string
+			for _, p := range c.StringSlice("iso") {
+				abs, err := filepath.Abs(p)
+				if err != nil {
+					return usageError{fmt.Errorf("cannot use --iso %q: %w", p, err)}
+				}
+				images = append(images, abs)
+			}
+			if c.String("to") != "" && !upgrader.ValidVersion(c.String("to")) {
 				return usageError{fmt.Errorf("cannot use --to %q: not a release version (for example --to 5.9)", c.String("to"))}
 			}
 			var repos []pkgmgr.Repo
 			for _, r := range c.StringSlice("repo") {
-				id, url, ok := strings.Cut(r, "=")
-				if !ok || id == "" || url == "" || strings.ContainsAny(id, " /") {
+				repo, err := pkgmgr.ParseRepo(r)
+				if err != nil {
 					return usageError{fmt.Errorf("cannot use --repo %q: want ID=URL, for example --repo kos=file:///srv/kos/5.9", r)}
 				}
-				repos = append(repos, pkgmgr.Repo{ID: id, BaseURL: url})
+				repos = append(repos, repo)
 			}
 			switch c.String("snapshot") {
 			case "auto", "btrfs", "lvm", "none":
@@ -235,8 +254,9 @@ Examples:
 			opts := upgrader.PrepareOptions{
 				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), Mode: c.String("mode"), SkipSignatures: c.Bool("no-gpg-check"),
 				Answers: c.StringSlice("answer"), MigrationMap: c.String("migration-map"), GPGKeys: c.StringSlice("gpgkey"),
+				Images: images,
 			}
-			if _, err := upgrader.ParseTarget(opts.To); err != nil {
+			if _, err := upgrader.ParseTarget(opts.To); opts.To != "" && err != nil {
 				return usageError{fmt.Errorf("cannot use --to: %w", err)}
 			}
 			// The daemon's options carry no map or key files: with them,

@@ -135,9 +135,13 @@ func (c *Client) ReportJSON(ctx context.Context) (string, error) {
 	return s, err
 }
 
-// PrepareOptions mirror upgrader.PrepareOptions; repos are ID=URL.
+// PrepareOptions mirror upgrader.PrepareOptions; repos are ID=URL, iso
+// the images' absolute paths.
 func prepareOptions(o upgrader.PrepareOptions) map[string]dbus.Variant {
-	m := map[string]dbus.Variant{"to": dbus.MakeVariant(o.To)}
+	m := map[string]dbus.Variant{}
+	if o.To != "" {
+		m["to"] = dbus.MakeVariant(o.To)
+	}
 	if o.Snapshot != "" {
 		m["snapshot"] = dbus.MakeVariant(o.Snapshot)
 	}
@@ -150,6 +154,9 @@ func prepareOptions(o upgrader.PrepareOptions) map[string]dbus.Variant {
 	}
 	if o.Mode != "" {
 		m["mode"] = dbus.MakeVariant(o.Mode)
+	}
+	if len(o.Images) > 0 {
+		m["iso"] = dbus.MakeVariant(o.Images)
 	}
 	if o.SkipSignatures {
 		m["no_gpg_check"] = dbus.MakeVariant(true)

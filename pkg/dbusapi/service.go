@@ -535,20 +535,26 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 		to, snap  = "", "auto"
 		mode      = upgrader.ModeTarget
 		repoSpecs []string
+		images    []string
 		answers   []string
 		noGPG     bool
 		downgrade bool
 	)
 	if derr := o.s.options("Prepare", options, map[string]any{
 		"to": &to, "repos": &repoSpecs, "snapshot": &snap, "no_gpg_check": &noGPG, "answers": &answers,
-		"mode": &mode, "allow_downgrade": &downgrade,
+		"mode": &mode, "allow_downgrade": &downgrade, "iso": &images,
 	}); derr != nil {
 		return derr
 	}
-	if to == "" {
+	if to == "" && len(images) == 0 {
 		return invalidArgs("Prepare needs the option to (s), the target release, e.g. 5.9")
 	}
-	if !upgrader.ValidVersion(to) {
+	for _, p := range images {
+		if err := validImage(p); err != nil {
+			return invalidArgs("Prepare: iso %q: %v", p, err)
+		}
+	}
+	if to != "" && !upgrader.ValidVersion(to) {
 		return invalidArgs("Prepare: to %q is not a release version (e.g. 5.9)", to)
 	}
 	if downgrade {
@@ -575,7 +581,13 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 		repos = append(repos, repo)
 	}
 	action := ActionPrepare
-	if unsafe := unsafePrepare(noGPG, repos, snap, parsed); len(unsafe) > 0 {
+	unsafe := unsafePrepare(noGPG, repos, snap, parsed)
+	if len(images) > 0 {
+		// An image is a custom package source, like repos: the caller
+		// names a file the daemon (root) reads.
+		unsafe = append(unsafe, "iso")
+	}
+	if len(unsafe) > 0 {
 		action = ActionPrepareUnsafe
 		o.s.log.Info("prepare asks for more than a plain upgrade", "options", strings.Join(unsafe, ", "))
 	}
@@ -594,7 +606,7 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 	o.s.jobs.Add(1)
 	go func() {
 		defer o.s.jobs.Done()
-		p, err := o.s.engine.Prepare(o.s.ctx, upgrader.PrepareOptions{To: to, Repos: repos, Snapshot: snap, Mode: mode, SkipSignatures: noGPG, Answers: answers})
+		p, err := o.s.engine.Prepare(o.s.ctx, upgrader.PrepareOptions{To: to, Repos: repos, Images: images, Snapshot: snap, Mode: mode, SkipSignatures: noGPG, Answers: answers})
 		msg := ""
 		if err == nil {
 			c := p.Counts()
@@ -772,4 +784,20 @@ func (o object) GetHistory(options map[string]dbus.Variant) ([]map[string]dbus.V
 		out = append(out, resultDict(&h[i]))
 	}
 	return out, nil
+}
+
+// validImage accepts an absolute path to a regular file (an ISO image for
+// the iso option of Prepare).
+func validImage(p string) error {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return fmt.Errorf("not a clean absolute path")
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file")
+	}
+	return nil
 }

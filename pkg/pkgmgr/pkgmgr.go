@@ -64,6 +64,9 @@ type Repo struct {
 	// GPGKey are the repository's key URLs (a migration map's
 	// repositories name them; --repo gives none).
 	GPGKey []string `json:"gpgkey,omitempty"`
+	// NoProxy makes dnf reach the repository directly, whatever proxy
+	// the system configures (the loopback server of an --iso image).
+	NoProxy bool `json:"no_proxy,omitempty"`
 }
 
 // Swap is one goal operation of a migration to another distribution: when
@@ -90,11 +93,14 @@ type Migration struct {
 }
 
 // ParseRepo parses a repository given as ID=URL (the --repo flag and the
-// D-Bus repos option).
+// D-Bus repos option); ID=/path (a directory mirror) means file:///path.
 func ParseRepo(spec string) (Repo, error) {
 	id, url, ok := strings.Cut(spec, "=")
 	if !ok || id == "" || url == "" || strings.ContainsAny(id, " /") {
 		return Repo{}, fmt.Errorf("repository %q: want ID=URL, for example kos=file:///srv/kos/5.9", spec)
+	}
+	if strings.HasPrefix(url, "/") {
+		url = "file://" + url
 	}
 	return Repo{ID: id, BaseURL: url}, nil
 }

@@ -160,6 +160,13 @@ def setup_base(req, work, filelists=False):
             extra = {}
             if r.get("gpgkey"):
                 extra["gpgkey"] = list(r["gpgkey"])
+            if r.get("no_proxy"):
+                # A loopback server (an --iso image): no proxy, whatever
+                # dnf.conf or the environment say.
+                extra["proxy"] = ""
+                no = [x for x in os.environ.get("no_proxy", "").split(",") if x]
+                if "127.0.0.1" not in no:
+                    os.environ["no_proxy"] = ",".join(no + ["127.0.0.1"])
             base.repos.add_new_repo(r["id"], conf, baseurl=[r["baseurl"]], **extra)
     else:
         base.read_all_repos()
@@ -426,6 +433,8 @@ def download(base, pkgs, stagedir, items):
 
     total = len(pkgs)
     state = {"n": 0}
+    failed = []
+    mirror = {}
 
     class Progress(dnf.callback.DownloadProgress):
         def start(self, total_files, total_size, total_drpms=0):
@@ -435,15 +444,25 @@ def download(base, pkgs, stagedir, items):
             pass
 
         def end(self, payload, status, msg):
-            state["n"] += 1
             name = str(payload)
+            if status == dnf.callback.STATUS_MIRROR:
+                # One mirror failed (the reason, e.g. a checksum that does
+                # not match the metadata); the download goes on.
+                seen = mirror.setdefault(name, [])
+                if str(msg) not in seen:
+                    seen.append(str(msg))
+                return
+            state["n"] += 1
             if status == dnf.callback.STATUS_FAILED:
                 emit({"type": "log", "message": "download failed: %s: %s" % (name, msg)})
+                failed.append("%s: %s" % (name, "; ".join(mirror.get(name, []) or [str(msg)])))
             progress("download", min(state["n"], total), total, "download", name)
 
     try:
         base.download_packages(pkgs, Progress())
     except Exception as e:  # dnf.exceptions.DownloadError and friends
+        if failed:  # each package with its reason (a checksum mismatch names it)
+            raise Failure("download", "cannot download packages", failed)
         raise Failure("download", "cannot download packages: %s" % e)
     byname = {}
     for p in pkgs:

@@ -1,0 +1,181 @@
+package iso_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/keyarchos/kos-upgrade/pkg/iso"
+	"github.com/keyarchos/kos-upgrade/test/fixture"
+	"github.com/keyarchos/kos-upgrade/test/testenv"
+)
+
+func makeISO(t *testing.T, opts fixture.ISOOptions) string {
+	t.Helper()
+	testenv.RequireTools(t, fixture.ISOTools...)
+	out := filepath.Join(t.TempDir(), "image.iso")
+	if err := fixture.MakeISO(context.Background(), out, opts); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestOpen(t *testing.T) {
+	set := fixture.MustBuild(t)
+	repo := set.Repos[fixture.Repo59]
+	for _, tc := range []struct {
+		name      string
+		opts      fixture.ISOOptions
+		wantRepos []string
+		wantRel   string
+	}{
+		{name: "rock ridge and joliet, treeinfo", wantRepos: []string{"AppStream", "BaseOS"}, wantRel: "5.9",
+			opts: fixture.ISOOptions{Label: "KOS-5.9-x86_64", Release: "5.9", Dirs: map[string]string{"BaseOS": repo, "AppStream": set.Repos[fixture.Repo59Kernel]}}},
+		{name: "joliet only", wantRepos: []string{"BaseOS"}, wantRel: "5.9",
+			opts: fixture.ISOOptions{Label: "KOS", Release: "5.9", NoRockRidge: true, Dirs: map[string]string{"BaseOS": repo}}},
+		{name: "rock ridge only, repository at the top, no treeinfo", wantRepos: []string{"."},
+			opts: fixture.ISOOptions{Label: "BUNDLE", NoJoliet: true, Dirs: map[string]string{".": repo}}},
+		{name: "nested", wantRepos: []string{"a/b/c"},
+			opts: fixture.ISOOptions{Label: "DEEP", Dirs: map[string]string{"a/b/c": repo}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := makeISO(t, tc.opts)
+			im, err := iso.Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer im.Close()
+			if im.Label() != tc.opts.Label {
+				t.Errorf("label %q, want %q", im.Label(), tc.opts.Label)
+			}
+			var dirs []string
+			for _, r := range im.Repos() {
+				dirs = append(dirs, r.Dir)
+			}
+			if !reflect.DeepEqual(dirs, tc.wantRepos) {
+				t.Errorf("repositories %v, want %v", dirs, tc.wantRepos)
+			}
+			got := ""
+			if im.Release() != nil {
+				got = im.Release().Version
+			}
+			if got != tc.wantRel {
+				t.Errorf("release %q, want %q", got, tc.wantRel)
+			}
+			ref := im.Ref()
+			if len(ref.VolumeSHA256) != 64 || ref.Size == 0 || ref.Path != p {
+				t.Errorf("ref %+v", ref)
+			}
+			// Every package reads back byte for byte, by its full name.
+			pkgs, err := set.Packages(fixture.Repo59)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, pkg := range pkgs {
+				want, _ := os.ReadFile(pkg)
+				r, _, err := im.OpenFile(filepath.Join(tc.wantRepos[len(tc.wantRepos)-1], "Packages", filepath.Base(pkg)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _ := io.ReadAll(r)
+				if !bytes.Equal(got, want) {
+					t.Errorf("%s: read %d bytes, differ from the file (%d bytes)", pkg, len(got), len(want))
+				}
+			}
+		})
+	}
+}
+
+func TestOpenRefusals(t *testing.T) {
+	set := fixture.MustBuild(t)
+	dir := t.TempDir()
+	notISO := filepath.Join(dir, "not.iso")
+	os.WriteFile(notISO, bytes.Repeat([]byte("x"), 64<<10), 0o644)
+	short := filepath.Join(dir, "short.iso")
+	os.WriteFile(short, []byte("tiny"), 0o644)
+	noRepo := makeISO(t, fixture.ISOOptions{Label: "EMPTY", Dirs: map[string]string{"docs": filepath.Join(set.Dir, "keys")}})
+	for _, tc := range []struct {
+		name string
+		path string
+		want error
+		text string
+	}{
+		{name: "not an ISO", path: notISO, want: iso.ErrNotISO},
+		{name: "too short", path: short, want: iso.ErrNotISO},
+		{name: "no repository", path: noRepo, want: iso.ErrNoRepo},
+		{name: "a directory", path: dir, text: "not a regular file"},
+		{name: "relative", path: "image.iso", text: "not an absolute path"},
+		{name: "missing", path: filepath.Join(dir, "missing.iso"), want: os.ErrNotExist},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			im, err := iso.Open(tc.path)
+			if err == nil {
+				im.Close()
+				t.Fatal("opened")
+			}
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("error %v, want %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.text) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q: want one line containing %q", err, tc.text)
+			}
+		})
+	}
+}
+
+func TestServe(t *testing.T) {
+	set := fixture.MustBuild(t)
+	p := makeISO(t, fixture.ISOOptions{Label: "KOS", Release: "5.9", Dirs: map[string]string{"BaseOS": set.Repos[fixture.Repo59]}})
+	im, err := iso.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	s, err := iso.Serve([]*iso.Image{im})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want, _ := os.ReadFile(filepath.Join(set.Repos[fixture.Repo59], "repodata/repomd.xml"))
+	get := func(url string) (int, []byte) {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	before := im.BytesRead()
+	if code, b := get(s.RepoURL(0, "BaseOS") + "repodata/repomd.xml"); code != 200 || !bytes.Equal(b, want) {
+		t.Errorf("repomd.xml: %d, %d bytes (sha %x), want %d bytes", code, len(b), sha256.Sum256(b), len(want))
+	}
+	if n := im.BytesRead() - before; n < int64(len(want)) || n > int64(len(want))+64<<10 {
+		t.Errorf("serving %d bytes read %d bytes of the image", len(want), n)
+	}
+	for _, bad := range []string{
+		s.RepoURL(0, "BaseOS") + "repodata/missing.xml",
+		s.RepoURL(1, "BaseOS") + "repodata/repomd.xml",
+		s.RepoURL(0, "BaseOS") + "../../etc/passwd",
+		s.RepoURL(0, "BaseOS"),
+		s.URL[:strings.LastIndex(s.URL[:len(s.URL)-1], "/")] + "/0123456789abcdef0123456789abcdef/0/BaseOS/repodata/repomd.xml", // wrong token
+	} {
+		if code, _ := get(bad); code != http.StatusNotFound {
+			t.Errorf("%s: %d, want 404", bad, code)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Error(err)
+	}
+	if _, err := http.Get(s.URL); err == nil {
+		t.Error("server still answers after Close")
+	}
+}

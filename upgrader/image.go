@@ -1,0 +1,152 @@
+package upgrader
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/keyarchos/kos-upgrade/pkg/iso"
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+)
+
+// imageSource is the ISO images of a prepare (--iso), opened and served to
+// dnf over loopback HTTP for the time of the prepare (docs/iso.md). dnf
+// loads their metadata and downloads only the packages the transaction
+// needs into the staging directory, checking each against the checksum of
+// the metadata; kos-upgrade then verifies the signatures as for any
+// repository. Apply never reads the images.
+type imageSource struct {
+	images []*iso.Image
+	srv    *iso.Server
+	// repos are the images' repositories, for dnf.
+	repos []pkgmgr.Repo
+	// release is the version the images name (empty when none does).
+	release string
+}
+
+// openImages opens and serves the images at paths; to is the target
+// version asked for (empty: take it from the images). Nil without paths.
+func openImages(paths []string, to string) (*imageSource, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	s := &imageSource{}
+	for _, p := range paths {
+		im, err := iso.Open(p)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.images = append(s.images, im)
+		rel := im.Release()
+		if rel == nil || rel.Version == "" {
+			continue
+		}
+		switch {
+		case to != "" && rel.Version != to:
+			s.Close()
+			return nil, fmt.Errorf("the %s holds release %s, not %s", im.Describe(), rel.Version, to)
+		case s.release != "" && rel.Version != s.release:
+			s.Close()
+			return nil, fmt.Errorf("the images hold different releases: %s and %s (%s)", s.release, rel.Version, p)
+		}
+		s.release = rel.Version
+	}
+	srv, err := iso.Serve(s.images)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.srv = srv
+	for i, im := range s.images {
+		for _, r := range im.Repos() {
+			s.repos = append(s.repos, pkgmgr.Repo{ID: imageRepoID(i, r.Dir), BaseURL: srv.RepoURL(i, r.Dir), NoProxy: true})
+		}
+	}
+	return s, nil
+}
+
+var repoIDUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+
+// imageRepoID names repository dir of image i: iso0-BaseOS, iso1-top.
+func imageRepoID(i int, dir string) string {
+	name := "top"
+	if dir != "." {
+		name = repoIDUnsafe.ReplaceAllString(strings.Trim(dir, "/"), "-")
+	}
+	return fmt.Sprintf("iso%d-%s", i, name)
+}
+
+// dnfRepos returns the images' repositories; nil on nil.
+func (s *imageSource) dnfRepos() []pkgmgr.Repo {
+	if s == nil {
+		return nil
+	}
+	return s.repos
+}
+
+// targetVersion is the version of a --to value ("5.9", "kos-5.9"), or the
+// value itself when it does not parse (the caller refuses it later).
+func targetVersion(to string) string {
+	if to == "" {
+		return ""
+	}
+	t, err := ParseTarget(to)
+	if err != nil {
+		return to
+	}
+	return t.Version
+}
+
+// refs returns the images' identities for the plan.
+func (s *imageSource) refs() []iso.Ref {
+	if s == nil {
+		return nil
+	}
+	var out []iso.Ref
+	for _, im := range s.images {
+		out = append(out, im.Ref())
+	}
+	return out
+}
+
+// explain adds to a resolution error what the image server refused to
+// serve (a file go-diskfs cannot read correctly).
+func (s *imageSource) explain(err error) error {
+	if s == nil || s.srv == nil {
+		return err
+	}
+	if p := s.srv.Problems(); len(p) > 0 {
+		return fmt.Errorf("%w\n(the image cannot be read correctly: %s)", err, strings.Join(p, "; "))
+	}
+	return err
+}
+
+// dropCache removes dnf's metadata cache of the images' repositories: their
+// URLs change with each prepare, so the cache would only grow.
+func (s *imageSource) dropCache(cacheDir string) {
+	if s == nil {
+		return
+	}
+	for _, r := range s.repos {
+		m, _ := filepath.Glob(filepath.Join(cacheDir, r.ID+"-*"))
+		for _, d := range m {
+			os.RemoveAll(d)
+		}
+	}
+}
+
+// Close stops serving and closes the images; safe on nil.
+func (s *imageSource) Close() {
+	if s == nil {
+		return
+	}
+	if s.srv != nil {
+		s.srv.Close()
+	}
+	for _, im := range s.images {
+		im.Close()
+	}
+}
