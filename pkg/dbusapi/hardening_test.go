@@ -38,6 +38,7 @@ func TestPrepareRightsSplit(t *testing.T) {
 		{"snapshot none", "{'to': <'5.9'>, 'snapshot': <'none'>}"},
 		{"allow_downgrade", "{'to': <'5.7'>, 'allow_downgrade': <true>}"},
 		{"downgrade answer", "{'to': <'5.7'>, 'answers': <['allow-downgrade=yes']>}"},
+		{"iso", "{'iso': <['/etc/os-release']>}"},
 	}
 	for _, tc := range unsafe {
 		t.Run(tc.name, func(t *testing.T) {
@@ -53,6 +54,9 @@ func TestPrepareRightsSplit(t *testing.T) {
 		{"no_gpg_check as s", "{'to': <'5.9'>, 'no_gpg_check': <'yes'>}", "option no_gpg_check has type s, want b"},
 		{"repos as s", "{'to': <'5.9'>, 'repos': <'a=file:///x'>}", "option repos has type s, want as"},
 		{"bad answer", "{'to': <'5.9'>, 'answers': <['no value']>}", "want KEY=VALUE"},
+		{"iso relative", "{'iso': <['kos.iso']>}", "not a clean absolute path"},
+		{"iso a directory", "{'iso': <['/etc']>}", "not a regular file"},
+		{"iso missing", "{'iso': <['/nonexistent.iso']>}", "no such file"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
