@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 deps() {
 	local need=(make gcc rpm dnf python3-dnf createrepo-c xorriso btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd
-		systemd-container debootstrap dracut shellcheck qemu-system-x86 qemu-utils ovmf
+		systemd-container debootstrap dracut shellcheck qemu-system-x86 qemu-utils ovmf systemd-boot-efi polkitd git
 		cockpit-ws cockpit-bridge cockpit-system chromium)
 	local missing=()
 	for p in "${need[@]}"; do
