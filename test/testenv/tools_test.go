@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -39,10 +38,22 @@ var notFromDebian = map[string]string{
 	"mkfs.xfs": "QEMU guest (xfsprogs)",
 }
 
-// dynamicArgs are non-constant arguments of RequireTools and their value.
+// dynamicArgs are calls among the arguments of RequireTools, by their
+// expression (or a function's name in any package), and their value on
+// this machine; "" marks a value that comes from elsewhere than Debian (the
+// reason is the comment).
 var dynamicArgs = map[string]string{
 	// The helper's interpreter: platform-python on EL8, else /usr/bin/python3.
 	"sysroot.Python()": sysroot.Python(),
+	// pyenv's Python 3.6 (EL8's platform-python is 3.6) for EL8's rpm
+	// bindings (test/el8): ~/.pyenv/versions/3.6.*, not a Debian package.
+	"Python36()": "",
+}
+
+// notFromDebianPath reports whether p is a file of pyenv (its interpreters
+// and shims) or of the Go toolchain in /usr/local/go: not from Debian.
+func notFromDebianPath(p string) bool {
+	return strings.Contains(p, "/.pyenv/") || strings.HasPrefix(p, "/usr/local/go/")
 }
 
 // requirement is a tool or file a test requires, and where.
@@ -51,19 +62,25 @@ type requirement struct {
 	pos  string
 }
 
-// pkgSyms are a directory's package-level string constants and []string
-// variables (composite literals of constants).
-type pkgSyms map[string][]string
+// symbol is a package-level constant or variable: its value and the
+// package and imports of the file that declares it.
+type symbol struct {
+	expr    ast.Expr
+	pkg     string
+	imports map[string]string
+	file    bool // the file being scanned: its local literals count
+}
 
 const modulePath = "github.com/keyarchos/kos-upgrade"
 
 // scanRequirements finds, in every Go file of the repository, the tools and
 // files tests require: the arguments of testenv.RequireTools (literals,
-// constants, []string variables, append of them, local literals), the
-// command of testenv.Run, and the command of exec.Command and
-// exec.CommandContext in test code (_test.go files and test/). An argument
-// of RequireTools it cannot resolve is an error: the check must see every
-// requirement.
+// package-level constants and []string variables of any package of the
+// module, append of them, local literals) and the command of testenv.Run
+// (both fail or skip the test without the tool). A plain exec.Command is
+// not a requirement: tests use it for optional checks too (if the tool is
+// there). An argument of RequireTools it cannot resolve is an error: the
+// check must see every requirement.
 func scanRequirements(repo string) ([]requirement, []error) {
 	fset := token.NewFileSet()
 	files := map[string][]*ast.File{} // by directory
@@ -87,35 +104,40 @@ func scanRequirements(repo string) ([]requirement, []error) {
 	if err != nil {
 		return nil, []error{err}
 	}
-	syms := map[string]pkgSyms{} // by import path
-	for dir, gofiles := range files {
+	pkgPath := func(dir string) string {
 		rel, _ := filepath.Rel(repo, dir)
-		s := pkgSyms{}
-		for _, f := range gofiles {
-			collectSyms(f, s)
+		return filepath.ToSlash(filepath.Join(modulePath, rel))
+	}
+	syms := map[string]map[string]symbol{} // import path → name → symbol
+	for dir, gofiles := range files {
+		pkg := pkgPath(dir)
+		if syms[pkg] == nil {
+			syms[pkg] = map[string]symbol{}
 		}
-		syms[filepath.ToSlash(filepath.Join(modulePath, rel))] = s
+		for _, f := range gofiles {
+			imports := fileImports(f)
+			for _, d := range f.Decls {
+				gd, ok := d.(*ast.GenDecl)
+				if !ok || (gd.Tok != token.CONST && gd.Tok != token.VAR) {
+					continue
+				}
+				for _, spec := range gd.Specs {
+					vs := spec.(*ast.ValueSpec)
+					for i, n := range vs.Names {
+						if i < len(vs.Values) {
+							syms[pkg][n.Name] = symbol{expr: vs.Values[i], pkg: pkg, imports: imports}
+						}
+					}
+				}
+			}
+		}
 	}
 	var reqs []requirement
 	var errs []error
 	for dir, gofiles := range files {
-		rel, _ := filepath.Rel(repo, dir)
-		local := syms[filepath.ToSlash(filepath.Join(modulePath, rel))]
-		inTestDir := rel == "test" || strings.HasPrefix(rel, "test"+string(filepath.Separator))
 		for _, f := range gofiles {
-			name := fset.Position(f.Pos()).Filename
-			testCode := inTestDir || strings.HasSuffix(name, "_test.go")
-			imports := map[string]string{}
-			for _, im := range f.Imports {
-				path, _ := strconv.Unquote(im.Path.Value)
-				n := filepath.Base(path)
-				if im.Name != nil {
-					n = im.Name.Name
-				}
-				imports[n] = path
-			}
-			locals := localLiterals(f)
-			ev := evaluator{local: local, syms: syms, imports: imports, locals: locals}
+			ev := evaluator{syms: syms, locals: localLiterals(f)}
+			here := symbol{pkg: pkgPath(dir), imports: fileImports(f), file: true}
 			ast.Inspect(f, func(n ast.Node) bool {
 				call, ok := n.(*ast.CallExpr)
 				if !ok {
@@ -127,27 +149,19 @@ func scanRequirements(repo string) ([]requirement, []error) {
 				switch {
 				case fun == "testenv.RequireTools" || fun == "RequireTools" && f.Name.Name == "testenv":
 					for _, a := range call.Args[1:] {
-						vals, err := ev.eval(a)
+						vals, err := ev.eval(a, here, 0)
 						if err != nil {
 							errs = append(errs, fmt.Errorf("%s: RequireTools argument %s: %w", at, exprString(a), err))
 						}
 						for _, v := range vals {
-							reqs = append(reqs, requirement{v, at})
+							if v != "" {
+								reqs = append(reqs, requirement{v, at})
+							}
 						}
 					}
 				case fun == "testenv.Run" || fun == "Run" && f.Name.Name == "testenv":
 					if len(call.Args) > 1 {
 						if s, ok := literal(call.Args[1]); ok {
-							reqs = append(reqs, requirement{s, at})
-						}
-					}
-				case testCode && (fun == "exec.Command" || fun == "exec.CommandContext"):
-					i := 0
-					if fun == "exec.CommandContext" {
-						i = 1
-					}
-					if len(call.Args) > i {
-						if s, ok := literal(call.Args[i]); ok {
 							reqs = append(reqs, requirement{s, at})
 						}
 					}
@@ -162,37 +176,18 @@ func scanRequirements(repo string) ([]requirement, []error) {
 	return reqs, errs
 }
 
-func collectSyms(f *ast.File, s pkgSyms) {
-	for _, d := range f.Decls {
-		gd, ok := d.(*ast.GenDecl)
-		if !ok || (gd.Tok != token.CONST && gd.Tok != token.VAR) {
-			continue
+// fileImports maps the names a file refers to its imports by to their paths.
+func fileImports(f *ast.File) map[string]string {
+	imports := map[string]string{}
+	for _, im := range f.Imports {
+		path, _ := strconv.Unquote(im.Path.Value)
+		n := filepath.Base(path)
+		if im.Name != nil {
+			n = im.Name.Name
 		}
-		for _, spec := range gd.Specs {
-			vs := spec.(*ast.ValueSpec)
-			for i, n := range vs.Names {
-				if i >= len(vs.Values) {
-					continue
-				}
-				switch v := vs.Values[i].(type) {
-				case *ast.BasicLit:
-					if str, ok := literal(v); ok {
-						s[n.Name] = []string{str}
-					}
-				case *ast.CompositeLit:
-					var vals []string
-					for _, e := range v.Elts {
-						if str, ok := literal(e); ok {
-							vals = append(vals, str)
-						}
-					}
-					if len(vals) == len(v.Elts) {
-						s[n.Name] = vals
-					}
-				}
-			}
-		}
+		imports[n] = path
 	}
+	return imports
 }
 
 // localLiterals maps the names a file assigns a string literal to
@@ -221,15 +216,26 @@ func localLiterals(f *ast.File) map[string][]string {
 }
 
 type evaluator struct {
-	local   pkgSyms
-	syms    map[string]pkgSyms
-	imports map[string]string
-	locals  map[string][]string
+	syms   map[string]map[string]symbol
+	locals map[string][]string // of the file being scanned
 }
 
-func (ev evaluator) eval(e ast.Expr) ([]string, error) {
-	if v, ok := dynamicArgs[exprString(e)]; ok {
-		return []string{v}, nil
+// eval returns the strings e stands for, in the package and imports of ctx.
+func (ev evaluator) eval(e ast.Expr, ctx symbol, depth int) ([]string, error) {
+	if depth > 20 {
+		return nil, fmt.Errorf("cannot resolve it: too deep")
+	}
+	if call, ok := e.(*ast.CallExpr); ok {
+		// By its expression (sysroot.Python()), else by the function's
+		// name in any package (el8.Python36() or Python36()).
+		if v, ok := dynamicArgs[exprString(e)]; ok {
+			return []string{v}, nil
+		}
+		if sel, ok := call.Fun.(*ast.SelectorExpr); ok {
+			if v, ok := dynamicArgs[sel.Sel.Name+"()"]; ok {
+				return []string{v}, nil
+			}
+		}
 	}
 	switch x := e.(type) {
 	case *ast.BasicLit:
@@ -237,22 +243,24 @@ func (ev evaluator) eval(e ast.Expr) ([]string, error) {
 			return []string{s}, nil
 		}
 	case *ast.Ident:
-		if v, ok := ev.local[x.Name]; ok {
-			return v, nil
+		if ctx.file {
+			if v := ev.locals[x.Name]; len(v) == 1 && v[0] != "\x00" {
+				return v, nil
+			}
 		}
-		if v := ev.locals[x.Name]; len(v) == 1 && v[0] != "\x00" {
-			return v, nil
+		if sym, ok := ev.syms[ctx.pkg][x.Name]; ok {
+			return ev.eval(sym.expr, sym, depth+1)
 		}
 	case *ast.SelectorExpr:
 		if pkg, ok := x.X.(*ast.Ident); ok {
-			if v, ok := ev.syms[ev.imports[pkg.Name]][x.Sel.Name]; ok {
-				return v, nil
+			if sym, ok := ev.syms[ctx.imports[pkg.Name]][x.Sel.Name]; ok {
+				return ev.eval(sym.expr, sym, depth+1)
 			}
 		}
 	case *ast.CompositeLit:
 		var out []string
 		for _, el := range x.Elts {
-			v, err := ev.eval(el)
+			v, err := ev.eval(el, ctx, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -263,7 +271,7 @@ func (ev evaluator) eval(e ast.Expr) ([]string, error) {
 		if exprString(x.Fun) == "append" {
 			var out []string
 			for _, a := range x.Args {
-				v, err := ev.eval(a)
+				v, err := ev.eval(a, ctx, depth+1)
 				if err != nil {
 					return nil, err
 				}
@@ -272,7 +280,7 @@ func (ev evaluator) eval(e ast.Expr) ([]string, error) {
 			return out, nil
 		}
 	}
-	return nil, fmt.Errorf("cannot resolve it statically: use a string literal, a package-level constant or []string variable, or add it to dynamicArgs")
+	return nil, fmt.Errorf("cannot resolve %s statically: use a string literal, a package-level constant or []string variable, or add it to dynamicArgs", exprString(e))
 }
 
 func literal(e ast.Expr) (string, bool) {
@@ -306,11 +314,29 @@ func runShPackages(t *testing.T, path string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?s)local need=\(([^)]*)\)`).FindSubmatch(b)
-	if m == nil {
+	// The need=( … ) array: words up to the closing parenthesis, comments
+	// (# to the end of the line) skipped.
+	var pkgs []string
+	in, closed := false, false
+	for _, l := range strings.Split(string(b), "\n") {
+		if !in {
+			_, rest, ok := strings.Cut(l, "local need=(")
+			if !ok {
+				continue
+			}
+			in, l = true, rest
+		}
+		l, _, _ = strings.Cut(l, "#")
+		words, _, end := strings.Cut(l, ")")
+		pkgs = append(pkgs, strings.Fields(words)...)
+		if end {
+			closed = true
+			break
+		}
+	}
+	if !closed || len(pkgs) == 0 {
 		t.Fatalf("%s: no need=(…) list", path)
 	}
-	pkgs := strings.Fields(string(m[1]))
 	for _, l := range strings.Split(string(b), "\n") {
 		_, rest, ok := strings.Cut(l, "apt-get ")
 		if !ok {
@@ -465,6 +491,19 @@ func TestRequiredToolsInstalledByRunSh(t *testing.T) {
 				continue
 			}
 			p = lp
+			if notFromDebianPath(p) {
+				// pyenv's shim first on PATH here: a fresh machine finds
+				// the system's, if there is one.
+				for _, d := range []string{"/usr/bin", "/usr/sbin", "/bin", "/sbin"} {
+					if _, err := os.Stat(filepath.Join(d, name)); err == nil {
+						p = filepath.Join(d, name)
+						break
+					}
+				}
+			}
+		}
+		if notFromDebianPath(p) {
+			continue
 		}
 		paths[name] = p
 		all = append(all, candidates(p)...)
@@ -474,15 +513,6 @@ func TestRequiredToolsInstalledByRunSh(t *testing.T) {
 		var pkgs []string
 		for _, c := range candidates(p) {
 			pkgs = append(pkgs, own[c]...)
-		}
-		if len(pkgs) == 0 && !filepath.IsAbs(name) {
-			// Found first on PATH from elsewhere here (a pyenv shim): a
-			// fresh machine finds the one of its packages.
-			for _, d := range []string{"/usr/bin", "/usr/sbin"} {
-				for _, c := range candidates(filepath.Join(d, name)) {
-					pkgs = append(pkgs, owners([]string{c})[c]...)
-				}
-			}
 		}
 		ok := false
 		for _, pkg := range pkgs {
@@ -507,6 +537,8 @@ func TestScanRequirements(t *testing.T) {
 		"tools/tools.go": `package tools
 const EFI = "/usr/lib/x.efi"
 var Tools = []string{"a", "b"}
+var More = append([]string{"f", EFI}, Tools...)
+func Python36() string { return "" }
 `,
 		"x/x_test.go": `package x
 import (
@@ -522,8 +554,10 @@ func TestX(t *testing.T) {
 	testenv.RequireTools(t, "lit", local, tools.EFI, polkitd)
 	testenv.RequireTools(t, tools.Tools...)
 	testenv.RequireTools(t, append([]string{"e"}, more...)...)
+	testenv.RequireTools(t, append(append([]string{}, tools.More...), polkitd)...)
+	testenv.RequireTools(t, append([]string{tools.Python36()}, "g")...)
 	testenv.Run(t, "runtool", "arg")
-	exec.Command("exectool", "x")
+	exec.Command("optionaltool", "x")
 	var dyn string
 	testenv.RequireTools(t, dyn)
 }
@@ -541,7 +575,7 @@ func f() { exec.Command("producttool") }
 	for _, r := range reqs {
 		got = append(got, r.name)
 	}
-	want := "/usr/lib/polkitd /usr/lib/x.efi a b c d e exectool lit runtool"
+	want := "/usr/lib/polkitd /usr/lib/polkitd /usr/lib/x.efi /usr/lib/x.efi a a b b c d e f g lit runtool"
 	if strings.Join(got, " ") != want {
 		t.Errorf("found %q, want %q", strings.Join(got, " "), want)
 	}
