@@ -4,20 +4,19 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/iso"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 )
 
-// imageSource is the ISO images of a prepare (--iso), opened and served to
-// dnf over loopback HTTP for the time of the prepare (docs/iso.md). dnf
+// ImageSource is the ISO images of a prepare or a check (--iso), opened and
+// served to dnf over loopback HTTP for the time of the prepare (docs/iso.md). dnf
 // loads their metadata and downloads only the packages the transaction
 // needs into the staging directory, checking each against the checksum of
 // the metadata; kos-upgrade then verifies the signatures as for any
 // repository. Apply never reads the images.
-type imageSource struct {
+type ImageSource struct {
 	images []*iso.Image
 	srv    *iso.Server
 	// repos are the images' repositories, for dnf.
@@ -26,13 +25,14 @@ type imageSource struct {
 	release string
 }
 
-// openImages opens and serves the images at paths; to is the target
+// OpenImages opens and serves the images at paths; to is the target
 // version asked for (empty: take it from the images). Nil without paths.
-func openImages(paths []string, to string) (*imageSource, error) {
+// The caller closes it.
+func OpenImages(paths []string, to string) (*ImageSource, error) {
 	if len(paths) == 0 {
 		return nil, nil
 	}
-	s := &imageSource{}
+	s := &ImageSource{}
 	for _, p := range paths {
 		im, err := iso.Open(p)
 		if err != nil {
@@ -62,25 +62,14 @@ func openImages(paths []string, to string) (*imageSource, error) {
 	s.srv = srv
 	for i, im := range s.images {
 		for _, r := range im.Repos() {
-			s.repos = append(s.repos, pkgmgr.Repo{ID: imageRepoID(i, r.Dir), BaseURL: srv.RepoURL(i, r.Dir), NoProxy: true})
+			s.repos = append(s.repos, pkgmgr.Repo{ID: iso.RepoID(i, r.Dir), BaseURL: srv.RepoURL(i, r.Dir), NoProxy: true})
 		}
 	}
 	return s, nil
 }
 
-var repoIDUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
-
-// imageRepoID names repository dir of image i: iso0-BaseOS, iso1-top.
-func imageRepoID(i int, dir string) string {
-	name := "top"
-	if dir != "." {
-		name = repoIDUnsafe.ReplaceAllString(strings.Trim(dir, "/"), "-")
-	}
-	return fmt.Sprintf("iso%d-%s", i, name)
-}
-
-// dnfRepos returns the images' repositories; nil on nil.
-func (s *imageSource) dnfRepos() []pkgmgr.Repo {
+// Repos returns the images' repositories, for dnf; nil on nil.
+func (s *ImageSource) Repos() []pkgmgr.Repo {
 	if s == nil {
 		return nil
 	}
@@ -100,8 +89,8 @@ func targetVersion(to string) string {
 	return t.Version
 }
 
-// refs returns the images' identities for the plan.
-func (s *imageSource) refs() []iso.Ref {
+// Refs returns the images' identities (the plan's, the report's).
+func (s *ImageSource) Refs() []iso.Ref {
 	if s == nil {
 		return nil
 	}
@@ -114,7 +103,7 @@ func (s *imageSource) refs() []iso.Ref {
 
 // explain adds to a resolution error what the image server refused to
 // serve (a file go-diskfs cannot read correctly).
-func (s *imageSource) explain(err error) error {
+func (s *ImageSource) explain(err error) error {
 	if s == nil || s.srv == nil {
 		return err
 	}
@@ -126,7 +115,7 @@ func (s *imageSource) explain(err error) error {
 
 // dropCache removes dnf's metadata cache of the images' repositories: their
 // URLs change with each prepare, so the cache would only grow.
-func (s *imageSource) dropCache(cacheDir string) {
+func (s *ImageSource) dropCache(cacheDir string) {
 	if s == nil {
 		return
 	}
@@ -139,7 +128,7 @@ func (s *imageSource) dropCache(cacheDir string) {
 }
 
 // Close stops serving and closes the images; safe on nil.
-func (s *imageSource) Close() {
+func (s *ImageSource) Close() {
 	if s == nil {
 		return
 	}
@@ -149,4 +138,12 @@ func (s *imageSource) Close() {
 	for _, im := range s.images {
 		im.Close()
 	}
+}
+
+// Release returns the version the images name, "" when none does.
+func (s *ImageSource) Release() string {
+	if s == nil {
+		return ""
+	}
+	return s.release
 }

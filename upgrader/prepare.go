@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/keyarchos/kos-upgrade/pkg/iso"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
@@ -45,7 +46,7 @@ type PrepareOptions struct {
 // Prepare resolves, downloads, verifies and tests the upgrade and writes the
 // plan. The running system is not changed (only the state directory).
 func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error) {
-	imgs, err := openImages(opts.Images, targetVersion(opts.To))
+	imgs, err := OpenImages(opts.Images, targetVersion(opts.To))
 	if err != nil {
 		return nil, fmt.Errorf("cannot prepare: %w", err)
 	}
@@ -87,7 +88,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	// Naming another distribution than the running one (--to kos-5.9 on
 	// CentOS) is a migration (docs/migration.md).
 	var mig *migrationSetup
-	repos := append(append([]pkgmgr.Repo(nil), opts.Repos...), imgs.dnfRepos()...)
+	repos := append(append([]pkgmgr.Repo(nil), opts.Repos...), imgs.Repos()...)
 	if to.Distro != "" && to.Distro != source.ID {
 		if mig, err = setupMigration(source, to, opts); err != nil {
 			return nil, fmt.Errorf("cannot prepare the migration to %s: %w", to, err)
@@ -138,7 +139,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	if mig != nil {
 		pfm = mig.preflight
 	}
-	report, err := e.assess(ctx, opts, to.Version, repos, pfm, state, backend)
+	report, err := e.assess(ctx, opts, to.Version, repos, imgs.Refs(), pfm, state, backend)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +217,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		Source:           source,
 		Target:           Release{ID: source.ID, VersionID: to.Version, Name: source.Name},
 		Repos:            opts.Repos,
-		Images:           imgs.refs(),
+		Images:           imgs.Refs(),
 		Snapshot:         backend,
 		Mode:             mode,
 		RPMDBFingerprint: before,
@@ -267,7 +268,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 // assess runs the same assessment as kos-upgrade check and refuses on an
 // inhibitor. The report is saved in the state directory (as check does) and
 // returned for the plan.
-func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string, repos []pkgmgr.Repo, mig *preflight.Migration, state *State, backend string) (*preflight.Report, error) {
+func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string, repos []pkgmgr.Repo, images []iso.Ref, mig *preflight.Migration, state *State, backend string) (*preflight.Report, error) {
 	answers, err := preflight.LoadAnswers(e.Root, opts.Answers)
 	if err != nil {
 		return nil, fmt.Errorf("cannot prepare: %w", err)
@@ -282,7 +283,7 @@ func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string
 	}
 	e.report(progress.Event{Step: "check", Message: "assessing the upgrade"})
 	r, _, err := preflight.Run(ctx, preflight.Options{
-		Root: e.Root, To: release, Repos: repos, SkipSignatures: opts.SkipSignatures, Migration: mig,
+		Root: e.Root, To: release, Repos: repos, Images: images, SkipSignatures: opts.SkipSignatures, Migration: mig,
 		Snapshot: preflight.SnapshotFacts{Requested: opts.Snapshot, Backend: backend},
 		State: preflight.StateFacts{Status: string(state.Status), PlanID: state.PlanID, Target: state.Target,
 			Snapshot: state.Snapshot, Previous: state.Previous},

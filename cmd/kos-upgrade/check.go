@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -40,10 +41,12 @@ third-party packages): answer them with --answer KEY=VALUE or with a
 Examples:
    kos-upgrade check --to 5.9
    kos-upgrade check --to 5.9 --json
+   kos-upgrade check --iso /srv/KOS-5.9-x86_64-dvd.iso
    kos-upgrade check --to 5.9 --answer packages.third-party=keep`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9 (without it, only target-independent checks run)"},
-			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` instead of the system's configuration (repeatable)"},
+			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` (or ID=/directory) instead of the system's configuration (repeatable)"},
+			&cli.StringSliceFlag{Name: "iso", Usage: "use the repositories of the ISO 9660 image `FILE`, read in place (repeatable; as prepare --iso)"},
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "the snapshot backend prepare would use: auto, btrfs, lvm or none"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "assess as prepare --no-gpg-check would run"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer the finding `KEY=VALUE` (repeatable)"},
@@ -70,10 +73,20 @@ Examples:
 			if err != nil {
 				return usageError{err}
 			}
-			opts, err := checkOptions(c.Context, e.engine, c.String("to"), repos, c.String("snapshot"), c.Bool("no-gpg-check"))
+			images, err := upgrader.OpenImages(absPaths(c.StringSlice("iso")), c.String("to"))
 			if err != nil {
 				return err
 			}
+			defer images.Close()
+			to := c.String("to")
+			if to == "" {
+				to = images.Release()
+			}
+			opts, err := checkOptions(c.Context, e.engine, to, append(repos, images.Repos()...), c.String("snapshot"), c.Bool("no-gpg-check"))
+			if err != nil {
+				return err
+			}
+			opts.Images = images.Refs()
 			sink := progress.NewWriter(os.Stderr) // stdout is for the report
 			opts.Sink = sink
 			r, _, err := preflight.Run(c.Context, opts, answers)
@@ -129,6 +142,18 @@ func checkOptions(ctx context.Context, eng *upgrader.Engine, to string, repos []
 		s.Close()
 	}
 	return opts, nil
+}
+
+// absPaths makes the --iso paths absolute.
+func absPaths(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func parseRepos(flags []string) ([]pkgmgr.Repo, error) {

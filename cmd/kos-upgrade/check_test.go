@@ -216,3 +216,40 @@ func TestPrepareRefusesOnInhibitor(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckAndPrepareISO: check --iso reports the image (label, release)
+// and a directory mirror as the sources; prepare --iso takes the release
+// from the image's .treeinfo.
+func TestCheckAndPrepareISO(t *testing.T) {
+	c := newCLIRoot(t)
+	testenv.RequireTools(t, fixture.ISOTools...)
+	image := filepath.Join(t.TempDir(), "KOS-5.9.iso")
+	if err := fixture.MakeISO(context.Background(), image, fixture.ISOOptions{Label: "KOS-5.9-x86_64", Release: "5.9",
+		Dirs: map[string]string{"BaseOS": c.set.Repos[fixture.Repo59]}}); err != nil {
+		t.Fatal(err)
+	}
+	mirror := c.set.Repos[fixture.Repo59Kernel]
+	out, errOut, code := c.run("check", "--iso", image, "--repo", "kernel="+mirror, "--snapshot", "none", "--json")
+	if code != 0 {
+		t.Fatalf("check --iso: exit %d\n%s\n%s", code, out, errOut)
+	}
+	r := decodeReport(t, out)
+	f := r.Finding(preflight.KeySources)
+	if r.Target != "5.9" || f == nil {
+		t.Fatalf("report: target %q, sources %+v", r.Target, f)
+	}
+	details := strings.Join(f.Details, "\n")
+	for _, want := range []string{"iso0-BaseOS: image " + image + ", label KOS-5.9-x86_64, release KOS 5.9, directory /BaseOS",
+		"kernel: directory mirror " + mirror} {
+		if !strings.Contains(details, want) {
+			t.Errorf("sources do not say %q:\n%s", want, details)
+		}
+	}
+	out, errOut, code = c.run("--json", "prepare", "--iso", image, "--snapshot", "none")
+	if code != 0 || !strings.Contains(out, `"label": "KOS-5.9-x86_64"`) || !strings.Contains(out, `"version_id": "5.9"`) {
+		t.Errorf("prepare --iso: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if _, errOut, code := c.run("prepare", "--to", "6.0", "--iso", image, "--snapshot", "none"); code == 0 || !strings.Contains(errOut, "holds release 5.9, not 6.0") {
+		t.Errorf("prepare --to 6.0 --iso (a 5.9 image): exit %d: %s", code, errOut)
+	}
+}

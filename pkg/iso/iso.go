@@ -23,6 +23,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -90,6 +91,18 @@ type Ref struct {
 	Release      *Release `json:"release,omitempty"`
 	// Repos are the repositories' directories on the image.
 	Repos []string `json:"repos"`
+}
+
+var repoIDUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+
+// RepoID names repository dir of the i-th image of a prepare, for dnf:
+// iso0-BaseOS, iso1-top (the image's top directory).
+func RepoID(i int, dir string) string {
+	name := "top"
+	if dir != "." {
+		name = repoIDUnsafe.ReplaceAllString(strings.Trim(dir, "/"), "-")
+	}
+	return fmt.Sprintf("iso%d-%s", i, name)
 }
 
 // Image is an opened ISO 9660 image. Its methods may be called from several

@@ -48,6 +48,7 @@ const (
 	KeyNoKeys           = "gpg.no-keys"
 	KeyKeyNotInstalled  = "gpg.key-not-installed"
 	KeyFactsUnavailable = "facts.unavailable"
+	KeySources          = "repos.sources"
 	// Migration to another distribution (docs/migration.md).
 	KeyOtherDistribution     = "release.other-distribution"
 	KeyMigration             = "migration.plan"
@@ -97,6 +98,7 @@ type check func(f *Facts) []Finding
 var checks = []check{
 	checkRoot, checkRelease, checkMigration, checkState, checkSnapshot, checkThinPool, checkSpace, checkBoot, checkDeps,
 	checkTransaction, checkThirdParty, checkModules, checkKeys, checkSecurity, checkPlatform, checkFacts,
+	checkSources,
 }
 
 // Evaluate runs every check on f, applies the answers and returns the

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/pkg/iso"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 )
@@ -61,6 +62,14 @@ func healthyFacts() *preflight.Facts {
 	}
 }
 
+// withSources: one image repository, one directory mirror, one URL.
+func withSources(f *preflight.Facts) {
+	f.Images = []iso.Ref{{Path: "/srv/KOS-5.9.iso", Label: "KOS-5.9", Release: &iso.Release{Name: "KOS", Version: "5.9"}, Repos: []string{"BaseOS"}}}
+	f.Assessment.Repos = append(f.Assessment.Repos,
+		pkgmgr.RepoInfo{ID: iso.RepoID(0, "BaseOS"), BaseURLs: []string{"http://127.0.0.1:4711/0123/0/BaseOS/"}},
+		pkgmgr.RepoInfo{ID: "extra", BaseURLs: []string{"file:///srv/mirror/extra"}})
+}
+
 func evaluate(f *preflight.Facts, answers ...string) *preflight.Report {
 	a, err := preflight.ParseAnswerFlags(answers)
 	if err != nil {
@@ -95,6 +104,10 @@ func TestChecks(t *testing.T) {
 		contains  string // in summary, details or title
 	}{
 		{"not root", func(f *preflight.Facts) { f.EUID = 1000 }, nil, preflight.KeyNotRoot, preflight.High, true, "1000"},
+		{"sources: an ISO image", withSources, nil, preflight.KeySources, preflight.Info, false,
+			"iso0-BaseOS: image /srv/KOS-5.9.iso, label KOS-5.9, release KOS 5.9, directory /BaseOS"},
+		{"sources: a directory mirror", withSources, nil, preflight.KeySources, preflight.Info, false, "extra: directory mirror /srv/mirror/extra"},
+		{"sources: counted", withSources, nil, preflight.KeySources, preflight.Info, false, "1 ISO image(s) read in place, 1 directory mirror(s), 1 network"},
 		{"same release", func(f *preflight.Facts) { f.Target = "5.8" }, nil, preflight.KeySameRelease, preflight.High, true, "5.8"},
 		{"armed by us", func(f *preflight.Facts) {
 			f.SystemUpdate = "kos-upgrade"

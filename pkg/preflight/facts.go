@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyarchos/kos-upgrade/pkg/iso"
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
@@ -80,6 +81,8 @@ type Facts struct {
 	// without a target or when it could not run (AssessError says why).
 	Assessment  *pkgmgr.Assessment `json:"assessment,omitempty"`
 	AssessError string             `json:"assess_error,omitempty"`
+	// Images are the ISO images the repositories iso<N>-* are read from.
+	Images []iso.Ref `json:"images,omitempty"`
 
 	// Errors name facts that could not be collected.
 	Errors []string `json:"errors,omitempty"`
@@ -269,6 +272,9 @@ type Options struct {
 	// To is the target release; "" assesses without a target.
 	To    string
 	Repos []pkgmgr.Repo
+	// Images are the ISO images whose repositories are among Repos
+	// (--iso: repository iso<N>-<dir> is on Images[N]).
+	Images []iso.Ref
 	// Snapshot is the backend the user asked for and what came of it.
 	Snapshot SnapshotFacts
 	// State and SystemUpdate come from the engine (upgrader).
@@ -296,7 +302,7 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 	f := &Facts{
 		Root: root.Dir, Target: opts.To, EUID: os.Geteuid(), State: opts.State,
 		SystemUpdate: opts.SystemUpdate, Snapshot: opts.Snapshot, SkipSignatures: opts.SkipSignatures,
-		Migration: opts.Migration,
+		Migration: opts.Migration, Images: opts.Images,
 	}
 	errf := func(format string, a ...any) { f.Errors = append(f.Errors, fmt.Sprintf(format, a...)) }
 	if rel, err := readRelease(root.Dir); err == nil {
