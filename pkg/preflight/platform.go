@@ -106,20 +106,28 @@ func collectPlatform(ctx context.Context, root sysroot.Root, f *Facts) {
 		errf("cannot ask the helper's rpm which database backend it opens: %v", err)
 	}
 
+	// The grub.cfg that runs blscfg if any (a stale one of another
+	// firmware may lie next to it), else the first found.
 	for _, c := range append([]string{root.Path("/boot/grub2/grub.cfg")}, globSorted(root.Path("/boot/efi/EFI/*/grub.cfg"))...) {
 		b, err := os.ReadFile(c)
 		if err != nil {
 			continue
 		}
-		p.Grub.Config = strings.TrimPrefix(c, strings.TrimSuffix(root.Dir, "/"))
-		p.Grub.BLSCfg = runsBLSCfg(b)
-		break
+		if p.Grub.Config == "" || !p.Grub.BLSCfg && runsBLSCfg(b) {
+			p.Grub.Config = strings.TrimPrefix(c, strings.TrimSuffix(root.Dir, "/"))
+			p.Grub.BLSCfg = runsBLSCfg(b)
+		}
 	}
 	p.Grub.EnableBLSCFG = shellVar(root.Path("/etc/default/grub"), "GRUB_ENABLE_BLSCFG")
 	_, err := os.Stat(root.Path("/etc/grub.d/08_fallback_counting"))
 	p.Grub.FallbackCounting = err == nil
 	if len(f.Boot.GrubEnvs) > 0 {
-		if env, err := boot.ReadEnv(root.Path(f.Boot.GrubEnvs[0].Path)); err == nil {
+		g := f.Boot.GrubEnvs[0]
+		path := root.Path(g.Path)
+		if filepath.IsAbs(g.Symlink) {
+			path = root.Path(g.Symlink) // an absolute link points inside the root
+		}
+		if env, err := boot.ReadEnv(path); err == nil {
 			p.Grub.BootCounter, _ = env.Get(boot.EnvBootCounter)
 			p.Grub.BootSuccess, _ = env.Get(boot.EnvBootSuccess)
 		} else {

@@ -53,6 +53,7 @@ func TestCollectPlatform(t *testing.T) {
 		name  string
 		files map[string]string
 		env   map[string]string // grubenv at /boot/grub2/grubenv
+		link  string            // else in the ESP, /boot/grub2/grubenv a link to it
 		pkgs  []preflight.InstalledPackage
 		want  preflight.PlatformFacts // Helper* are not compared
 	}{
@@ -74,6 +75,27 @@ func TestCollectPlatform(t *testing.T) {
 					FallbackCounting: true, BootCounter: "2", BootSuccess: "0"},
 				UpdateDefault: "yes", Dracut: "049",
 			},
+		},
+		{
+			name: "a stale BIOS grub.cfg next to the ESP's",
+			files: map[string]string{
+				"/var/lib/rpm/rpmdb.sqlite":     "",
+				"/boot/grub2/grub.cfg":          el7GrubCfg,
+				"/boot/efi/EFI/kos/grub.cfg":    el8GrubCfg,
+				"/boot/efi/EFI/kos/grubenv-not": "",
+			},
+			want: preflight.PlatformFacts{RPMDB: preflight.RPMDBFacts{Path: "/var/lib/rpm", Backends: []string{"sqlite"}, Files: []string{"rpmdb.sqlite"}},
+				Grub: preflight.GrubFacts{Config: "/boot/efi/EFI/kos/grub.cfg", BLSCfg: true}},
+		},
+		{
+			name: "grubenv in the ESP through EL8's relative link",
+			env:  map[string]string{"boot_success": "1"}, link: "../efi/EFI/kos/grubenv",
+			want: preflight.PlatformFacts{RPMDB: preflight.RPMDBFacts{Path: "/var/lib/rpm"}, Grub: preflight.GrubFacts{BootSuccess: "1"}},
+		},
+		{
+			name: "grubenv in the ESP through an absolute link, inside the root",
+			env:  map[string]string{"boot_counter": "0"}, link: "/boot/efi/EFI/kos/grubenv",
+			want: preflight.PlatformFacts{RPMDB: preflight.RPMDBFacts{Path: "/var/lib/rpm"}, Grub: preflight.GrubFacts{BootCounter: "0"}},
 		},
 		{
 			name:  "sqlite in /usr/lib/sysimage/rpm",
@@ -118,10 +140,17 @@ func TestCollectPlatform(t *testing.T) {
 				}
 				p := filepath.Join(dir, "boot/grub2/grubenv")
 				os.MkdirAll(filepath.Dir(p), 0o755)
+				if tc.link != "" {
+					p = filepath.Join(dir, "boot/efi/EFI/kos/grubenv")
+					os.MkdirAll(filepath.Dir(p), 0o755)
+					if err := os.Symlink(tc.link, filepath.Join(dir, "boot/grub2/grubenv")); err != nil {
+						t.Fatal(err)
+					}
+				}
 				if err := boot.WriteEnv(p, env); err != nil {
 					t.Fatal(err)
 				}
-				f.Boot.GrubEnvs = []preflight.GrubEnv{{Path: "/boot/grub2/grubenv", Size: 1024}}
+				f.Boot.GrubEnvs = []preflight.GrubEnv{{Path: "/boot/grub2/grubenv", Size: 1024, Symlink: tc.link}}
 			}
 			preflight.CollectPlatform(context.Background(), sysroot.Root{Dir: dir}, f)
 			got := f.Platform

@@ -219,9 +219,15 @@ func checkUnit239(known el8.Directives, name string, entries []unitEntry) []stri
 	return bad
 }
 
+// systemd239 reads the directives of the kit's systemd 239; without the
+// kit (../shared/el8) the test skips, which fails in CI.
 func systemd239(t *testing.T) el8.Directives {
 	t.Helper()
-	known, err := el8.SystemdDirectives()
+	src, err := el8.Sources()
+	if err != nil {
+		testenv.Skip(t, "skipping: "+err.Error())
+	}
+	known, err := el8.SystemdDirectivesFrom(filepath.Join(src, el8.SystemdTarball))
 	if err != nil {
 		t.Fatal(err)
 	}
