@@ -17,7 +17,7 @@ PKGS      := ./...
 # KOS_UPGRADE_REQUIRE_ALL=1 turns their skips into failures.
 TESTFLAGS ?= -count=1 -timeout 25m
 
-.PHONY: all build test unit bench lint fmt install demo check help clean fuzz e2e cockpit-test rpm
+.PHONY: all build test unit bench lint fmt install demo check help clean fuzz e2e cockpit-test rpm docs
 
 all: build
 
@@ -25,7 +25,14 @@ help: ## show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/kos-upgrade
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GOLDFLAGS)' -o $(BIN) ./cmd/kos-upgrade
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-X main.version=$(VERSION) $(GOLDFLAGS)' -o $(BIN) ./cmd/kos-upgrade
+
+docs: build ## regenerate the man page, docs/cli.md's command reference and the shell completions from the CLI
+	$(BIN) generate man > docs/kos-upgrade.8
+	$(BIN) generate bash > units/completion/kos-upgrade.bash
+	$(BIN) generate zsh > units/completion/_kos-upgrade
+	$(BIN) generate markdown > bin/cli-reference.md
+	awk -v ref=bin/cli-reference.md '/^<!-- BEGIN generated/ {print; while ((getline l < ref) > 0) print l; skip=1; next} /^<!-- END generated/ {skip=0} !skip' docs/cli.md > bin/cli.md && mv bin/cli.md docs/cli.md
 
 test: build ## run the whole test suite (real rpm, dnf, btrfs: run as root)
 	$(GO) test $(TESTFLAGS) -p 1 $(PKGS)
@@ -54,7 +61,15 @@ demo: build ## upgrade a throwaway btrfs sandbox system from 5.8 to 5.9
 install: build ## install into DESTDIR (PREFIX=/usr)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/kos-upgrade
 	install -d $(DESTDIR)$(PREFIX)/share/doc/kos-upgrade
-	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/kos-upgrade/
+	install -m 0644 README.md docs/*.md docs/report.schema.json $(DESTDIR)$(PREFIX)/share/doc/kos-upgrade/
+	# man page and shell completions, generated from the CLI (make docs)
+	install -D -m 0644 docs/kos-upgrade.8 $(DESTDIR)$(PREFIX)/share/man/man8/kos-upgrade.8
+	install -D -m 0644 units/completion/kos-upgrade.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kos-upgrade
+	install -D -m 0644 units/completion/_kos-upgrade $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_kos-upgrade
+	# commented examples of the files an admin may write in /etc/kos-upgrade (every line a comment: no effect)
+	install -D -m 0644 units/etc/boot.conf $(DESTDIR)$(SYSCONFDIR)/kos-upgrade/boot.conf
+	install -D -m 0644 units/etc/answers.conf $(DESTDIR)$(SYSCONFDIR)/kos-upgrade/answers.conf
+	install -D -m 0644 units/etc/health.d/README $(DESTDIR)$(SYSCONFDIR)/kos-upgrade/health.d/README
 	install -D -m 0644 units/kos-upgrade-apply.service $(DESTDIR)$(UNITDIR)/kos-upgrade-apply.service
 	# systemd.offline-updates(7): a .wants link shipped in the package, no [Install] section
 	install -d $(DESTDIR)$(UNITDIR)/system-update.target.wants

@@ -58,6 +58,19 @@ func removeStaged(st store) error {
 	return nil
 }
 
+// hasStaged says whether a plan or staged files are there to remove.
+func hasStaged(st store) bool {
+	if _, err := os.Stat(st.planPath()); err == nil {
+		return true
+	}
+	for _, d := range []string{"packages", "cache"} {
+		if ents, err := os.ReadDir(filepath.Join(st.dir, d)); err == nil && len(ents) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Rollback makes the pre-upgrade root the one that boots next and records
 // it, in this root and in the pre-upgrade root.
 func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
@@ -67,11 +80,8 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer l.release()
-	if state.RebootRequired {
-		return nil, fmt.Errorf("cannot roll back: the rollback to %s is scheduled already; reboot to complete it", state.Previous)
-	}
-	if state.Status != StatusSucceeded || state.Previous == "" {
-		return nil, fmt.Errorf("cannot roll back: the state is %s; a rollback needs a successful upgrade with a snapshot of the old root", state.Status)
+	if err := e.rollbackPossible(ctx, state); err != nil {
+		return nil, err
 	}
 	return e.rollback(ctx, st, state, "rollback", "")
 }
@@ -229,13 +239,16 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 		}
 	}
 	if state.Status != StatusPrepared && state.Status != StatusArmed {
+		had := hasStaged(st)
 		if err := removeStaged(st); err != nil {
 			return nil, err
 		}
 		if err := atomicfile.Remove(st.planPath()); err != nil {
 			return nil, err
 		}
-		removed = append(removed, "staged packages")
+		if had {
+			removed = append(removed, "staged packages")
+		}
 	}
 	backend := state.Backend
 	if backend == "" || backend == "none" {

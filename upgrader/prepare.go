@@ -296,9 +296,41 @@ func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string
 		e.log().Warn("cannot save the assessment", "error", err)
 	}
 	if err := r.Err(); err != nil {
-		return nil, fmt.Errorf("cannot prepare: %w\n(kos-upgrade check --to %s shows the whole report)", err, opts.To)
+		return nil, fmt.Errorf("cannot prepare: %w\n(%s shows the whole report)", err, e.checkCommand(opts))
 	}
 	return r, nil
+}
+
+// checkCommand is the check command line that assesses what prepare with
+// opts did: the same root, target, repositories, snapshot backend and
+// answers given on the command line.
+func (e *Engine) checkCommand(opts PrepareOptions) string {
+	args := []string{"kos-upgrade"}
+	if e.Root.Dir != "/" {
+		args = append(args, "--root", shellQuote(e.Root.Dir))
+	}
+	args = append(args, "check", "--to", shellQuote(opts.To))
+	for _, r := range opts.Repos {
+		args = append(args, "--repo", shellQuote(r.ID+"="+r.BaseURL))
+	}
+	if opts.Snapshot != "" && opts.Snapshot != "auto" {
+		args = append(args, "--snapshot", shellQuote(opts.Snapshot))
+	}
+	if opts.SkipSignatures {
+		args = append(args, "--no-gpg-check")
+	}
+	for _, a := range opts.Answers {
+		args = append(args, "--answer", shellQuote(a))
+	}
+	return strings.Join(args, " ")
+}
+
+// shellQuote quotes s for a shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,/:=+@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // pruneStage removes staged files no item of the plan names (leftovers of

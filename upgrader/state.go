@@ -90,7 +90,7 @@ type State struct {
 	Initramfs *InitramfsState `json:"initramfs,omitempty"`
 	// LastResult is the result of the last apply or rollback.
 	LastResult *Result   `json:"last_result,omitempty"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	UpdatedAt  time.Time `json:"updated_at,omitzero"`
 }
 
 // Trial values of BootState.Trial.

@@ -28,7 +28,7 @@ dnf to resolve the upgrade without downloading anything. Then each check turns
 the facts into findings with a stable key, a severity (info, low, medium,
 high) and remediations; a finding in the group "inhibitor" blocks the upgrade,
 and prepare refuses to run while one is left. The report is printed most
-risky first (or as JSON with --json, see docs/report.md) and kept in
+risky first (or as JSON with --json, see /usr/share/doc/kos-upgrade/report.md) and kept in
 /var/lib/kos-upgrade/report.json.
 
 Without --to only what needs no target is checked (no dependency, package,
@@ -50,13 +50,10 @@ Examples:
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "the snapshot backend prepare would use: auto, btrfs, lvm or none"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "assess as prepare --no-gpg-check would run"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer the finding `KEY=VALUE` (repeatable)"},
-			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON (docs/report.md)"},
+			&cli.BoolFlag{Name: "allow-downgrade", Usage: "assess a target release older than the running one as allowed (the answer allow-downgrade=yes)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
-			jsonOut := false
-			for _, l := range c.Lineage() {
-				jsonOut = jsonOut || l.Bool("json")
-			}
+			jsonOut := e.json
 			repos, err := parseRepos(c.StringSlice("repo"))
 			if err != nil {
 				return err
@@ -69,7 +66,7 @@ Examples:
 			default:
 				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs, lvm or none", c.String("snapshot"))}
 			}
-			answers, err := preflight.LoadAnswers(e.engine.Root, c.StringSlice("answer"))
+			answers, err := preflight.LoadAnswers(e.engine.Root, answerFlags(c))
 			if err != nil {
 				return usageError{err}
 			}

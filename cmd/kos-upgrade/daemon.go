@@ -24,7 +24,7 @@ func daemonCmd() *cli.Command {
 		Name:  "daemon",
 		Usage: "serve the D-Bus API org.kos.Upgrade1 on the system bus (started by D-Bus activation)",
 		Description: `daemon owns org.kos.Upgrade1 on the system bus and serves /org/kos/Upgrade1
-(docs/dbus.md): properties that tell where the upgrade stands, methods that run
+(/usr/share/doc/kos-upgrade/dbus.md): properties that tell where the upgrade stands, methods that run
 prepare, arm, reboot, cancel and rollback one at a time, Progress and Finished
 signals. Everyone may read; changes need root or polkit's authorization.
 It is started by D-Bus activation (kos-upgrade-daemon.service) and exits after
@@ -34,7 +34,7 @@ It is started by D-Bus activation (kos-upgrade-daemon.service) and exits after
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			level := slog.LevelInfo
-			if c.Bool("verbose") {
+			if e.verbose {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))

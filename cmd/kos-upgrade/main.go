@@ -8,15 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
@@ -34,7 +37,9 @@ const (
 	exitInhibited = 1
 )
 
-var version = "0.1.0-dev"
+// version is set by the Makefile from its VERSION (-X main.version=...);
+// a plain `go build` says "devel".
+var version = "devel"
 
 type usageError struct{ error }
 
@@ -49,7 +54,7 @@ func exitCode(err error) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(os.Stderr, "kos-upgrade: "+err.Error())
+	fmt.Fprintln(os.Stderr, "kos-upgrade: "+errorMessage(err, os.Geteuid()))
 	var ue usageError
 	var ce cli.ExitCoder
 	if errors.As(err, &ue) {
@@ -72,77 +77,177 @@ func exitCode(err error) int {
 }
 
 func newApp() *cli.App {
+	// -v is --verbose, as in dnf; the version has only its long flag.
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
 	app := &cli.App{
 		Name:    "kos-upgrade",
 		Usage:   "upgrade KOS to a new release offline, safely, at boot",
 		Version: version,
-		Description: `kos-upgrade moves a KOS server to the next release in four steps:
+		Description: `kos-upgrade moves a KOS server to the next release:
 
+   kos-upgrade check --to 5.9      assess: what blocks the upgrade, what to answer (changes nothing)
    kos-upgrade prepare --to 5.9    resolve, download, verify and test the upgrade (changes nothing)
    kos-upgrade reboot              arm it and reboot into the offline upgrade
    (at boot) kos-upgrade apply     snapshot the root, upgrade the snapshot, boot it
-   kos-upgrade status              see where it stands; rollback if you do not like the result
+   kos-upgrade status              see where it stands
+   kos-upgrade rollback            not happy with the result: boot the old root again (reboots)
 
 The running root is never modified: the upgrade runs in a btrfs (or thin LVM)
 snapshot that becomes the default only when the whole transaction succeeded.
 On a thick LVM volume the root is upgraded in place and its snapshot is the
-rollback point, merged back at the next boot when the upgrade fails.`,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "root", Value: "/", Usage: "act on the system mounted at `DIR` (tests, initramfs)"},
-			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout"},
-			&cli.BoolFlag{Name: "verbose", Usage: "log every external command"},
-		},
-		ExitErrHandler: func(*cli.Context, error) {}, // main maps errors to exit codes
+rollback point, merged back at the next boot when the upgrade fails.
+
+The global options --root, --json and --verbose (-v) go before or after the
+command. Documentation: kos-upgrade(8) and /usr/share/doc/kos-upgrade/.`,
+		// urfave/cli adds --help only without a command named help.
+		Flags:           append(globalFlags(), cli.HelpFlag),
+		Suggest:         true,
+		HideHelpCommand: true,                         // helpCmd replaces it: usage errors, suggestions
+		ExitErrHandler:  func(*cli.Context, error) {}, // main maps errors to exit codes
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return usageError{fmt.Errorf("unknown command %q (see kos-upgrade --help)", c.Args().First())}
+				return unknownCommand(c.App, c.Args().First())
 			}
 			return cli.ShowAppHelp(c)
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return usageError{fmt.Errorf("%w (see kos-upgrade %s --help)", err, c.Command.Name)}
+			name := "kos-upgrade"
+			if c.Command != nil && c.Command.Name != "" && c.Command.Name != c.App.Name {
+				name += " " + c.Command.Name
+			}
+			return usageError{fmt.Errorf("%w (see %s --help)", err, name)}
 		},
 		Commands: []*cli.Command{
 			checkCmd(), prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
-			daemonCmd(), healthCmd(),
+			daemonCmd(), healthCmd(), helpCmd(), generateCmd(),
 		},
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError
+		if c.Name != "help" {
+			c.Flags = append(c.Flags, globalFlags()...)
+		}
 	}
 	return app
 }
 
+// errorMessage is what the user reads of err: a permission error of a user
+// other than root says how to get on.
+func errorMessage(err error, euid int) string {
+	msg := err.Error()
+	if euid != 0 && errors.Is(err, fs.ErrPermission) {
+		msg += "\nkos-upgrade changes the system and reads root's files: run it as root (for example with sudo)"
+	}
+	return msg
+}
+
+// answerFlags are the command's --answer flags, with --allow-downgrade as
+// the answer allow-downgrade=yes.
+func answerFlags(c *cli.Context) []string {
+	a := c.StringSlice("answer")
+	if c.Bool("allow-downgrade") {
+		a = append(a, preflight.AnswerAllowDowngrade+"=yes")
+	}
+	return a
+}
+
+// globalCategory groups the global flags in every command's help.
+const globalCategory = "global (before or after the command)"
+
+// globalFlags are accepted before and after the command; each command gets
+// its own copy so that its help lists them.
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "root", Value: "/", Usage: "act on the system mounted at `DIR` (tests, initramfs)", Category: globalCategory},
+		&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON on stdout", Category: globalCategory},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log every external command", Category: globalCategory},
+	}
+}
+
+// globalString returns a global flag's value where it was given: after the
+// command first, else before it, else its default.
+func globalString(c *cli.Context, name string) string {
+	for _, l := range c.Lineage() {
+		if l.IsSet(name) {
+			return l.String(name)
+		}
+	}
+	return c.String(name)
+}
+
+func globalBool(c *cli.Context, name string) bool {
+	for _, l := range c.Lineage() {
+		if l.IsSet(name) {
+			return l.Bool(name)
+		}
+	}
+	return false
+}
+
+// unknownCommand is the usage error for a command that does not exist,
+// with the nearest one when there is one.
+func unknownCommand(app *cli.App, name string) error {
+	msg := fmt.Sprintf("unknown command %q", name)
+	if s := cli.SuggestCommand(app.Commands, name); s != "" {
+		msg += ": " + strings.ToLower(s[:1]) + s[1:]
+	}
+	return usageError{fmt.Errorf("%s (see kos-upgrade --help)", msg)}
+}
+
+// helpCmd is urfave/cli's help command, except that an unknown topic is a
+// usage error with a suggestion.
+func helpCmd() *cli.Command {
+	return &cli.Command{
+		Name:      "help",
+		Aliases:   []string{"h"},
+		Usage:     "show the commands, or one command's help",
+		ArgsUsage: "[COMMAND]",
+		Action: func(c *cli.Context) error {
+			name := c.Args().First()
+			if name == "" {
+				return cli.ShowAppHelp(c)
+			}
+			if c.App.Command(name) == nil {
+				return unknownCommand(c.App, name)
+			}
+			// The app's context: the commands are its subcommands.
+			return cli.ShowCommandHelp(c.Lineage()[1], name)
+		},
+	}
+}
+
 // env is what every command needs, built from the global flags.
 type env struct {
-	engine *upgrader.Engine
-	json   bool
-	out    io.Writer
-	sink   *progress.Writer
+	engine  *upgrader.Engine
+	json    bool
+	verbose bool
+	out     io.Writer
+	sink    *progress.Writer
 }
 
 func newEnv(c *cli.Context) (*env, error) {
-	root, err := sysroot.New(c.String("root"))
+	root, err := sysroot.New(globalString(c, "root"))
 	if err != nil {
-		return nil, usageError{fmt.Errorf("cannot use --root %q: %w", c.String("root"), err)}
+		return nil, usageError{fmt.Errorf("cannot use --root %q: %w", globalString(c, "root"), err)}
 	}
 	if fi, err := os.Stat(root.Dir); err != nil || !fi.IsDir() {
 		return nil, usageError{fmt.Errorf("cannot use --root %s: not a directory", root.Dir)}
 	}
 	level := slog.LevelWarn
-	if c.Bool("verbose") {
+	if globalBool(c, "verbose") {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	// The snapshot backends log their commands through the default logger
 	// while they are being constructed.
 	slog.SetDefault(log)
-	e := &env{json: c.Bool("json"), out: os.Stdout}
-	// Progress goes to stdout for people, to stderr when stdout is JSON.
+	e := &env{json: globalBool(c, "json"), verbose: globalBool(c, "verbose"), out: os.Stdout}
+	// Progress and warnings go to stderr: stdout is the result (text or
+	// JSON), which a script may read.
 	if e.json {
 		e.sink = progress.NewPlainWriter(os.Stderr)
 	} else {
-		e.sink = progress.NewWriter(os.Stdout)
+		e.sink = progress.NewWriter(os.Stderr)
 	}
 	e.engine = upgrader.New(root, e.sink, log)
 	return e, nil
@@ -183,14 +288,14 @@ distribution named before the version) prepares a migration to KOS: the
 release, repository and key packages are swapped for KOS's, every package is
 synced to the KOS repositories only (--repo, else the migration map's), and the
 migration map renames, splits, merges and removes the packages whose names
-differ (docs/migration.md). The packages are verified with KOS's keys (the
+differ (/usr/share/doc/kos-upgrade/migration.md). The packages are verified with KOS's keys (the
 map's key files, or --gpgkey), which apply imports into the new root.
-CentOS 7 (el7 → el8) is refused: see docs/migration.md.
+CentOS 7 (el7 → el8) is refused: see /usr/share/doc/kos-upgrade/migration.md.
 
 --mode initramfs: the upgrade runs from an upgrade initramfs (built with
 dracut --add kos-upgrade when the upgrade is armed) that boots once through a
 one-time boot entry, before switch-root, so that nothing of the root's own
-userspace runs it (docs/initramfs.md). It needs a boot loader that can boot an
+userspace runs it (/usr/share/doc/kos-upgrade/initramfs.md). It needs a boot loader that can boot an
 entry once (grub2 with a writable grubenv; systemd-boot with bootctl).
 
 --iso FILE: air-gapped sites. The ISO 9660 image (the release DVD, or a bundle
@@ -199,7 +304,8 @@ every directory holding repodata/repomd.xml is a repository (with --repo, in
 addition to those), the release comes from its .treeinfo when --to is not
 given, and only the packages the upgrade needs are copied out, each checked
 against the metadata's checksum and its GPG signature as for a network
-repository. The image is not needed after prepare (docs/iso.md).
+repository. The image is not needed after prepare
+(/usr/share/doc/kos-upgrade/iso.md).
 
 Examples:
    kos-upgrade prepare --to 5.9
@@ -214,9 +320,10 @@ Examples:
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` (or ID=/directory) instead of the system's configuration (repeatable)"},
 			&cli.StringSliceFlag{Name: "iso", Usage: "use the repositories of the ISO 9660 image `FILE`, read in place, instead of the system's configuration (repeatable; with --repo: both)"},
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, lvm, or none (no rollback!)"},
-			&cli.StringFlag{Name: "mode", Value: "target", Usage: "where apply runs: target (the root's system-update.target) or initramfs (an upgrade initramfs booted once; docs/initramfs.md)"},
+			&cli.StringFlag{Name: "mode", Value: "target", Usage: "where apply runs: target (the root's system-update.target) or initramfs (an upgrade initramfs booted once; /usr/share/doc/kos-upgrade/initramfs.md)"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer an assessment finding `KEY=VALUE` (repeatable; see kos-upgrade check)"},
+			&cli.BoolFlag{Name: "allow-downgrade", Usage: "allow a target release older than the running one (the answer allow-downgrade=yes)"},
 			&cli.StringFlag{Name: "migration-map", Usage: "migration: use the package map `FILE` instead of the installed or built-in one"},
 			&cli.StringSliceFlag{Name: "gpgkey", Usage: "migration: a public key `FILE` of the target distribution (repeatable)"},
 		},
@@ -253,7 +360,7 @@ Examples:
 			}
 			opts := upgrader.PrepareOptions{
 				To: c.String("to"), Repos: repos, Snapshot: c.String("snapshot"), Mode: c.String("mode"), SkipSignatures: c.Bool("no-gpg-check"),
-				Answers: c.StringSlice("answer"), MigrationMap: c.String("migration-map"), GPGKeys: c.StringSlice("gpgkey"),
+				Answers: answerFlags(c), MigrationMap: c.String("migration-map"), GPGKeys: c.StringSlice("gpgkey"),
 				Images: images,
 			}
 			if _, err := upgrader.ParseTarget(opts.To); opts.To != "" && err != nil {
@@ -268,6 +375,14 @@ Examples:
 			}
 			p, err := e.engine.Prepare(c.Context, opts)
 			if err != nil {
+				if e.json && errors.Is(err, preflight.ErrInhibited) {
+					// As check --json: the report that stopped it.
+					if r, lerr := preflight.Load(e.engine.Root.StateDir()); lerr == nil {
+						if perr := e.printJSON(r); perr != nil {
+							return errors.Join(err, perr)
+						}
+					}
+				}
 				return err
 			}
 			if e.json {
@@ -286,7 +401,14 @@ func rebootCmd() *cli.Command {
 		Usage: "arm the prepared upgrade and reboot into it",
 		Description: `reboot checks that the plan still matches the installed packages, links
 /system-update to kos-upgrade's state directory (systemd then boots into
-system-update.target, where kos-upgrade apply runs) and reboots.`,
+system-update.target, where kos-upgrade apply runs) and reboots. Everything
+that can stop the reboot is checked before the upgrade is armed: with --root
+other than the running system, reboot refuses (use --no-reboot).
+
+Examples:
+   kos-upgrade reboot
+   kos-upgrade reboot --no-reboot     arm only; the upgrade runs at the next boot
+   kos-upgrade reboot --kexec         skip the firmware on both reboots`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
 			&cli.BoolFlag{Name: "kexec", Usage: "reboot with kexec into and out of the offline upgrade (no firmware POST; needs kexec-tools)"},
@@ -299,6 +421,11 @@ system-update.target, where kos-upgrade apply runs) and reboots.`,
 				// Refuse before arming: --kexec without kexec-tools is a
 				// mistake to fix, not a reason to reboot differently.
 				if err := kexecAvailable(); err != nil {
+					return err
+				}
+			}
+			if !c.Bool("no-reboot") {
+				if err := rebootPossible(e); err != nil {
 					return err
 				}
 			}
@@ -336,7 +463,11 @@ func applyCmd() *cli.Command {
 		Description: `apply is the offline step. It does nothing unless /system-update points at
 kos-upgrade's state directory, removes that link first (so a failure can never
 loop), snapshots the root, upgrades the snapshot from the staged packages only
-and makes it the default root. You normally never run it by hand.`,
+and makes it the default root. You normally never run it by hand.
+
+Examples:
+   kos-upgrade apply --reboot         what kos-upgrade-apply.service runs
+   kos-upgrade --root /sysroot apply  what the upgrade initramfs runs`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "reboot", Usage: "reboot when done, whatever the result, when the upgrade was ours (the unit passes it)"},
 		},
@@ -381,6 +512,17 @@ func statusCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the upgrade's state, plan and last result",
+		Description: `status shows where the upgrade stands: the state (idle, prepared, armed,
+applying, succeeded, failed, rolled-back), whether it is armed for the next
+boot, the prepared plan (what is upgraded, installed and removed), the last
+apply or rollback and whether a rollback is available. It reads the daemon's
+properties when the daemon runs, else the state file; --json prints the state
+document (/usr/share/doc/kos-upgrade/state.md).
+
+Examples:
+   kos-upgrade status
+   kos-upgrade status --json
+   kos-upgrade status --follow        watch the daemon's running job`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "follow", Usage: "stream the progress of the daemon's running job until it ends"},
 		},
@@ -405,6 +547,13 @@ func cancelCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "cancel",
 		Usage: "disarm the upgrade and delete the plan and the staged packages",
+		Description: `cancel removes /system-update when it is kos-upgrade's (another tool's link is
+left alone), the upgrade initramfs and its one-time boot entry (initramfs
+mode), the plan and the staged packages. The system is as before prepare.
+It changes nothing once an upgrade ran: use rollback then.
+
+Example:
+   kos-upgrade cancel`,
 		Action: action(func(c *cli.Context, e *env) error {
 			if ok, err := cancelViaDaemon(c, e); ok {
 				return err
@@ -424,11 +573,32 @@ func cancelCmd() *cli.Command {
 func rollbackCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "rollback",
-		Usage: "boot the pre-upgrade root again",
+		Usage: "boot the pre-upgrade root again (reboots now unless --no-reboot)",
+		Description: `rollback makes the root as it was before the last upgrade the default again
+and reboots into it: the snapshot kept by apply (btrfs, thin LVM) boots again
+with its own boot entry, or, after an in-place upgrade of a thick LVM volume,
+the rollback point is merged back into the root at the next boot. /boot's
+entries and grubenv are restored from apply's backup.
+
+It checks everything that could make it fail before it changes anything: that
+an upgrade succeeded and left a rollback point, that the rollback point is
+still there, and that the reboot can happen (with --root other than the
+running system only --no-reboot is possible). The upgraded root is kept, so
+a rollback can itself be undone by upgrading again.
+
+Examples:
+   kos-upgrade rollback               switch and reboot now
+   kos-upgrade rollback --no-reboot   switch; the old root boots at the next boot`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only switch; the old root boots at the next boot"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
+			// Everything that can fail is checked before the switch.
+			if !c.Bool("no-reboot") {
+				if err := rebootPossible(e); err != nil {
+					return err
+				}
+			}
 			if ok, err := rollbackViaDaemon(c, e); ok {
 				return err
 			}
@@ -459,6 +629,15 @@ func historyCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "history",
 		Usage: "list past upgrade and rollback runs with their results",
+		Description: `history lists every apply, rollback and first-boot fallback recorded in
+/var/lib/kos-upgrade (oldest first): when it started, from and to which
+release, how it ended (and at which step it failed) and the snapshot. The
+history lives in the state directory, which both roots share after an
+upgrade, so it is the same from the old and the new root.
+
+Examples:
+   kos-upgrade history
+   kos-upgrade history --json`,
 		Action: action(func(c *cli.Context, e *env) error {
 			h, err := e.engine.History(c.Context)
 			if err != nil {
@@ -486,6 +665,14 @@ func cleanCmd() *cli.Command {
 	return &cli.Command{
 		Name:  "clean",
 		Usage: "remove staged packages and old snapshots (keeps the current root and the last good one)",
+		Description: `clean frees space: it removes the staged packages of a plan that is not
+armed and the snapshots of earlier upgrades, keeping the running root and
+the last rollback point. It prints what it removed, or that there was
+nothing to clean. Refused while an upgrade is armed or running.
+
+Examples:
+   kos-upgrade clean
+   kos-upgrade clean --json`,
 		Action: action(func(c *cli.Context, e *env) error {
 			removed, err := e.engine.Clean(c.Context)
 			if err != nil {

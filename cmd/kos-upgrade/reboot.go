@@ -37,7 +37,9 @@ var (
 	kexecTool  = "/usr/sbin/kexec"
 	grubbyTool = "/usr/sbin/grubby"
 	procCmd    = "/proc/cmdline"
-	bootDir    = "/boot"
+	// systemdRunDir exists when systemd is the init system (sd_booted(3)).
+	systemdRunDir = "/run/systemd/system"
+	bootDir       = "/boot"
 	// startUnit starts unit with mode through systemd's D-Bus API.
 	startUnit = systemdStartUnit
 	// runningRoot is the root of the running system: the only one we may
@@ -62,11 +64,24 @@ const rebootTimeout = 30 * time.Second
 // reboot asks systemd to reboot the running system cleanly. It refuses when
 // acting on another root.
 func reboot(ctx context.Context, e *env) error {
-	if e.engine.Root.Dir != runningRoot {
-		return fmt.Errorf("cannot reboot: --root %s is not the running system; use --no-reboot", e.engine.Root.Dir)
+	if err := rebootPossible(e); err != nil {
+		return err
 	}
 	if err := startUnit(ctx, "reboot.target"); err != nil {
 		return fmt.Errorf("cannot reboot: %w", err)
+	}
+	return nil
+}
+
+// rebootPossible says why reboot cannot reboot, or nil. Commands that
+// change something and then reboot (reboot, rollback) ask it first, so that
+// a refusal comes before the change.
+func rebootPossible(e *env) error {
+	if e.engine.Root.Dir != runningRoot {
+		return fmt.Errorf("cannot reboot: --root %s is not the running system; use --no-reboot (nothing was changed)", e.engine.Root.Dir)
+	}
+	if fi, err := os.Stat(systemdRunDir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("cannot reboot: systemd is not running here; use --no-reboot (nothing was changed)")
 	}
 	return nil
 }

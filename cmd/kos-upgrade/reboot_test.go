@@ -17,10 +17,11 @@ import (
 func mockReboot(t *testing.T, kexec string) *[]string {
 	t.Helper()
 	var started []string
-	oldStart, oldKexec, oldGrubby, oldBoot, oldCmd, oldUname, oldRoot := startUnit, kexecTool, grubbyTool, bootDir, procCmd, unameRelease, runningRoot
+	oldStart, oldKexec, oldGrubby, oldBoot, oldCmd, oldUname, oldRoot, oldRun := startUnit, kexecTool, grubbyTool, bootDir, procCmd, unameRelease, runningRoot, systemdRunDir
 	t.Cleanup(func() {
-		startUnit, kexecTool, grubbyTool, bootDir, procCmd, unameRelease, runningRoot = oldStart, oldKexec, oldGrubby, oldBoot, oldCmd, oldUname, oldRoot
+		startUnit, kexecTool, grubbyTool, bootDir, procCmd, unameRelease, runningRoot, systemdRunDir = oldStart, oldKexec, oldGrubby, oldBoot, oldCmd, oldUname, oldRoot, oldRun
 	})
+	systemdRunDir = t.TempDir()
 	startUnit = func(_ context.Context, unit string) error {
 		started = append(started, unit)
 		return nil

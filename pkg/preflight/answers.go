@@ -108,6 +108,23 @@ func (a Answers) Values() map[string]string {
 var questions = map[string][]string{
 	KeyThirdParty:       {"keep"},
 	KeyModulesUnshipped: {"accept"},
+	KeyDowngrade:        {"yes"},
+}
+
+// AnswerAllowDowngrade answers KeyDowngrade: the CLI's --allow-downgrade
+// and the D-Bus Prepare option allow_downgrade set it to "yes".
+const AnswerAllowDowngrade = "allow-downgrade"
+
+// answerKeys are the answer keys of questions not answered by their
+// finding's own key.
+var answerKeys = map[string]string{KeyDowngrade: AnswerAllowDowngrade}
+
+// answerKey is the key that answers the finding key.
+func answerKey(finding string) string {
+	if k, ok := answerKeys[finding]; ok {
+		return k
+	}
+	return finding
 }
 
 // Questions returns the keys that can be answered, sorted, with their
@@ -115,7 +132,7 @@ var questions = map[string][]string{
 func Questions() map[string][]string {
 	out := map[string][]string{}
 	for k, v := range questions {
-		out[k] = append([]string(nil), v...)
+		out[answerKey(k)] = append([]string(nil), v...)
 	}
 	return out
 }
@@ -127,7 +144,8 @@ func ask(f *Finding, a Answers) {
 	choices := questions[f.Key]
 	q := &Question{Choices: choices}
 	f.Question = q
-	ans, ok := a[f.Key]
+	key := answerKey(f.Key)
+	ans, ok := a[key]
 	valid := false
 	for _, c := range choices {
 		if ok && ans.Value == c {
@@ -140,8 +158,8 @@ func ask(f *Finding, a Answers) {
 	}
 	f.Groups = append(f.Groups, GroupInhibitor)
 	rem := []Remediation{
-		command("kos-upgrade check --answer %s=%s", f.Key, choices[0]),
-		hint("or add the line \"%s = %s\" to %s", f.Key, choices[0], AnswersFileRel),
+		command("kos-upgrade check --answer %s=%s", key, choices[0]),
+		hint("or add the line \"%s = %s\" to %s", key, choices[0], AnswersFileRel),
 	}
 	if ok {
 		f.Summary += fmt.Sprintf(" The answer %q (%s) is not one of: %s.", ans.Value, ans.Source, strings.Join(choices, ", "))
@@ -152,8 +170,12 @@ func ask(f *Finding, a Answers) {
 // unusedAnswers returns a finding naming answers to unknown keys (typos).
 func unusedAnswers(a Answers) *Finding {
 	var unknown []string
+	known := map[string]bool{}
+	for k := range questions {
+		known[answerKey(k)] = true
+	}
 	for k, v := range a {
-		if _, ok := questions[k]; !ok {
+		if !known[k] {
 			unknown = append(unknown, fmt.Sprintf("%s=%s (%s)", k, v.Value, v.Source))
 		}
 	}
@@ -162,7 +184,7 @@ func unusedAnswers(a Answers) *Finding {
 	}
 	sort.Strings(unknown)
 	var keys []string
-	for k := range questions {
+	for k := range known {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/pkg/migrate"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
@@ -18,6 +19,7 @@ const (
 	KeySELinux          = "system.selinux"
 	KeyFIPS             = "system.fips"
 	KeySameRelease      = "release.same"
+	KeyDowngrade        = "release.downgrade"
 	KeyArmed            = "state.armed"
 	KeyApplying         = "state.applying"
 	KeyPrepared         = "state.prepared"
@@ -96,7 +98,7 @@ type check func(f *Facts) []Finding
 
 // checks run in this order (the report is sorted afterwards).
 var checks = []check{
-	checkRoot, checkRelease, checkMigration, checkState, checkSnapshot, checkThinPool, checkSpace, checkBoot, checkDeps,
+	checkRoot, checkRelease, checkDowngrade, checkMigration, checkState, checkSnapshot, checkThinPool, checkSpace, checkBoot, checkDeps,
 	checkTransaction, checkThirdParty, checkModules, checkKeys, checkSecurity, checkPlatform, checkFacts,
 	checkSources,
 }
@@ -163,6 +165,54 @@ func checkRelease(f *Facts) []Finding {
 	}}
 }
 
+// checkDowngrade makes a target older than the running release a question:
+// a downgrade replaces newer packages by older ones (rpm refuses them in
+// the test transaction otherwise), which the user must ask for by name
+// (--allow-downgrade, or the answer allow-downgrade=yes).
+func checkDowngrade(f *Facts) []Finding {
+	if f.Target == "" || f.Migration != nil || f.Source.VersionID == "" || compareReleases(f.Target, f.Source.VersionID) >= 0 {
+		return nil
+	}
+	return []Finding{{
+		Key: KeyDowngrade, Severity: High, Groups: []string{"release"},
+		Title: fmt.Sprintf("Release %s is older than the running release %s: a downgrade", f.Target, f.Source.VersionID),
+		Summary: fmt.Sprintf("Moving to %s replaces the packages of %s by older versions. Downgrades are not what kos-upgrade is "+
+			"made for: data and configuration written by the newer versions may not be readable by the older ones. "+
+			"To go back to the release before an upgrade, kos-upgrade rollback boots its snapshot.", f.Target, f.Source.VersionID),
+		Remediations: []Remediation{
+			hint("to go back after an upgrade: kos-upgrade rollback"),
+			hint("to downgrade all the same: --allow-downgrade (or --answer %s=yes)", AnswerAllowDowngrade),
+		},
+	}}
+}
+
+// compareReleases compares two release versions (5.8, 5.10) field by
+// field, numerically where both fields are numbers.
+func compareReleases(a, b string) int {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) || i < len(bs); i++ {
+		var x, y string
+		if i < len(as) {
+			x = as[i]
+		}
+		if i < len(bs) {
+			y = bs[i]
+		}
+		xn, xerr := strconv.Atoi(x)
+		yn, yerr := strconv.Atoi(y)
+		switch {
+		case xerr == nil && yerr == nil && xn != yn:
+			if xn < yn {
+				return -1
+			}
+			return 1
+		case (xerr != nil || yerr != nil) && x != y:
+			return strings.Compare(x, y)
+		}
+	}
+	return 0
+}
+
 // checkMigration decides whether a migration from another distribution
 // can run: a map must cover the source, whose major version must be the
 // target's (el7 → el8 needs the target's own rpm and dnf, which prepare
@@ -175,12 +225,9 @@ func checkMigration(f *Facts) []Finding {
 		}
 		return []Finding{{
 			Key: KeyOtherDistribution, Severity: High, Groups: inhibitor("release"),
-			Title:   fmt.Sprintf("The system runs %s, not KOS", f.Source),
-			Summary: fmt.Sprintf("An upgrade to %s is an upgrade within KOS; moving %s to KOS is a migration, which swaps the release packages and applies a package map.", f.Target, f.Source),
-			Remediations: []Remediation{
-				command("kos-upgrade check --to %s-%s", NativeID, f.Target),
-				hint("then kos-upgrade prepare --to %s-%s (see docs/migration.md)", NativeID, f.Target),
-			},
+			Title:        fmt.Sprintf("The system runs %s, not KOS", f.Source),
+			Summary:      fmt.Sprintf("An upgrade to %s is an upgrade within KOS; moving %s to KOS is a migration, which swaps the release packages and applies a package map.", f.Target, f.Source),
+			Remediations: otherDistributionRemedies(f),
 		}}
 	}
 	target := m.TargetName
@@ -911,4 +958,16 @@ func checkFacts(f *Facts) []Finding {
 		Summary: "The checks that need them were skipped or decided on less.",
 		Details: f.Errors,
 	}}
+}
+
+// otherDistributionRemedies offers the migration only where a migration
+// map from the running distribution to KOS exists.
+func otherDistributionRemedies(f *Facts) []Remediation {
+	if _, err := migrate.Find(f.Source.ID, NativeID); err != nil {
+		return []Remediation{hint("kos-upgrade upgrades KOS, and migrates to KOS only from a distribution it has a migration map for; there is none for %q (/usr/share/doc/kos-upgrade/migration.md)", f.Source.ID)}
+	}
+	return []Remediation{
+		command("kos-upgrade check --to %s-%s", NativeID, f.Target),
+		hint("then kos-upgrade prepare --to %s-%s (see /usr/share/doc/kos-upgrade/migration.md)", NativeID, f.Target),
+	}
 }

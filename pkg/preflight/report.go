@@ -156,9 +156,24 @@ func (r *Report) Err() error {
 		if len(f.Remediations) > 0 {
 			fmt.Fprintf(&b, " (%s)", f.Remediations[0].Text)
 		}
+		if f.Key == KeyAssessFailed || f.Key == KeyDeps {
+			// What dnf said (a download error, the dependency
+			// problems) is the lead: shown without --verbose.
+			fmt.Fprintf(&b, "\n    %s", f.Summary)
+			for i, d := range f.Details {
+				if i == maxErrDetails {
+					fmt.Fprintf(&b, "\n    ... %d more (kos-upgrade check shows them)", len(f.Details)-i)
+					break
+				}
+				fmt.Fprintf(&b, "\n    %s", d)
+			}
+		}
 	}
 	return fmt.Errorf("%w by %d finding(s):%s", ErrInhibited, r.Counts.Inhibitors, b.String())
 }
+
+// maxErrDetails bounds the detail lines of one finding in Err's message.
+const maxErrDetails = 10
 
 // Inhibitors returns the findings that block the upgrade.
 func (r *Report) Inhibitors() []Finding {

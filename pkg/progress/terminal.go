@@ -19,9 +19,12 @@ type Writer struct {
 }
 
 // NewWriter returns a sink writing to w; it draws a bar when w is a
-// terminal.
+// terminal that can redraw a line (not TERM=dumb).
 func NewWriter(w io.Writer) *Writer {
 	t := &Writer{w: w, width: 80}
+	if os.Getenv("TERM") == "dumb" {
+		return t
+	}
 	if f, ok := w.(*os.File); ok {
 		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil {
 			t.tty = true

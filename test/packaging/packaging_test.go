@@ -207,6 +207,12 @@ var expectedFiles = []string{
 	"/usr/share/doc/kos-upgrade/README.md",
 	"/usr/share/doc/kos-upgrade/initramfs.md",
 	"/usr/share/doc/kos-upgrade/packaging.md",
+	"/usr/share/doc/kos-upgrade/report.schema.json",
+	"/usr/share/bash-completion/completions/kos-upgrade",
+	"/usr/share/zsh/site-functions/_kos-upgrade",
+	"/etc/kos-upgrade/boot.conf",
+	"/etc/kos-upgrade/answers.conf",
+	"/etc/kos-upgrade/health.d/README",
 }
 
 // buildRPM runs `make rpm` into a scratch directory and returns the rpm.

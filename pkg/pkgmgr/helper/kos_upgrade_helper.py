@@ -634,6 +634,16 @@ def close_all(fds):
     fds.clear()
 
 
+def prob_filter(req):
+    """The rpm problems a plan allows: older packages replacing newer ones
+    (rpm -U --oldpackage) when the plan downgrades, which kos-upgrade
+    plans only when the user allowed a downgrade (allow-downgrade)."""
+    for it in req["items"]:
+        if it["action"] == "downgrade":
+            return rpm.RPMPROB_FILTER_OLDPACKAGE
+    return 0
+
+
 def run_ts(req, ts, fds, test):
     total = len(req["items"])
     cb = TsCallback(fds, len(list(ts)), "test" if test else "transaction")
@@ -641,7 +651,7 @@ def run_ts(req, ts, fds, test):
     if test:
         flags |= rpm.RPMTRANS_FLAG_TEST
     ts.setFlags(flags)
-    ts.setProbFilter(0)
+    ts.setProbFilter(prob_filter(req))
     res = ts.run(cb, "")
     problems = []
     if res:
