@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -195,7 +196,8 @@ func (e *Engine) removeLeftovers(ctx context.Context) error {
 // removeStrayKernels removes the kernels and initramfs images at the top
 // of bootDir that neither the backup in src holds nor any entry names:
 // what a failed attempt copied or built before it could write its entry
-// (Restore only removes the files of the entries it removes).
+// (Restore only removes the files of the entries it removes), and the
+// System.map, config, symvers and .hmac files of kernels no longer there.
 func removeStrayKernels(bootDir, src string) error {
 	m, err := boot.ReadBackupManifest(src)
 	if err != nil {
@@ -221,6 +223,18 @@ func removeStrayKernels(bootDir, src string) error {
 		for _, p := range ms {
 			// kdump's images are named by no entry, and not ours.
 			if !keep[p] && fileExists(p) && !strings.Contains(filepath.Base(p), "kdump") {
+				stray = append(stray, p)
+			}
+		}
+	}
+	// What EL8's 20-grub.install copies next to a kernel it installs,
+	// useless once that kernel is gone.
+	for _, pat := range []string{"System.map-*", "config-*", "symvers-*.gz", ".vmlinuz-*.hmac"} {
+		ms, _ := filepath.Glob(filepath.Join(bootDir, pat))
+		for _, p := range ms {
+			kv := strings.TrimSuffix(strings.TrimSuffix(strings.SplitN(filepath.Base(p), "-", 2)[1], ".gz"), ".hmac")
+			k := filepath.Join(bootDir, "vmlinuz-"+kv)
+			if !keep[p] && (!fileExists(k) || slices.Contains(stray, k)) {
 				stray = append(stray, p)
 			}
 		}
@@ -429,6 +443,9 @@ func findEntry(ctx context.Context, bl boot.Bootloader, id string) (*boot.Entry,
 func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State, snap snapshot.Snapshotter, target, targetVersion string) error {
 	backend := snap.Backend()
 	bs := state.Boot
+	if err := e.ownDefault(ctx, bl, bs.Previous); err != nil {
+		return err
+	}
 	old, err := findEntry(ctx, bl, bs.Previous)
 	if err != nil {
 		return fmt.Errorf("cannot read the current default entry: %w", err)
@@ -540,6 +557,29 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 			e.report(progress.Event{Step: StepBoot, Message: "entry " + old.ID + " now names its root LV " + spec.LVMVG + "/" + prevLV})
 		}
 	}
+	return nil
+}
+
+// ownDefault makes prev, the default recorded in the state before the
+// transaction, the default again when a kernel scriptlet moved it: EL8's
+// 20-grub.install (kernel-install, with UPDATEDEFAULT=yes in
+// /etc/sysconfig/kernel) sets saved_entry to the new kernel's entry, which
+// still boots the old root. The trial falls back to prev, and only a bless
+// makes the new entry the default.
+func (e *Engine) ownDefault(ctx context.Context, bl boot.Bootloader, prev string) error {
+	def, err := bl.Default(ctx)
+	if err == nil && def == prev {
+		return nil
+	}
+	if err := bl.SetDefault(ctx, prev); err != nil {
+		return fmt.Errorf("cannot make %s the default boot entry again after the transaction changed it: %w", prev, err)
+	}
+	moved := def
+	if err != nil {
+		moved = "none (" + err.Error() + ")"
+	}
+	e.report(progress.Event{Step: StepBoot, Message: "the transaction changed the default boot entry to " + moved +
+		" (a kernel scriptlet: kernel-install, UPDATEDEFAULT=yes); " + prev + " is the default again until the new system is blessed"})
 	return nil
 }
 

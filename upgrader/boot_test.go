@@ -67,6 +67,16 @@ func newKernelSystem(t *testing.T, dracut bool) *bootSystem {
 		writeFile(t, filepath.Join(s.Root, "usr/bin/dracut"), "#!/bin/sh\n# test stand-in: dracut -f IMAGE KVER\n[ \"$1\" = -f ] && shift\necho \"initramfs of $2\" > \"$1\"\n", 0o755)
 	}
 	b := &bootSystem{system: s, Boot: filepath.Join(s.Root, "boot"), OldEntry: fixture.MachineID + "-" + oldKver}
+	mountBoot(t, b)
+	writeFile(t, filepath.Join(b.Boot, "vmlinuz-"+oldKver), "old kernel\n", 0o755)
+	writeFile(t, filepath.Join(b.Boot, "initramfs-"+oldKver+".img"), "old initramfs\n", 0o600)
+	return b
+}
+
+// mountBoot mounts a new ext4 filesystem (on a loop device) at b.Boot and
+// sets b.UUID to the root filesystem's UUID.
+func mountBoot(t *testing.T, b *bootSystem) {
+	t.Helper()
 	img := filepath.Join(t.TempDir(), "boot.img")
 	f, err := os.Create(img)
 	if err != nil {
@@ -81,10 +91,7 @@ func newKernelSystem(t *testing.T, dracut bool) *bootSystem {
 	t.Cleanup(func() { testenv.UnmountAll(b.Boot) })
 	os.RemoveAll(filepath.Join(b.Boot, "lost+found"))
 
-	b.UUID = strings.TrimSpace(testenv.Run(t, "blkid", "-s", "UUID", "-o", "value", s.FS.Device))
-	writeFile(t, filepath.Join(b.Boot, "vmlinuz-"+oldKver), "old kernel\n", 0o755)
-	writeFile(t, filepath.Join(b.Boot, "initramfs-"+oldKver+".img"), "old initramfs\n", 0o600)
-	return b
+	b.UUID = strings.TrimSpace(testenv.Run(t, "blkid", "-s", "UUID", "-o", "value", b.FS.Device))
 }
 
 func writeFile(t *testing.T, p, content string, mode os.FileMode) {

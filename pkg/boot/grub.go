@@ -153,7 +153,8 @@ func (g *Grub) RemoveEntry(ctx context.Context, id string) error {
 	return DeleteEntry(g.entriesDir, id)
 }
 
-// clearTrial drops the trial keys, and next_entry when it is the trial's.
+// clearTrial drops the trial keys, and next_entry when it is the trial's,
+// and puts back the boot_counter the trial set aside.
 func clearTrial(env *Env) {
 	if t := env.Value(EnvTrialEntry); t != "" && env.Value(EnvNextEntry) == t {
 		env.Unset(EnvNextEntry)
@@ -161,6 +162,10 @@ func clearTrial(env *Env) {
 	env.Unset(EnvTrialEntry)
 	env.Unset(EnvTrialTries)
 	env.Unset(EnvTrialPrev)
+	if v, ok := env.Get(EnvTrialBootCounter); ok {
+		env.Set(EnvBootCounter, v)
+		env.Unset(EnvTrialBootCounter)
+	}
 }
 
 // SetDefault implements Bootloader: saved_entry=id, no next_entry, no trial.
@@ -294,6 +299,14 @@ func (g *Grub) TrialBoot(ctx context.Context, id string, tries int) error {
 	env.Set(EnvTrialTries, strconv.Itoa(tries-1))
 	env.Set(EnvTrialPrev, prev)
 	env.Set(EnvBootSuccess, "0")
+	if v, ok := env.Get(EnvBootCounter); ok {
+		// 08_fallback_counting acts on boot_counter while boot_success=0:
+		// it decrements it and at 0 or -1 sets default=1, the second menu
+		// entry, over next_entry, the trial and saved_entry alike. The
+		// trial sets it aside; Fallback puts it back, Bless drops it.
+		env.Set(EnvTrialBootCounter, v)
+		env.Unset(EnvBootCounter)
+	}
 	return g.writeEnv(env)
 }
 
@@ -328,7 +341,13 @@ func (g *Grub) Bless(ctx context.Context, id string) error {
 		return err
 	}
 	if env.Value(EnvTrialEntry) == id || env.Value(EnvTrialEntry) == "" {
+		_, aside := env.Get(EnvTrialBootCounter)
 		clearTrial(env)
+		if aside {
+			// A good boot ends greenboot's count too, as its
+			// greenboot-grub2-set-success does.
+			env.Unset(EnvBootCounter)
+		}
 	}
 	if env.Value(EnvNextEntry) == id || env.Value(EnvNextEntry) == "" {
 		env.Unset(EnvNextEntry)

@@ -130,6 +130,17 @@ func grubBoot(t *testing.T, g *Grub, trialCfg bool) string {
 	} else {
 		def = env.Value(EnvSavedEntry)
 	}
+	// 08_fallback_counting: with boot_counter set and boot_success=0 it
+	// counts down, then boots menu entry 1 (whatever sorts second).
+	if c, ok := env.Get(EnvBootCounter); ok && c != "" && env.Value(EnvBootSuccess) == "0" {
+		if c == "0" || c == "-1" {
+			def = "menu entry 1"
+			env.Set(EnvBootCounter, "-1")
+		} else {
+			n, _ := strconv.Atoi(c)
+			env.Set(EnvBootCounter, strconv.Itoa(n-1))
+		}
+	}
 	if trialCfg && env.Value(EnvTrialEntry) != "" && !bootOnce {
 		n, _ := strconv.Atoi(env.Value(EnvTrialTries))
 		if n >= 1 && n <= 8 {
@@ -152,15 +163,29 @@ func TestGrubTrialFallsBack(t *testing.T) {
 		trialCfg bool
 		tries    int
 		want     []string // entries booted, no bless
+		// boot_counter in grubenv before the trial ("": unset)
+		bootCounter string
 	}{
-		{"stock grub.cfg: one try", false, 3, []string{"new", "old", "old"}},
-		{"trial cfg: 1 try", true, 1, []string{"new", "old", "old"}},
-		{"trial cfg: 3 tries", true, 3, []string{"new", "new", "new", "old", "old"}},
-		{"trial cfg: 9 tries", true, 9, []string{"new", "new", "new", "new", "new", "new", "new", "new", "new", "old"}},
+		{"stock grub.cfg: one try", false, 3, []string{"new", "old", "old"}, ""},
+		{"trial cfg: 1 try", true, 1, []string{"new", "old", "old"}, ""},
+		{"trial cfg: 3 tries", true, 3, []string{"new", "new", "new", "old", "old"}, ""},
+		{"trial cfg: 9 tries", true, 9, []string{"new", "new", "new", "new", "new", "new", "new", "new", "new", "old"}, ""},
+		// greenboot's counter, left by it: the trial sets it aside.
+		{"boot_counter=0", true, 3, []string{"new", "new", "new", "old", "old"}, "0"},
+		{"boot_counter=-1", true, 2, []string{"new", "new", "old"}, "-1"},
+		{"boot_counter=2", true, 3, []string{"new", "new", "new", "old", "old"}, "2"},
+		{"boot_counter=1, stock grub.cfg", false, 1, []string{"new", "old", "old"}, "1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			g, _ := grubRoot(t, tt.trialCfg)
+			if tt.bootCounter != "" {
+				env, _ := g.Env()
+				env.Set(EnvBootCounter, tt.bootCounter)
+				if err := WriteEnv(g.EnvPath(), env); err != nil {
+					t.Fatal(err)
+				}
+			}
 			e, _ := ParseEntry("new", []byte("title new\nlinux /vmlinuz-new\n"))
 			if err := g.AddEntry(ctx, e); err != nil {
 				t.Fatal(err)
@@ -187,6 +212,9 @@ func TestGrubTrialFallsBack(t *testing.T) {
 			}
 			if err := g.Fallback(ctx); err != nil {
 				t.Fatal(err)
+			}
+			if env, _ := g.Env(); env.Value(EnvBootCounter) != tt.bootCounter || env.Value(EnvTrialBootCounter) != "" {
+				t.Errorf("boot_counter after the fallback: %v, want it back as %q", env.Map(), tt.bootCounter)
 			}
 			env, _ := g.Env()
 			for _, k := range []string{EnvTrialEntry, EnvTrialTries, EnvTrialPrev} {

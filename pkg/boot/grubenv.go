@@ -25,12 +25,15 @@ const (
 	EnvSavedEntry  = "saved_entry"  // the default (GRUB_DEFAULT=saved); set by grub2-set-default
 	EnvNextEntry   = "next_entry"   // one-time boot; 00_header clears it when it uses it
 	EnvBootSuccess = "boot_success" // 1 after a boot deemed good; 10_reset_boot_success sets 0 each boot
-	EnvBootCounter = "boot_counter" // Fedora/greenboot counter, consumed by 08_fallback_counting; left alone
+	EnvBootCounter = "boot_counter" // greenboot's counter, consumed by 08_fallback_counting; set aside during a trial
 	EnvKernelOpts  = "kernelopts"   // EL8: $kernelopts in BLS options lines
 	// Keys of the kos-upgrade trial (consumed by grub/kos-upgrade-trial.cfg).
 	EnvTrialEntry = "kos_upgrade_trial" // id of the entry on trial
 	EnvTrialTries = "kos_upgrade_tries" // further boots of it grub will attempt after the first
 	EnvTrialPrev  = "kos_upgrade_prev"  // saved_entry when the trial was armed, for the record
+	// boot_counter while the trial is armed (08_fallback_counting would
+	// otherwise pick menu entry 1 over the trial and over saved_entry).
+	EnvTrialBootCounter = "kos_upgrade_boot_counter"
 )
 
 // GrubenvWarning is the comment line Debian's grub-editenv (2.06) writes
