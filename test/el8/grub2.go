@@ -1,7 +1,6 @@
 package el8
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	_ "embed"
@@ -24,7 +23,6 @@ var grub2Recipe string
 const (
 	Grub2Tarball     = "grub2-rhel-8-main.tar.xz"
 	Grub2DistTarball = "grub2-dist-git-rhel-8.8.0.tar.xz"
-	SystemdTarball   = "systemd-v239-rhel8-parts.tar.xz"
 	DracutTarball    = "dracut-049.tar.xz"
 )
 
@@ -189,34 +187,4 @@ func BuildKernelInstall(ctx context.Context) (*KernelInstall, error) {
 		return nil, err
 	}
 	return &KernelInstall{Dir: dir}, nil
-}
-
-// SharedLibs returns the shared libraries (and the dynamic loader) the
-// dynamically linked programs among files load, as ldd lists them: what a
-// chroot needs to run them.
-func SharedLibs(ctx context.Context, files ...string) ([]string, error) {
-	seen := map[string]bool{}
-	var out []string
-	for _, f := range files {
-		o, err := exec.CommandContext(ctx, "ldd", f).Output()
-		if err != nil {
-			continue // not a dynamic executable (a script, a static program)
-		}
-		sc := bufio.NewScanner(bytes.NewReader(o))
-		for sc.Scan() {
-			fs := strings.Fields(sc.Text())
-			var lib string
-			switch {
-			case len(fs) >= 3 && fs[1] == "=>" && strings.HasPrefix(fs[2], "/"):
-				lib = fs[2]
-			case len(fs) >= 1 && strings.HasPrefix(fs[0], "/"):
-				lib = fs[0] // the dynamic loader
-			}
-			if lib != "" && !seen[lib] {
-				seen[lib] = true
-				out = append(out, lib)
-			}
-		}
-	}
-	return out, nil
 }
