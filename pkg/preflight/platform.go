@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
@@ -239,6 +240,7 @@ func helperRPM(ctx context.Context, py string) (version, backend string, err err
 const (
 	KeyRPMDB            = "rpmdb.backend"
 	KeyRPMDBUnsupported = "rpmdb.unsupported-backend"
+	KeyRPMDBReadOnly    = "rpmdb.read-only"
 	KeyGrub             = "boot.grub"
 	KeyGrubNoBLS        = "boot.grub-no-bls"
 	KeyGrubBootCounter  = "boot.boot-counter"
@@ -256,7 +258,7 @@ func backendName(b string) string {
 }
 
 // checkPlatform reports the platform found and inhibits what kos-upgrade
-// cannot handle safely: a database its rpm cannot write, grub2 without BLS.
+// cannot handle safely: a database its rpm cannot open, grub2 without BLS.
 func checkPlatform(f *Facts) []Finding {
 	var out []Finding
 	out = append(out, checkRPMDB(f)...)
@@ -313,18 +315,50 @@ func checkRPMDB(f *Facts) []Finding {
 	if db.HelperBackend == "" || contains(db.Backends, db.HelperBackend) {
 		return out
 	}
-	return append(out, Finding{
-		Key: KeyRPMDBUnsupported, Severity: High, Groups: inhibitor("packages"),
-		Title: fmt.Sprintf("The rpm database is %s, which the helper's rpm %s does not write", strings.Join(names, " and "), db.HelperRPM),
-		Summary: fmt.Sprintf("kos-upgrade runs the transaction with the rpm bindings of %s (rpm %s, database backend %s), but the database in %s is %s. "+
-			"That rpm cannot write it (rpm 4.16 and later read a Berkeley DB database read-only at most; rpm 4.14 knows no sqlite), so the upgrade could not run.",
-			db.Helper, db.HelperRPM, backendName(db.HelperBackend), db.Path, strings.Join(names, " and ")),
-		Details: db.Files,
-		Remediations: []Remediation{
-			hint("run kos-upgrade on the system it upgrades: there the interpreter that imports dnf (EL8: /usr/libexec/platform-python) has the rpm that wrote the database"),
-			hint("or point KOS_UPGRADE_PYTHON at an interpreter whose rpm bindings use %s", backendName(db.Backends[0])),
-		},
-	})
+	remedies := []Remediation{
+		hint("run kos-upgrade on the system it upgrades: there the interpreter that imports dnf (EL8: /usr/libexec/platform-python) has the rpm that wrote the database"),
+		hint("or point KOS_UPGRADE_PYTHON at an interpreter whose rpm bindings use %s", backendName(db.Backends[0])),
+	}
+	if !rpmAtLeast(db.HelperRPM, 4, 16) {
+		// rpm before 4.16 opens only its configured backend: on another
+		// one's files it would see an empty database.
+		return append(out, Finding{
+			Key: KeyRPMDBUnsupported, Severity: High, Groups: inhibitor("packages"),
+			Title: fmt.Sprintf("The rpm database is %s, which the helper's rpm %s cannot open", strings.Join(names, " and "), db.HelperRPM),
+			Summary: fmt.Sprintf("kos-upgrade runs rpm's Python bindings of %s (rpm %s, database backend %s), but the database in %s is %s. "+
+				"rpm before 4.16 opens only its own backend: it would find no installed package, so nothing could be assessed or upgraded safely.",
+				db.Helper, db.HelperRPM, backendName(db.HelperBackend), db.Path, strings.Join(names, " and ")),
+			Details:      db.Files,
+			Remediations: remedies,
+		})
+	}
+	if len(db.Backends) == 1 && db.Backends[0] == BackendBDB {
+		return append(out, Finding{
+			Key: KeyRPMDBReadOnly, Severity: Medium, Groups: []string{"packages"},
+			Title: fmt.Sprintf("The helper's rpm %s opens this Berkeley DB database read-only", db.HelperRPM),
+			Summary: fmt.Sprintf("rpm 4.16 and later read a Berkeley DB database but do not write it (%s's rpm %s writes %s): the assessment works, "+
+				"but the offline transaction must run with an rpm that writes Berkeley DB, as the system's own does (EL8's rpm 4.14.3 under platform-python).",
+				db.Helper, db.HelperRPM, backendName(db.HelperBackend)),
+			Details:      db.Files,
+			Remediations: remedies,
+		})
+	}
+	return out
+}
+
+// rpmAtLeast reports whether rpm version v ("4.14.3") is major.minor or
+// later; false when v cannot be read.
+func rpmAtLeast(v string, major, minor int) bool {
+	fl := strings.SplitN(v, ".", 3)
+	if len(fl) < 2 {
+		return false
+	}
+	ma, err1 := strconv.Atoi(fl[0])
+	mi, err2 := strconv.Atoi(strings.TrimFunc(fl[1], func(r rune) bool { return r < '0' || r > '9' }))
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 func checkGrub(f *Facts) []Finding {

@@ -191,12 +191,23 @@ func TestPlatformChecks(t *testing.T) {
 	}{
 		{"EL8 rpmdb", func(f *preflight.Facts) {}, preflight.KeyRPMDB, preflight.Info, false, "Berkeley DB in /var/lib/rpm"},
 		{"EL8 rpmdb is supported", func(f *preflight.Facts) {}, preflight.KeyRPMDBUnsupported, "", false, ""},
-		{"Berkeley DB and Debian's rpm 4.18", func(f *preflight.Facts) {
+		{"Berkeley DB and Debian's rpm 4.18: read-only", func(f *preflight.Facts) {
 			f.Platform.RPMDB.HelperRPM, f.Platform.RPMDB.HelperBackend = "4.18.0", "sqlite"
-		}, preflight.KeyRPMDBUnsupported, preflight.High, true, "Berkeley DB, which the helper's rpm 4.18.0 does not write"},
+		}, preflight.KeyRPMDBReadOnly, preflight.Medium, false, "rpm 4.18.0 opens this Berkeley DB database read-only"},
+		{"Berkeley DB and Debian's rpm 4.18: it can open it", func(f *preflight.Facts) {
+			f.Platform.RPMDB.HelperRPM, f.Platform.RPMDB.HelperBackend = "4.18.0", "sqlite"
+		}, preflight.KeyRPMDBUnsupported, "", false, ""},
+		{"ndb and rpm 4.18", func(f *preflight.Facts) {
+			f.Platform.RPMDB.Backends = []string{"ndb"}
+			f.Platform.RPMDB.HelperRPM, f.Platform.RPMDB.HelperBackend = "4.18.0", "sqlite"
+		}, preflight.KeyRPMDBReadOnly, "", false, ""},
 		{"sqlite and EL8's rpm 4.14.3", func(f *preflight.Facts) {
 			f.Platform.RPMDB.Backends, f.Platform.RPMDB.Files = []string{"sqlite"}, []string{"rpmdb.sqlite"}
 		}, preflight.KeyRPMDBUnsupported, preflight.High, true, "database backend Berkeley DB"},
+		{"sqlite and an rpm of unreadable version", func(f *preflight.Facts) {
+			f.Platform.RPMDB.Backends = []string{"sqlite"}
+			f.Platform.RPMDB.HelperRPM = "unknown"
+		}, preflight.KeyRPMDBUnsupported, preflight.High, true, "cannot open"},
 		{"ndb and EL8's rpm 4.14.3", func(f *preflight.Facts) {
 			f.Platform.RPMDB.Backends = []string{"ndb"}
 		}, preflight.KeyRPMDBUnsupported, preflight.High, true, "is ndb"},
@@ -294,8 +305,9 @@ func TestCheckPlatformOnFixtureRoot(t *testing.T) {
 		t.Errorf("boot.update-default = %+v", u)
 	}
 
-	// The same root with a grub.cfg of menu entries and a Berkeley DB
-	// database in place of the helper's backend: both inhibit.
+	// The same root with a grub.cfg of menu entries (inhibits) and a
+	// Berkeley DB database in place of the helper's backend (rpm 4.16+ opens
+	// it read-only: a warning; rpm 4.14 has no sqlite: inhibits).
 	s.write("/boot/grub2/grub.cfg", el7GrubCfg)
 	dbDir := filepath.Join(s.root, "var/lib/rpm")
 	ents, err := os.ReadDir(dbDir)
@@ -319,9 +331,15 @@ func TestCheckPlatformOnFixtureRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	validate(t, r)
-	if f.Platform.RPMDB.HelperBackend == "bdb" {
-		t.Skipf("the helper's rpm (%s) opens Berkeley DB itself", f.Platform.RPMDB.HelperRPM)
-	}
-	wantInhibitor(t, r, preflight.KeyRPMDBUnsupported)
 	wantInhibitor(t, r, preflight.KeyGrubNoBLS)
+	if f.Platform.RPMDB.HelperRPM == "" {
+		t.Fatalf("the helper's rpm is unknown: %v", f.Errors)
+	}
+	if f.Platform.RPMDB.HelperBackend != "bdb" {
+		ro := has(r, preflight.KeyRPMDBReadOnly)
+		if ro == nil || ro.Severity != preflight.Medium || ro.Inhibitor() {
+			t.Errorf("rpmdb.read-only = %+v; report %s", ro, keys(r))
+		}
+		wantQuiet(t, r, preflight.KeyRPMDBUnsupported)
+	}
 }
