@@ -434,13 +434,13 @@ func checkGrub(f *Facts) []Finding {
 	}
 	if g.BootCounter != "" && g.FallbackCounting {
 		out = append(out, Finding{
-			Key: KeyGrubBootCounter, Severity: Medium, Groups: []string{"boot"},
+			Key: KeyGrubBootCounter, Severity: Low, Groups: []string{"boot"},
 			Title: "Another tool's boot counting is in progress (boot_counter=" + g.BootCounter + ")",
-			Summary: "grubenv has boot_counter set, which 08_fallback_counting decrements on every boot with boot_success=0 (as each trial boot of the upgraded system is) and, at 0, " +
-				"boots the second menu entry instead of the default: it could cut a trial short or boot an entry that is neither the old nor the new system.",
+			Summary: "grubenv has boot_counter set: greenboot has not blessed the running system yet. 08_fallback_counting would act on it during the trial " +
+				"(each trial boot has boot_success=0), so kos-upgrade sets it aside while its trial is armed, puts it back if the upgraded system falls back " +
+				"and drops it when the upgraded system is blessed, as greenboot does after a good boot.",
 			Remediations: []Remediation{
-				hint("let the counting end first: reboot until the system is blessed (greenboot sets boot_success=1 and removes boot_counter)"),
-				command("grub2-editenv - unset boot_counter"),
+				hint("let greenboot's counting end first (it sets boot_success=1 and removes boot_counter once the running system is healthy)"),
 			},
 		})
 	}

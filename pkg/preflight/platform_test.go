@@ -229,7 +229,7 @@ func TestPlatformChecks(t *testing.T) {
 			f.Boot.SystemdBoot = []string{"/boot/efi/loader/loader.conf"}
 		}, preflight.KeyGrubNoBLS, "", false, ""},
 		{"BLS turned off for the next grub2-mkconfig", func(f *preflight.Facts) { f.Platform.Grub.EnableBLSCFG = "false" }, preflight.KeyGrubNoBLS, preflight.Medium, false, "GRUB_ENABLE_BLSCFG=false"},
-		{"boot counting in progress", func(f *preflight.Facts) { f.Platform.Grub.BootCounter = "2" }, preflight.KeyGrubBootCounter, preflight.Medium, false, "boot_counter=2"},
+		{"boot counting in progress", func(f *preflight.Facts) { f.Platform.Grub.BootCounter = "2" }, preflight.KeyGrubBootCounter, preflight.Low, false, "boot_counter=2"},
 		{"boot_counter without 08_fallback_counting", func(f *preflight.Facts) {
 			f.Platform.Grub.BootCounter, f.Platform.Grub.FallbackCounting = "2", false
 		}, preflight.KeyGrubBootCounter, "", false, ""},
@@ -298,7 +298,7 @@ func TestCheckPlatformOnFixtureRoot(t *testing.T) {
 	if g := has(r, preflight.KeyGrub); g == nil || !strings.Contains(g.Title, "blscfg") || !strings.Contains(g.Summary, "boot_counter=1") {
 		t.Errorf("boot.grub = %+v", g)
 	}
-	if c := has(r, preflight.KeyGrubBootCounter); c == nil || c.Severity != preflight.Medium {
+	if c := has(r, preflight.KeyGrubBootCounter); c == nil || c.Severity != preflight.Low {
 		t.Errorf("boot.boot-counter = %+v", c)
 	}
 	if u := has(r, preflight.KeyKernelUpdateDflt); u == nil || !strings.Contains(u.Title, "UPDATEDEFAULT=yes") {
