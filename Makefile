@@ -47,11 +47,14 @@ bench: build ## run the benchmarks (P1 apply vs rpm -U, P2 snapshot scaling, bin
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 	@ls -l $(BIN) | awk '{printf "binary size: %d bytes\n", $$5}'
 
-lint: ## gofmt, go vet, python 3.6 syntax of the dnf helper
+lint: ## gofmt, go vet, python 3.6 syntax of the dnf helper, ansible-test sanity and ansible-lint of ansible/
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	@py36=$$(ls $$HOME/.pyenv/versions/3.6*/bin/python 2>/dev/null | head -1); \
 	if [ -n "$$py36" ]; then $$py36 -m py_compile pkg/pkgmgr/helper/kos_upgrade_helper.py && echo "helper compiles with $$py36"; fi
+	@# the Ansible collection: ansible-galaxy build, ansible-test sanity, ansible-lint (docs/fleet.md)
+	@if command -v ansible-test >/dev/null || [ "$$KOS_UPGRADE_REQUIRE_ALL" = 1 ]; then bash test/ansible/lint.sh; \
+	else echo "ansible-test is not installed: the collection's sanity and lint did not run"; fi
 
 check: lint test ## lint, then the whole test suite (what CI runs)
 

@@ -11,7 +11,9 @@ deps() {
 		systemd-container debootstrap dracut shellcheck qemu-system-x86 qemu-utils ovmf systemd-boot-efi polkitd git
 		cockpit-ws cockpit-bridge cockpit-system chromium
 		build-essential autoconf automake autopoint libtool bison flex gettext pkg-config librpm-dev libfreetype-dev
-		liblzma-dev xz-utils python3)
+		liblzma-dev xz-utils python3
+		# the Ansible collection (docs/fleet.md): build, sanity, lint, unit tests
+		ansible-core ansible-lint python3-jsonschema python3-pycodestyle pylint yamllint python3-voluptuous)
 	local missing=()
 	for p in "${need[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
