@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -29,17 +28,9 @@ func (d Directives) Has(section, key string) bool {
 	return d[section][key]
 }
 
-// SystemdDirectives returns the directives EL8's systemd 239 knows, read
-// from load-fragment-gperf.gperf.m4 in the kit's systemd tarball.
-func SystemdDirectives() (Directives, error) {
-	src, err := Sources()
-	if err != nil {
-		return nil, err
-	}
-	return SystemdDirectivesFrom(filepath.Join(src, SystemdTarball))
-}
-
-// SystemdDirectivesFrom reads the directives from the systemd tarball at path.
+// SystemdDirectivesFrom returns the directives EL8's systemd 239 knows, read
+// from load-fragment-gperf.gperf.m4 in the kit's systemd tarball at path
+// (Sources()/SystemdTarball).
 func SystemdDirectivesFrom(path string) (Directives, error) {
 	f, err := os.Open(path)
 	if err != nil {
