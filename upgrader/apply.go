@@ -284,6 +284,10 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	if err != nil {
 		return nil, e.finish(st, state, res, snap, "", &StepError{Step: StepSnapshot, Err: err})
 	}
+	// The one place the new root is made ready, before rpm touches it.
+	if err := dropRPMDBEnvironment(target.Path); err != nil {
+		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSnapshot, Err: err})
+	}
 	if inPlace || (bl != nil && target.Path == e.Root.Dir) {
 		// The backend upgrades the root in place (LVM thick: the snapshot
 		// is the rollback point): the current entries boot the upgraded
@@ -303,9 +307,14 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		}
 	}
 	e.report(progress.Event{Step: StepTransaction, Message: fmt.Sprintf("running the transaction (%d packages) in %s", len(p.Transaction), target.Path)})
-	if err := e.transaction(ctx, p, target.Path, bl != nil); err != nil {
+	rep, err := e.transaction(ctx, p, target.Path, bl != nil)
+	if err != nil {
 		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepTransaction, Err: err})
 	}
+	for _, w := range rep.Warnings {
+		e.report(progress.Event{Step: StepTransaction, Message: "warning: " + w})
+	}
+	res.Warnings = rep.Warnings
 
 	if bl != nil {
 		if err := e.step(st, state, StepBoot); err != nil {
@@ -395,10 +404,10 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 // transaction runs the plan's transaction in target, with (withBoot) the
 // real /boot mounted for the kernel scriptlets, unmounted again whatever
 // happens (see chrootMounts for why /proc, /sys and /dev are not).
-func (e *Engine) transaction(ctx context.Context, p *Plan, target string, withBoot bool) (err error) {
+func (e *Engine) transaction(ctx context.Context, p *Plan, target string, withBoot bool) (rep *pkgmgr.ApplyReport, err error) {
 	m, err := mountChroot(e.Root, target, false, withBoot)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { err = errors.Join(err, m.unmount()) }()
 	return e.PM.Apply(ctx, target, e.store().stageDir(p.StageDir), p.Transaction, e.Sink)

@@ -139,21 +139,24 @@ type BootBackup struct {
 
 // Result is the outcome of one run, also its history record.
 type Result struct {
-	RunID      string         `json:"run_id"`
-	Kind       string         `json:"kind"` // apply, rollback
-	Success    bool           `json:"success"`
-	Status     Status         `json:"status"`
-	Error      string         `json:"error,omitempty"`
-	Step       string         `json:"step,omitempty"`
-	From       string         `json:"from,omitempty"`
-	To         string         `json:"to,omitempty"`
-	Backend    string         `json:"backend,omitempty"`
-	Snapshot   string         `json:"snapshot,omitempty"`
-	Previous   string         `json:"previous,omitempty"`
-	InPlace    bool           `json:"in_place,omitempty"`
-	Counts     map[string]int `json:"counts,omitempty"`
-	StartedAt  time.Time      `json:"started_at"`
-	FinishedAt time.Time      `json:"finished_at,omitempty"`
+	RunID    string         `json:"run_id"`
+	Kind     string         `json:"kind"` // apply, rollback
+	Success  bool           `json:"success"`
+	Status   Status         `json:"status"`
+	Error    string         `json:"error,omitempty"`
+	Step     string         `json:"step,omitempty"`
+	From     string         `json:"from,omitempty"`
+	To       string         `json:"to,omitempty"`
+	Backend  string         `json:"backend,omitempty"`
+	Snapshot string         `json:"snapshot,omitempty"`
+	Previous string         `json:"previous,omitempty"`
+	InPlace  bool           `json:"in_place,omitempty"`
+	Counts   map[string]int `json:"counts,omitempty"`
+	// Warnings are what went wrong without failing the run: scriptlets
+	// whose failure rpm only warns about (%post, %posttrans, triggers).
+	Warnings   []string  `json:"warnings,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at,omitempty"`
 }
 
 // ErrInterrupted is the provisional error recorded before the transaction:

@@ -655,6 +655,9 @@ Examples:
 			}
 			for _, r := range h {
 				printResultLine(e.out, &r)
+				for _, w := range r.Warnings {
+					fmt.Fprintf(e.out, "  warning: %s\n", w)
+				}
 			}
 			return nil
 		}),

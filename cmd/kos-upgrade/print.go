@@ -73,6 +73,9 @@ func printStatus(w io.Writer, r *upgrader.StatusReport) {
 		if st.LastResult.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", st.LastResult.Error)
 		}
+		for _, warn := range st.LastResult.Warnings {
+			fmt.Fprintf(w, "  warning: %s\n", warn)
+		}
 	}
 	switch {
 	case st.RebootRequired:

@@ -76,9 +76,16 @@ func (d *DNF) Test(ctx context.Context, root, stageDir string, items []Item, sin
 }
 
 // Apply implements Manager.
-func (d *DNF) Apply(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) error {
-	_, err := d.runHelper(ctx, "apply", d.tsRequest(root, stageDir, items), sink)
-	return err
+func (d *DNF) Apply(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) (*ApplyReport, error) {
+	raw, err := d.runHelper(ctx, "apply", d.tsRequest(root, stageDir, items), sink)
+	if err != nil {
+		return nil, err
+	}
+	var rep ApplyReport
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		return nil, fmt.Errorf("cannot decode the transaction's result: %w", err)
+	}
+	return &rep, nil
 }
 
 // Fingerprint implements Manager.

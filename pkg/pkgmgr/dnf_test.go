@@ -180,8 +180,8 @@ func TestTestApplyFingerprint(t *testing.T) {
 		t.Fatal("the test transaction changed the rpmdb")
 	}
 	var ev events
-	if err := d.Apply(ctx, root, stage, res.Items, &ev); err != nil {
-		t.Fatalf("Apply: %v", err)
+	if rep, err := d.Apply(ctx, root, stage, res.Items, &ev); err != nil || len(rep.Warnings) > 0 {
+		t.Fatalf("Apply: %v %+v", err, rep)
 	}
 	after := rpmQA(t, root)
 	want := []string{"app-2.0", "failpre-1.0", "gpg-pubkey-" + strings.TrimPrefix(findPrefix(before, "gpg-pubkey-"), "gpg-pubkey-"), "keepme-1.0", "kos-release-5.9", "kos-sh-1.0", "libbar-1.0", "libfoo-2.0", "newtool-2.0"}
@@ -210,7 +210,7 @@ func TestTestApplyFingerprint(t *testing.T) {
 		t.Errorf("progress events: %d installs, %d erases (%v)", installs, erases, ev)
 	}
 	// Applying the same plan again is refused: its removals are gone.
-	err = d.Apply(ctx, root, stage, res.Items, nil)
+	_, err = d.Apply(ctx, root, stage, res.Items, nil)
 	var he *pkgmgr.HelperError
 	if !errors.As(err, &he) || he.Kind != "stale" {
 		t.Errorf("second Apply: %v, want a stale-plan error", err)
@@ -231,7 +231,7 @@ func TestApplyFailingScriptlet(t *testing.T) {
 	ctx := context.Background()
 	d := pkgmgr.NewDNF(nil)
 	res, stage := resolve(t, d, set, root, "5.9", "5.9-failpre")
-	err := d.Apply(ctx, root, stage, res.Items, nil)
+	_, err := d.Apply(ctx, root, stage, res.Items, nil)
 	var he *pkgmgr.HelperError
 	if !errors.As(err, &he) || he.Kind != "transaction" || !strings.Contains(err.Error(), "failpre") {
 		t.Fatalf("Apply with a failing %%pre: %v", err)
@@ -359,7 +359,7 @@ printf 'more without newline' >&2
 		File: "noisy.rpm", Size: int64(len(data)), SHA256: sha256Hex(data)}}
 	var logged strings.Builder
 	d := pkgmgr.NewDNF(slog.New(slog.NewTextHandler(&logged, nil)))
-	if err := d.Apply(ctx, root, stage, items, nil); err != nil {
+	if _, err := d.Apply(ctx, root, stage, items, nil); err != nil {
 		t.Fatalf("Apply with a noisy %%post: %v", err)
 	}
 	if got := rpmQA(t, root); findPrefix(got, "noisy-") != "noisy-1.0" {
@@ -441,7 +441,7 @@ func TestSwappedStagedFileRefused(t *testing.T) {
 					t.Error("Test accepted a swapped staged file")
 				}
 				var he *pkgmgr.HelperError
-				if err := d.Apply(ctx, root, stage, res.Items, nil); !errors.As(err, &he) || (he.Kind != "changed" && he.Kind != "package") {
+				if _, err := d.Apply(ctx, root, stage, res.Items, nil); !errors.As(err, &he) || (he.Kind != "changed" && he.Kind != "package") {
 					t.Errorf("Apply of a swapped staged file: %v", err)
 				}
 			}()

@@ -132,6 +132,14 @@ type Resolution struct {
 	Migration []Swap `json:"migration,omitempty"`
 }
 
+// ApplyReport is what a completed transaction has to say.
+type ApplyReport struct {
+	// Warnings are the failures rpm only warns about, as sentences ("the
+	// %posttrans scriptlet of kernel-core-… failed …"): the packages are
+	// installed, but something their scriptlets do may be missing.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
 // Manager is the package backend.
 type Manager interface {
 	// Resolve runs dnf's solver for a distro-sync of req.Root to
@@ -152,7 +160,11 @@ type Manager interface {
 
 	// Apply runs exactly items on root from the staged files in stageDir,
 	// with no network and no re-resolution, reporting per-package progress.
-	Apply(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) error
+	// It fails where rpm fails (a failing %pre or %preun, a package not
+	// unpacked, a transaction rpm stops); what rpm only warns about (a
+	// failing %post, %posttrans or trigger scriptlet) comes back in the
+	// report of a transaction that completed.
+	Apply(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) (*ApplyReport, error)
 
 	// Fingerprint returns a digest of root's installed package set; any
 	// install, erase or upgrade changes it.

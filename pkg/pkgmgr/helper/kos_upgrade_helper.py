@@ -140,6 +140,10 @@ def setup_base(req, work, filelists=False):
         conf.config_file_path = dnfconf
         conf.read(priority=dnf.conf.PRIO_MAINCONFIG)
     conf.installroot = root
+    # The dnf CLI loads the variables of /etc/dnf/vars (and /etc/yum/vars)
+    # that repository files use ($contentdir, $stream...); dnf.Base does
+    # not. Read them from the root before its repositories.
+    conf.substitutions.update_from_etc(root)
     conf.cachedir = req["cachedir"]
     conf.logdir = work
     conf.persistdir = os.path.join(work, "persist")
@@ -491,6 +495,30 @@ def download(base, pkgs, stagedir, items):
 
 # ---------------------------------------------------------------- rpm ts
 
+SCRIPTLETS = (("PREIN", "%pre"), ("POSTIN", "%post"), ("PREUN", "%preun"), ("POSTUN", "%postun"),
+              ("PRETRANS", "%pretrans"), ("POSTTRANS", "%posttrans"), ("TRIGGERPREIN", "%triggerprein"),
+              ("TRIGGERIN", "%triggerin"), ("TRIGGERUN", "%triggerun"), ("TRIGGERPOSTUN", "%triggerpostun"),
+              ("VERIFYSCRIPT", "%verifyscript"), ("FILETRIGGERIN", "%filetriggerin"),
+              ("FILETRIGGERUN", "%filetriggerun"), ("FILETRIGGERPOSTUN", "%filetriggerpostun"),
+              ("TRANSFILETRIGGERIN", "%transfiletriggerin"), ("TRANSFILETRIGGERUN", "%transfiletriggerun"),
+              ("TRANSFILETRIGGERPOSTUN", "%transfiletriggerpostun"))
+
+
+def scriptlet_name(tag):
+    for t, name in SCRIPTLETS:
+        if getattr(rpm, "RPMTAG_" + t, None) == tag:
+            return name
+    return "a scriptlet"
+
+
+def element_name(key):
+    if isinstance(key, dict):
+        return key.get("nevra") or "a package"
+    if isinstance(key, (str, bytes)) and key:
+        return _s(key)
+    return "an installed package"
+
+
 class TsCallback(object):
     def __init__(self, fds, total, step):
         self.total = total
@@ -498,6 +526,7 @@ class TsCallback(object):
         self.fds = fds
         self.n = 0
         self.errors = []
+        self.warnings = []
 
     def __call__(self, reason, amount, total, key, client_data):
         if reason == rpm.RPMCALLBACK_INST_OPEN_FILE:
@@ -527,13 +556,18 @@ class TsCallback(object):
             name = key if isinstance(key, str) else ""
             progress(self.step, self.n, self.total, "erase", name)
         elif reason == rpm.RPMCALLBACK_SCRIPT_ERROR:
-            # amount is the scriptlet tag, total its exit code; fatal for
-            # %pre/%preun (the package is not installed/erased).
-            what = key["nevra"] if isinstance(key, dict) else str(key)
-            self.errors.append("scriptlet failed in %s (exit code %s)" % (what, total))
+            # amount is the scriptlet's tag; total is not an exit code but
+            # rpm's verdict (lib/transaction.c runScript): 0 when rpm only
+            # warns and goes on (%post, %posttrans, %postun, triggers),
+            # non-zero when the failure stops the element (%pre, %preun,
+            # %pretrans: the package is not installed or not erased).
+            what = "the %s scriptlet of %s failed" % (scriptlet_name(amount), element_name(key))
+            if total:
+                self.errors.append(what)
+            else:
+                self.warnings.append(what + " (rpm only warns about it and went on)")
         elif reason in (rpm.RPMCALLBACK_UNPACK_ERROR, rpm.RPMCALLBACK_CPIO_ERROR):
-            what = key["nevra"] if isinstance(key, dict) else str(key)
-            self.errors.append("cannot unpack %s" % what)
+            self.errors.append("cannot unpack %s" % element_name(key))
         return None
 
 
@@ -616,12 +650,23 @@ def build_ts(req, fds):
                 found = True
         if not found:
             raise Failure("stale", "%s is planned for removal but is not installed" % it["nevra"])
-    problems = ts.check()
-    if problems:
+    if ts.check():
         raise Failure("depsolve", "the planned transaction has dependency problems",
-                      [str(p) for p in problems])
+                      problem_sentences(ts) or ["rpm found dependency problems it did not name"])
     ts.order()
     return ts
+
+
+def problem_sentences(ts):
+    """The problems librpm recorded in ts, each as the sentence rpm prints
+    ("libmissing is needed by app-3.0-1.noarch"): never the tuples that
+    ts.check() and ts.run() return."""
+    out = []
+    for p in ts.problems() or []:
+        line = _s(str(p)).strip()
+        if line and line not in out:
+            out.append(line)
+    return out
 
 
 def te_nevra(te):
@@ -645,7 +690,10 @@ def prob_filter(req):
 
 
 def run_ts(req, ts, fds, test):
-    total = len(req["items"])
+    """Run ts; returns (problems, warnings) as sentences. ts.run() returns
+    None only when the transaction completed; a list (empty when rpm
+    stopped without naming a problem, or when elements failed) means it
+    did not."""
     cb = TsCallback(fds, len(list(ts)), "test" if test else "transaction")
     flags = 0
     if test:
@@ -654,19 +702,24 @@ def run_ts(req, ts, fds, test):
     ts.setProbFilter(prob_filter(req))
     res = ts.run(cb, "")
     problems = []
-    if res:
+    if res is not None:
+        problems = problem_sentences(ts)
         for p in res:
-            problems.append(str(p))
-    if cb.errors:
-        problems.extend(cb.errors)
-    return total, problems
+            # (sentence, (type, string, number)) from rpm's transaction.py
+            line = _s(p[0]) if isinstance(p, tuple) and p else _s(str(p))
+            if line not in problems:
+                problems.append(line)
+    problems.extend(cb.errors)
+    if res is not None and not problems:
+        problems.append("rpm stopped the transaction without naming a problem (its messages are in the log)")
+    return problems, cb.warnings
 
 
 def cmd_test(req):
     fds = {}
     try:
         ts = build_ts(req, fds)
-        total, problems = run_ts(req, ts, fds, True)
+        problems, _ = run_ts(req, ts, fds, True)
         ts.closeDB()
     finally:
         close_all(fds)
@@ -679,12 +732,14 @@ def cmd_apply(req):
     fds = {}
     try:
         ts = build_ts(req, fds)
-        total, problems = run_ts(req, ts, fds, False)
+        problems, warnings = run_ts(req, ts, fds, False)
         ts.closeDB()
     finally:
         close_all(fds)
     if problems:
-        raise Failure("transaction", "the transaction failed", problems)
+        raise Failure("transaction", "the transaction failed", problems + warnings)
+    for w in warnings:
+        emit({"type": "log", "message": "warning: " + w})
     # Check the rpmdb holds exactly what the plan says.
     ts = rpm.TransactionSet(req["root"])
     installed = set()
@@ -702,7 +757,7 @@ def cmd_apply(req):
     if missing or left:
         probs = ["not installed: " + n for n in missing] + ["not erased: " + n for n in left]
         raise Failure("transaction", "the transaction did not complete", probs)
-    emit({"type": "result", "ok": True})
+    emit({"type": "result", "ok": True, "warnings": warnings})
 
 
 def cmd_fingerprint(req):
