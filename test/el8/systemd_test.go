@@ -10,7 +10,7 @@ func TestParseGperf(t *testing.T) {
 	const head = "%{\n#include <stddef.h>\n%}\nstruct ConfigPerfItem;\n%%\n"
 	for _, tc := range []struct {
 		name, body string
-		head       string // instead of the usual head
+		head       string            // instead of the usual head
 		want       map[string]string // section → sorted keys joined by spaces
 		err        string
 	}{
