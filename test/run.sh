@@ -5,7 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What `demo` needs, and nothing more: build and sign the fixture packages
+# (rpm, gnupg, createrepo-c, busybox-static for their /bin/sh), resolve with
+# dnf's Python API (python3-dnf; dnf), a btrfs sandbox on a loop device
+# (btrfs-progs, util-linux), make. Every one is in need below too.
+demo_need=(make rpm dnf python3-dnf createrepo-c gnupg btrfs-progs busybox-static util-linux)
+
+# deps demo|test installs what that needs.
 deps() {
+	# Every package the test suite needs (the demo's included): add a
+	# test's packages here.
 	# build-essential … python3: EL8's grub2, built by test/el8 (grub2-build.sh)
 	local need=(make gcc rpm dnf python3-dnf createrepo-c xorriso btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd
 		systemd-container debootstrap dracut shellcheck qemu-system-x86 qemu-utils ovmf systemd-boot-efi polkitd git
@@ -14,6 +23,9 @@ deps() {
 		liblzma-dev xz-utils python3
 		# the Ansible collection (docs/fleet.md): build, sanity, lint, unit tests
 		ansible-core ansible-lint python3-jsonschema python3-pycodestyle pylint yamllint python3-voluptuous)
+	if [ "$1" = demo ]; then
+		need=("${demo_need[@]}")
+	fi
 	local missing=()
 	for p in "${need[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,7 +38,7 @@ deps() {
 	fi
 	# The Cockpit browser test needs node and npm (it runs npm ci itself);
 	# a machine that has them from elsewhere keeps its own.
-	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+	if [ "$1" = test ] && { ! command -v node >/dev/null || ! command -v npm >/dev/null; }; then
 		apt-get -o DPkg::Lock::Timeout=600 install -y -q nodejs npm
 	fi
 	if ! command -v go >/dev/null; then
@@ -38,11 +50,11 @@ deps() {
 
 case "${1:-}" in
 demo)
-	deps
+	deps demo
 	make demo
 	;;
 test)
-	deps
+	deps test
 	make check
 	;;
 *)
