@@ -17,6 +17,8 @@ PKGS      := ./...
 # KOS_UPGRADE_REQUIRE_ALL=1 turns their skips into failures.
 TESTFLAGS ?= -count=1 -timeout 25m
 
+FUZZTIME ?= 30s
+
 .PHONY: all build test unit bench lint fmt install demo check help clean fuzz e2e cockpit-test rpm docs
 
 all: build
@@ -40,8 +42,9 @@ test: build ## run the whole test suite (real rpm, dnf, btrfs: run as root)
 unit: ## run only tests that need neither root nor tools
 	KOS_UPGRADE_REQUIRE_ALL= $(GO) test -count=1 -short $(PKGS)
 
-fuzz: ## fuzz the plan parser for 30 seconds
-	$(GO) test -run '^$$' -fuzz FuzzParsePlan -fuzztime 30s ./upgrader
+fuzz: ## fuzz the plan and state parsers for 30 seconds each (FUZZTIME=1000000x for a million runs)
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePlan$$' -fuzztime $(FUZZTIME) ./upgrader
+	$(GO) test -run '^$$' -fuzz '^FuzzParseState$$' -fuzztime $(FUZZTIME) ./upgrader
 
 bench: build ## run the benchmarks (P1 apply vs rpm -U, P2 snapshot scaling, binary size)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...

@@ -224,7 +224,9 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 	keepBackup := map[string]bool{}
 	if state.Status == StatusSucceeded && state.Boot != nil {
 		for _, b := range state.Boot.Backups {
-			keepBackup[strings.SplitN(b.Path, "/", 3)[1]] = true
+			if parts := strings.SplitN(b.Path, "/", 3); len(parts) == 3 {
+				keepBackup[parts[1]] = true
+			}
 		}
 	}
 	if ents, err := os.ReadDir(filepath.Join(st.dir, "boot-backup")); err == nil {

@@ -175,15 +175,19 @@ func (p *Plan) Validate() error {
 	switch {
 	case p.ID == "":
 		return bad("no plan id")
+	case !validID(p.ID):
+		return bad("id %q is not a plan id", p.ID)
 	case p.Target.VersionID == "":
 		return bad("no target release")
+	case !ValidVersion(p.Target.VersionID):
+		return bad("target version_id %q is not a release version", p.Target.VersionID)
 	case p.RPMDBFingerprint == "":
 		return bad("no rpmdb fingerprint")
 	case p.Snapshot == "":
 		return bad("no snapshot backend")
 	case p.Mode != "" && !ValidMode(p.Mode):
 		return bad("mode %q is neither target nor initramfs", p.Mode)
-	case p.StageDir == "" || p.StageDir[0] == '/' || bytes.Contains([]byte(p.StageDir), []byte("..")):
+	case !validRel(p.StageDir):
 		return bad("stage_dir %q is not a relative directory", p.StageDir)
 	}
 	if m := p.Migration; m != nil {
@@ -205,7 +209,7 @@ func (p *Plan) Validate() error {
 		}
 		switch it.Action {
 		case pkgmgr.ActionInstall, pkgmgr.ActionUpgrade, pkgmgr.ActionDowngrade, pkgmgr.ActionReinstall:
-			if it.File == "" || it.SHA256 == "" || bytes.ContainsAny([]byte(it.File), "/\x00") || it.File == ".." {
+			if !validFileName(it.File) || it.SHA256 == "" || it.Size < 0 {
 				return bad("transaction item %s has no valid file and sha256", it.NEVRA)
 			}
 		case pkgmgr.ActionRemove, pkgmgr.ActionObsoleted:
@@ -223,7 +227,7 @@ func (p *Plan) Validate() error {
 
 // loadPlan reads the plan file at path.
 func loadPlan(path string) (*Plan, error) {
-	b, err := os.ReadFile(path)
+	b, err := readDoc(path, maxPlanSize)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil, fmt.Errorf("cannot read plan: %w", ErrNoPlan)

@@ -174,22 +174,30 @@ func (s store) historyDir() string         { return filepath.Join(s.dir, "histor
 func (s store) stageDir(rel string) string { return filepath.Join(s.dir, rel) }
 
 func (s store) load() (*State, error) {
-	b, err := os.ReadFile(s.statePath())
+	b, err := readDoc(s.statePath(), maxStateSize)
 	if os.IsNotExist(err) {
 		return &State{Version: StateVersion, Status: StatusIdle}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot read state: %w", err)
+		return nil, fmt.Errorf("cannot read state: %w: %w", ErrBadState, err)
 	}
+	return parseState(b, s.statePath())
+}
+
+// parseState decodes and validates a state document read from path.
+func parseState(b []byte, path string) (*State, error) {
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("cannot read state %s: %w; it is damaged, remove it to start over (staged plans are lost)", s.statePath(), err)
+		return nil, fmt.Errorf("cannot read state %s: %w: %w; remove it to start over (staged plans are lost)", path, ErrBadState, err)
 	}
 	if st.Version > StateVersion {
-		return nil, fmt.Errorf("cannot read state %s: version %d is newer than this kos-upgrade understands", s.statePath(), st.Version)
+		return nil, fmt.Errorf("cannot read state %s: %w: version %d is newer than this kos-upgrade understands", path, ErrBadState, st.Version)
 	}
 	if st.Status == "" {
 		st.Status = StatusIdle
+	}
+	if err := st.validate(); err != nil {
+		return nil, fmt.Errorf("cannot read state %s: %w: %w; nothing was done: remove it to start over (staged plans are lost)", path, ErrBadState, err)
 	}
 	return &st, nil
 }
@@ -238,13 +246,19 @@ func (s store) history() ([]Result, error) {
 		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(s.historyDir(), e.Name()))
+		if !e.Type().IsRegular() {
+			continue // a FIFO, a link, a directory: not a record
+		}
+		b, err := readDoc(filepath.Join(s.historyDir(), e.Name()), maxHistorySize)
+		if os.IsNotExist(err) {
+			continue
+		}
 		if err != nil {
-			return nil, fmt.Errorf("cannot read history: %w", err)
+			continue // a damaged record must not hide the others
 		}
 		var r Result
-		if err := json.Unmarshal(b, &r); err != nil {
-			continue // a damaged record must not hide the others
+		if err := json.Unmarshal(b, &r); err != nil || r.validate() != nil {
+			continue
 		}
 		out = append(out, r)
 	}

@@ -5,12 +5,18 @@ package main
 // state directory changed.
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
@@ -73,5 +79,281 @@ func TestHelperIgnoresPlantedModules(t *testing.T) {
 		if lines[i+2] != "-I" && lines[i+2] != "-E" {
 			t.Errorf("helper started without isolation flags: %s", lines[i+2])
 		}
+	}
+}
+
+// digestTree maps every path below dir (relative) to its type, mode, size
+// and content hash; skip names a subtree left out (the state directory).
+func digestTree(t *testing.T, dir, skip string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			m[p] = "error " + err.Error()
+			return nil
+		}
+		if skip != "" && p == skip {
+			return filepath.SkipDir
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		v := fi.Mode().String()
+		if fi.Mode().IsRegular() {
+			b, _ := os.ReadFile(p)
+			v += " " + sha256Hex(b)
+		} else if fi.Mode()&os.ModeSymlink != 0 {
+			l, _ := os.Readlink(p)
+			v += " -> " + l
+		}
+		rel, _ := filepath.Rel(dir, p)
+		m[rel] = v
+		return nil
+	})
+	return m
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// tamperedRoot is a root with a state directory, next to a sentinel tree
+// (victim) that no command may touch.
+type tamperedRoot struct {
+	parent, root, state, victim string
+}
+
+func newTamperedRoot(t *testing.T) *tamperedRoot {
+	t.Helper()
+	parent := t.TempDir()
+	r := &tamperedRoot{parent: parent, root: filepath.Join(parent, "root"), victim: filepath.Join(parent, "victim")}
+	r.state = filepath.Join(r.root, "var/lib/kos-upgrade")
+	for _, d := range []string{r.state, filepath.Join(r.root, "etc"), filepath.Join(r.root, "boot/loader/entries"),
+		filepath.Join(r.victim, "x/deep"), filepath.Join(r.victim, "boot")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(r.root, "etc/os-release"), []byte("ID=kos\nVERSION_ID=5.8\n"), 0o644)
+	for _, f := range []string{"x/precious", "x/deep/data", "boot/vmlinuz", "kos-upgrade-initramfs-5.9.img", "escaped"} {
+		os.WriteFile(filepath.Join(r.victim, f), []byte("sentinel "+f), 0o644)
+	}
+	return r
+}
+
+// digest is the sentinel tree and the root without its state directory.
+func (r *tamperedRoot) digest(t *testing.T) map[string]string {
+	return digestTree(t, r.parent, r.state)
+}
+
+func diffTrees(a, b map[string]string) []string {
+	var d []string
+	for k, v := range a {
+		if b[k] != v {
+			d = append(d, k+": "+v+" → "+b[k])
+		}
+	}
+	for k, v := range b {
+		if _, ok := a[k]; !ok {
+			d = append(d, k+": new "+v)
+		}
+	}
+	return d
+}
+
+// TestTamperedStateRefused feeds damaged and hostile state documents to the
+// real binary: each command refuses them as damaged, naming the file,
+// without panicking, hanging, or changing anything outside the state
+// directory.
+func TestTamperedStateRefused(t *testing.T) {
+	const applying = `"version": 1, "status": "applying", "step": "backup", "run_id": "20260101T000000.000Z-5.9", "target": "5.9", "updated_at": "2026-01-01T00:00:00Z"`
+	validPlan := func(version string) string {
+		return `{"version": 1, "id": "20260101T000000Z-5.9", "created_at": "2026-01-01T00:00:00Z", "source": {"id": "kos", "version_id": "5.8"},
+"target": {"id": "kos", "version_id": "` + version + `"}, "snapshot": "none", "rpmdb_fingerprint": "sha256:x", "signature_check": "enforced",
+"stage_dir": "packages", "transaction": [{"action": "remove", "nevra": "a-0:1-1.noarch", "name": "a"}]}`
+	}
+	tests := []struct {
+		name   string
+		state  string // state.json ("" none; "fifo", "symlink" special)
+		plan   string
+		armed  bool     // /system-update points at the state directory
+		args   []string // the command
+		want   string   // in the output; "" = succeeds
+		noFile string   // a path (relative to parent) that must not exist afterwards
+	}{
+		{name: "backup path escapes (cancel)", args: []string{"cancel"}, want: "damaged",
+			state: `{` + applying + `, "boot": {"loader": "grub2-bls", "backups": [{"dir": "/boot", "path": "boot-backup/../../../../../victim/x"}]}}`},
+		{name: "backup dir escapes (cancel)", args: []string{"cancel"}, want: "damaged",
+			state: `{` + applying + `, "boot": {"loader": "grub2-bls", "backups": [{"dir": "/../../victim/boot", "path": "boot-backup/20260101T000000.000Z-5.9/boot"}]}}`},
+		{name: "short backup path (clean)", args: []string{"clean"}, want: "damaged",
+			state: `{"version": 1, "status": "succeeded", "boot": {"loader": "grub2-bls", "backups": [{"path": "x"}]}}`},
+		{name: "initramfs image outside /boot (cancel)", args: []string{"cancel"}, want: "damaged",
+			state: `{"version": 1, "status": "armed", "plan_id": "20260101T000000Z-5.9", "initramfs": {"loader": "grub2-bls", "entry": "e", "image": "/../../victim/kos-upgrade-initramfs-5.9.img", "step": "entry"}}`},
+		{name: "entry id with a slash (cancel)", args: []string{"cancel"}, want: "damaged",
+			state: `{"version": 1, "status": "armed", "plan_id": "20260101T000000Z-5.9", "initramfs": {"loader": "grub2-bls", "entry": "../../../victim/x/precious", "image": "/boot/kos-upgrade-initramfs-5.9.img"}}`},
+		{name: "run id escapes (status)", args: []string{"status"}, want: "damaged",
+			state: `{"version": 1, "status": "failed", "run_id": "../../../../victim/x"}`},
+		{name: "snapshot escapes (rollback)", args: []string{"rollback", "--no-reboot"}, want: "damaged",
+			state: `{"version": 1, "status": "succeeded", "backend": "btrfs", "snapshot": "../../victim", "previous": "/.."}`},
+		{name: "negative version (status)", args: []string{"status"}, want: "damaged", state: `{"version": -5, "status": "idle"}`},
+		{name: "unknown status (status)", args: []string{"status"}, want: "damaged", state: `{"version": 1, "status": "bogus-status"}`},
+		{name: "not JSON (status)", args: []string{"status"}, want: "damaged", state: `{"version": 1, "status": `},
+		{name: "state is a FIFO (status)", args: []string{"status"}, want: "damaged", state: "fifo"},
+		{name: "state is a symlink (status)", args: []string{"status"}, want: "damaged", state: "symlink"},
+		{name: "target version escapes (apply)", args: []string{"apply"}, want: "not a release version", armed: true,
+			state: `{"version": 1, "status": "armed", "plan_id": "20260101T000000Z-5.9", "target": "5.9"}`,
+			plan:  validPlan("x/../../../../../victim/escaped"), noFile: "victim/escaped.json"},
+		{name: "plan id escapes (apply)", args: []string{"apply"}, want: "not a plan id", armed: true,
+			state: `{"version": 1, "status": "armed", "target": "5.9"}`,
+			plan:  strings.Replace(validPlan("5.9"), `"id": "20260101T000000Z-5.9"`, `"id": "../../../../victim/x"`, 1)},
+		{name: "plan is a FIFO (apply)", args: []string{"apply"}, want: "not a regular file", armed: true,
+			state: `{"version": 1, "status": "armed", "target": "5.9"}`, plan: "fifo"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newTamperedRoot(t)
+			statePath := filepath.Join(r.state, "state.json")
+			switch tc.state {
+			case "":
+			case "fifo":
+				syscall.Mkfifo(statePath, 0o600)
+			case "symlink":
+				os.WriteFile(filepath.Join(r.victim, "state.json"), []byte(`{"version": 1, "status": "idle"}`), 0o644)
+				os.Symlink(filepath.Join(r.victim, "state.json"), statePath)
+			default:
+				os.WriteFile(statePath, []byte(tc.state), 0o600)
+			}
+			switch tc.plan {
+			case "":
+			case "fifo":
+				syscall.Mkfifo(filepath.Join(r.state, "plan.json"), 0o600)
+			default:
+				os.WriteFile(filepath.Join(r.state, "plan.json"), []byte(tc.plan), 0o600)
+			}
+			if tc.armed {
+				os.Symlink("/var/lib/kos-upgrade", filepath.Join(r.root, "system-update"))
+			}
+			before := r.digest(t)
+			type result struct {
+				out string
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				out, err := runBinary(t, r.parent, nil, append([]string{"--root", r.root}, tc.args...)...)
+				done <- result{out, err}
+			}()
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(2 * time.Minute):
+				t.Fatalf("kos-upgrade %v hangs", tc.args)
+			}
+			if strings.Contains(res.out, "panic") || strings.Contains(res.out, "goroutine ") {
+				t.Fatalf("kos-upgrade %v panicked:\n%s", tc.args, res.out)
+			}
+			if tc.want == "" && res.err != nil {
+				t.Errorf("kos-upgrade %v: %v\n%s", tc.args, res.err, res.out)
+			}
+			if tc.want != "" && (res.err == nil || !strings.Contains(res.out, tc.want)) {
+				t.Errorf("kos-upgrade %v: %v, want a refusal with %q:\n%s", tc.args, res.err, tc.want, res.out)
+			}
+			after := r.digest(t)
+			delete(before, "root/system-update") // apply removes its trigger first, by design
+			delete(after, "root/system-update")
+			if d := diffTrees(before, after); len(d) > 0 {
+				t.Errorf("kos-upgrade %v changed things outside the state directory:\n  %s", tc.args, strings.Join(d, "\n  "))
+			}
+			if tc.noFile != "" {
+				if _, err := os.Lstat(filepath.Join(r.parent, tc.noFile)); err == nil {
+					t.Errorf("%s was created", tc.noFile)
+				}
+			}
+		})
+	}
+}
+
+// TestHistoryFIFODoesNotHang: a FIFO among the history records is skipped,
+// by history and by status (which settles from history).
+func TestHistoryFIFODoesNotHang(t *testing.T) {
+	r := newTamperedRoot(t)
+	hist := filepath.Join(r.state, "history")
+	os.MkdirAll(hist, 0o700)
+	if err := syscall.Mkfifo(filepath.Join(hist, "20260101T000000.000Z-5.9.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink(filepath.Join(r.victim, "x/precious"), filepath.Join(hist, "20260102T000000.000Z-5.9.json"))
+	for _, args := range [][]string{{"history"}, {"status"}, {"--json", "history"}} {
+		done := make(chan error, 1)
+		var out string
+		go func() {
+			var err error
+			out, err = runBinary(t, r.parent, nil, append([]string{"--root", r.root}, args...)...)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("kos-upgrade %v: %v\n%s", args, err, out)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("kos-upgrade %v hangs on a FIFO in history/", args)
+		}
+	}
+}
+
+// TestHealthScriptsMustBeRootOnly: a health.d script (or directory) that
+// another user could have written, or a symbolic link, is not run as root
+// and fails the check; a root-only script runs in / with a fixed
+// environment.
+func TestHealthScriptsMustBeRootOnly(t *testing.T) {
+	testenv.RequireRoot(t)
+	marker := "ran"
+	tests := []struct {
+		name    string
+		setup   func(dir, script string) error
+		wantErr string
+	}{
+		{name: "root only", setup: func(dir, script string) error { return nil }},
+		{name: "world-writable script", setup: func(dir, script string) error { return os.Chmod(script, 0o757) }, wantErr: "writable by its group or others"},
+		{name: "group-writable directory", setup: func(dir, script string) error { return os.Chmod(dir, 0o775) }, wantErr: "writable by its group or others"},
+		{name: "script owned by nobody", setup: func(dir, script string) error { return os.Chown(script, 65534, 65534) }, wantErr: "not owned by root"},
+		{name: "symlink", setup: func(dir, script string) error {
+			target := filepath.Join(filepath.Dir(dir), "elsewhere")
+			os.Rename(script, target)
+			return os.Symlink(target, script)
+		}, wantErr: "not a regular file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, healthDirRel)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(root, marker)
+			script := filepath.Join(dir, "10-check")
+			os.WriteFile(script, []byte("#!/bin/sh\n{ pwd; env | grep -c '^SECRET='; } > "+out+"; exit 0\n"), 0o755)
+			if err := tc.setup(dir, script); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("SECRET", "x")
+			err := runHealthScripts(context.Background(), sysroot.Root{Dir: root})
+			b, _ := os.ReadFile(out)
+			if tc.wantErr == "" {
+				if err != nil || string(b) != "/\n0\n" {
+					t.Errorf("root-only script: %v, it saw %q", err, b)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error %v, want %q", err, tc.wantErr)
+			}
+			if len(b) > 0 {
+				t.Errorf("the unsafe script ran")
+			}
+		})
 	}
 }

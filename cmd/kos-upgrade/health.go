@@ -9,14 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
@@ -137,26 +138,44 @@ func failedUnits(ctx context.Context) error {
 }
 
 // runHealthScripts runs every executable regular file of health.d, sorted
-// by name, each with KOS_UPGRADE_ROOT set to the root; the first one that
-// does not exit 0 fails the check with its output.
+// by name, each isolated (execlog: working directory /, fixed environment)
+// with KOS_UPGRADE_ROOT set to the root; the first one that does not exit 0
+// fails the check with its output. The directory and each file must be
+// owned by root and writable by root only (judged by Lstat: a symbolic
+// link is refused, not followed); one that is not fails the check unrun.
 func runHealthScripts(ctx context.Context, root sysroot.Root) error {
 	dir := root.Path(healthDirRel)
-	ents, err := os.ReadDir(dir)
+	fi, err := os.Lstat(dir)
 	if os.IsNotExist(err) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
+	if err := safeRootOwned(dir, fi, true); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
 	for _, d := range ents {
 		p := filepath.Join(dir, d.Name())
-		fi, err := os.Stat(p)
-		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 || strings.HasPrefix(d.Name(), ".") {
+		if strings.HasPrefix(d.Name(), ".") {
 			continue
 		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 == 0 {
+			continue // not executable: not a check
+		}
+		if err := safeRootOwned(p, fi, false); err != nil {
+			return err
+		}
 		cctx, cancel := context.WithTimeout(ctx, healthScriptTimeout)
-		cmd := exec.CommandContext(cctx, p)
-		cmd.Env = append(os.Environ(), "KOS_UPGRADE_ROOT="+root.Dir)
+		cmd := execlog.Command(cctx, []string{p}, "KOS_UPGRADE_ROOT="+root.Dir)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		err = cmd.Run()
@@ -171,6 +190,28 @@ func runHealthScripts(ctx context.Context, root sysroot.Root) error {
 			}
 			return fmt.Errorf("%s: %v: %s", p, err, msg)
 		}
+	}
+	return nil
+}
+
+// safeRootOwned refuses a health check (dir: its directory) that someone
+// other than root could have written: not a regular file (directory), not
+// owned by root, or writable by its group or others.
+func safeRootOwned(p string, fi os.FileInfo, dir bool) error {
+	what := "a regular file"
+	ok := fi.Mode().IsRegular()
+	if dir {
+		what, ok = "a directory", fi.IsDir()
+	}
+	if !ok {
+		return fmt.Errorf("health check %s is not %s (%s): not run; it must be owned by root and writable by root only", p, what, fi.Mode().Type())
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	if st == nil || st.Uid != 0 {
+		return fmt.Errorf("health check %s is not owned by root: not run; it must be owned by root and writable by root only", p)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("health check %s is writable by its group or others (%04o): not run; it must be owned by root and writable by root only", p, fi.Mode().Perm())
 	}
 	return nil
 }
