@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Path is the PATH every command runs with.
@@ -93,4 +94,33 @@ func QuoteArgv(argv []string) string {
 		}
 	}
 	return strings.Join(q, " ")
+}
+
+// pythonFlags caches PythonFlags by interpreter path.
+var pythonFlags sync.Map
+
+// PythonFlags returns the isolation flags of the interpreter python: -I
+// (no user site, no PYTHON* variables, neither the script's nor the working
+// directory on sys.path) where it has it, else -E -s. Both keep a virtual
+// environment's interpreter working (pyvenv.cfg is found from the
+// executable). The answer is asked once per interpreter and process.
+func PythonFlags(ctx context.Context, python string) []string {
+	if f, ok := pythonFlags.Load(python); ok {
+		return f.([]string)
+	}
+	flags := []string{"-E", "-s"}
+	if err := Command(ctx, []string{python, "-I", "-c", ""}).Run(); err == nil {
+		flags = []string{"-I"}
+	} else if ctx.Err() != nil {
+		return flags // do not remember a cancelled probe
+	}
+	pythonFlags.Store(python, flags)
+	return flags
+}
+
+// Python returns an isolated command (Command) running python with its
+// isolation flags (PythonFlags) and args, e.g. "-c", source.
+func Python(ctx context.Context, python string, args []string, extra ...string) *exec.Cmd {
+	argv := append([]string{python}, PythonFlags(ctx, python)...)
+	return Command(ctx, append(argv, args...), extra...)
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -18,9 +17,6 @@ import (
 type DNF struct {
 	Python string // interpreter; sysroot.Python() when empty
 	Logger *slog.Logger
-
-	flagsOnce sync.Once
-	flags     []string // the interpreter's isolation flags (pythonFlags)
 }
 
 // NewDNF returns the dnf backend using the system's dnf interpreter.

@@ -60,25 +60,10 @@ type helperLine struct {
 	Problems []string `json:"problems"`
 }
 
-// pythonFlags returns the interpreter's isolation flags: -I (no user site,
-// no PYTHON* variables, no script or working directory on sys.path) where
-// the interpreter has it, else -E -s. Both keep a virtual environment's
-// interpreter working (pyvenv.cfg is found from the executable).
-func (d *DNF) pythonFlags(ctx context.Context) []string {
-	d.flagsOnce.Do(func() {
-		d.flags = []string{"-E", "-s"}
-		cmd := execlog.Command(ctx, []string{d.Python, "-I", "-c", ""})
-		if err := cmd.Run(); err == nil {
-			d.flags = []string{"-I"}
-		}
-	})
-	return d.flags
-}
-
 // runHelper runs one helper command with req on its stdin, forwards progress
 // to sink and returns the raw result line.
 //
-// The helper starts isolated (pythonFlags, working directory /, the fixed
+// The helper starts isolated (execlog.Python: -I, working directory /, the fixed
 // environment of execlog) and speaks its protocol on its own pipe, fd 3,
 // which it keeps from the scriptlets; what it or a scriptlet prints on fd 1
 // and 2 is output for the log, never part of the protocol.
@@ -87,9 +72,7 @@ func (d *DNF) runHelper(ctx context.Context, command string, req any, sink progr
 	if err != nil {
 		return nil, fmt.Errorf("cannot encode %s request: %w", command, err)
 	}
-	argv := append([]string{d.Python}, d.pythonFlags(ctx)...)
-	argv = append(argv, "-c", helperSource, command)
-	cmd := execlog.Command(ctx, argv, "LANG=C.UTF-8")
+	cmd := execlog.Python(ctx, d.Python, []string{"-c", helperSource, command}, "LANG=C.UTF-8")
 	cmd.Stdin = bytes.NewReader(in)
 	output := &tailBuffer{max: 64 << 10}
 	cmd.Stdout = output
@@ -100,7 +83,7 @@ func (d *DNF) runHelper(ctx context.Context, command string, req any, sink progr
 	}
 	defer proto.Close()
 	cmd.ExtraFiles = []*os.File{protoW} // fd 3
-	d.log().Debug("running package helper", "python", d.Python, "flags", d.pythonFlags(ctx), "command", command)
+	d.log().Debug("running package helper", "python", d.Python, "flags", execlog.PythonFlags(ctx, d.Python), "command", command)
 	err = cmd.Start()
 	protoW.Close()
 	if err != nil {

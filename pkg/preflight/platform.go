@@ -6,13 +6,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -214,7 +214,7 @@ print(rpm.expandMacro("%{?_db_backend}"))
 // version and %_db_backend.
 func helperRPM(ctx context.Context, py string) (version, backend string, err error) {
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, py, "-c", helperRPMScript)
+	cmd := execlog.Python(ctx, py, []string{"-c", helperRPMScript})
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
