@@ -22,12 +22,24 @@ import (
 // subvolume with a partial transaction. The system has a grub2 /boot and the
 // upgrade a new kernel: /boot is restored byte for byte by settle.
 func TestCrashAtEveryStep(t *testing.T) {
-	b := newBootSystem(t, true)
+	crashAtEveryStep(t, newBootSystem(t, true), fixture.Repo59Kernel, boot.EntryIDPrefix+fixture.MachineID+"-"+newKver)
+}
+
+// TestCrashAtEveryStepEL8 is TestCrashAtEveryStep on an EL8 system
+// (newEL8System): the new kernel's %posttrans runs EL8's kernel-install,
+// whose 20-grub.install writes the entry and moves saved_entry on the real
+// /boot in the middle of the transaction; settle must undo all of it.
+func TestCrashAtEveryStepEL8(t *testing.T) {
+	crashAtEveryStep(t, newEL8System(t, "").bootSystem, fixture.Repo59EL8Kernel, fixture.MachineID+"-"+fixture.EL8Kernel59)
+}
+
+// crashAtEveryStep runs the crash scenarios on b, upgrading to repo 5.9
+// with the new kernel of kernelRepo, whose entry is newEntry.
+func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string) {
 	s := b.system
 	ctx := context.Background()
 	oldPkgs := rpmQA(t, s.Root)
 	bootBefore := b.digest(t)
-	newEntry := boot.EntryIDPrefix + fixture.MachineID + "-" + newKver
 	for _, tc := range []struct {
 		step string
 		// switched: the crash happened after the new root became the
@@ -59,7 +71,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			if d := diffDigest(bootBefore, b.digest(t)); len(d) > 0 {
 				t.Fatalf("/boot differs at the start:\n%s", strings.Join(d, "\n"))
 			}
-			s.prepareAndArm(t, upgrader.PrepareOptions{Repos: s.repos(fixture.Repo59, fixture.Repo59Kernel)})
+			s.prepareAndArm(t, upgrader.PrepareOptions{Repos: s.repos(fixture.Repo59, kernelRepo)})
 
 			out, err := s.kosUpgrade(t, []string{"KOS_UPGRADE_TEST_CRASH_AT=" + tc.step}, "apply")
 			var ee *exec.ExitError

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keyarchos/kos-upgrade/test/el8"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
@@ -90,9 +91,31 @@ func TestWriteEnvRefusesWithoutTouching(t *testing.T) {
 // we read, byte for byte the same block.
 func TestGrubEditenvInterop(t *testing.T) {
 	testenv.RequireTools(t, "grub-editenv")
+	grubEditenvInterop(t, "grub-editenv", true)
+}
+
+// The same with EL8's own grub2-editenv (rhel-8-main, built by test/el8),
+// whose create writes no WARNING line: our rewrite of its block adds none.
+func TestGrubEditenvInteropEL8(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds EL8's grub2")
+	}
+	grubEditenvInterop(t, el8.MustGrub2(t).Tool("grub2-editenv"), false)
+}
+
+// grubEditenvInterop checks our blocks against editenv's; newEnv: ours is
+// a new block (NewEnv), else editenv's `create` rewritten by us.
+func grubEditenvInterop(t *testing.T, editenv string, newEnv bool) {
 	dir := t.TempDir()
 	ours := filepath.Join(dir, "ours")
 	e := NewEnv()
+	if !newEnv {
+		testenv.Run(t, editenv, ours, "create")
+		var err error
+		if e, err = ReadEnv(ours); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.Set(EnvSavedEntry, "abc-4.18.0-80.el8.x86_64")
 	e.Set(EnvNextEntry, "kos-upgrade-abc-4.18.0-553")
 	e.Set(EnvBootSuccess, "0")
@@ -102,7 +125,7 @@ func TestGrubEditenvInterop(t *testing.T) {
 	if err := WriteEnv(ours, e); err != nil {
 		t.Fatal(err)
 	}
-	out := testenv.Run(t, "grub-editenv", ours, "list")
+	out := testenv.Run(t, editenv, ours, "list")
 	want := "saved_entry=abc-4.18.0-80.el8.x86_64\nnext_entry=kos-upgrade-abc-4.18.0-553\nboot_success=0\nboot_counter=3\n" +
 		"kernelopts=root=/dev/mapper/rhel-root ro rd.lvm.lv=rhel/root rhgb quiet\nempty=\n"
 	if out != want {
@@ -110,10 +133,10 @@ func TestGrubEditenvInterop(t *testing.T) {
 	}
 
 	theirs := filepath.Join(dir, "theirs")
-	testenv.Run(t, "grub-editenv", theirs, "create")
+	testenv.Run(t, editenv, theirs, "create")
 	for _, kv := range []string{"saved_entry=abc-4.18.0-80.el8.x86_64", "next_entry=kos-upgrade-abc-4.18.0-553",
 		"boot_success=0", "boot_counter=3", "kernelopts=root=/dev/mapper/rhel-root ro rd.lvm.lv=rhel/root rhgb quiet", "empty="} {
-		testenv.Run(t, "grub-editenv", theirs, "set", kv)
+		testenv.Run(t, editenv, theirs, "set", kv)
 	}
 	a, _ := os.ReadFile(ours)
 	b, _ := os.ReadFile(theirs)
@@ -128,21 +151,21 @@ func TestGrubEditenvInterop(t *testing.T) {
 		t.Errorf("we read %v", got.Map())
 	}
 	// Their unset, then our rewrite keeps the rest and the order.
-	testenv.Run(t, "grub-editenv", theirs, "unset", "next_entry")
+	testenv.Run(t, editenv, theirs, "unset", "next_entry")
 	got, _ = ReadEnv(theirs)
 	got.Set(EnvSavedEntry, "new")
 	if err := WriteEnv(theirs, got); err != nil {
 		t.Fatal(err)
 	}
-	out = testenv.Run(t, "grub-editenv", theirs, "list")
+	out = testenv.Run(t, editenv, theirs, "list")
 	if !strings.HasPrefix(out, "saved_entry=new\nboot_success=0\nboot_counter=3\n") {
 		t.Errorf("after our rewrite: %s", out)
 	}
 	// Values with backslashes and newlines: grub-editenv escapes them, we
 	// read them back, and the other way round.
 	odd := filepath.Join(dir, "odd")
-	testenv.Run(t, "grub-editenv", odd, "create")
-	testenv.Run(t, "grub-editenv", odd, "set", "v=a\\b")
+	testenv.Run(t, editenv, odd, "create")
+	testenv.Run(t, editenv, odd, "set", "v=a\\b")
 	got, _ = ReadEnv(odd)
 	if got.Value("v") != "a\\b" {
 		t.Errorf("backslash: %q", got.Value("v"))
@@ -151,8 +174,8 @@ func TestGrubEditenvInterop(t *testing.T) {
 	WriteEnv(odd, got)
 	mine, _ := os.ReadFile(odd)
 	fresh := filepath.Join(dir, "fresh")
-	testenv.Run(t, "grub-editenv", fresh, "create")
-	testenv.Run(t, "grub-editenv", fresh, "set", "v=a\\b", "w=c\\d")
+	testenv.Run(t, editenv, fresh, "create")
+	testenv.Run(t, editenv, fresh, "set", "v=a\\b", "w=c\\d")
 	ref, _ := os.ReadFile(fresh)
 	if !bytes.Equal(mine, ref) {
 		t.Errorf("escaping differs:\nours   %q\ntheirs %q", mine[:80], ref[:80])
@@ -179,5 +202,18 @@ func TestGrubTrialScript(t *testing.T) {
 		if !strings.Contains(GrubTrialConfig, `"${kos_upgrade_tries}" = "`+string(rune('0'+n))+`"`) {
 			t.Errorf("the script does not count down from %d", n)
 		}
+	}
+}
+
+// EL8's own grub2-script-check (grub 2.02 with Red Hat's patches) accepts
+// the trial script: it is what parses it at boot.
+func TestGrubTrialScriptEL8(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds EL8's grub2")
+	}
+	cmd := exec.Command(el8.MustGrub2(t).Tool("grub2-script-check"))
+	cmd.Stdin = strings.NewReader(GrubTrialConfig)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("grub2-script-check: %v\n%s", err, out)
 	}
 }
