@@ -119,7 +119,7 @@ command. Documentation: kos-upgrade(8) and /usr/share/doc/kos-upgrade/.`,
 		},
 		Commands: []*cli.Command{
 			checkCmd(), prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
-			daemonCmd(), healthCmd(), helpCmd(), generateCmd(),
+			daemonCmd(), healthCmd(), helpCmd(), generateCmd(), bundleCmd(),
 		},
 	}
 	for _, c := range app.Commands {
@@ -307,17 +307,24 @@ against the metadata's checksum and its GPG signature as for a network
 repository. The image is not needed after prepare
 (/usr/share/doc/kos-upgrade/iso.md).
 
+--export-needs FILE: on a host that reaches no repository at all, write what
+it needs resolved (installed packages, enabled repository ids, architecture,
+release, machine id) for kos-upgrade bundle on a connected machine, whose
+image then serves prepare --iso here.
+
 Examples:
    kos-upgrade prepare --to 5.9
    kos-upgrade prepare --to 5.9 --repo kos=https://mirror.example/kos/5.9/os/
    kos-upgrade prepare --to 5.9 --mode initramfs
    kos-upgrade prepare --iso /srv/KOS-5.9-x86_64-dvd.iso
+   kos-upgrade prepare --to 5.9 --export-needs /media/usb/web1.json
    kos-upgrade prepare --to 5.9 --repo kos=/srv/mirror/kos/5.9/os
    kos-upgrade prepare --to kos-5.9 --repo kos=https://mirror.example/kos/5.9/os/ \
        --gpgkey /root/RPM-GPG-KEY-kos --answer packages.third-party=keep`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9; kos-VERSION on CentOS migrates to KOS"},
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` (or ID=/directory) instead of the system's configuration (repeatable)"},
+			&cli.StringFlag{Name: "export-needs", Usage: "air-gapped hosts: write what this host needs for the upgrade to `FILE` (for kos-upgrade bundle on a connected machine) and prepare nothing"},
 			&cli.StringSliceFlag{Name: "iso", Usage: "use the repositories of the ISO 9660 image `FILE`, read in place, instead of the system's configuration (repeatable; with --repo: both)"},
 			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, lvm, or none (no rollback!)"},
 			&cli.StringFlag{Name: "mode", Value: "target", Usage: "where apply runs: target (the root's system-update.target) or initramfs (an upgrade initramfs booted once; /usr/share/doc/kos-upgrade/initramfs.md)"},
@@ -328,6 +335,9 @@ Examples:
 			&cli.StringSliceFlag{Name: "gpgkey", Usage: "migration: a public key `FILE` of the target distribution (repeatable)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
+			if c.String("export-needs") != "" {
+				return exportNeeds(c, e)
+			}
 			if c.String("to") == "" && len(c.StringSlice("iso")) == 0 {
 				return usageError{fmt.Errorf("prepare needs the target release: kos-upgrade prepare --to VERSION (for example --to 5.9)")}
 			}

@@ -126,9 +126,10 @@ def set_dbpath(req):
 
 # ---------------------------------------------------------------- resolve
 
-def setup_base(req, work, filelists=False):
+def setup_base(req, work, filelists=False, system=True):
     """A dnf.Base on req["root"] with the target release's repositories,
-    metadata loaded. Returns (base, enabled repos, gpg key URLs)."""
+    metadata loaded (and the root's rpmdb unless system is False). Returns
+    (base, enabled repos, gpg key URLs)."""
     import dnf
     import dnf.exceptions
 
@@ -184,7 +185,7 @@ def setup_base(req, work, filelists=False):
                 keys.append(k)
     progress("resolve", message="loading repository metadata")
     try:
-        base.fill_sack(load_system_repo=True, load_available_repos=True)
+        base.fill_sack(load_system_repo=system, load_available_repos=True)
     except dnf.exceptions.RepoError as e:
         raise Failure("repo", "cannot load repository metadata: %s" % e)
     return base, enabled, keys
@@ -493,6 +494,96 @@ def download(base, pkgs, stagedir, items):
         progress("stage", staged, len(byname), "stage", it["nevra"])
 
 
+# ---------------------------------------------------------------- needs, bundle
+
+def cmd_needs(req):
+    """What this host needs resolved elsewhere (kos-upgrade prepare
+    --export-needs): its installed packages, the ids of its enabled
+    repositories, its base architecture. Reads the repository configuration
+    only: no metadata, no network."""
+    import dnf
+    import hawkey
+
+    set_dbpath(req)
+    ts = rpm.TransactionSet(req["root"])
+    ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+    installed = []
+    for h in ts.dbMatch():
+        name = _s(h[rpm.RPMTAG_NAME])
+        if name == "gpg-pubkey":
+            continue
+        installed.append({"name": name, "nevra": hdr_nevra(h), "arch": _s(h[rpm.RPMTAG_ARCH] or "noarch")})
+    ts.closeDB()
+    installed.sort(key=lambda p: p["nevra"])
+    base = dnf.Base()
+    root = req["root"]
+    dnfconf = os.path.join(root, "etc/dnf/dnf.conf")
+    if os.path.exists(dnfconf):
+        base.conf.config_file_path = dnfconf
+        base.conf.read(priority=dnf.conf.PRIO_MAINCONFIG)
+    base.conf.installroot = root
+    base.conf.reposdir = [os.path.join(root, "etc/yum.repos.d")]
+    base.conf.substitutions["releasever"] = req["release"]
+    try:
+        base.read_all_repos()
+        repos = sorted(r.id for r in base.repos.iter_enabled())
+    except Exception as e:  # a broken .repo file: the needs still help
+        emit({"type": "log", "message": "cannot read the repository configuration: %s" % e})
+        repos = []
+    arch = hawkey.detect_arch()
+    emit({"type": "result", "installed": installed, "repos": repos, "arch": dnf.rpm.basearch(arch)})
+
+
+def cmd_bundle_resolve(req):
+    """Resolve, on a connected machine, what another host needs for its
+    upgrade: every package it has installed (or what obsoletes it) at the
+    target release's version, with dependencies, by dnf's solver on the
+    target repositories alone (the host's rpmdb is not here). The packages
+    the host has in exactly that version already are left out; the rest are
+    downloaded into stagedir (re-using files already there)."""
+    import dnf.exceptions
+    import dnf.selector
+
+    work = tempfile.mkdtemp(prefix="kos-upgrade-dnf-")
+    try:
+        base, enabled, _ = setup_base(req, work, system=False)
+        base.conf.gpgcheck = False  # the host verifies with rpmkeys itself
+        for repo in enabled:
+            repo.gpgcheck = False
+            repo.pkgdir = req["stagedir"]
+        progress("resolve", message="resolving the host's upgrade with dnf")
+        avail = base.sack.query().available()
+        have = set()
+        missing = []
+        for p in req.get("installed") or []:
+            have.add(p["nevra"])
+            q = avail.filter(name=p["name"], arch=[p["arch"], "noarch"])
+            if not q:
+                q = avail.filter(obsoletes=p["name"])
+                if not q:
+                    missing.append(p["nevra"])
+                    continue
+            sltr = dnf.selector.Selector(base.sack)
+            sltr.set(pkg=q.latest())
+            # optional: a job the solver cannot satisfy together with the
+            # others (a conflict) is dropped, as distro-sync erases one.
+            base._goal.install(select=sltr, optional=True)
+        try:
+            base.resolve(allow_erasing=True)
+        except dnf.exceptions.DepsolveError as e:
+            lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+            raise Failure("depsolve", "dependency problems in the host's upgrade", lines)
+        pkgs = [p for p in base.transaction.install_set if nevra(p) not in have]
+        items = []
+        for p in sorted(pkgs, key=nevra):
+            items.append({"action": "install", "nevra": nevra(p), "name": p.name, "arch": p.arch,
+                          "repo": p.reponame, "install_size": p.installsize})
+        download(base, pkgs, req["stagedir"], items)
+        emit({"type": "result", "items": items, "missing": missing})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- rpm ts
 
 SCRIPTLETS = (("PREIN", "%pre"), ("POSTIN", "%post"), ("PREUN", "%preun"), ("POSTUN", "%postun"),
@@ -779,7 +870,7 @@ def cmd_fingerprint(req):
 
 
 COMMANDS = {"resolve": cmd_resolve, "assess": cmd_assess, "test": cmd_test, "apply": cmd_apply,
-            "fingerprint": cmd_fingerprint}
+            "fingerprint": cmd_fingerprint, "needs": cmd_needs, "bundle-resolve": cmd_bundle_resolve}
 
 
 def main():
