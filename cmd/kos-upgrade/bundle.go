@@ -17,7 +17,8 @@ func bundleCmd() *cli.Command {
 		Name:  "bundle",
 		Usage: "on a connected machine: make one ISO image with what isolated hosts need for their upgrade",
 		Description: `bundle is the connected half of the needs round trip of air-gapped sites
-(docs/iso.md). Each isolated host writes what it needs resolved with
+(/usr/share/doc/kos-upgrade/iso.md). Each isolated host writes what it needs
+resolved with
   kos-upgrade prepare --to VERSION --export-needs HOST.json
 (its installed packages, enabled repository ids, architecture, release and
 machine id; nothing secret). On any machine with kos-upgrade and the target

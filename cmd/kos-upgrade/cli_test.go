@@ -51,7 +51,7 @@ func requireBinary(t *testing.T) {
 }
 
 // The commands a user runs, each of which must document itself.
-var userCommands = []string{"check", "prepare", "reboot", "apply", "status", "cancel", "rollback", "history", "clean"}
+var userCommands = []string{"check", "prepare", "reboot", "apply", "status", "cancel", "rollback", "history", "clean", "bundle"}
 
 func TestGlobalFlagsAnywhere(t *testing.T) {
 	requireBinary(t)

@@ -8,7 +8,7 @@ _kos_upgrade() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
         --root) root=${COMP_WORDS[i+1]}; ((i++)) ;;
-        --answer|--cmdline|--gpgkey|--idle-timeout|--iso|--migration-map|--mode|--repo|--root|--snapshot|--to) ((i++)) ;;
+        --answer|--cmdline|--export-needs|--gpg-homedir|--gpgkey|--idle-timeout|--iso|--label|--migration-map|--mode|--needs|--out|--repo|--root|--sign-key|--snapshot|--to|--workdir) ((i++)) ;;
         -*) ;;
         *) cmd=${COMP_WORDS[i]}; break ;;
         esac
@@ -21,14 +21,14 @@ _kos_upgrade() {
     --to)
         # the release versions named by the system's repository URLs
         COMPREPLY=($(compgen -W "$(kos-upgrade ${root:+--root "$root"} generate to-values 2>/dev/null)" -- "$cur")); return ;;
-    --*) case " --answer --cmdline --gpgkey --idle-timeout --iso --migration-map --mode --repo --root --snapshot --to " in *" $prev "*) return ;; esac ;;
+    --*) case " --answer --cmdline --export-needs --gpg-homedir --gpgkey --idle-timeout --iso --label --migration-map --mode --needs --out --repo --root --sign-key --snapshot --to --workdir " in *" $prev "*) return ;; esac ;;
     esac
     local words
     case $cmd in
-    "") words="check prepare reboot apply status cancel rollback history clean daemon health help --root --json --verbose -v --help --version" ;;
-    help) words="check prepare reboot apply status cancel rollback history clean daemon health help" ;;
+    "") words="check prepare reboot apply status cancel rollback history clean daemon health bundle help --root --json --verbose -v --help --version" ;;
+    help) words="check prepare reboot apply status cancel rollback history clean daemon health bundle help" ;;
     check) words="--to --repo --iso --snapshot --no-gpg-check --answer --allow-downgrade --root --json --verbose -v --help" ;;
-    prepare) words="--to --repo --iso --snapshot --mode --no-gpg-check --answer --allow-downgrade --migration-map --gpgkey --root --json --verbose -v --help" ;;
+    prepare) words="--to --repo --export-needs --iso --snapshot --mode --no-gpg-check --answer --allow-downgrade --migration-map --gpgkey --root --json --verbose -v --help" ;;
     reboot) words="--no-reboot --kexec --root --json --verbose -v --help" ;;
     apply) words="--reboot --root --json --verbose -v --help" ;;
     status) words="--follow --root --json --verbose -v --help" ;;
@@ -38,6 +38,7 @@ _kos_upgrade() {
     clean) words="--root --json --verbose -v --help" ;;
     daemon) words="--idle-timeout --root --json --verbose -v --help" ;;
     health) words="--cmdline --reboot --no-unit-check --root --json --verbose -v --help" ;;
+    bundle) words="--needs --out --repo --iso --label --sign-key --gpg-homedir --workdir --root --json --verbose -v --help" ;;
     *) return ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
