@@ -61,7 +61,6 @@ EXAMPLES = r'''
 - name: Wait for the first-boot verdict
   kos.upgrade.kos_upgrade_wait:
     boot_id: "{{ applied.boot_id }}"
-    since: "{{ applied.reboot_at }}"
 '''
 
 RETURN = r'''

@@ -29,7 +29,9 @@ options:
     default: ''
   since:
     description:
-      - When the reboot started (seconds since the epoch), for C(downtime); default now.
+      - When the reboot started (seconds since the epoch, the controller's clock), for C(downtime); default the
+        start of the wait. The roles start the wait right after M(kos.upgrade.kos_upgrade_apply) returns, a few
+        seconds (its C(reboot_delay)) before the reboot.
     type: float
   timeout:
     description:
@@ -65,7 +67,6 @@ EXAMPLES = r'''
 - name: Wait up to 40 minutes for the verdict
   kos.upgrade.kos_upgrade_wait:
     boot_id: "{{ applied.boot_id }}"
-    since: "{{ applied.reboot_at }}"
     timeout: 2400
   register: verdict
 '''
