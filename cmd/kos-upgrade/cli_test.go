@@ -609,3 +609,120 @@ func TestUnreachableRepository(t *testing.T) {
 		t.Errorf("the download error is not shown: exit %d\n%s\n%s", code, out, errOut)
 	}
 }
+
+// dnfIn runs the real dnf on root (no repositories; rpm's database where
+// the fixture has it, as on EL8) and returns its output.
+func dnfIn(t *testing.T, root string, args ...string) string {
+	t.Helper()
+	home := t.TempDir()
+	if err := os.WriteFile(filepath.Join(home, ".rpmmacros"), []byte("%_dbpath "+fixture.DBPath+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("dnf", append([]string{"--installroot", root, "--setopt=reposdir=/nonexistent", "--disablerepo=*",
+		"--setopt=cachedir=" + filepath.Join(home, "cache"), "--setopt=logdir=" + home, "-y", "-q"}, args...)...)
+	cmd.Env = append(os.Environ(), "HOME="+home, "LC_ALL=C.UTF-8")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("dnf %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// After apply, `dnf history` in the upgraded root shows the upgrade as one
+// transaction: every package of the plan with its action, the command line
+// kos-upgrade apply, reasons carried over.
+func TestDnfHistoryShowsTheUpgrade(t *testing.T) {
+	c := newCLIRoot(t)
+	testenv.RequireTools(t, "dnf")
+	// Before: app was installed by the admin, libfoo as a dependency.
+	dnfIn(t, c.root, "mark", "install", "app")
+	dnfIn(t, c.root, "mark", "remove", "libfoo")
+	for _, args := range [][]string{
+		{"prepare", "--to", "5.9", "--snapshot", "none"},
+		{"reboot", "--no-reboot"},
+		{"apply"},
+	} {
+		if out, errOut, code := c.run(args...); code != 0 {
+			t.Fatalf("%s: exit %d\n%s\n%s", args, code, out, errOut)
+		}
+	}
+	info := dnfIn(t, c.root, "history", "info", "last")
+	t.Logf("dnf history info last:\n%s", info)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^Command Line\s*:\s*kos-upgrade apply$`),
+		regexp.MustCompile(`(?m)^Return-Code\s*:\s*Success`),
+		regexp.MustCompile(`(?m)^End rpmdb\s*:\s*[0-9a-f:]{8,}\s*$`),
+		regexp.MustCompile(`(?m)^\s+Upgrade\s+app-2\.0-1\.noarch\s+@kos`),
+		regexp.MustCompile(`(?m)^\s+Upgraded\s+app-1\.0-1\.noarch\s+@`),
+		regexp.MustCompile(`(?m)^\s+Upgrade\s+libfoo-2\.0-1\.noarch`),
+		regexp.MustCompile(`(?m)^\s+Install\s+libbar-1\.0-1\.noarch`),
+		regexp.MustCompile(`(?m)^\s+Install\s+newtool-2\.0-1\.noarch`),
+		regexp.MustCompile(`(?m)^\s+Obsoleted\s+oldtool-1\.0-1\.noarch`),
+		regexp.MustCompile(`(?m)^\s+Removed?\s+legacy-1\.0-1\.noarch`),
+	} {
+		if !want.MatchString(info) {
+			t.Errorf("dnf history info last lacks %s", want)
+		}
+	}
+	user := dnfIn(t, c.root, "history", "userinstalled")
+	if !strings.Contains(user, "app-2.0-1.noarch") || strings.Contains(user, "libfoo") || strings.Contains(user, "libbar") {
+		t.Errorf("dnf history userinstalled: app should stay user-installed, libfoo and libbar dependencies:\n%s", user)
+	}
+	// The result says nothing of a missing history.
+	out, _, _ := c.run("history", "--json")
+	if strings.Contains(out, "no dnf history") {
+		t.Errorf("the run's record says no dnf history was written:\n%s", out)
+	}
+}
+
+// Where the apply's Python cannot import dnf (EL8 guests with only
+// python3-rpm), the upgrade succeeds and its result says that no dnf
+// history was written.
+func TestApplyWithoutDnfWarnsOfNoHistory(t *testing.T) {
+	c := newCLIRoot(t)
+	testenv.RequireTools(t, "dnf")
+	for _, args := range [][]string{{"prepare", "--to", "5.9", "--snapshot", "none"}, {"reboot", "--no-reboot"}} {
+		if out, errOut, code := c.run(args...); code != 0 {
+			t.Fatalf("%s: exit %d\n%s\n%s", args, code, out, errOut)
+		}
+	}
+	// An interpreter with rpm but no dnf: python3 with dnf's import
+	// blocked, running the helper it is given (-I -c SOURCE COMMAND).
+	wrapper := filepath.Join(t.TempDir(), "python-without-dnf")
+	script := `#!/bin/sh
+exec /usr/bin/python3 "$1" -c 'import sys
+sys.modules["dnf"] = None
+src = sys.argv[1]
+sys.argv = ["-c"] + sys.argv[2:]
+exec(compile(src, "<helper>", "exec"))' "$3" "$4"
+`
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(kosUpgradeBinary(t), "--root", c.root, "apply", "--json")
+	cmd.Env = append(os.Environ(), "KOS_UPGRADE_NO_DAEMON=1", "KOS_UPGRADE_PYTHON="+wrapper)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("apply without dnf: %v\n%s\n%s", err, stdout.String(), stderr.String())
+	}
+	var res struct {
+		Result struct {
+			Success  bool     `json:"success"`
+			Warnings []string `json:"warnings"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("apply --json: %v\n%s", err, stdout.String())
+	}
+	found := false
+	for _, w := range res.Result.Warnings {
+		found = found || strings.Contains(w, "no dnf history was written: dnf cannot be imported")
+	}
+	if !res.Result.Success || !found {
+		t.Errorf("apply without dnf: success %v, warnings %q\n%s", res.Result.Success, res.Result.Warnings, stderr.String())
+	}
+	if h := dnfIn(t, c.root, "history", "list"); strings.Contains(h, "kos-upgrade") {
+		t.Errorf("a dnf history was written:\n%s", h)
+	}
+}

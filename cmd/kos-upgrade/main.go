@@ -475,6 +475,11 @@ kos-upgrade's state directory, removes that link first (so a failure can never
 loop), snapshots the root, upgrades the snapshot from the staged packages only
 and makes it the default root. You normally never run it by hand.
 
+The upgraded root's dnf history records the upgrade as one transaction with
+the command line "kos-upgrade apply" (dnf history info last), reasons carried
+over; where the apply's Python cannot import dnf, the result says that no dnf
+history was written.
+
 Examples:
    kos-upgrade apply --reboot         what kos-upgrade-apply.service runs
    kos-upgrade --root /sysroot apply  what the upgrade initramfs runs`,

@@ -820,6 +820,7 @@ def cmd_test(req):
 
 
 def cmd_apply(req):
+    before = history_rpmdb_version(req["root"])
     fds = {}
     try:
         ts = build_ts(req, fds)
@@ -848,7 +849,162 @@ def cmd_apply(req):
     if missing or left:
         probs = ["not installed: " + n for n in missing] + ["not erased: " + n for n in left]
         raise Failure("transaction", "the transaction did not complete", probs)
+    # dnf history: never a reason to fail an upgrade that is done.
+    note = write_dnf_history(req, before)
+    if note:
+        warnings.append(note)
     emit({"type": "result", "ok": True, "warnings": warnings})
+
+
+# ---------------------------------------------------------------- dnf history
+#
+# After apply, the new root's dnf history (/var/lib/dnf/history.sqlite) gets
+# one transaction, written with dnf's own history API (dnf.db.history, on
+# libdnf's swdb), as `dnf distro-sync` would have written it: every item of
+# the plan with its action, the command line "kos-upgrade apply", reasons
+# carried over (a user-installed package stays user-installed; a new package
+# is a dependency, or takes the reason of what it obsoletes). Where dnf
+# cannot be imported (a root with only python3-rpm), nothing is written and
+# the result says so.
+
+HISTORY_CMDLINE = "kos-upgrade apply"
+
+
+class HistoryPackage(object):
+    """What dnf's history needs of a package: its NEVRA and repository."""
+
+    def __init__(self, nevra, reponame):
+        rest, self.arch = nevra.rsplit(".", 1)
+        self.name, evr, self.release = rest.rsplit("-", 2)
+        epoch, _, self.version = evr.rpartition(":")
+        self.epoch = int(epoch or 0)
+        self.reponame = reponame
+
+
+def history_rpmdb_version(root):
+    """dnf's version of the rpmdb of root (rpm's cookie where rpm has one,
+    else dnf's own sum), or "" where dnf cannot be imported."""
+    try:
+        import dnf  # noqa: F401
+    except ImportError:
+        return ""
+    try:
+        ts = rpm.TransactionSet(root)
+        try:
+            if hasattr(ts, "dbCookie"):
+                ts.openDB()
+                cookie = ts.dbCookie()
+                if cookie:
+                    return cookie
+        finally:
+            ts.closeDB()
+        base = dnf.Base()
+        try:
+            base.conf.installroot = root
+            base.fill_sack(load_system_repo=True, load_available_repos=False)
+            return str(base.sack._rpmdb_version())
+        finally:
+            base.close()
+    except Exception as e:  # the history is a record, not the upgrade
+        sys.stderr.write("kos-upgrade: cannot read the rpmdb version for dnf's history: %s\n" % e)
+        return ""
+
+
+def history_releasever(root):
+    try:
+        import dnf.rpm
+        rv = dnf.rpm.detect_releasever(root)
+        if rv:
+            return rv
+    except Exception:
+        pass
+    try:
+        with open(os.path.join(root, "etc/os-release")) as f:
+            for line in f:
+                k, _, v = line.strip().partition("=")
+                if k == "VERSION_ID":
+                    return v.strip('"')
+    except (IOError, OSError):
+        pass
+    return ""
+
+
+def write_dnf_history(req, before):
+    """Record the applied plan in the root's dnf history. Returns "" when
+    written, else the sentence saying why not."""
+    try:
+        import dnf.db.history
+        import libdnf.transaction
+    except ImportError as e:
+        return "no dnf history was written: dnf cannot be imported by %s (%s)" % (sys.executable, e)
+    root = req["root"]
+    try:
+        persistdir = os.path.join(root, "var/lib/dnf")
+        if not os.path.isdir(persistdir):
+            os.makedirs(persistdir, 0o755)
+        history = dnf.db.history.SwdbInterface(persistdir, history_releasever(root))
+        try:
+            record_history_items(history, req["items"], libdnf.transaction)
+            after = history_rpmdb_version(root)
+            try:
+                history.beg(before or after, [], [], HISTORY_CMDLINE, "kos-upgrade")
+            except TypeError:  # dnf before 4.4: no comment
+                history.beg(before or after, [], [], HISTORY_CMDLINE)
+            for tsi in history.rpm:
+                tsi.state = libdnf.transaction.TransactionItemState_DONE
+            history.end(after)
+        finally:
+            history.close()
+    except Exception as e:
+        return "no dnf history was written: %s: %s" % (type(e).__name__, e)
+    emit({"type": "log", "message": "recorded the upgrade in dnf's history (dnf history info last)"})
+    return ""
+
+
+def record_history_items(history, items, T):
+    """Adds the plan's items to history's transaction, with dnf's actions."""
+    system = "@System"
+    obsoleted_by = {}
+    for it in items:
+        if it["action"] == "obsoleted" and it.get("obsoleted_by"):
+            obsoleted_by.setdefault(it["obsoleted_by"], []).append(HistoryPackage(it["nevra"], system))
+    done = set()
+    for it in items:
+        action = it["action"]
+        if action not in ("install", "upgrade", "downgrade", "reinstall"):
+            continue
+        new = HistoryPackage(it["nevra"], it.get("repo") or "kos-upgrade")
+        replaced = [HistoryPackage(n, system) for n in it.get("replaces") or []]
+        obsoleted = obsoleted_by.get(it["nevra"], []) + obsoleted_by.get(it["name"], [])
+        for o in obsoleted:
+            done.add((o.name, o.arch, o.version, o.release))
+        same = [r for r in replaced if r.name == new.name]
+        others = [r for r in replaced if r.name != new.name]
+        for r in others:
+            if (r.name, r.arch, r.version, r.release) not in done:
+                obsoleted.append(r)
+                done.add((r.name, r.arch, r.version, r.release))
+        if action == "upgrade" and same:
+            history.rpm.add_upgrade(new, same[0], obsoleted)
+        elif action == "downgrade" and same:
+            history.rpm.add_downgrade(new, same[0], obsoleted)
+        elif action == "reinstall" and same:
+            history.rpm.add_reinstall(new, same[0], obsoleted)
+        else:
+            # A package new to the system: it obsoletes others (and takes
+            # the reason of the first), or it came in as a dependency.
+            reason = T.TransactionItemReason_DEPENDENCY
+            if obsoleted:
+                reason = history.rpm.get_reason(obsoleted[0])
+            history.rpm.add_install(new, obsoleted, reason)
+    for it in items:
+        if it["action"] in ("remove", "erase"):
+            old = HistoryPackage(it["nevra"], system)
+            history.rpm.add_remove(old, history.rpm.get_reason(old))
+        elif it["action"] == "obsoleted":
+            old = HistoryPackage(it["nevra"], system)
+            if (old.name, old.arch, old.version, old.release) not in done:
+                history.rpm.add_remove(old, history.rpm.get_reason(old))
 
 
 def cmd_fingerprint(req):
