@@ -189,6 +189,14 @@ export function allowedActions(props, jobRunning) {
     };
 }
 
+// An image path as the daemon accepts it for Prepare's iso option: an
+// absolute, clean path to a file (the daemon checks that it is a regular
+// file).
+export function validImagePath(p) {
+    return p.startsWith("/") && !p.endsWith("/") && !p.includes("\0") &&
+        !p.split("/").some(c => c === "." || c === "..") && !p.includes("//");
+}
+
 // A release version as kos-upgrade accepts it (VERSION_ID): digits and dots.
 export function validRelease(v) {
     return /^[0-9]+(\.[0-9]+)*$/.test(v);

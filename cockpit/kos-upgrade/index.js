@@ -502,7 +502,13 @@ let dialogOpener = null;
 // credentials in the URLs).
 function reposText(p) {
     const r = p.repos || [];
-    return r.length ? "the repositories given to prepare: " + r.join(", ") : "the system's own repositories";
+    const images = p.images || [];
+    const parts = [];
+    if (images.length)
+        parts.push("the image" + (images.length > 1 ? "s " : " ") + images.join(", ") + " (read in place on this server)");
+    if (r.length)
+        parts.push("the repositories given to prepare: " + r.join(", "));
+    return parts.length ? parts.join(" and ") : "the system's own repositories";
 }
 
 // confirm opens the dialog and resolves with the form's values, or null
@@ -626,16 +632,30 @@ $("btn-prepare").addEventListener("click", async () => {
             h("p", {}, "kos-upgrade checks the system, resolves the upgrade with dnf, downloads the packages, verifies their signatures and checksums, and tests the transaction. Nothing on the running system changes: you choose later when to reboot into the upgrade."),
             h("p", {}, "This can take several minutes; the progress shows on this page, and you may leave it meanwhile."),
             replacing ? h("p", {}, h("strong", {}, "The upgrade prepared before is replaced.")) : null,
-            field("prepare-to", "Target release", releaseInput("prepare-to", true), "The release to upgrade to, such as 5.9."),
+            field("prepare-to", "Target release", releaseInput("prepare-to", false), "The release to upgrade to, such as 5.9. May stay empty with an image that names its release."),
+            field("prepare-iso", "From an image on this server",
+                  h("input", {
+                      class: "pf-c-form-control", type: "text", id: "prepare-iso", name: "iso", value: "",
+                      placeholder: "/srv/KOS-5.9-x86_64-dvd.iso", autocomplete: "off", spellcheck: "false",
+                      "aria-describedby": "prepare-iso-helper",
+                  }),
+                  "Optional: the absolute path of an ISO image on this server (the release DVD, or a bundle made by kos-upgrade bundle). It is read in place: nothing is uploaded, and only the packages the upgrade needs are copied out and verified. Empty: the system's own repositories."),
         ],
         confirm: "Prepare",
         onInput: (form, btn) => {
-            btn.disabled = !fmt.validRelease(form.elements.to.value.trim());
+            const to = form.elements.to.value.trim();
+            const iso = form.elements.iso.value.trim();
+            btn.disabled = iso ? !fmt.validImagePath(iso) || (to !== "" && !fmt.validRelease(to)) : !fmt.validRelease(to);
         },
     });
     if (!v)
         return;
-    await run("Prepare", { to: sv("s", v.to.trim()) });
+    const opts = {};
+    if (v.to.trim())
+        opts.to = sv("s", v.to.trim());
+    if (v.iso.trim())
+        opts.iso = sv("as", [v.iso.trim()]);
+    await run("Prepare", opts);
 });
 
 $("btn-reboot").addEventListener("click", async () => {

@@ -33,6 +33,16 @@ func planSummary(p *upgrader.Plan) map[string]dbus.Variant {
 		repos[i] = r.String() // ID=URL, credentials redacted
 	}
 	m["repos"] = dbus.MakeVariant(repos)
+	if len(p.Images) > 0 {
+		images := make([]string, len(p.Images))
+		for i, im := range p.Images {
+			images[i] = im.Path
+			if im.Label != "" {
+				images[i] += " (label " + im.Label + ")"
+			}
+		}
+		m["images"] = dbus.MakeVariant(images)
+	}
 	m["created_usec"] = dbus.MakeVariant(usec(p.CreatedAt))
 	m["download_size"] = dbus.MakeVariant(uint64(max(p.DownloadSize, 0)))
 	m["install_size"] = dbus.MakeVariant(uint64(max(p.InstallSize, 0)))

@@ -203,6 +203,26 @@ async function admin() {
     check((await text("#plan")).includes("No upgrade is prepared"), "no plan after cancel");
     await shot("cancelled");
 
+    // Prepare from an image on this server: a path, no upload; the
+    // release comes from the image.
+    await openDialog("#btn-prepare", "Prepare");
+    await el("#prepare-to").fill("");
+    await el("#prepare-iso").fill("KOS.iso");
+    check(await el("#dialog-confirm").isDisabled(), "Prepare is disabled with a relative image path");
+    await el("#prepare-iso").fill(env("KOS_ISO"));
+    check(!(await el("#dialog-confirm").isDisabled()), "Prepare is enabled with an image and no target");
+    await shot("prepare-iso-dialog");
+    await el("#dialog-confirm").click();
+    await waitState("Prepared", 120000);
+    await el("#plan-counts").waitFor();
+    const planText = await text("#plan");
+    check(planText.includes(env("KOS_ISO")) && planText.includes("KOS-5.9-x86_64"), "the plan names the image and its label");
+    check((await text("#target-release")).trim() === "5.9", "target release 5.9, from the image");
+    await el("#plan-card").scrollIntoViewIfNeeded();
+    await shot("prepared-from-iso", { keepScroll: true });
+    await cli("cancel");
+    await waitState("Up to date");
+
     // The page follows the CLI: prepare and cancel through the daemon.
     log("CLI: prepare --to 5.9");
     const prep = cli("prepare", "--to", "5.9");

@@ -10,11 +10,13 @@
 package cockpit_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
@@ -40,7 +42,13 @@ func TestCockpitPlugin(t *testing.T) {
 	}
 	t.Logf("screenshots: %s", shots)
 
-	root, _ := newSystem(t)
+	root, set := newSystem(t)
+	testenv.RequireTools(t, fixture.ISOTools...)
+	image := filepath.Join(testenv.WorldDir(t, "kos-upgrade-cockpit-iso-"), "KOS-5.9-x86_64.iso")
+	if err := fixture.MakeISO(context.Background(), image, fixture.ISOOptions{Label: "KOS-5.9-x86_64", Release: "5.9",
+		Dirs: map[string]string{"BaseOS": set.Repos[fixture.Repo59]}}); err != nil {
+		t.Fatal(err)
+	}
 	b := startBus(t)
 	bin := binary(t)
 	daemonLog := startDaemon(t, b, bin, root)
@@ -51,6 +59,7 @@ func TestCockpitPlugin(t *testing.T) {
 		"KOS_SHOTS=" + shots,
 		"KOS_BIN=" + bin,
 		"KOS_ROOT=" + root,
+		"KOS_ISO=" + image,
 		"KOS_CHROMIUM=" + chromium,
 		"DBUS_SYSTEM_BUS_ADDRESS=" + b.Addr,
 	}

@@ -78,4 +78,6 @@ test("state and step words", () => {
     assert.equal(fmt.stepText("new-step"), "New step");
     assert.equal(fmt.stepText(""), "");
     assert.ok(fmt.validRelease("5.9") && fmt.validRelease("10") && !fmt.validRelease("5.9; rm") && !fmt.validRelease(""));
+    assert.ok(fmt.validImagePath("/srv/KOS-5.9 dvd.iso") && !fmt.validImagePath("KOS.iso") && !fmt.validImagePath("/srv/../x.iso") &&
+              !fmt.validImagePath("/srv/") && !fmt.validImagePath("") && !fmt.validImagePath("/srv//x.iso"));
 });
