@@ -35,18 +35,21 @@ const (
 //
 //   - dir-s: prepare from the fixture 5.9 and bench v2 repositories on disk
 //     (file://);
+//
 //   - iso-s: prepare from a 2 GiB image holding the same two repositories
 //     (and a filler, images/install.img, as a release DVD has), read in
 //     place; iso/dir is the ratio (target <= 1.2);
+//
 //   - iso-read-MiB: bytes this process read while preparing from the image
 //     (/proc/self/io rchar: the image server is in-process; the helpers are
 //     children and read nothing of the image), against image-MiB and
 //     needed-MiB (the packages the plan stages);
+//
 //   - bundle: two hosts whose bench packages overlap by half
 //     (1..200 and 101..300): bundle-MiB against hosts-MiB, the sum of their
 //     own downloads.
 //
-//	go test -run '^$' -bench BenchmarkPrepareISO -benchtime 1x ./upgrader
+//     go test -run '^$' -bench BenchmarkPrepareISO -benchtime 1x ./upgrader
 func BenchmarkPrepareISO(b *testing.B) {
 	if testing.Short() {
 		b.Skip("skipping real-component benchmark in -short mode")
