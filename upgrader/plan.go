@@ -247,5 +247,5 @@ func savePlan(path string, p *Plan) error {
 	if err != nil {
 		return fmt.Errorf("cannot encode plan: %w", err)
 	}
-	return atomicfile.WriteFile(path, append(b, '\n'), 0o644)
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o600)
 }

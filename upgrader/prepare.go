@@ -161,7 +161,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	cacheDir := filepath.Join(st.dir, "cache")
 	defer imgs.dropCache(cacheDir)
 	for _, d := range []string{stageDir, cacheDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := ensurePrivateDir(d); err != nil {
 			return nil, fmt.Errorf("cannot create %s: %w", d, err)
 		}
 	}

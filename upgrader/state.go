@@ -203,7 +203,7 @@ func parseState(b []byte, path string) (*State, error) {
 }
 
 func (s store) save(st *State, now time.Time) error {
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := ensurePrivateDir(s.dir); err != nil {
 		return fmt.Errorf("cannot create state directory: %w", err)
 	}
 	st.Version = StateVersion
@@ -212,14 +212,14 @@ func (s store) save(st *State, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("cannot encode state: %w", err)
 	}
-	if err := atomicfile.WriteFile(s.statePath(), append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.statePath(), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("cannot save state: %w", err)
 	}
 	return nil
 }
 
 func (s store) record(r *Result) error {
-	if err := os.MkdirAll(s.historyDir(), 0o755); err != nil {
+	if err := ensurePrivateDir(s.historyDir()); err != nil {
 		return fmt.Errorf("cannot create history directory: %w", err)
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
@@ -227,7 +227,7 @@ func (s store) record(r *Result) error {
 		return fmt.Errorf("cannot encode history record: %w", err)
 	}
 	path := filepath.Join(s.historyDir(), r.RunID+".json")
-	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("cannot save history record: %w", err)
 	}
 	return nil

@@ -9,13 +9,12 @@ package upgrader
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
 
@@ -32,39 +31,10 @@ const (
 	maxHistorySize = 1 << 20
 )
 
-// readDoc reads the regular file at path, at most max bytes: a symbolic
-// link, a FIFO, a device or a directory is refused (without blocking on
-// it), and so is a larger file. A missing file is an error satisfying
-// os.IsNotExist.
-func readDoc(path string, max int64) ([]byte, error) {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi2, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi2.Mode().IsRegular() || !os.SameFile(fi, fi2) {
-		return nil, fmt.Errorf("%s changed while it was opened", path)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
-	}
-	return b, nil
-}
+// readDoc reads the regular file at path, at most max bytes
+// (safefile.Read: no link, no FIFO, no larger file). A missing file is an
+// error satisfying os.IsNotExist.
+func readDoc(path string, max int64) ([]byte, error) { return safefile.Read(path, max) }
 
 // idRE is a plan id, a run id or another name kos-upgrade makes up and
 // uses as a file name: no "/", not "." or "..".
@@ -188,6 +158,27 @@ func (r *Result) validate() error {
 		return fmt.Errorf("snapshot %q is not a clean relative name", r.Snapshot)
 	case r.Previous != "" && !validSnapshotName(r.Previous):
 		return fmt.Errorf("previous %q is not a clean relative name", r.Previous)
+	}
+	return nil
+}
+
+// ensurePrivateDir makes dir (and its parents) if needed and leaves it a
+// directory only root can read, 0700: the state directory and what kos-upgrade
+// makes in it (a directory an older version made 0755 is tightened). A
+// symbolic link or another file at dir is refused.
+func ensurePrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory (%s)", dir, fi.Mode().Type())
+	}
+	if fi.Mode().Perm() != 0o700 {
+		return os.Chmod(dir, 0o700)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,7 +55,7 @@ func exitCode(err error) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(os.Stderr, "kos-upgrade: "+errorMessage(err, os.Geteuid()))
+	fmt.Fprintln(os.Stderr, "kos-upgrade: "+pkgmgr.RedactText(errorMessage(err, os.Geteuid())))
 	var ue usageError
 	var ce cli.ExitCoder
 	if errors.As(err, &ue) {
@@ -253,10 +254,17 @@ func newEnv(c *cli.Context) (*env, error) {
 	return e, nil
 }
 
+// printJSON prints v as indented JSON, credentials of URLs redacted
+// (pkgmgr.RedactText): the output ends up in logs and tickets.
 func (e *env) printJSON(v any) error {
-	enc := json.NewEncoder(e.out)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := io.WriteString(e.out, pkgmgr.RedactText(b.String()))
+	return err
 }
 
 func action(fn func(c *cli.Context, e *env) error) cli.ActionFunc {

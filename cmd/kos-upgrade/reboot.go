@@ -135,7 +135,7 @@ func setKexecMarker(root sysroot.Root, on bool) error {
 		}
 		return nil
 	}
-	return atomicfile.WriteFile(p, []byte("kexec\n"), 0o644)
+	return atomicfile.WriteFile(p, []byte("kexec\n"), 0o600)
 }
 
 // rebootAfterApply is apply --reboot's last step: the reboot out of the

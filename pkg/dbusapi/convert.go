@@ -66,7 +66,7 @@ func resultDict(r *upgrader.Result) map[string]dbus.Variant {
 	m["kind"] = dbus.MakeVariant(r.Kind)
 	m["success"] = dbus.MakeVariant(r.Success)
 	m["status"] = dbus.MakeVariant(string(r.Status))
-	m["error"] = dbus.MakeVariant(r.Error)
+	m["error"] = dbus.MakeVariant(pkgmgr.RedactText(r.Error))
 	m["step"] = dbus.MakeVariant(r.Step)
 	m["from"] = dbus.MakeVariant(r.From)
 	m["to"] = dbus.MakeVariant(r.To)

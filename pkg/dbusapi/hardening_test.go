@@ -1,6 +1,8 @@
 package dbusapi_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -85,4 +87,82 @@ func TestPrepareRightsSplit(t *testing.T) {
 	if sc := plan["signature_check"].Value(); sc != "enforced" {
 		t.Errorf("Plan signature_check %v", sc)
 	}
+}
+
+// TestNoCredentialsForEveryone: a repository URL with user:token@ in the
+// plan, in the last result's error and in the plan's findings reaches no
+// unprivileged reader of GetReport, GetHistory or the properties; the
+// state directory is root's alone (0700, files 0600).
+func TestNoCredentialsForEveryone(t *testing.T) {
+	s := newSystem(t)
+	b := startBus(t)
+	nobody := testUserCred(t)
+	const secret = "s3cr3t-t0ken"
+	dir := filepath.Join(s.Root, "var/lib/kos-upgrade")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	plan := `{"version": 1, "id": "20260101T000000Z-5.9", "created_at": "2026-01-01T00:00:00Z", "source": {"id": "kos", "version_id": "5.8"},
+"target": {"id": "kos", "version_id": "5.9"}, "repos": [{"id": "corp", "baseurl": "https://deploy:` + secret + `@mirror.example/kos/5.9"}],
+"snapshot": "btrfs", "rpmdb_fingerprint": "sha256:x", "signature_check": "enforced", "stage_dir": "packages",
+"transaction": [{"action": "remove", "nevra": "a-0:1-1.noarch", "name": "a", "reason": "from https://deploy:` + secret + `@mirror.example"}]}`
+	state := `{"version": 1, "status": "prepared", "plan_id": "20260101T000000Z-5.9", "target": "5.9",
+"last_result": {"run_id": "20251201T000000.000Z-5.8", "kind": "apply", "status": "failed", "error": "cannot download https://deploy:` + secret + `@mirror.example/x.rpm", "started_at": "2025-12-01T00:00:00Z"}}`
+	os.WriteFile(filepath.Join(dir, "plan.json"), []byte(plan), 0o600)
+	os.WriteFile(filepath.Join(dir, "state.json"), []byte(state), 0o600)
+	os.MkdirAll(filepath.Join(dir, "history"), 0o700)
+	os.WriteFile(filepath.Join(dir, "history", "20251201T000000.000Z-5.8.json"), []byte(`{"run_id": "20251201T000000.000Z-5.8", "kind": "apply", "status": "failed", "error": "cannot download https://deploy:`+secret+`@mirror.example/x.rpm", "started_at": "2025-12-01T00:00:00Z"}`), 0o600)
+	startDaemon(t, b, s, dbusapi.Options{})
+
+	var seen []string
+	for _, m := range []string{"GetReport", "GetHistory"} {
+		out, err := b.gdbusCall(t, nobody, m, "{}")
+		if err != nil {
+			t.Fatalf("%s as %s: %v: %s", m, testUser, err, out)
+		}
+		seen = append(seen, out)
+	}
+	for _, p := range []string{"Plan", "LastResult"} {
+		out, errOut, err := b.busctl(t, nobody, "get-property", dbusapi.BusName, objPath, dbusapi.Interface, p)
+		if err != nil {
+			t.Fatalf("get-property %s: %v %s", p, err, errOut)
+		}
+		seen = append(seen, out)
+	}
+	all := strings.Join(seen, "\n")
+	if strings.Contains(all, secret) {
+		t.Errorf("an unprivileged caller read the token:\n%s", all)
+	}
+	if !strings.Contains(all, "https://***@mirror.example") {
+		t.Errorf("the redacted URL is not shown:\n%s", all)
+	}
+
+	// A prepare (the daemon's, as root) leaves root-only files.
+	if _, errOut, err := b.busctl(t, nil, "call", dbusapi.BusName, objPath, dbusapi.Interface, "Cancel", "a{sv}", "0"); err != nil {
+		t.Fatalf("Cancel: %v %s", err, errOut)
+	}
+	os.Chmod(dir, 0o755) // as an older kos-upgrade left it
+	conn := b.connect(t)
+	sigs := watchSignals(t, conn)
+	b.mustBusctl(t, "call", dbusapi.BusName, objPath, dbusapi.Interface, "Prepare", "a{sv}", "1", "to", "s", "5.9")
+	if ok, msg := sigs.waitFinished(t, 0, 5*time.Minute); !ok {
+		t.Fatalf("Prepare failed: %s", msg)
+	}
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case p == dir || rel == "packages" || rel == "history" || rel == "cache":
+			if fi.Mode().Perm() != 0o700 {
+				t.Errorf("%s is %04o, want 0700", p, fi.Mode().Perm())
+			}
+		case rel == "state.json" || rel == "plan.json" || strings.HasPrefix(rel, "history/"):
+			if fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s is %04o, want 0600", p, fi.Mode().Perm())
+			}
+		}
+		return nil
+	})
 }

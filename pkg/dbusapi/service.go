@@ -340,7 +340,8 @@ func (s *Service) onEvent(e progress.Event) {
 		s.props.update(map[string]any{"Step": e.Step, "Progress": pct})
 	}
 	if changed || e.Message != "" {
-		if err := s.conn.Emit(ObjectPath, Interface+".Progress", e.Step, pct, e.Message); err != nil {
+		// Signals reach every connection on the bus: no credentials.
+		if err := s.conn.Emit(ObjectPath, Interface+".Progress", e.Step, pct, pkgmgr.RedactText(e.Message)); err != nil {
 			s.log.Debug("cannot emit Progress", "err", err)
 		}
 	}
@@ -385,7 +386,7 @@ func (s *Service) end(j *job, err error, okMsg string) {
 	} else {
 		s.log.Info("job finished", "job", j.name)
 	}
-	if eerr := s.conn.Emit(ObjectPath, Interface+".Finished", err == nil, msg); eerr != nil {
+	if eerr := s.conn.Emit(ObjectPath, Interface+".Finished", err == nil, pkgmgr.RedactText(msg)); eerr != nil {
 		s.log.Debug("cannot emit Finished", "err", eerr)
 	}
 	progress.SdNotify("STATUS=" + s.statusLine())
@@ -399,7 +400,7 @@ func engineError(err error) *dbus.Error {
 	if err == nil {
 		return nil
 	}
-	return dbus.NewError(ErrorName(upgrader.Classify(err)), []any{err.Error()})
+	return dbus.NewError(ErrorName(upgrader.Classify(err)), []any{pkgmgr.RedactText(err.Error())})
 }
 
 // ErrorName is the D-Bus error name of an engine error class. An inhibited
@@ -526,7 +527,7 @@ func (o object) Check(msg dbus.Message, options map[string]dbus.Variant) (bool, 
 	if err != nil {
 		return false, "", engineError(err)
 	}
-	return inhibited, string(report), nil
+	return inhibited, pkgmgr.RedactText(string(report)), nil
 }
 
 // Prepare starts a prepare job and returns at once.
@@ -744,7 +745,7 @@ func (o object) GetReport(options map[string]dbus.Variant) (string, *dbus.Error)
 		if o.s.lastCheck == "" {
 			return "{}", nil
 		}
-		return o.s.lastCheck, nil
+		return pkgmgr.RedactText(o.s.lastCheck), nil
 	default:
 		return "", invalidArgs("GetReport: what %q: choose status or check", what)
 	}
@@ -762,7 +763,9 @@ func (o object) GetReport(options map[string]dbus.Variant) (string, *dbus.Error)
 	if err != nil {
 		return "", engineError(err)
 	}
-	return string(b), nil
+	// Everyone may read this: the whole status, but no credentials of a
+	// repository URL anywhere in it (plan, findings, errors).
+	return pkgmgr.RedactText(string(b)), nil
 }
 
 // GetHistory returns the recorded runs.

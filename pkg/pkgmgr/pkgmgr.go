@@ -7,6 +7,7 @@ package pkgmgr
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
@@ -171,23 +172,22 @@ type Manager interface {
 	Fingerprint(ctx context.Context, root string) (string, error)
 }
 
+// credentialsRE matches the user information of a URL in any text:
+// "scheme://user:token@".
+var credentialsRE = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s"'<>]*@`)
+
 // RedactURL returns u without credentials, for anything shown to a person
 // or an unprivileged caller: "https://user:token@host/x" becomes
-// "https://***@host/x". A string that is no URL is returned unchanged
-// unless it has an "@" before its first "/" after "://".
-func RedactURL(u string) string {
-	scheme, rest, ok := strings.Cut(u, "://")
-	if !ok {
-		return u
+// "https://***@host/x".
+func RedactURL(u string) string { return RedactText(u) }
+
+// RedactText replaces the credentials of every URL in s by "***" (a
+// message, a JSON document).
+func RedactText(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
 	}
-	host, path, _ := strings.Cut(rest, "/")
-	if i := strings.LastIndex(host, "@"); i >= 0 {
-		host = "***" + host[i:]
-	}
-	if path != "" || strings.Contains(rest, "/") {
-		return scheme + "://" + host + "/" + path
-	}
-	return scheme + "://" + host
+	return credentialsRE.ReplaceAllString(s, "${1}***@")
 }
 
 // String is the repository as ID=URL, credentials redacted (RedactURL).

@@ -11,10 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -88,7 +88,7 @@ func (d *DNF) verifyOne(ctx context.Context, keyring, stageDir string, it Item) 
 		return "the plan names no valid staged file", nil
 	}
 	path := filepath.Join(stageDir, it.File)
-	f, err := openRegular(path)
+	f, err := safefile.Open(path)
 	if err != nil {
 		return err.Error(), nil
 	}
@@ -116,21 +116,6 @@ func (d *DNF) verifyOne(ctx context.Context, keyring, stageDir string, it Item) 
 		return signatureReason(fdPath, text), nil
 	}
 	return "", nil
-}
-
-// openRegular opens path for reading if it is a regular file, without
-// following a symbolic link and without blocking on a FIFO.
-func openRegular(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("cannot open %s: %w", path, err)
-	}
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("cannot open %s: not a regular file", path)
-	}
-	return f, nil
 }
 
 func signatureReason(path, out string) string {
@@ -241,7 +226,7 @@ func CheckStaged(stageDir string, items []Item) error {
 }
 
 func fileSHA256(path string) (string, int64, error) {
-	f, err := openRegular(path)
+	f, err := safefile.Open(path)
 	if err != nil {
 		return "", 0, err
 	}

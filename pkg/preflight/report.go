@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 )
 
 // ReportVersion is the report format this build writes.
@@ -235,16 +236,19 @@ func (r *Report) finish() {
 	r.Inhibited = r.Counts.Inhibitors > 0
 }
 
+// maxReportSize caps the report read back.
+const maxReportSize = 64 << 20
+
 // Save writes the report atomically as report.json into dir.
 func (r *Report) Save(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("cannot save the report: %w", err)
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("cannot encode the report: %w", err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, ReportFile), append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, ReportFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("cannot save the report: %w", err)
 	}
 	return nil
@@ -252,7 +256,7 @@ func (r *Report) Save(dir string) error {
 
 // Load reads the report saved in dir.
 func Load(dir string) (*Report, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ReportFile))
+	b, err := safefile.Read(filepath.Join(dir, ReportFile), maxReportSize)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the last report: %w", err)
 	}

@@ -304,7 +304,7 @@ func TestRPM(t *testing.T) {
 	if _, err := os.Stat(link); err != nil {
 		t.Errorf("installed .wants link does not resolve: %v", err)
 	}
-	if fi, err := os.Stat(filepath.Join(sys, "var/lib/kos-upgrade")); err != nil || fi.Mode().Perm() != 0o755 || !fi.IsDir() {
+	if fi, err := os.Stat(filepath.Join(sys, "var/lib/kos-upgrade")); err != nil || fi.Mode().Perm() != 0o700 || !fi.IsDir() {
 		t.Errorf("/var/lib/kos-upgrade: %v %v", fi, err)
 	}
 	if fi, err := os.Stat(filepath.Join(sys, "etc/grub.d/09_kos_upgrade_trial")); err != nil || fi.Mode().Perm() != 0o755 {
