@@ -14,8 +14,10 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -724,5 +726,118 @@ exec(compile(src, "<helper>", "exec"))' "$3" "$4"
 	}
 	if h := dnfIn(t, c.root, "history", "list"); strings.Contains(h, "kos-upgrade") {
 		t.Errorf("a dnf history was written:\n%s", h)
+	}
+}
+
+// journalRemote is where Debian's systemd-journal-remote lives.
+const journalRemote = "/lib/systemd/systemd-journal-remote"
+
+// writeJournal writes entries (journal export format, one map each) into a
+// real journal file at file with systemd-journal-remote.
+func writeJournal(t *testing.T, file string, entries []map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	for _, en := range entries {
+		keys := make([]string, 0, len(en))
+		for k := range en {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			b.WriteString(k + "=" + en[k] + "\n")
+		}
+		b.WriteString("\n")
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(journalRemote, "-o", file, "-")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", journalRemote, err, out)
+	}
+}
+
+// log finds a run's boot in the root's journal by the run's MESSAGE_ID
+// fields and shows that boot, with the run's history record.
+func TestLogShowsTheRunsJournal(t *testing.T) {
+	c := newCLIRoot(t)
+	testenv.RequireTools(t, "journalctl", journalRemote)
+	for _, args := range [][]string{{"prepare", "--to", "5.9", "--snapshot", "none"}, {"reboot", "--no-reboot"}, {"apply"}} {
+		if out, errOut, code := c.run(args...); code != 0 {
+			t.Fatalf("%s: exit %d\n%s\n%s", args, code, out, errOut)
+		}
+	}
+	out, _, _ := c.run("history", "--json")
+	var runs []struct {
+		RunID     string    `json:"run_id"`
+		StartedAt time.Time `json:"started_at"`
+	}
+	if err := json.Unmarshal([]byte(out), &runs); err != nil || len(runs) != 1 || runs[0].RunID == "" {
+		t.Fatalf("history: %v\n%s", err, out)
+	}
+	run := runs[0]
+	// The journal of three boots: the one before, the offline boot the
+	// apply ran in (what pkg/progress sends, with the run's fields), the
+	// first boot of the upgraded system.
+	const before, offline, after = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a", "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c"
+	at := run.StartedAt
+	n := 0
+	entry := func(boot string, d time.Duration, fields ...string) map[string]string {
+		n++
+		en := map[string]string{
+			"__REALTIME_TIMESTAMP": strconv.FormatInt(at.Add(d).UnixMicro(), 10), "__MONOTONIC_TIMESTAMP": strconv.Itoa(n * 1000),
+			"_BOOT_ID": boot, "_MACHINE_ID": fixture.MachineID, "PRIORITY": "6",
+		}
+		for i := 0; i+1 < len(fields); i += 2 {
+			en[fields[i]] = fields[i+1]
+		}
+		return en
+	}
+	writeJournal(t, filepath.Join(c.root, "var/log/journal", fixture.MachineID, "system.journal"), []map[string]string{
+		entry(before, -time.Hour, "SYSLOG_IDENTIFIER", "sshd", "MESSAGE", "the boot before"),
+		entry(offline, -time.Second, "SYSLOG_IDENTIFIER", "systemd", "MESSAGE", "Starting system-update.target"),
+		entry(offline, 0, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE_ID", "9660ba8c44554c62b2f31c59c5b5b257",
+			"KOS_UPGRADE_OP", "apply", "MESSAGE", "kos-upgrade apply started"),
+		entry(offline, time.Second, "SYSLOG_IDENTIFIER", "kos-upgrade", "_SYSTEMD_UNIT", "kos-upgrade-apply.service",
+			"MESSAGE", "transaction: [3/9] upgrade app-0:2.0-1.noarch"),
+		entry(offline, 2*time.Second, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE_ID", "8847a9f7023146d69bf6d09d34bd0949",
+			"KOS_UPGRADE_OP", "apply", "KOS_UPGRADE_RUN_ID", run.RunID, "KOS_UPGRADE_FROM", "5.8", "KOS_UPGRADE_TO", "5.9",
+			"MESSAGE", "kos-upgrade apply finished: 5.8 → 5.9"),
+		entry(after, time.Hour, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE", "the first boot of 5.9"),
+	})
+
+	out, errOut, code := c.run("log")
+	if code != 0 || !strings.Contains(out, "  1  ") || !strings.Contains(out, "boot "+offline) {
+		t.Errorf("log: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, which := range []string{"last", "1", run.RunID} {
+		out, errOut, code = c.run("log", which)
+		if code != 0 || !strings.Contains(out, "run ID: "+run.RunID) || !strings.Contains(out, "Journal of boot "+offline) ||
+			!strings.Contains(out, "transaction: [3/9] upgrade app-0:2.0-1.noarch") || !strings.Contains(out, "Starting system-update.target") ||
+			strings.Contains(out, "the boot before") || strings.Contains(out, "first boot of 5.9") {
+			t.Errorf("log %s: exit %d\n%s\n%s", which, code, out, errOut)
+		}
+	}
+	out, errOut, code = c.run("log", "last", "--json")
+	var l struct {
+		Number int `json:"number"`
+		Run    struct {
+			RunID string `json:"run_id"`
+		} `json:"run"`
+		BootID  string `json:"boot_id"`
+		Entries []struct {
+			Message   string `json:"message"`
+			MessageID string `json:"message_id"`
+		} `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(out), &l); err != nil || code != 0 {
+		t.Fatalf("log --json: exit %d %v\n%s\n%s", code, err, out, errOut)
+	}
+	if l.Number != 1 || l.Run.RunID != run.RunID || l.BootID != offline || len(l.Entries) != 4 || l.Entries[3].MessageID != "8847a9f7023146d69bf6d09d34bd0949" {
+		t.Errorf("log --json: %+v", l)
+	}
+	if _, errOut, code := c.run("log", "7"); code != exitUsage || !strings.Contains(errOut, "no run 7") {
+		t.Errorf("log 7: exit %d %s", code, errOut)
 	}
 }

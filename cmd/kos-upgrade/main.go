@@ -119,7 +119,7 @@ command. Documentation: kos-upgrade(8) and /usr/share/doc/kos-upgrade/.`,
 			return usageError{fmt.Errorf("%w (see %s --help)", err, name)}
 		},
 		Commands: []*cli.Command{
-			checkCmd(), prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), cleanCmd(),
+			checkCmd(), prepareCmd(), rebootCmd(), applyCmd(), statusCmd(), cancelCmd(), rollbackCmd(), historyCmd(), logCmd(), cleanCmd(),
 			daemonCmd(), healthCmd(), helpCmd(), generateCmd(), bundleCmd(),
 		},
 	}
@@ -654,9 +654,10 @@ func historyCmd() *cli.Command {
 		Usage: "list past upgrade and rollback runs with their results",
 		Description: `history lists every apply, rollback and first-boot fallback recorded in
 /var/lib/kos-upgrade (oldest first): when it started, from and to which
-release, how it ended (and at which step it failed) and the snapshot. The
-history lives in the state directory, which both roots share after an
-upgrade, so it is the same from the old and the new root.
+release, how it ended (and at which step it failed) and the snapshot. Apply
+and rollback record each run in the state directories of both roots, so the
+history is the same from the old and the new root. kos-upgrade log shows a
+run's journal.
 
 Examples:
    kos-upgrade history

@@ -25,8 +25,8 @@ _kos_upgrade() {
     esac
     local words
     case $cmd in
-    "") words="check prepare reboot apply status cancel rollback history clean daemon health bundle help --root --json --verbose -v --help --version" ;;
-    help) words="check prepare reboot apply status cancel rollback history clean daemon health bundle help" ;;
+    "") words="check prepare reboot apply status cancel rollback history log clean daemon health bundle help --root --json --verbose -v --help --version" ;;
+    help) words="check prepare reboot apply status cancel rollback history log clean daemon health bundle help" ;;
     check) words="--to --repo --iso --snapshot --no-gpg-check --answer --allow-downgrade --root --json --verbose -v --help" ;;
     prepare) words="--to --repo --export-needs --iso --snapshot --mode --no-gpg-check --answer --allow-downgrade --migration-map --gpgkey --root --json --verbose -v --help" ;;
     reboot) words="--no-reboot --kexec --root --json --verbose -v --help" ;;
@@ -35,6 +35,7 @@ _kos_upgrade() {
     cancel) words="--root --json --verbose -v --help" ;;
     rollback) words="--no-reboot --root --json --verbose -v --help" ;;
     history) words="--root --json --verbose -v --help" ;;
+    log) words="--root --json --verbose -v --help" ;;
     clean) words="--root --json --verbose -v --help" ;;
     daemon) words="--idle-timeout --root --json --verbose -v --help" ;;
     health) words="--cmdline --reboot --no-unit-check --root --json --verbose -v --help" ;;
