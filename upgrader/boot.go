@@ -161,8 +161,10 @@ func (e *Engine) restoreBoot(ctx context.Context, st store, bs *BootState) error
 	}
 	for _, b := range bs.Backups {
 		src := filepath.Join(st.dir, b.Path)
-		if _, err := boot.ReadBackupManifest(src); err != nil {
+		if _, err := boot.ReadBackupManifest(src); errors.Is(err, boot.ErrNoBackup) {
 			continue
+		} else if err != nil {
+			return fmt.Errorf("cannot restore %s: %w", b.Dir, err)
 		}
 		if err := boot.Restore(ctx, e.Root.Path(b.Dir), src); err != nil {
 			return fmt.Errorf("cannot restore %s from %s: %w", b.Dir, src, err)

@@ -178,15 +178,22 @@ func TestTamperedStateRefused(t *testing.T) {
 		name   string
 		state  string // state.json ("" none; "fifo", "symlink" special)
 		plan   string
-		armed  bool     // /system-update points at the state directory
-		args   []string // the command
-		want   string   // in the output; "" = succeeds
-		noFile string   // a path (relative to parent) that must not exist afterwards
+		armed  bool              // /system-update points at the state directory
+		args   []string          // the command
+		want   string            // in the output; "" = succeeds
+		noFile string            // a path (relative to parent) that must not exist afterwards
+		files  map[string]string // more files in the state directory
 	}{
 		{name: "backup path escapes (cancel)", args: []string{"cancel"}, want: "damaged",
 			state: `{` + applying + `, "boot": {"loader": "grub2-bls", "backups": [{"dir": "/boot", "path": "boot-backup/../../../../../victim/x"}]}}`},
 		{name: "backup dir escapes (cancel)", args: []string{"cancel"}, want: "damaged",
 			state: `{` + applying + `, "boot": {"loader": "grub2-bls", "backups": [{"dir": "/../../victim/boot", "path": "boot-backup/20260101T000000.000Z-5.9/boot"}]}}`},
+		{name: "backup manifest escapes (cancel)", args: []string{"cancel"}, want: "damaged /boot backup",
+			state: `{` + applying + `, "boot": {"loader": "grub2-bls", "backups": [{"dir": "/boot", "path": "boot-backup/20260101T000000.000Z-5.9/boot"}]}}`,
+			files: map[string]string{
+				"boot-backup/20260101T000000.000Z-5.9/boot/manifest.json":                    `{"version": 1, "boot_dir": "/boot", "files": [{"path": "../../victim/x/precious", "size": 6, "sha256": "x"}]}`,
+				"boot-backup/20260101T000000.000Z-5.9/boot/files/../../victim/x/precious": "forged",
+			}},
 		{name: "short backup path (clean)", args: []string{"clean"}, want: "damaged",
 			state: `{"version": 1, "status": "succeeded", "boot": {"loader": "grub2-bls", "backups": [{"path": "x"}]}}`},
 		{name: "initramfs image outside /boot (cancel)", args: []string{"cancel"}, want: "damaged",
@@ -231,6 +238,14 @@ func TestTamperedStateRefused(t *testing.T) {
 				syscall.Mkfifo(filepath.Join(r.state, "plan.json"), 0o600)
 			default:
 				os.WriteFile(filepath.Join(r.state, "plan.json"), []byte(tc.plan), 0o600)
+			}
+			for rel, content := range tc.files {
+				p := filepath.Join(r.state, rel)
+				if !strings.HasPrefix(filepath.Clean(p), r.state) {
+					continue // the forged file the manifest points at stays out of the tree
+				}
+				os.MkdirAll(filepath.Dir(p), 0o700)
+				os.WriteFile(p, []byte(content), 0o600)
 			}
 			if tc.armed {
 				os.Symlink("/var/lib/kos-upgrade", filepath.Join(r.root, "system-update"))

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 )
 
 // Backup layout: <dest>/files/<path relative to bootDir> and
@@ -145,16 +146,31 @@ func Backup(ctx context.Context, bootDir, dest string) error {
 	return atomicfile.WriteFile(filepath.Join(dest, backupManifest), append(data, '\n'), 0o600)
 }
 
+// maxManifestSize caps a backup manifest read back.
+const maxManifestSize = 16 << 20
+
+// ErrBadBackup says a backup's manifest names a file outside the boot
+// directory: the backup is refused, not restored.
+var ErrBadBackup = errors.New("damaged /boot backup")
+
 // ReadBackupManifest returns the manifest of a complete backup in dir, or
-// an error wrapping ErrNoBackup.
+// an error wrapping ErrNoBackup (none, or incomplete) or ErrBadBackup (a
+// path that leaves the boot directory).
 func ReadBackupManifest(dir string) (*BackupManifest, error) {
-	data, err := os.ReadFile(filepath.Join(dir, backupManifest))
+	data, err := safefile.Read(filepath.Join(dir, backupManifest), maxManifestSize)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w (%v)", dir, ErrNoBackup, err)
 	}
 	var m BackupManifest
 	if err := json.Unmarshal(data, &m); err != nil || m.Version != 1 {
 		return nil, fmt.Errorf("%s: unreadable manifest: %w", dir, ErrNoBackup)
+	}
+	// Restore writes each file back below the boot directory: a path
+	// that leaves it is a damaged (or forged) manifest, never followed.
+	for _, f := range m.Files {
+		if f.Path == "" || !filepath.IsLocal(f.Path) || filepath.Clean(f.Path) != f.Path {
+			return nil, fmt.Errorf("%s: %w: the manifest names %q, which is not a clean path below the boot directory", dir, ErrBadBackup, f.Path)
+		}
 	}
 	return &m, nil
 }
