@@ -191,7 +191,7 @@ func TestTamperedStateRefused(t *testing.T) {
 		{name: "backup manifest escapes (cancel)", args: []string{"cancel"}, want: "damaged /boot backup",
 			state: `{` + applying + `, "boot": {"loader": "grub2-bls", "backups": [{"dir": "/boot", "path": "boot-backup/20260101T000000.000Z-5.9/boot"}]}}`,
 			files: map[string]string{
-				"boot-backup/20260101T000000.000Z-5.9/boot/manifest.json":                    `{"version": 1, "boot_dir": "/boot", "files": [{"path": "../../victim/x/precious", "size": 6, "sha256": "x"}]}`,
+				"boot-backup/20260101T000000.000Z-5.9/boot/manifest.json":                 `{"version": 1, "boot_dir": "/boot", "files": [{"path": "../../victim/x/precious", "size": 6, "sha256": "x"}]}`,
 				"boot-backup/20260101T000000.000Z-5.9/boot/files/../../victim/x/precious": "forged",
 			}},
 		{name: "short backup path (clean)", args: []string{"clean"}, want: "damaged",
