@@ -8,6 +8,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -370,5 +373,111 @@ func TestHealthScriptsMustBeRootOnly(t *testing.T) {
 				t.Errorf("the unsafe script ran")
 			}
 		})
+	}
+}
+
+// TestDamagedStateProperty: for random damaged state documents (a valid
+// one with fields replaced by hostile values: escaping paths, absolute
+// paths, ids with slashes, unknown statuses and versions, wrong types),
+// every command either refuses with an error message or succeeds, never
+// panics or hangs, and nothing next to --root (a sentinel tree the hostile
+// paths point at) changes.
+func TestDamagedStateProperty(t *testing.T) {
+	const docs = 40
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+	hostile := []any{
+		"../../../../../victim/x", "boot-backup/../../../../../victim/x", "/../../victim/boot", "/", "", ".", "..",
+		"../victim", "x/../../../../../victim/escaped", "/../../victim/kos-upgrade-initramfs-5.9.img",
+		"boot-backup/20260101T000000.000Z-5.9/../../../../../../victim", "a\x00b", strings.Repeat("x", 300),
+		"bogus-status", "applying", "failed", "succeeded", "armed", "backup", "transaction", -5, 0, 2, 1e30, true,
+		nil, []any{}, map[string]any{}, []any{map[string]any{"path": "x"}}, []any{map[string]any{"dir": "/", "path": "boot-backup"}},
+	}
+	fields := []string{"version", "status", "step", "plan_id", "run_id", "target", "backend", "snapshot", "previous",
+		"boot.backups", "boot.backups.0.path", "boot.backups.0.dir", "boot.entry", "boot.previous", "boot.entries",
+		"initramfs.image", "initramfs.entry", "last_result.run_id", "last_result.status"}
+	commands := [][]string{{"status"}, {"history"}, {"cancel"}, {"clean"}, {"rollback", "--no-reboot"}, {"apply"}}
+	for i := 0; i < docs; i++ {
+		doc := map[string]any{
+			"version": 1, "status": "applying", "step": "backup", "run_id": "20260101T000000.000Z-5.9", "target": "5.9",
+			"plan_id": "20260101T000000Z-5.9", "backend": "btrfs", "snapshot": "kos-upgrade/20260101T000000.000Z-5.9", "previous": "@",
+			"boot": map[string]any{"loader": "grub2-bls", "entry": "kos-upgrade-5.9", "previous": "old", "entries": []any{"kos-upgrade-5.9"},
+				"backups": []any{map[string]any{"dir": "/boot", "path": "boot-backup/20260101T000000.000Z-5.9/boot"}}},
+			"initramfs":   map[string]any{"loader": "grub2-bls", "entry": "e", "image": "/boot/kos-upgrade-initramfs-5.9.img", "step": "entry"},
+			"last_result": map[string]any{"run_id": "20251201T000000.000Z-5.8", "kind": "apply", "status": "failed"},
+		}
+		var changed []string
+		for n := 1 + rng.Intn(3); n > 0; n-- {
+			f := fields[rng.Intn(len(fields))]
+			v := hostile[rng.Intn(len(hostile))]
+			setPath(doc, strings.Split(f, "."), v)
+			changed = append(changed, fmt.Sprintf("%s=%#v", f, v))
+		}
+		b, _ := json.Marshal(doc)
+		for _, args := range commands {
+			r := newTamperedRoot(t)
+			os.WriteFile(filepath.Join(r.state, "state.json"), b, 0o600)
+			if args[0] == "apply" {
+				os.Symlink("/var/lib/kos-upgrade", filepath.Join(r.root, "system-update"))
+			}
+			before := digestTree(t, r.parent, r.root)
+			done := make(chan struct{})
+			var out string
+			var err error
+			go func() {
+				out, err = runBinary(t, r.parent, nil, append([]string{"--root", r.root}, args...)...)
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(time.Minute):
+				t.Fatalf("doc %d (%s): kos-upgrade %v hangs", i, strings.Join(changed, " "), args)
+			}
+			if strings.Contains(out, "panic") || strings.Contains(out, "goroutine ") {
+				t.Fatalf("doc %d (%s): kos-upgrade %v panicked:\n%s", i, strings.Join(changed, " "), args, out)
+			}
+			if err != nil && !strings.Contains(out, "kos-upgrade: ") {
+				t.Errorf("doc %d (%s): kos-upgrade %v failed without a message: %v\n%s", i, strings.Join(changed, " "), args, err, out)
+			}
+			if d := diffTrees(before, digestTree(t, r.parent, r.root)); len(d) > 0 {
+				t.Errorf("doc %d (%s): kos-upgrade %v changed the sentinel tree:\n  %s", i, strings.Join(changed, " "), args, strings.Join(d, "\n  "))
+			}
+		}
+	}
+}
+
+// setPath sets doc[path...] = v, making maps (and list element 0) on the
+// way.
+func setPath(doc map[string]any, path []string, v any) {
+	cur := doc
+	for i, k := range path {
+		if i == len(path)-1 {
+			cur[k] = v
+			return
+		}
+		if path[i+1] == "0" {
+			l, _ := cur[k].([]any)
+			if len(l) == 0 {
+				l = []any{map[string]any{}}
+			}
+			m, ok := l[0].(map[string]any)
+			if !ok {
+				m = map[string]any{}
+				l[0] = m
+			}
+			cur[k] = l
+			if i+2 == len(path) {
+				return
+			}
+			m[path[i+2]] = v
+			return
+		}
+		next, ok := cur[k].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			cur[k] = next
+		}
+		cur = next
 	}
 }
