@@ -76,7 +76,7 @@ class ActionModule(ActionBase):
                     if facts['verdict'] in FINAL_VERDICTS:
                         now = time.time()
                         result.update(
-                            changed=False, schema_version=SCHEMA_VERSION, kos_upgrade=facts, verdict=facts['verdict'],
+                            changed=False, schema_version=SCHEMA_VERSION, kos_upgrade=facts, verdict=facts['verdict'], phase=phase,
                             reason=facts['reason'], downtime=round(now - since, 1), elapsed=round(now - start, 1),
                             polls=polls)
                         result['ansible_facts'] = {'kos_upgrade': facts}

@@ -187,7 +187,9 @@ def verdict(state):
     last = state.get('last_result') or {}
     boot = state.get('boot') or {}
     trial = boot.get('trial', '')
-    if status == 'rolled-back' or last.get('status') == 'rolled-back':
+    # The last result stays in the state after the next prepare: it is
+    # the verdict only while the state is the one that result left.
+    if status == 'rolled-back':
         if last.get('kind') == 'fallback':
             return VERDICT_FELL_BACK, last.get('error') or boot.get('note') or 'the new system failed its first boot'
         return VERDICT_ROLLED_BACK, 'rolled back on request'

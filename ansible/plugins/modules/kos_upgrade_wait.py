@@ -89,8 +89,8 @@ kos_upgrade:
   returned: always
   type: dict
 phase:
-  description: Where the wait was when it timed out.
-  returned: failure
+  description: Where the wait ended, C(verdict), or when it timed out C(reboot) or C(verdict).
+  returned: always
   type: str
 last_seen:
   description: The last state seen before the timeout.

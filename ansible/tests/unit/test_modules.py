@@ -171,6 +171,7 @@ class TestVerdict(TestCase):
             ('no trial', {'status': 'succeeded', 'boot': {'trial': 'none', 'note': 'grubenv on btrfs'}}, ku.VERDICT_NO_TRIAL, 'grubenv'),
             ('no boot loader', {'status': 'succeeded'}, ku.VERDICT_NO_TRIAL, 'without a trial'),
             ('fell back', {'status': 'rolled-back', 'last_result': fallback}, ku.VERDICT_FELL_BACK, 'boot loader fell back'),
+            ('prepared again after a fallback', {'status': 'prepared', 'last_result': fallback}, ku.VERDICT_NONE, ''),
             ('rolled back', {'status': 'rolled-back', 'last_result': {'kind': 'rollback', 'status': 'rolled-back'}},
              ku.VERDICT_ROLLED_BACK, 'request'),
             ('apply failed', {'status': 'failed', 'last_result': {'kind': 'apply', 'step': 'transaction', 'error': 'scriptlet failed'}},
@@ -558,6 +559,55 @@ class TestReport(TestCase):
         dest = os.path.join(h.dir, 'report')
         r = h.run('kos_upgrade_report', fake=False, root=None, dest=dest, target='5.9', hosts={'a': {'before': before}})
         self.assertEqual(r['report']['hosts'][0]['release_before'], '5.8')
+
+
+class TestRoles(TestCase):
+    """The playbook kos.upgrade.upgrade (roles assess and upgrade) on hosts
+    that are each a fake root, over the local connection: a host upgraded
+    already is left alone, a host that fell back stops the rollout (retry
+    off), a host with an inhibitor is stopped by the assessment; the fleet
+    report says so."""
+
+    def test_upgrade_playbook(self):
+        coll = os.environ.get('KOS_ANSIBLE_COLLECTIONS', '')
+        if not coll:
+            self.skipTest('KOS_ANSIBLE_COLLECTIONS is not set')
+        done = self.host(release='5.9')
+        done.set_state(status='succeeded', backend='btrfs', previous='@', target='5.9', boot={'trial': 'blessed'},
+                       last_result={'kind': 'apply', 'from': '5.8', 'to': '5.9', 'success': True, 'status': 'succeeded'})
+        fell = self.host()
+        fell.set_state(status='rolled-back', last_result={'kind': 'fallback', 'from': '5.8', 'to': '5.9', 'success': False,
+                                                          'status': 'rolled-back', 'error': 'the new system did not boot'})
+        blocked = self.host()
+        blocked.update_fake(report=INHIBITED)
+        hosts = {'done': done, 'fell': fell, 'blocked': blocked}
+        inv = os.path.join(done.dir, 'inventory.json')
+        with open(inv, 'w') as f:
+            json.dump({'all': {'vars': {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
+                                        'kos_upgrade_binary': FAKE},
+                               'hosts': dict((n, {'kos_upgrade_root': h.root}) for n, h in hosts.items())}}, f)
+        report = os.path.join(done.dir, 'report')
+        extra = {'kos_upgrade_target': '5.9', 'kos_upgrade_report_dir': report, 'kos_upgrade_retry_fallen_back': False,
+                 'kos_upgrade_serial': [1, 2]}
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=coll, ANSIBLE_NOCOLOR='1', ANSIBLE_RETRY_FILES_ENABLED='0',
+                   ANSIBLE_LOCAL_TEMP=os.path.join(done.dir, 'tmp'))
+        p = subprocess.run(['ansible-playbook', '-i', inv, '-e', json.dumps(extra), 'kos.upgrade.upgrade'], env=env, check=False,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertIn('fell: fell-back: the new system did not boot', p.stdout)
+        self.assertIn('the upgrade is blocked by: packages.third-party', p.stdout)
+        self.assertEqual(done.commands(), ['status'] * 3, 'a host on the target was touched')
+        self.assertNotIn('prepare', fell.commands())
+        self.assertEqual(blocked.commands(), ['status', 'check'], 'a blocked host went on after its assessment')
+        self.assertTrue(os.path.exists(os.path.join(report, 'reports', 'blocked.json')))
+        with open(os.path.join(report, 'fleet.json')) as f:
+            doc = json.load(f)
+        validate(doc)
+        by = dict((x['host'], x) for x in doc['hosts'])
+        self.assertEqual((by['done']['verdict'], by['done']['release_before'], by['done']['phase']), ('blessed', '5.8', 'done'))
+        self.assertEqual((by['fell']['verdict'], by['fell']['reason']), ('fell-back', 'the new system did not boot'))
+        self.assertEqual((by['blocked']['inhibitors'], by['blocked']['phase']), (['packages.third-party'], 'assess'))
+        self.assertEqual(doc['counts']['inhibitors'], {'packages.third-party': 1})
 
 
 class TestDocs(TestCase):
