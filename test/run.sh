@@ -18,7 +18,7 @@ deps() {
 	# build-essential … python3: EL8's grub2, built by test/el8 (grub2-build.sh)
 	local need=(make gcc rpm dnf python3-dnf createrepo-c xorriso btrfs-progs gnupg busybox-static util-linux dbus grub-common libglib2.0-bin systemd passwd
 		systemd-container debootstrap dracut shellcheck qemu-system-x86 qemu-utils ovmf systemd-boot-efi polkitd git
-		cockpit-ws cockpit-bridge cockpit-system chromium systemd-journal-remote
+		cockpit-ws cockpit-bridge cockpit-system chromium systemd-journal-remote zsh
 		build-essential autoconf automake autopoint libtool bison flex gettext pkg-config librpm-dev libfreetype-dev
 		liblzma-dev xz-utils python3
 		# the Ansible collection (docs/fleet.md): build, sanity, lint, unit tests

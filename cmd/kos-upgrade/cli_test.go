@@ -300,10 +300,29 @@ func TestBashCompletion(t *testing.T) {
 			}
 		})
 	}
-	if _, err := exec.LookPath("zsh"); err == nil {
-		if out, err := exec.Command("zsh", "-n", filepath.Join("..", "..", zshCompletion)).CombinedOutput(); err != nil {
-			t.Errorf("zsh -n: %v: %s", err, out)
-		}
+}
+
+// The zsh completion is valid zsh and compinit binds it to kos-upgrade
+// from an fpath directory, as /usr/share/zsh/site-functions is.
+func TestZshCompletion(t *testing.T) {
+	requireBinary(t)
+	testenv.RequireTools(t, "zsh")
+	file := filepath.Join("..", "..", zshCompletion)
+	if out, err := exec.Command("zsh", "-n", file).CombinedOutput(); err != nil {
+		t.Errorf("zsh -n: %v: %s", err, out)
+	}
+	dir := t.TempDir()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "_kos-upgrade"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `fpath=("$1" $fpath); autoload -Uz compinit; compinit -u -d "$1/zcompdump"; print -r -- "$_comps[kos-upgrade]"`
+	out, err := exec.Command("zsh", "-f", "-c", script, "zsh", dir).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "_kos-upgrade" {
+		t.Errorf("compinit does not bind _kos-upgrade to kos-upgrade: %v %q", err, out)
 	}
 }
 
