@@ -195,6 +195,10 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	}
 	e.report(progress.Event{Step: "test", Message: "testing the transaction"})
 	if err := e.PM.Test(ctx, e.Root.Dir, stageDir, res.Items, e.Sink); err != nil {
+		var he *pkgmgr.HelperError
+		if errors.As(err, &he) && he.Kind == "test" {
+			return nil, fmt.Errorf("cannot prepare: %w", err) // it says "the test transaction failed"
+		}
 		return nil, fmt.Errorf("cannot prepare: the test transaction failed: %w", err)
 	}
 	after, err := e.PM.Fingerprint(ctx, e.Root.Dir)

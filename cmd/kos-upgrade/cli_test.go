@@ -860,3 +860,48 @@ func TestLogShowsTheRunsJournal(t *testing.T) {
 		t.Errorf("log 7: exit %d %s", code, errOut)
 	}
 }
+
+// When rpm's test transaction refuses the upgrade (here a file conflict
+// with a local package), the user reads rpm's problems as sentences, never
+// librpm's Python tuples.
+func TestRpmProblemsAreSentences(t *testing.T) {
+	c := newCLIRoot(t)
+	testenv.RequireTools(t, "rpmbuild")
+	// squatter, installed by hand, owns the file libbar-1.0 of 5.9 ships.
+	top := t.TempDir()
+	spec := filepath.Join(top, "squatter.spec")
+	if err := os.WriteFile(spec, []byte(`Name: squatter
+Version: 1.0
+Release: 1
+Summary: owns a file the next release ships
+License: MIT
+BuildArch: noarch
+%description
+A local package whose file conflicts with libbar of 5.9.
+%install
+mkdir -p %{buildroot}/usr/lib64
+echo squatter > %{buildroot}/usr/lib64/libbar.so.1
+%files
+/usr/lib64/libbar.so.1
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "rpmbuild", "-bb", "--nodeps", "--quiet", "--define", "_topdir "+top, "--define", "_rpmdir "+top,
+		"--define", "_tmppath "+top, "--define", "__os_install_post %{nil}", "--define", "_build_id_links none",
+		"--define", "_dbpath "+filepath.Join(top, "db"), spec)
+	testenv.Run(t, "rpm", "--root", c.root, "--dbpath", fixture.DBPath, "-i", "--force-debian", "--nosignature",
+		filepath.Join(top, "noarch", "squatter-1.0-1.noarch.rpm"))
+	out, errOut, code := c.run("prepare", "--to", "5.9", "--snapshot", "none", "--answer", "packages.third-party=keep")
+	if code == 0 {
+		t.Fatalf("prepare with a file conflict succeeded:\n%s\n%s", out, errOut)
+	}
+	if !strings.Contains(errOut, "libbar.so.1") || !strings.Contains(errOut, "squatter") {
+		t.Errorf("prepare does not name the conflict:\n%s", errOut)
+	}
+	if strings.Count(errOut, "the test transaction failed") != 1 {
+		t.Errorf("the failure is not said once:\n%s", errOut)
+	}
+	if m := pythonRepr.FindString(out + errOut); m != "" {
+		t.Errorf("a Python repr (%q) reaches the user:\n%s\n%s", m, out, errOut)
+	}
+}
