@@ -60,6 +60,9 @@ func entryFile(bootDir, p string) (string, bool) {
 		cands = append(cands, filepath.Join(bootDir, strings.TrimPrefix(p, "/boot")))
 	}
 	for _, c := range cands {
+		if _, err := relTo(bootDir, c); err != nil {
+			continue // "linux /../../etc/x": never a file of bootDir's
+		}
 		if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() {
 			return c, true
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -159,5 +160,44 @@ func TestLeftovers(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(boot, p)); err != nil {
 			t.Errorf("%s removed", p)
 		}
+	}
+}
+
+// TestEntryFilesStayInBoot: an entry naming a file outside the boot
+// directory ("linux /../../etc/x") neither brings it into a backup nor
+// makes it a leftover to delete.
+func TestEntryFilesStayInBoot(t *testing.T) {
+	ctx := context.Background()
+	g, root := grubRoot(t, true)
+	boot := root.Path("/boot")
+	outside := filepath.Join(filepath.Dir(root.Dir), "precious")
+	writeFile(t, outside, "keep me")
+	rel, _ := filepath.Rel(boot, outside)
+	e, _ := ParseEntry("kos-upgrade-evil", []byte("linux /"+rel+"\ninitrd /boot/"+rel+"\n"))
+	if err := g.AddEntry(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(t.TempDir(), "b")
+	if err := Backup(ctx, boot, dest); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ReadBackupManifest(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range m.Files {
+		if strings.Contains(f.Path, "..") {
+			t.Errorf("the backup holds %s", f.Path)
+		}
+	}
+	ls, err := Leftovers(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveLeftovers(ctx, g, ls); err != nil {
+		t.Fatal(err)
+	}
+	if readFile(t, outside) != "keep me" {
+		t.Errorf("%s was changed", outside)
 	}
 }
