@@ -190,6 +190,9 @@ func rebootViaDaemon(c *cli.Context, e *env) (bool, error) {
 			return e.printJSON(map[string]any{"armed": true, "plan_id": id, "rebooting": !noReboot})
 		}
 		fmt.Fprintf(e.out, "The upgrade to %s is armed: it runs at the next boot.\n", target)
+		if r.Plan != nil {
+			printArmedSources(e.out, r.Plan)
+		}
 		return nil
 	})
 }

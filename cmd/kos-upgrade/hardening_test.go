@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
@@ -479,5 +480,27 @@ func setPath(doc map[string]any, path []string, v any) {
 			cur[k] = next
 		}
 		cur = next
+	}
+}
+
+// TestArmShowsSourcesAndSignatures: arming says where the packages come
+// from and that their signatures were not checked, for a plan prepared
+// from a repository of the caller's choosing with --no-gpg-check.
+func TestArmShowsSourcesAndSignatures(t *testing.T) {
+	c := newCLIRoot(t)
+	repo := "corp=file://" + filepath.Join(c.set.Dir, "repos", fixture.Repo59)
+	out, errOut, code := c.run("prepare", "--to", "5.9", "--repo", repo, "--snapshot", "none", "--no-gpg-check")
+	if code != 0 {
+		t.Fatalf("prepare: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "repositories: "+repo) || !strings.Contains(out, "NOT checked") {
+		t.Errorf("prepare's plan does not show the repository and the signature state:\n%s", out)
+	}
+	out, errOut, code = c.run("reboot", "--no-reboot")
+	if code != 0 {
+		t.Fatalf("reboot --no-reboot: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "packages from "+repo) || !strings.Contains(out, "signatures were NOT checked") {
+		t.Errorf("arming does not show the repository and the signature state:\n%s", out)
 	}
 }

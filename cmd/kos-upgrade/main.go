@@ -459,6 +459,7 @@ Examples:
 			}
 			if !e.json {
 				fmt.Fprintf(e.out, "The upgrade to %s is armed: it runs at the next boot.\n", p.Target.VersionID)
+				printArmedSources(e.out, p)
 			}
 			if c.Bool("no-reboot") {
 				if e.json {

@@ -115,3 +115,14 @@ func planRepos(p *upgrader.Plan) string {
 	}
 	return strings.Join(l, ", ")
 }
+
+// printArmedSources says, when an upgrade is armed, where its packages come
+// from and whether their signatures were checked.
+func printArmedSources(w io.Writer, p *upgrader.Plan) {
+	fmt.Fprintf(w, "  packages from %s\n", planRepos(p))
+	if p.SignatureCheck == "skipped" {
+		fmt.Fprintln(w, "  WARNING: their GPG signatures were NOT checked (prepared with --no-gpg-check)")
+	} else {
+		fmt.Fprintln(w, "  every package's GPG signature and sha256 was verified")
+	}
+}
