@@ -610,6 +610,40 @@ class TestRoles(TestCase):
         self.assertEqual(doc['counts']['inhibitors'], {'packages.third-party': 1})
 
 
+class TestWait(TestCase):
+    """The controller's wait for the verdict (action plugin), run by
+    ansible over the local connection."""
+
+    def wait(self, h, **args):
+        coll = os.environ.get('KOS_ANSIBLE_COLLECTIONS', '')
+        if not coll:
+            self.skipTest('KOS_ANSIBLE_COLLECTIONS is not set')
+        args = dict(dict(root=h.root, binary=FAKE, poll_interval=1), **args)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=coll, ANSIBLE_NOCOLOR='1', ANSIBLE_LOAD_CALLBACK_PLUGINS='1',
+                   ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_LOCAL_TEMP=os.path.join(h.dir, 'tmp'))
+        p = subprocess.run(['ansible', 'localhost', '-c', 'local', '-e', 'ansible_python_interpreter=' + sys.executable,
+                            '-m', 'kos.upgrade.kos_upgrade_wait', '-a', json.dumps(args)], env=env, check=False,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        out = json.loads(p.stdout[p.stdout.index('{'):])
+        return out['plays'][0]['tasks'][0]['hosts']['localhost']
+
+    def test_verdict(self):
+        h = self.host(release='5.9')
+        h.set_state(status='rolled-back', last_result={'kind': 'fallback', 'status': 'rolled-back', 'error': 'boot loader gave up'})
+        r = self.wait(h, boot_id='the-boot-before', timeout=60)
+        self.assertFalse(r.get('failed'), r)
+        self.assertEqual((r['verdict'], r['reason'], r['phase']), ('fell-back', 'boot loader gave up', 'verdict'))
+        self.assertGreaterEqual(r['downtime'], 0)
+
+    def test_timeout(self):
+        h = self.host(release='5.9')
+        h.set_state(status='succeeded', boot={'trial': 'armed'})
+        r = self.wait(h, timeout=3)
+        self.assertTrue(r.get('failed'), r)
+        self.assertEqual(r['msg'], 'localhost: no first-boot verdict within 3 s: phase verdict, last state seen: '
+                                   'state succeeded, verdict pending')
+
+
 class TestDocs(TestCase):
 
     def test_ansible_doc(self):
