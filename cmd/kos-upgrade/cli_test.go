@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -859,6 +860,25 @@ func TestLogShowsTheRunsJournal(t *testing.T) {
 	if _, errOut, code := c.run("log", "7"); code != exitUsage || !strings.Contains(errOut, "no run 7") {
 		t.Errorf("log 7: exit %d %s", code, errOut)
 	}
+
+	// A run cut short (a power cut: no Finished entry) is found by its
+	// Started entry near the run's start; a Started entry of another
+	// time is not taken for it.
+	if err := os.RemoveAll(filepath.Join(c.root, "var/log/journal")); err != nil {
+		t.Fatal(err)
+	}
+	const cut, old = "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d", "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e"
+	writeJournal(t, filepath.Join(c.root, "var/log/journal", fixture.MachineID, "system.journal"), []map[string]string{
+		entry(old, -48*time.Hour, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE_ID", "9660ba8c44554c62b2f31c59c5b5b257",
+			"KOS_UPGRADE_OP", "apply", "MESSAGE", "an apply two days before"),
+		entry(cut, time.Second, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE_ID", "9660ba8c44554c62b2f31c59c5b5b257",
+			"KOS_UPGRADE_OP", "apply", "MESSAGE", "kos-upgrade apply started"),
+		entry(cut, 2*time.Second, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE", "transaction: [1/9] upgrade libfoo-0:2.0-1.noarch"),
+	})
+	out, errOut, code = c.run("log", "last")
+	if code != 0 || !strings.Contains(out, "Journal of boot "+cut) || !strings.Contains(out, "[1/9] upgrade libfoo") || strings.Contains(out, "two days before") {
+		t.Errorf("log of a run without its Finished entry: exit %d\n%s\n%s", code, out, errOut)
+	}
 }
 
 // When rpm's test transaction refuses the upgrade (here a file conflict
@@ -904,4 +924,70 @@ echo squatter > %{buildroot}/usr/lib64/libbar.so.1
 	if m := pythonRepr.FindString(out + errOut); m != "" {
 		t.Errorf("a Python repr (%q) reaches the user:\n%s\n%s", m, out, errOut)
 	}
+}
+
+// A btrfs upgrade: the offline apply runs in the pre-upgrade root, so its
+// journal is there. log finds the run from the upgraded root too, and from
+// both after a rollback.
+func TestLogFromEitherRoot(t *testing.T) {
+	requireBinary(t)
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "rpm", "rpmkeys", "/usr/bin/python3", "journalctl", journalRemote)
+	set := fixture.MustBuild(t)
+	b := testenv.NewBtrfs(t, 512)
+	oldRoot := filepath.Join(t.TempDir(), "root")
+	b.MakeDefaultRoot(t, "@", oldRoot)
+	if err := fixture.InstallBase(context.Background(), set, oldRoot); err != nil {
+		t.Fatal(err)
+	}
+	kos := func(root string, args ...string) string {
+		t.Helper()
+		out, errOut, code := runKU(t, nil, append([]string{"--root", root}, args...)...)
+		if code != 0 {
+			t.Fatalf("--root %s %s: exit %d\n%s\n%s", root, args, code, out, errOut)
+		}
+		return out
+	}
+	kos(oldRoot, "prepare", "--to", "5.9")
+	kos(oldRoot, "reboot", "--no-reboot")
+	kos(oldRoot, "apply")
+	// The upgraded root: the default subvolume, as the next boot mounts it.
+	newRoot := filepath.Join(t.TempDir(), "next")
+	if err := os.MkdirAll(newRoot, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "mount", b.Device, newRoot)
+	t.Cleanup(func() { testenv.UnmountAll(newRoot) })
+	if _, err := os.Stat(filepath.Join(newRoot, "etc/yum.repos.d")); err != nil {
+		t.Fatalf("the default subvolume is no root: %v", err)
+	}
+	var runs []struct {
+		RunID     string    `json:"run_id"`
+		StartedAt time.Time `json:"started_at"`
+	}
+	if err := json.Unmarshal([]byte(kos(newRoot, "history", "--json")), &runs); err != nil || len(runs) != 1 {
+		t.Fatalf("history of the upgraded root: %v %+v", err, runs)
+	}
+	// The journal the offline boot wrote, in the pre-upgrade root only.
+	const boot = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f"
+	ts := func(d time.Duration) string { return strconv.FormatInt(runs[0].StartedAt.Add(d).UnixMicro(), 10) }
+	writeJournal(t, filepath.Join(oldRoot, "var/log/journal", fixture.MachineID, "system.journal"), []map[string]string{
+		{"__REALTIME_TIMESTAMP": ts(0), "__MONOTONIC_TIMESTAMP": "1000", "_BOOT_ID": boot, "_MACHINE_ID": fixture.MachineID,
+			"SYSLOG_IDENTIFIER": "kos-upgrade", "MESSAGE": "transaction: [9/9] upgrade kos-release-0:5.9-1.noarch"},
+		{"__REALTIME_TIMESTAMP": ts(time.Second), "__MONOTONIC_TIMESTAMP": "2000", "_BOOT_ID": boot, "_MACHINE_ID": fixture.MachineID,
+			"SYSLOG_IDENTIFIER": "kos-upgrade", "MESSAGE_ID": "8847a9f7023146d69bf6d09d34bd0949", "KOS_UPGRADE_OP": "apply",
+			"KOS_UPGRADE_RUN_ID": runs[0].RunID, "MESSAGE": "kos-upgrade apply finished"},
+	})
+	check := func(what, root, which string) {
+		t.Helper()
+		out := kos(root, "log", which)
+		if !strings.Contains(out, "Journal of boot "+boot) || !strings.Contains(out, "[9/9] upgrade kos-release") {
+			t.Errorf("%s: log %s does not show the offline boot:\n%s", what, which, out)
+		}
+	}
+	check("from the upgraded root", newRoot, "last")
+	check("from the pre-upgrade root", oldRoot, "1")
+	kos(newRoot, "rollback", "--no-reboot")
+	check("after the rollback, from the pre-upgrade root", oldRoot, "1")
+	check("after the rollback, from the upgraded root", newRoot, "1")
 }

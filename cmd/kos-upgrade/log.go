@@ -29,6 +29,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
@@ -120,7 +121,9 @@ func showLog(ctx context.Context, e *env, which string) error {
 		return usageError{err}
 	}
 	l := &runLog{Number: n + 1, Run: runs[n], Entries: []journalEntry{}}
-	src, boot, err := findBoot(ctx, e, &l.Run)
+	j := newJournals(e)
+	defer j.close()
+	src, boot, err := j.findBoot(ctx, &l.Run)
 	if err != nil {
 		return err
 	}
@@ -160,10 +163,12 @@ func pickRun(runs []upgrader.Result, which string) (int, error) {
 }
 
 func listRunLogs(ctx context.Context, e *env, runs []upgrader.Result) error {
+	j := newJournals(e)
+	defer j.close()
 	out := []runLog{}
 	for i, r := range runs {
 		l := runLog{Number: i + 1, Run: r, Entries: []journalEntry{}}
-		src, boot, err := findBoot(ctx, e, &l.Run)
+		src, boot, err := j.findBoot(ctx, &l.Run)
 		if err != nil {
 			return err
 		}
@@ -221,10 +226,24 @@ func printRunLog(w io.Writer, l *runLog) {
 	}
 }
 
-// journalSources are the journals a run may be in: this root's, then
-// those of the run's other roots (its snapshots), each once.
-func journalSources(ctx context.Context, e *env, r *upgrader.Result) []string {
-	root := e.engine.Root.Dir
+// journals finds the journals a run may be in: this root's, then those of
+// the run's other roots (its snapshots), each once. A snapshot's path is
+// valid while its backend is open: close closes them all.
+type journals struct {
+	e     *env
+	snaps map[string]snapshot.Snapshotter // by backend
+}
+
+func newJournals(e *env) *journals { return &journals{e: e, snaps: map[string]snapshot.Snapshotter{}} }
+
+func (j *journals) close() {
+	for _, s := range j.snaps {
+		s.Close()
+	}
+}
+
+func (j *journals) sources(ctx context.Context, r *upgrader.Result) []string {
+	root := j.e.engine.Root.Dir
 	var dirs []string
 	seen := map[string]bool{}
 	add := func(d string) {
@@ -243,11 +262,14 @@ func journalSources(ctx context.Context, e *env, r *upgrader.Result) []string {
 	if r.Backend == "" || r.Backend == "none" {
 		return dirs
 	}
-	snap, err := e.engine.Snapshotters(ctx, r.Backend, e.engine.Root)
-	if err != nil {
-		return dirs
+	snap, ok := j.snaps[r.Backend]
+	if !ok {
+		var err error
+		if snap, err = j.e.engine.Snapshotters(ctx, r.Backend, j.e.engine.Root); err != nil {
+			return dirs // no other root to read: this one is all there is
+		}
+		j.snaps[r.Backend] = snap
 	}
-	defer snap.Close()
 	for _, name := range []string{r.Previous, r.Snapshot} {
 		if name == "" {
 			continue
@@ -260,15 +282,21 @@ func journalSources(ctx context.Context, e *env, r *upgrader.Result) []string {
 }
 
 // findBoot returns the journal (directory) and the boot ID that run r
-// happened in, or "" when no journal has it.
-func findBoot(ctx context.Context, e *env, r *upgrader.Result) (string, string, error) {
-	for _, dir := range journalSources(ctx, e, r) {
+// happened in, or "" when no journal has it. The entry naming the run wins
+// over a Started entry near its start in any journal: a snapshot taken
+// during the run has the beginning of its boot only.
+func (j *journals) findBoot(ctx context.Context, r *upgrader.Result) (string, string, error) {
+	var dirs []string
+	for _, dir := range j.sources(ctx, r) {
 		if dir != "" {
 			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 				continue
 			}
 		}
-		if r.RunID != "" {
+		dirs = append(dirs, dir)
+	}
+	if r.RunID != "" {
+		for _, dir := range dirs {
 			ents, err := journalQuery(ctx, dir, 1, "KOS_UPGRADE_RUN_ID="+r.RunID)
 			if err != nil {
 				return "", "", err
@@ -277,7 +305,9 @@ func findBoot(ctx context.Context, e *env, r *upgrader.Result) (string, string, 
 				return dir, ents[0]["_BOOT_ID"], nil
 			}
 		}
-		// A run that never finished: its Started entry near its start.
+	}
+	// A run that never finished: its Started entry near its start.
+	for _, dir := range dirs {
 		ents, err := journalQuery(ctx, dir, 1000, "MESSAGE_ID="+progress.MessageIDStarted)
 		if err != nil {
 			return "", "", err
