@@ -559,7 +559,7 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 		return invalidArgs("Prepare: to %q is not a release version (e.g. 5.9)", to)
 	}
 	if downgrade {
-		answers = append(answers, AnswerAllowDowngrade+"=yes")
+		answers = append(answers, preflight.AnswerAllowDowngrade+"=yes")
 	}
 	parsed, err := preflight.ParseAnswerFlags(answers)
 	if err != nil {
@@ -623,10 +623,6 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 	return nil
 }
 
-// AnswerAllowDowngrade is the answer that allows a target release older
-// than the running one (the D-Bus option allow_downgrade sets it).
-const AnswerAllowDowngrade = "allow-downgrade"
-
 // unsafePrepare names what a Prepare asks for beyond a plain upgrade from
 // the system's own signed repositories with a snapshot: each needs
 // ActionPrepareUnsafe.
@@ -641,7 +637,7 @@ func unsafePrepare(noGPG bool, repos []pkgmgr.Repo, snap string, answers preflig
 	if snap == "none" {
 		u = append(u, "snapshot=none")
 	}
-	if a, ok := answers[AnswerAllowDowngrade]; ok && a.Value != "no" {
+	if a, ok := answers[preflight.AnswerAllowDowngrade]; ok && a.Value != "no" {
 		u = append(u, "allow_downgrade")
 	}
 	return u
