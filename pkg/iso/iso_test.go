@@ -6,12 +6,15 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"math/rand"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/iso"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
@@ -178,4 +181,99 @@ func TestServe(t *testing.T) {
 	if _, err := http.Get(s.URL); err == nil {
 		t.Error("server still answers after Close")
 	}
+}
+
+// TestMultiExtentRefused: go-diskfs lists a file stored in several extents
+// (ISO 9660's way for files over 4 GiB) as several records of one name and
+// reads only the first. Two records of one name, made here by renaming a
+// second file's Rock Ridge name in the image, are refused by name, and the
+// server answers 500 and records why.
+func TestMultiExtentRefused(t *testing.T) {
+	set := fixture.MustBuild(t)
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "repodata"), 0o755)
+	os.MkdirAll(filepath.Join(tree, "Packages"), 0o755)
+	b, _ := os.ReadFile(filepath.Join(set.Repos[fixture.Repo59], "repodata", "repomd.xml"))
+	os.WriteFile(filepath.Join(tree, "repodata", "repomd.xml"), b, 0o644)
+	os.WriteFile(filepath.Join(tree, "Packages", "big-1.0-1.noarch.rpm"), bytes.Repeat([]byte("a"), 5000), 0o644)
+	os.WriteFile(filepath.Join(tree, "Packages", "big-1.0-2.noarch.rpm"), bytes.Repeat([]byte("b"), 5000), 0o644)
+	p := makeISO(t, fixture.ISOOptions{Label: "BIG", Release: "5.9", NoJoliet: true, Dirs: map[string]string{".": tree}})
+	img, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := []byte("big-1.0-2.noarch.rpm")
+	if bytes.Count(img, second) != 1 {
+		t.Fatalf("the Rock Ridge name occurs %d times in the image, want 1", bytes.Count(img, second))
+	}
+	copy(img[bytes.Index(img, second):], "big-1.0-1.noarch.rpm")
+	if err := os.WriteFile(p, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	im, err := iso.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	_, _, err = im.OpenFile("Packages/big-1.0-1.noarch.rpm")
+	if !errors.Is(err, iso.ErrUnsupported) || !strings.Contains(err.Error(), "stored in 2 extents (a file over 4 GiB)") {
+		t.Fatalf("open: %v, want ErrUnsupported naming the extents", err)
+	}
+	s, err := iso.Serve([]*iso.Image{im})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	resp, err := http.Get(s.RepoURL(0, ".") + "Packages/big-1.0-1.noarch.rpm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError || len(s.Problems()) != 1 || !strings.Contains(s.Problems()[0], "big-1.0-1.noarch.rpm") {
+		t.Errorf("served %d, problems %v", resp.StatusCode, s.Problems())
+	}
+}
+
+// TestDamagedImages: bytes changed in the volume descriptors and directory
+// records (a fixed seed) give an error or a readable image, never a panic
+// or a hang.
+func TestDamagedImages(t *testing.T) {
+	set := fixture.MustBuild(t)
+	p := makeISO(t, fixture.ISOOptions{Label: "KOS", Release: "5.9", Dirs: map[string]string{"BaseOS": set.Repos[fixture.Repo59]}})
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(17))
+	bad := filepath.Join(t.TempDir(), "bad.iso")
+	refused := 0
+	for i := 0; i < 300; i++ {
+		img := append([]byte(nil), orig...)
+		for j := 0; j < 1+rng.Intn(16); j++ {
+			img[16*2048+rng.Intn(24*2048)] = byte(rng.Intn(256))
+		}
+		if err := os.WriteFile(bad, img, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			im, err := iso.Open(bad)
+			if err == nil {
+				for _, r := range im.Repos() {
+					im.ReadFile(path.Join(r.Dir, "repodata/repomd.xml"), 1<<20)
+				}
+				im.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				refused++
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("case %d: the image reader hangs", i)
+		}
+	}
+	t.Logf("%d of 300 damaged images refused", refused)
 }
