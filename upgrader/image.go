@@ -19,8 +19,10 @@ import (
 type ImageSource struct {
 	images []*iso.Image
 	srv    *iso.Server
-	// repos are the images' repositories, for dnf.
-	repos []pkgmgr.Repo
+	// repos are the images' repositories, for dnf; signed says which
+	// carry repodata/repomd.xml.asc.
+	repos  []pkgmgr.Repo
+	signed map[string]bool
 	// release is the version the images name (empty when none does).
 	release string
 }
@@ -32,7 +34,7 @@ func OpenImages(paths []string, to string) (*ImageSource, error) {
 	if len(paths) == 0 {
 		return nil, nil
 	}
-	s := &ImageSource{}
+	s := &ImageSource{signed: map[string]bool{}}
 	for _, p := range paths {
 		im, err := iso.Open(p)
 		if err != nil {
@@ -63,9 +65,39 @@ func OpenImages(paths []string, to string) (*ImageSource, error) {
 	for i, im := range s.images {
 		for _, r := range im.Repos() {
 			s.repos = append(s.repos, pkgmgr.Repo{ID: iso.RepoID(i, r.Dir), BaseURL: srv.RepoURL(i, r.Dir), NoProxy: true})
+			s.signed[iso.RepoID(i, r.Dir)] = r.Signed
 		}
 	}
 	return s, nil
+}
+
+// VerifyMetadata makes dnf check the signature of the metadata of every
+// image repository that carries repodata/repomd.xml.asc (repo_gpgcheck),
+// with the distribution keys of the system at root (its
+// /etc/pki/rpm-gpg/RPM-GPG-KEY-* files, as for its own repositories). It
+// returns how many repositories it applies to; none when root has no key
+// file (the packages' signatures are still checked). Safe on nil.
+func (s *ImageSource) VerifyMetadata(root string) int {
+	if s == nil {
+		return 0
+	}
+	keys, _ := filepath.Glob(filepath.Join(root, "etc/pki/rpm-gpg/RPM-GPG-KEY-*"))
+	if len(keys) == 0 {
+		return 0
+	}
+	var urls []string
+	for _, k := range keys {
+		urls = append(urls, "file://"+k)
+	}
+	n := 0
+	for i, r := range s.repos {
+		if s.signed[r.ID] {
+			s.repos[i].RepoGPGCheck = true
+			s.repos[i].GPGKey = urls
+			n++
+		}
+	}
+	return n
 }
 
 // Repos returns the images' repositories, for dnf; nil on nil.

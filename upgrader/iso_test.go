@@ -131,6 +131,26 @@ func TestPrepareFromISORefusals(t *testing.T) {
 	if err := os.WriteFile(victim, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Copies of repo 5.9 with a signed repomd.xml: a good signature, and
+	// the signature of other bytes by the same key.
+	testenv.RequireTools(t, "gpg")
+	gpgHome := filepath.Join(t.TempDir(), "gnupg")
+	os.Mkdir(gpgHome, 0o700)
+	testenv.Run(t, "gpg", "--homedir", gpgHome, "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--import", s.Set.SecretKeyFile)
+	signedRepo := func(what string) string {
+		dir := filepath.Join(t.TempDir(), "signed")
+		testenv.Run(t, "cp", "-a", repo59, dir)
+		data := filepath.Join(dir, "repodata", "repomd.xml")
+		if what == "other bytes" {
+			data = filepath.Join(t.TempDir(), "other")
+			os.WriteFile(data, []byte("not the metadata"), 0o644)
+		}
+		testenv.Run(t, "gpg", "--homedir", gpgHome, "--batch", "--yes", "--pinentry-mode", "loopback", "--local-user", fixture.KOSKeyUID,
+			"--armor", "--detach-sign", "--output", filepath.Join(dir, "repodata", "repomd.xml.asc"), data)
+		return dir
+	}
+	badMeta := signedRepo("other bytes")
+
 	notISO := filepath.Join(t.TempDir(), "not.iso")
 	os.WriteFile(notISO, make([]byte, 1<<20), 0o644)
 
@@ -149,6 +169,8 @@ func TestPrepareFromISORefusals(t *testing.T) {
 		{name: "unsigned package", image: &fixture.ISOOptions{Label: "U", Release: "5.9",
 			Dirs: map[string]string{"BaseOS": repo59, "Extra": s.Set.Repos[fixture.Repo59Unsigned]}},
 			want: []string{"libbar-0:1.1-1.noarch", "--no-gpg-check"}, staged: true},
+		{name: "metadata signature does not match", image: &fixture.ISOOptions{Label: "S", Release: "5.9", Dirs: map[string]string{"BaseOS": badMeta}},
+			want: []string{"iso0-BaseOS", "repomd.xml GPG signature", "Bad GPG signature"}},
 		{name: "wrong release", opts: upgrader.PrepareOptions{To: "5.9"},
 			image: &fixture.ISOOptions{Label: "KOS-6.0", Release: "6.0", Dirs: map[string]string{"BaseOS": repo59}},
 			want:  []string{"holds release 6.0, not 5.9", "KOS-6.0"}, oneLine: true},
@@ -191,6 +213,15 @@ func TestPrepareFromISORefusals(t *testing.T) {
 			}
 		})
 	}
+	t.Run("signed metadata", func(t *testing.T) {
+		path := makeISO(t, fixture.ISOOptions{Label: "S", Release: "5.9", Dirs: map[string]string{"BaseOS": signedRepo("repomd.xml")}})
+		if _, err := s.Engin.Prepare(ctx, upgrader.PrepareOptions{Snapshot: "auto", Images: []string{path}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Engin.Cancel(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("unsigned with --no-gpg-check", func(t *testing.T) {
 		path := makeISO(t, fixture.ISOOptions{Label: "U", Release: "5.9",
 			Dirs: map[string]string{"BaseOS": repo59, "Extra": s.Set.Repos[fixture.Repo59Unsigned]}})

@@ -51,6 +51,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		return nil, fmt.Errorf("cannot prepare: %w", err)
 	}
 	defer imgs.Close()
+	imgs.VerifyMetadata(e.Root.Dir)
 	if opts.To == "" && imgs != nil {
 		if imgs.release == "" {
 			return nil, fmt.Errorf("cannot prepare: the images name no release (no .treeinfo or .discinfo): give the target release with --to VERSION")

@@ -75,6 +75,7 @@ Examples:
 				return err
 			}
 			defer images.Close()
+			images.VerifyMetadata(e.engine.Root.Dir)
 			to := c.String("to")
 			if to == "" {
 				to = images.Release()

@@ -68,6 +68,9 @@ type Repo struct {
 	// NoProxy makes dnf reach the repository directly, whatever proxy
 	// the system configures (the loopback server of an --iso image).
 	NoProxy bool `json:"no_proxy,omitempty"`
+	// RepoGPGCheck makes dnf verify the signature of the repository's
+	// metadata (repodata/repomd.xml.asc) with the GPGKey files.
+	RepoGPGCheck bool `json:"repo_gpgcheck,omitempty"`
 }
 
 // Swap is one goal operation of a migration to another distribution: when

@@ -165,6 +165,10 @@ def setup_base(req, work, filelists=False, system=True):
             extra = {}
             if r.get("gpgkey"):
                 extra["gpgkey"] = list(r["gpgkey"])
+            if r.get("repo_gpgcheck"):
+                # The metadata is signed (an --iso image with
+                # repomd.xml.asc): dnf verifies it with the gpgkey files.
+                extra["repo_gpgcheck"] = True
             if r.get("no_proxy"):
                 # A loopback server (an --iso image): no proxy, whatever
                 # dnf.conf or the environment say.
