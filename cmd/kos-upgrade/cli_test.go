@@ -460,9 +460,17 @@ func TestDowngradeIsInhibited(t *testing.T) {
 		t.Errorf("prepare's hint is not %q:\n%s", want, errOut)
 	}
 	// An upgrade is no downgrade.
-	out, _, _ = c.run("check", "--to", "5.9", "--snapshot", "none", "--json")
+	out, errOut, _ = c.run("check", "--to", "5.9", "--snapshot", "none", "--json")
 	if decodeReport(t, out).Finding(preflight.KeyDowngrade) != nil {
 		t.Errorf("5.8 → 5.9 reported as a downgrade")
+	}
+	// -v is --verbose: the helper's runs are logged, which they are not
+	// without it.
+	if strings.Contains(errOut, "running package helper") {
+		t.Errorf("check without -v logs at debug level:\n%s", errOut)
+	}
+	if _, errOut, _ = c.run("check", "--to", "5.9", "--snapshot", "none", "-v"); !strings.Contains(errOut, "running package helper") {
+		t.Errorf("check -v does not log the helper's runs:\n%s", errOut)
 	}
 	// On a distribution without a migration map, no migration is offered.
 	osr := filepath.Join(c.root, "etc/os-release")

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/keyarchos/kos-upgrade/pkg/dbusapi"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
@@ -28,7 +29,11 @@ func daemonCmd() *cli.Command {
 prepare, arm, reboot, cancel and rollback one at a time, Progress and Finished
 signals. Everyone may read; changes need root or polkit's authorization.
 It is started by D-Bus activation (kos-upgrade-daemon.service) and exits after
---idle-timeout without jobs or calls. It fails when another daemon owns the name.`,
+--idle-timeout without jobs or calls. It fails when another daemon owns the name.
+
+Examples:
+   kos-upgrade daemon --idle-timeout 5m   what kos-upgrade-daemon.service runs
+   busctl introspect org.kos.Upgrade1 /org/kos/Upgrade1`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "idle-timeout", Usage: "exit after `DURATION` without a job or a call (0: never)"},
 		},
@@ -137,6 +142,7 @@ func statusViaDaemon(c *cli.Context, e *env) (bool, error) {
 
 // prepareViaDaemon starts the prepare in the daemon and shows its progress.
 func prepareViaDaemon(c *cli.Context, e *env, opts upgrader.PrepareOptions) (bool, error) {
+	started := time.Now()
 	return viaDaemon(e, func(cl *dbusapi.Client) error {
 		w, err := cl.Watch()
 		if err != nil {
@@ -152,6 +158,9 @@ func prepareViaDaemon(c *cli.Context, e *env, opts upgrader.PrepareOptions) (boo
 		}
 		e.sink.Close()
 		if !f.Success {
+			if e.json {
+				printInhibitingReport(e, started)
+			}
 			return errors.New(f.Message)
 		}
 		r, err := cl.Report(c.Context)
@@ -267,5 +276,18 @@ func announceApply(e *env) func(*upgrader.ApplyResult, error) {
 			return
 		}
 		progress.Announce(sinks, m)
+	}
+}
+
+// printInhibitingReport prints, as check --json does, the assessment that
+// stopped a prepare the daemon ran since started: the daemon saved it in
+// the state directory (readable by root).
+func printInhibitingReport(e *env, started time.Time) {
+	r, err := preflight.Load(e.engine.Root.StateDir())
+	if err != nil || !r.Inhibited || r.GeneratedAt.Before(started.Add(-time.Second)) {
+		return
+	}
+	if err := e.printJSON(r); err != nil {
+		fmt.Fprintf(os.Stderr, "kos-upgrade: warning: %v\n", err)
 	}
 }

@@ -49,7 +49,11 @@ rolled back: the old root and boot entry become the defaults again, the
 fallback is recorded, and with --reboot the machine reboots into the old
 system. When the old system runs because the boot loader gave up on the new
 one, the fallback is recorded and the old root made the default again.
-Without an upgrade awaiting its first boot it does nothing.`,
+Without an upgrade awaiting its first boot it does nothing.
+
+Examples:
+   kos-upgrade health --reboot        what kos-upgrade-health.service runs
+   kos-upgrade health --json          judge the running system and say what was done`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "cmdline", Usage: "judge this kernel command `LINE` instead of /proc/cmdline (tests)"},
 			&cli.BoolFlag{Name: "reboot", Usage: "reboot after a fallback from the running new system (the unit passes it)"},

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -395,11 +396,7 @@ Examples:
 			if err != nil {
 				if e.json && errors.Is(err, preflight.ErrInhibited) {
 					// As check --json: the report that stopped it.
-					if r, lerr := preflight.Load(e.engine.Root.StateDir()); lerr == nil {
-						if perr := e.printJSON(r); perr != nil {
-							return errors.Join(err, perr)
-						}
-					}
+					printInhibitingReport(e, time.Time{})
 				}
 				return err
 			}
