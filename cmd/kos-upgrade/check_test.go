@@ -249,6 +249,9 @@ func TestCheckAndPrepareISO(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"label": "KOS-5.9-x86_64"`) || !strings.Contains(out, `"version_id": "5.9"`) {
 		t.Errorf("prepare --iso: exit %d\n%s\n%s", code, out, errOut)
 	}
+	if out, errOut, code := c.run("status"); code != 0 || !strings.Contains(out, "image "+image+" (label KOS-5.9-x86_64)") {
+		t.Errorf("status does not name the image: exit %d\n%s\n%s", code, out, errOut)
+	}
 	if _, errOut, code := c.run("prepare", "--to", "6.0", "--iso", image, "--snapshot", "none"); code == 0 || !strings.Contains(errOut, "holds release 5.9, not 6.0") {
 		t.Errorf("prepare --to 6.0 --iso (a 5.9 image): exit %d: %s", code, errOut)
 	}

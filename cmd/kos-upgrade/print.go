@@ -106,12 +106,19 @@ func printResultLine(w io.Writer, r *upgrader.Result) {
 
 // planRepos says where a plan's packages come from, credentials redacted.
 func planRepos(p *upgrader.Plan) string {
-	if len(p.Repos) == 0 {
-		return "the system's own (/etc/yum.repos.d, release " + p.Target.VersionID + ")"
+	var l []string
+	for _, im := range p.Images {
+		s := "image " + im.Path
+		if im.Label != "" {
+			s += " (label " + im.Label + ")"
+		}
+		l = append(l, s)
 	}
-	l := make([]string, len(p.Repos))
-	for i, r := range p.Repos {
-		l[i] = r.String()
+	for _, r := range p.Repos {
+		l = append(l, r.String())
+	}
+	if len(l) == 0 {
+		return "the system's own (/etc/yum.repos.d, release " + p.Target.VersionID + ")"
 	}
 	return strings.Join(l, ", ")
 }
