@@ -63,7 +63,7 @@ func Cached(name, key string, build func(dir string) error) (string, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return "", fmt.Errorf("cannot create build cache: %w", err)
 	}
-	final := filepath.Join(root, name+"-"+key[:16])
+	final := Path(name, key)
 	lock, err := os.OpenFile(filepath.Join(root, name+".lock"), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return "", fmt.Errorf("cannot open build lock: %w", err)
@@ -89,6 +89,13 @@ func Cached(name, key string, build func(dir string) error) (string, error) {
 		return "", fmt.Errorf("cannot publish build %s: %w", name, err)
 	}
 	return final, nil
+}
+
+// Path returns where Cached(name, key, …) publishes its build. A build
+// whose output names its own location (an rpath, a configured prefix) is
+// configured for Path and written into the directory Cached gives it.
+func Path(name, key string) string {
+	return filepath.Join(CacheDir(), name+"-"+key[:16])
 }
 
 // Sources returns the directory holding the EL8 source tarballs.
