@@ -220,7 +220,16 @@ func TestEL8RPMApply(t *testing.T) {
 				el8Run(t, r.Bin("rpmdb"), "--root", s.Root, "--verifydb")
 
 				// Warnings: in the result, the history and status.
-				if len(matching(res.Result.Warnings, tc.warn)) != len(tc.warn) || len(res.Result.Warnings) != len(tc.warn) {
+				// The tier's Python 3.6 has rpm but no dnf (EL8's dnf is
+				// not built here): the helper says it wrote no dnf
+				// history, and that is the only other warning allowed.
+				var others []string
+				for _, w := range res.Result.Warnings {
+					if len(matching([]string{w}, tc.warn)) == 0 && !strings.HasPrefix(w, "no dnf history was written: dnf cannot be imported") {
+						others = append(others, w)
+					}
+				}
+				if len(matching(res.Result.Warnings, tc.warn)) != len(tc.warn) || len(others) > 0 {
 					t.Errorf("warnings %q, want one containing each of %q", res.Result.Warnings, tc.warn)
 				}
 				if len(tc.warn) > 0 {
