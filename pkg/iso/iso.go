@@ -55,6 +55,9 @@ const (
 	// maxDepth bounds the search for repositories: "/", "/BaseOS",
 	// "/a/b" and "/a/b/c" are searched.
 	maxDepth = 3
+	// maxExtent is the size from which a file record may be one extent
+	// of a larger file: mkisofs and xorriso split at 4 GiB - 2 KiB.
+	maxExtent = 1<<32 - blockSize
 	// maxVDs bounds the volume descriptor set.
 	maxVDs = 64
 )
@@ -337,6 +340,11 @@ func (im *Image) OpenFile(name string) (*io.SectionReader, int64, error) {
 	st, ok := info.Sys().(*iso9660.StatT)
 	if !ok {
 		return nil, 0, fmt.Errorf("%w: %s: no directory record", ErrDamaged, name)
+	}
+	if info.Size() >= maxExtent {
+		// The first extent of a file over 4 GiB whose other records
+		// do not carry its name: go-diskfs would read it alone.
+		return nil, 0, fmt.Errorf("%w: %s fills a whole extent (%d bytes): it may be the first part of a file over 4 GiB, which go-diskfs cannot read", ErrUnsupported, name, info.Size())
 	}
 	if st.ExtAttrSize != 0 {
 		return nil, 0, fmt.Errorf("%w: %s has an extended attribute record", ErrUnsupported, name)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand"
@@ -276,4 +277,41 @@ func TestDamagedImages(t *testing.T) {
 		}
 	}
 	t.Logf("%d of 300 damaged images refused", refused)
+}
+
+// TestFullExtentRefused: a record of 4 GiB - 2 KiB (the first extent of a
+// larger file, made here by patching a record's size) is refused, not read
+// as a whole file.
+func TestFullExtentRefused(t *testing.T) {
+	set := fixture.MustBuild(t)
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "repodata"), 0o755)
+	b, _ := os.ReadFile(filepath.Join(set.Repos[fixture.Repo59], "repodata", "repomd.xml"))
+	os.WriteFile(filepath.Join(tree, "repodata", "repomd.xml"), b, 0o644)
+	content := bytes.Repeat([]byte("z"), 3000)
+	os.WriteFile(filepath.Join(tree, "huge.img"), content, 0o644)
+	p := makeISO(t, fixture.ISOOptions{Label: "HUGE", Release: "5.9", Dirs: map[string]string{".": tree}})
+	img, _ := os.ReadFile(p)
+	off := bytes.Index(img, content)
+	if off < 0 || off%2048 != 0 {
+		t.Fatalf("file data at %d", off)
+	}
+	loc := make([]byte, 8)
+	binary.LittleEndian.PutUint32(loc, uint32(off/2048))
+	binary.BigEndian.PutUint32(loc[4:], uint32(off/2048))
+	rec := bytes.Index(img, loc) - 2
+	if rec < 0 || binary.LittleEndian.Uint32(img[rec+10:]) != 3000 {
+		t.Fatalf("no directory record for the file (at %d)", rec)
+	}
+	binary.LittleEndian.PutUint32(img[rec+10:], 1<<32-2048)
+	binary.BigEndian.PutUint32(img[rec+14:], 1<<32-2048)
+	os.WriteFile(p, img, 0o644)
+	im, err := iso.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	if _, _, err := im.OpenFile("huge.img"); !errors.Is(err, iso.ErrUnsupported) || !strings.Contains(err.Error(), "first part of a file over 4 GiB") {
+		t.Errorf("open: %v, want ErrUnsupported", err)
+	}
 }
