@@ -42,8 +42,10 @@ const (
 //
 //   - iso-read-MiB: bytes this process read while preparing from the image
 //     (/proc/self/io rchar: the image server is in-process; the helpers are
-//     children and read nothing of the image), against image-MiB and
-//     needed-MiB (the packages the plan stages);
+//     children and read nothing of the image), against dir-read-MiB (the
+//     same count for the prepare from the directories: what the process
+//     reads anyway, the assessment's facts, the helpers' output), image-MiB
+//     and needed-MiB (the packages the plan stages);
 //
 //   - bundle: two hosts whose bench packages overlap by half
 //     (1..200 and 101..300): bundle-MiB against hosts-MiB, the sum of their
@@ -95,11 +97,14 @@ func BenchmarkPrepareISO(b *testing.B) {
 		{ID: "bench-v2", BaseURL: "file://" + v2},
 	}
 	var dirT, isoT time.Duration
-	var read, needed int64
+	var read, dirRead, needed int64
+	var prevDir, prevISO float64
 	for i := 0; i < b.N; i++ {
+		r0 := rchar(b)
 		t0 := time.Now()
 		p, err := eng.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "none", Repos: dirRepos})
 		dirT += time.Since(t0)
+		dirRead += rchar(b) - r0
 		if err != nil {
 			b.Fatalf("prepare from the directories: %v", err)
 		}
@@ -107,7 +112,7 @@ func BenchmarkPrepareISO(b *testing.B) {
 		if err := eng.Cancel(ctx); err != nil {
 			b.Fatal(err)
 		}
-		r0 := rchar(b)
+		r0 = rchar(b)
 		t0 = time.Now()
 		p, err = eng.Prepare(ctx, upgrader.PrepareOptions{Snapshot: "none", Images: []string{image}})
 		isoT += time.Since(t0)
@@ -119,6 +124,8 @@ func BenchmarkPrepareISO(b *testing.B) {
 			b.Fatalf("the plans differ: %d items from the image, %d from the directories", len(got), len(dirPlan))
 		}
 		needed = p.DownloadSize
+		b.Logf("run %d: dir %.2fs, iso %.2fs", i+1, dirT.Seconds()-prevDir, isoT.Seconds()-prevISO)
+		prevDir, prevISO = dirT.Seconds(), isoT.Seconds()
 		if err := eng.Cancel(ctx); err != nil {
 			b.Fatal(err)
 		}
@@ -129,6 +136,8 @@ func BenchmarkPrepareISO(b *testing.B) {
 	b.ReportMetric(isoT.Seconds()/n, "iso-s")
 	b.ReportMetric(isoT.Seconds()/dirT.Seconds(), "iso/dir")
 	b.ReportMetric(float64(read)/n/(1<<20), "iso-read-MiB")
+	b.ReportMetric(float64(dirRead)/n/(1<<20), "dir-read-MiB")
+	b.ReportMetric(float64(read-dirRead)/n/(1<<20), "image-read-MiB") // what the image added
 	b.ReportMetric(float64(st.Size())/(1<<20), "image-MiB")
 	b.ReportMetric(float64(needed)/(1<<20), "needed-MiB")
 	if r := isoT.Seconds() / dirT.Seconds(); r > 1.2 {
