@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -131,6 +132,25 @@ func TestNeedsRoundTrip(t *testing.T) {
 		os.WriteFile(data, pair[0], 0o644)
 		os.WriteFile(asc, pair[1], 0o644)
 		testenv.Run(t, "gpg", "--homedir", verify, "--batch", "--verify", asc, data)
+	}
+
+	// The target repositories from a release image instead: the same
+	// packages, unsigned this time.
+	dvd := filepath.Join(dir, "dvd.iso")
+	if err := fixture.MakeISO(context.Background(), dvd, fixture.ISOOptions{Label: "KOS-5.9", Release: "5.9",
+		Dirs: map[string]string{"BaseOS": a.set.Repos[fixture.Repo59], "Kernel": a.set.Repos[fixture.Repo59Kernel]}}); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = a.run(append(append([]string{"--json", "bundle"}, needs...), "--iso", dvd, "--out", filepath.Join(dir, "from-dvd.iso"))...)
+	if code != 0 {
+		t.Fatalf("bundle --iso: exit %d\n%s\n%s", code, out, errOut)
+	}
+	var fromDVD bundle.Manifest
+	if err := json.Unmarshal([]byte(out), &fromDVD); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(fromDVD.Packages, m.Packages) || fromDVD.Signed != "" {
+		t.Errorf("bundle from the image: %+v\nwant the packages %+v", fromDVD.Packages, m.Packages)
 	}
 
 	// Back on each host: the plan from the bundle is the plan online.
