@@ -8,9 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
-	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
-	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
@@ -177,7 +175,21 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 			e.log().Warn("cannot remove the one-time boot entry", "err", err)
 		}
 	}
+	r, err := e.startRun(st, state, p)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	if err := r.steps(ctx); err != nil {
+		return nil, err
+	}
+	return &ApplyResult{Ran: true, Result: &r.success}, nil
+}
 
+// startRun writes the provisional result, "failed: interrupted", so that
+// a crash from here on leaves the truth as the record, and marks the state
+// applying.
+func (e *Engine) startRun(st store, state *State, p *Plan) (*run, error) {
 	now := e.now().UTC()
 	res := &Result{
 		RunID:     now.Format("20060102T150405.000Z") + "-" + p.Target.VersionID,
@@ -190,8 +202,6 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		Counts:    p.Counts(),
 		StartedAt: now,
 	}
-	// The provisional result: a crash from here on leaves "failed:
-	// interrupted" as the record, which is the truth.
 	if err := st.record(res); err != nil {
 		return nil, err
 	}
@@ -200,205 +210,7 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	state.Backend = p.Snapshot
 	state.Snapshot = ""
 	state.Boot = nil
-	if err := e.step(st, state, StepVerify); err != nil {
-		return nil, err
-	}
-	e.report(progress.Event{Step: StepVerify, Message: "verifying the staged packages and the installed package set"})
-	if err := e.checkPlan(ctx, p); err != nil {
-		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
-	}
-
-	if err := checkLayout(e.Root, p.Snapshot); err != nil {
-		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
-	}
-	snap, err := e.Snapshotters(ctx, p.Snapshot, e.Root)
-	if err != nil {
-		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepSnapshot, Err: err})
-	}
-	defer snap.Close()
-	cur, err := snap.Current(ctx)
-	if err != nil {
-		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepSnapshot, Err: err})
-	}
-	name := "kos-upgrade/" + res.RunID
-	if p.Snapshot == "none" {
-		name = cur.Name
-		e.report(progress.Event{Step: StepSnapshot, Message: "WARNING: no snapshot (--snapshot none): upgrading the running root in place, there is no rollback"})
-	}
-	// In place (LVM thick): the snapshot is the rollback point, the live
-	// root is upgraded (docs/lvm.md). Journaled with the step below,
-	// before Create, so that a crash is recovered by a merge.
-	inPlace := p.Snapshot != "none" && upgradesInPlace(snap)
-	state.Snapshot = name
-	state.Previous = cur.Name
-	state.InPlace = inPlace
-	state.RebootRequired = false
-	res.Snapshot, res.Previous, res.InPlace = name, cur.Name, inPlace
-	if inPlace {
-		state.Previous, res.Previous = name, name
-		if l, ok := snap.(*snapshot.LVM); ok {
-			l.ChangeSize = inPlaceChangeSize(p)
-		}
-	}
-
-	// The boot loader: /boot is not in the snapshot, so it is backed up
-	// before anything can touch it (docs/boot.md). Without snapshots the
-	// root is upgraded in place and its kernel scriptlets handle /boot.
-	var bl boot.Bootloader
-	if p.Snapshot != "none" {
-		if bl, err = e.bootloader(); err != nil {
-			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
-		}
-	}
-	if bl == nil && p.Snapshot == "lvm" && !inPlace {
-		// LVM has no default LV: only a boot entry naming the new LV
-		// makes it boot (docs/lvm.md).
-		return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: fmt.Errorf(
-			"the root is a thin LVM volume, whose upgraded copy boots only through a boot entry naming it, but no boot loader kos-upgrade handles (grub2 with BLS entries, systemd-boot) was found under %s", e.Root.Path("/boot"))})
-	}
-	if bl != nil {
-		bs, err := e.planBoot(ctx, bl, res.RunID)
-		if err != nil {
-			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepVerify, Err: err})
-		}
-		if inPlace {
-			// The current entries boot the upgraded root: /boot is only
-			// backed up, and restored on failure and rollback.
-			bs.Trial, bs.Note = TrialNone, "no trial boot: the root is upgraded in place (its snapshot is the rollback point)"
-		}
-		state.Boot = bs
-		if err := e.step(st, state, StepBackup); err != nil {
-			return nil, err
-		}
-		e.report(progress.Event{Step: StepBackup, Message: "backing up " + bs.Backups[0].Dir + " (" + bs.Loader + ", default entry " + bs.Previous + ")"})
-		if err := e.backupBoot(ctx, st, bs); err != nil {
-			return nil, e.finish(st, state, res, nil, "", &StepError{Step: StepBackup, Err: err})
-		}
-	}
-
-	if err := e.step(st, state, StepSnapshot); err != nil {
-		return nil, err
-	}
-	e.report(progress.Event{Step: StepSnapshot, Message: "creating snapshot " + name + " of " + cur.Name})
-	target, err := snap.Create(ctx, name)
-	if err != nil {
-		return nil, e.finish(st, state, res, snap, "", &StepError{Step: StepSnapshot, Err: err})
-	}
-	// The one place the new root is made ready, before rpm touches it.
-	if err := dropRPMDBEnvironment(target.Path); err != nil {
-		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSnapshot, Err: err})
-	}
-	if inPlace || (bl != nil && target.Path == e.Root.Dir) {
-		// The backend upgrades the root in place (LVM thick: the snapshot
-		// is the rollback point): the current entries boot the upgraded
-		// root; /boot is only backed up and restored on failure.
-		e.report(progress.Event{Step: StepSnapshot, Message: "the root is upgraded in place, " + name + " is its rollback point: no new boot entry, no trial boot"})
-		bl = nil
-	}
-
-	if err := e.step(st, state, StepTransaction); err != nil {
-		return nil, err
-	}
-	if m := p.Migration; m != nil && len(m.Keys) > 0 {
-		// A migration: the new root trusts the target's keys, imported
-		// inside the snapshot, so a failure discards them with it.
-		if err := e.importKeys(ctx, target.Path, m.Keys); err != nil {
-			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepTransaction, Err: err})
-		}
-	}
-	e.report(progress.Event{Step: StepTransaction, Message: fmt.Sprintf("running the transaction (%d packages) in %s", len(p.Transaction), target.Path)})
-	rep, err := e.transaction(ctx, p, target.Path, bl != nil)
-	if err != nil {
-		return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepTransaction, Err: err})
-	}
-	for _, w := range rep.Warnings {
-		e.report(progress.Event{Step: StepTransaction, Message: "warning: " + w})
-	}
-	res.Warnings = rep.Warnings
-
-	if bl != nil {
-		if err := e.step(st, state, StepBoot); err != nil {
-			return nil, err
-		}
-		if err := e.bootStep(ctx, bl, state, snap, target.Path, p.Target.VersionID); err != nil {
-			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepBoot, Err: err})
-		}
-	}
-
-	if err := e.step(st, state, StepFinalize); err != nil {
-		return nil, err
-	}
-	if p.Mode == ModeInitramfs {
-		if err := e.autorelabel(target.Path); err != nil {
-			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
-		}
-	}
-	// Record success inside the new root before it becomes the default,
-	// so that it boots knowing what happened.
-	done := *res
-	done.Success, done.Status, done.Error, done.Step = true, StatusSucceeded, "", ""
-	done.FinishedAt = e.now().UTC()
-	newState := *state
-	newState.Status, newState.Step, newState.LastResult = StatusSucceeded, "", &done
-	if target.Path != e.Root.Dir {
-		switch p.Snapshot {
-		case "btrfs":
-			if _, err := rewriteFstab(target.Path, name); err != nil {
-				return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
-			}
-		case "lvm":
-			if err := e.rewriteFstabLVM(snap, target.Path, cur.Name, name); err != nil {
-				return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
-			}
-		}
-		ns := store{dir: filepath.Join(target.Path, sysroot.StateDirRel)}
-		if err := ns.record(&done); err != nil {
-			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
-		}
-		if err := ns.save(&newState, e.now()); err != nil {
-			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepFinalize, Err: err})
-		}
-	}
-
-	if err := e.step(st, state, StepSwitch); err != nil {
-		return nil, err
-	}
-	if inPlace {
-		e.report(progress.Event{Step: StepSwitch, Message: "the upgraded root boots next; " + name + " is its rollback point"})
-	} else {
-		e.report(progress.Event{Step: StepSwitch, Message: "making " + name + " the root of the next boot"})
-	}
-	// The trial first: a crash between the two leaves an entry that names
-	// the new root explicitly (settle, not switched, restores /boot), never
-	// a default root that no entry on trial boots.
-	if bl != nil {
-		if err := e.armBoot(ctx, bl, state.Boot); err != nil {
-			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSwitch, Err: err})
-		}
-		crashAt("mid-switch")
-	}
-	if !inPlace {
-		// In place, there is nothing to switch: the upgraded root boots.
-		if err := snap.Activate(ctx, name); err != nil {
-			return nil, e.finish(st, state, res, snap, name, &StepError{Step: StepSwitch, Err: err})
-		}
-	}
-
-	if err := e.step(st, state, StepDone); err != nil {
-		return nil, err
-	}
-	if err := st.record(&done); err != nil {
-		return nil, err
-	}
-	if err := st.save(&newState, e.now()); err != nil {
-		return nil, err
-	}
-	if inPlace {
-		e.report(progress.Event{Step: StepDone, Message: fmt.Sprintf("upgrade to %s succeeded in place; %s is kept as the rollback point (kos-upgrade rollback merges it back)", p.Target.VersionID, name)})
-	} else {
-		e.report(progress.Event{Step: StepDone, Message: fmt.Sprintf("upgrade to %s succeeded; the next boot starts %s", p.Target.VersionID, name)})
-	}
-	return &ApplyResult{Ran: true, Result: &done}, nil
+	return &run{e: e, st: st, state: state, res: res, plan: p}, nil
 }
 
 // transaction runs the plan's transaction in target, with (withBoot) the
@@ -413,18 +225,6 @@ func (e *Engine) transaction(ctx context.Context, p *Plan, target string, withBo
 	return e.PM.Apply(ctx, target, e.store().stageDir(p.StageDir), p.Transaction, e.Sink)
 }
 
-// step journals the step before its side effect, then lets the crash tests
-// stop the process right there.
-func (e *Engine) step(st store, state *State, step string) error {
-	state.Step = step
-	if err := st.save(state, e.now()); err != nil {
-		return err
-	}
-	e.log().Info("apply step", "step", step)
-	crashAt(step)
-	return nil
-}
-
 // failEarly records a failure that happened before the run started.
 func (e *Engine) failEarly(st store, state *State, step string, cause error) error {
 	state.Status = StatusFailed
@@ -435,67 +235,11 @@ func (e *Engine) failEarly(st store, state *State, step string, cause error) err
 	return cause
 }
 
-// finish records a failed run: it deletes the half-made snapshot (never the
-// default), or for an in-place run whose transaction started merges the
-// rollback point back (mergeBack), then writes the result and the state.
-func (e *Engine) finish(st store, state *State, res *Result, snap snapshot.Snapshotter, made string, cause error) error {
-	var serr *StepError
-	step := state.Step
-	if errors.As(cause, &serr) {
-		step = serr.Step
-	}
-	// /boot first: it must never name a snapshot that is gone.
-	keep := false
-	if state.Boot != nil {
-		if err := e.restoreBoot(context.Background(), st, state.Boot); err != nil {
-			cause = errors.Join(cause, fmt.Errorf("cannot put /boot back as it was: %w; the backup is kept in %s", err, st.dir))
-			keep = true
-		} else if err := dropBootBackups(st, state.Boot); err != nil {
-			e.log().Warn("cannot remove the /boot backup", "err", err)
-		} else {
-			state.Boot.Backups = nil
-		}
-	}
-	merge := false
-	switch {
-	case snap != nil && made != "" && state.InPlace && snap.Backend() != "none" && step != StepSnapshot:
-		// The live root was (partly) upgraded: never delete the only
-		// copy of the old root, merge it back (effective at next boot).
-		merge = true
-	case snap != nil && made != "" && snap.Backend() != "none" && !keep:
-		if err := snap.Delete(context.Background(), made); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
-			cause = errors.Join(cause, fmt.Errorf("cannot delete the half-made snapshot %s: %w", made, err))
-		} else {
-			state.Snapshot = ""
-		}
-	}
-	res.Success = false
-	res.Status = StatusFailed
-	res.Error = cause.Error()
-	res.Step = step
-	res.FinishedAt = e.now().UTC()
-	state.Status = StatusFailed
-	state.Step = step
-	state.LastResult = res
-	if merge {
-		if note, err := e.mergeBack(context.Background(), snap, state, res, made); err != nil {
-			cause = errors.Join(cause, err)
-		} else {
-			cause = fmt.Errorf("%w; %s", cause, note)
-		}
-	}
-	err := errors.Join(st.record(res), st.save(state, e.now()))
-	e.report(progress.Event{Step: step, Message: "upgrade failed: " + cause.Error()})
-	if err != nil {
-		return errors.Join(cause, err)
-	}
-	return cause
-}
-
 // settle turns the state a crashed run left behind into a truthful one: a
 // run whose switch happened is completed as succeeded; any other
-// interrupted run has its half-made snapshot deleted and is recorded as
-// failed. The caller holds the lock.
+// interrupted run is undone by the steps' undos, from the recorded step
+// back to the first (steps.go), and recorded as failed. The caller holds
+// the lock.
 func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 	state, err := st.load()
 	if err != nil {
@@ -504,6 +248,36 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 	if state.Status != StatusApplying {
 		return state, nil
 	}
+	r := &run{e: e, st: st, state: state, res: interruptedResult(st, state)}
+	defer r.close()
+	switched, err := r.switched(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+	}
+	res := r.res
+	res.FinishedAt = e.now().UTC()
+	if switched {
+		// The switch happened: the run is complete.
+		res.Success, res.Status, res.Error, res.Step = true, StatusSucceeded, "", ""
+		state.Status, state.Step, state.LastResult = StatusSucceeded, "", res
+		return state, errors.Join(st.record(res), st.save(state, e.now()))
+	}
+	last := stepIndex(state.Step)
+	res.Success, res.Status, res.Error, res.Step = false, StatusFailed, errInterrupted, state.Step
+	if state.InPlace && snapshot.Protects(state.Backend) && state.Snapshot != "" && last >= stepIndex(StepTransaction) {
+		res.InPlace = true
+		res.Error = "interrupted: the run stopped in its " + state.Step + " step (crash or power cut), after it had begun to change the running root in place"
+	}
+	if err := r.undo(ctx, last); err != nil {
+		return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
+	}
+	state.Status, state.LastResult = StatusFailed, res
+	return state, errors.Join(st.record(res), st.save(state, e.now()))
+}
+
+// interruptedResult is the history record of the interrupted run of state
+// (its provisional one), or a new one when there is none.
+func interruptedResult(st store, state *State) *Result {
 	res := &Result{RunID: state.RunID, Kind: "apply", Backend: state.Backend, Snapshot: state.Snapshot, Previous: state.Previous, To: state.Target}
 	if old, err := st.history(); err == nil {
 		for i := range old {
@@ -513,87 +287,38 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 			}
 		}
 	}
-	switched, err := e.switched(ctx, state)
-	if err != nil {
-		return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-	}
-	if !switched && state.InPlace && state.Backend != "" && state.Backend != "none" && state.Snapshot != "" &&
-		(state.Step == StepTransaction || state.Step == StepBoot) {
-		// The live root is half-upgraded: merge the rollback point back.
-		return e.settleInPlace(ctx, st, state, res)
-	}
-	if switched {
-		// The switch happened: the run is complete.
-		res.Success, res.Status, res.Error, res.Step = true, StatusSucceeded, "", ""
-		res.FinishedAt = e.now().UTC()
-		state.Status, state.Step, state.LastResult = StatusSucceeded, "", res
-		return state, errors.Join(st.record(res), st.save(state, e.now()))
-	}
-	if state.Boot != nil {
-		if err := e.restoreBoot(ctx, st, state.Boot); err != nil {
-			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-		}
-		if err := dropBootBackups(st, state.Boot); err != nil {
-			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-		}
-		state.Boot.Backups = nil
-		e.report(progress.Event{Step: "recover", Message: "restored /boot as it was before the interrupted run"})
-	}
-	if state.Backend != "" && state.Backend != "none" && state.Snapshot != "" {
-		snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
-		if err != nil {
-			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-		}
-		defer snap.Close()
-		// A run killed in the transaction left the scriptlets' mounts
-		// (in place, the transaction had not started: none).
-		if !state.InPlace {
-			if path, err := snap.Path(ctx, state.Snapshot); err == nil {
-				if err := unmountBelow(path); err != nil {
-					return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-				}
-			}
-		}
-		if err := snap.Delete(ctx, state.Snapshot); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
-			return nil, fmt.Errorf("cannot delete the snapshot %s left by the interrupted run: %w", state.Snapshot, err)
-		}
-		e.report(progress.Event{Step: "recover", Message: "removed snapshot " + state.Snapshot + " left by an interrupted run"})
-		state.Snapshot = ""
-	}
-	res.Success, res.Status, res.Error, res.Step = false, StatusFailed, errInterrupted, state.Step
-	res.FinishedAt = e.now().UTC()
-	state.Status, state.LastResult = StatusFailed, res
-	return state, errors.Join(st.record(res), st.save(state, e.now()))
+	return res
 }
 
 // switched reports whether an interrupted run's snapshot already is the
 // default root, that is whether the run got past its switch step.
-func (e *Engine) switched(ctx context.Context, state *State) (bool, error) {
-	if state.Backend == "" || state.Backend == "none" || state.Snapshot == "" {
+func (r *run) switched(ctx context.Context) (bool, error) {
+	state := r.state
+	if !snapshot.Protects(state.Backend) || state.Snapshot == "" {
 		return false, nil
 	}
 	if state.InPlace {
 		// Nothing to switch in place: the transaction completed before
 		// these steps, so the live root holds the upgrade.
-		switch state.Step {
-		case StepFinalize, StepSwitch, StepDone:
-			return true, nil
-		}
+		return stepIndex(state.Step) >= stepIndex(StepFinalize), nil
+	}
+	if stepIndex(state.Step) < stepIndex(StepSwitch) {
 		return false, nil
 	}
-	switch state.Step {
-	case StepSwitch, StepDone:
-	default:
-		return false, nil
-	}
-	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
+	snap, err := r.snapshotter(ctx)
 	if err != nil {
 		return false, err
 	}
-	defer snap.Close()
 	def, err := snap.Default(ctx)
 	if err != nil {
 		return false, err
 	}
 	return def.Name == state.Snapshot, nil
+}
+
+// switched is run.switched for a state read by itself (status).
+func (e *Engine) switched(ctx context.Context, state *State) (bool, error) {
+	r := &run{e: e, state: state}
+	defer r.close()
+	return r.switched(ctx)
 }

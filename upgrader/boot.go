@@ -278,10 +278,10 @@ func dropBootBackups(st store, bs *BootState) error {
 // never by UUID, which the snapshot shares with its origin.
 func rootSpec(backend, name string, oldOpts boot.Options, snap snapshot.Snapshotter) (boot.RootSpec, error) {
 	switch backend {
-	case "btrfs":
+	case snapshot.BackendBtrfs:
 		return boot.RootSpec{BtrfsSubvol: name}, nil
-	case "lvm":
-		if n, ok := snap.(lvmNames); ok && n.VG() != "" {
+	case snapshot.BackendLVM:
+		if n, ok := snap.(snapshot.Volumes); ok && n.VG() != "" {
 			lv, err := n.LV(name)
 			if err != nil {
 				return boot.RootSpec{}, err
@@ -464,7 +464,7 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 	if err != nil {
 		return err
 	}
-	if n, ok := snap.(lvmNames); ok && spec.LVMLV != "" {
+	if n, ok := snap.(snapshot.Volumes); ok && spec.LVMLV != "" {
 		// The old root's LV, for the rd.lvm.lv= to replace when root=
 		// does not name it (UUID=).
 		if prev, err := n.LV(state.Previous); err == nil {
@@ -540,7 +540,7 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 		// once the snapshot exists (both carry the filesystem's UUID):
 		// it is pinned to the old root's LV by path.
 		prevLV := strings.ReplaceAll(state.Previous, "/", "-")
-		if n, ok := snap.(lvmNames); ok {
+		if n, ok := snap.(snapshot.Volumes); ok {
 			if prevLV, err = n.LV(state.Previous); err != nil {
 				return err
 			}

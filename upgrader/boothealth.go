@@ -7,6 +7,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
 
 // HealthCheck is one check of the first boot of an upgraded system; Run
@@ -141,7 +142,7 @@ func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult,
 	}
 	// Healthy: the new root is the default root (a crash in the switch
 	// step may have armed the trial without it) and the entry is blessed.
-	if state.Backend != "" && state.Backend != "none" {
+	if snapshot.Protects(state.Backend) {
 		snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
 		if err != nil {
 			return nil, err

@@ -40,24 +40,14 @@ func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string) 
 	ctx := context.Background()
 	oldPkgs := rpmQA(t, s.Root)
 	bootBefore := b.digest(t)
-	for _, tc := range []struct {
-		step string
-		// switched: the crash happened after the new root became the
-		// default, so the run counts as succeeded.
-		switched bool
-	}{
-		{step: upgrader.StepVerify},
-		{step: upgrader.StepBackup},
-		{step: upgrader.StepSnapshot},
-		{step: upgrader.StepTransaction},
-		{step: "mid-transaction"},
-		{step: upgrader.StepBoot},
-		{step: "mid-boot"},
-		{step: upgrader.StepFinalize},
-		{step: upgrader.StepSwitch},
-		{step: "mid-switch"},
-		{step: upgrader.StepDone, switched: true},
-	} {
+	// Every crash point of the step table: a new step is crash-tested
+	// without anyone remembering to. switched: the crash happened after
+	// the new root became the default, so the run counts as succeeded.
+	for _, cp := range upgrader.CrashPoints() {
+		tc := struct {
+			step     string
+			switched bool
+		}{cp.Name, cp.Complete}
 		t.Run(tc.step, func(t *testing.T) {
 			// Start from the old system each time.
 			if def := s.defaultSubvol(t); def != "@" {

@@ -20,9 +20,9 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
-// SnapshotterFactory opens the snapshot backend named backend ("auto",
-// "btrfs", "lvm", "none") for the system at root. "auto" resolves to a concrete
-// backend or fails with snapshot.ErrNotSupported.
+// SnapshotterFactory opens the snapshot backend named backend (a name
+// snapshot.ParseBackend accepts) for the system at root. snapshot.BackendAuto
+// resolves to a concrete backend or fails with snapshot.ErrNotSupported.
 type SnapshotterFactory func(ctx context.Context, backend string, root sysroot.Root) (snapshot.Snapshotter, error)
 
 // Engine carries out kos-upgrade's operations on one system.
@@ -57,34 +57,36 @@ func New(root sysroot.Root, sink progress.Sink, log *slog.Logger) *Engine {
 // OpenSnapshotter is the real SnapshotterFactory.
 func OpenSnapshotter(ctx context.Context, backend string, root sysroot.Root) (snapshot.Snapshotter, error) {
 	work := filepath.Join("/run/kos-upgrade", "mnt-"+strings.NewReplacer("/", "_").Replace(strings.Trim(root.Dir, "/")))
-	switch backend {
-	case "none":
-		return snapshot.NewNone(root.Dir), nil
-	case "btrfs":
-		return snapshot.NewBtrfs(ctx, root.Dir, work)
-	case "lvm":
-		return snapshot.NewLVM(ctx, root.Dir, work)
-	case "auto", "":
-		// Each backend looks at the root's device first and says
-		// ErrNotSupported, without running anything, when it is not its
-		// kind: btrfs for a btrfs root, LVM for a device-mapper one.
-		s, berr := snapshot.NewBtrfs(ctx, root.Dir, work)
-		if berr == nil {
-			return s, nil
-		}
-		if !errors.Is(berr, snapshot.ErrNotSupported) {
-			return nil, berr
-		}
-		l, lerr := snapshot.NewLVM(ctx, root.Dir, work)
-		if lerr == nil {
-			return l, nil
-		}
-		if !errors.Is(lerr, snapshot.ErrNotSupported) {
-			return nil, lerr
-		}
-		return nil, fmt.Errorf("cannot pick a snapshot backend automatically: btrfs: %v; lvm: %w; kos-upgrade needs the root on a btrfs subvolume or an LVM logical volume, or --snapshot none to upgrade without a safety net", berr, lerr)
+	backend, err := snapshot.ParseBackend(backend)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("cannot use snapshot backend %q: choose auto, btrfs, lvm or none", backend)
+	switch backend {
+	case snapshot.BackendNone:
+		return snapshot.NewNone(root.Dir), nil
+	case snapshot.BackendBtrfs:
+		return snapshot.NewBtrfs(ctx, root.Dir, work)
+	case snapshot.BackendLVM:
+		return snapshot.NewLVM(ctx, root.Dir, work)
+	}
+	// Each backend looks at the root's device first and says
+	// ErrNotSupported, without running anything, when it is not its
+	// kind: btrfs for a btrfs root, LVM for a device-mapper one.
+	s, berr := snapshot.NewBtrfs(ctx, root.Dir, work)
+	if berr == nil {
+		return s, nil
+	}
+	if !errors.Is(berr, snapshot.ErrNotSupported) {
+		return nil, berr
+	}
+	l, lerr := snapshot.NewLVM(ctx, root.Dir, work)
+	if lerr == nil {
+		return l, nil
+	}
+	if !errors.Is(lerr, snapshot.ErrNotSupported) {
+		return nil, lerr
+	}
+	return nil, fmt.Errorf("cannot pick a snapshot backend automatically: btrfs: %v; lvm: %w; kos-upgrade needs the root on a btrfs subvolume or an LVM logical volume, or --snapshot none to upgrade without a safety net", berr, lerr)
 }
 
 func (e *Engine) store() store { return store{dir: e.Root.StateDir()} }

@@ -84,17 +84,6 @@ type InitramfsState struct {
 	Step string `json:"step"`
 }
 
-// oneShotChecker is implemented by the boot loaders of pkg/boot.
-type oneShotChecker interface {
-	CheckOneShot(ctx context.Context) error
-}
-
-// oneShotClearer cancels a pending one-time boot (grub2's next_entry).
-// systemd-boot ignores a LoaderEntryOneShot naming an entry that is gone.
-type oneShotClearer interface {
-	ClearOneShot(ctx context.Context, id string) error
-}
-
 // oneShotLoader returns the boot loader and its default entry when a
 // one-time boot can be armed here, else an error saying why and what to do.
 func (e *Engine) oneShotLoader(ctx context.Context) (boot.Bootloader, *boot.Entry, error) {
@@ -106,7 +95,7 @@ func (e *Engine) oneShotLoader(ctx context.Context) (boot.Bootloader, *boot.Entr
 	if bl == nil {
 		return nil, nil, fmt.Errorf("initramfs mode boots the upgrade initramfs through a one-time boot entry, but no boot loader kos-upgrade handles (grub2 with BLS entries, systemd-boot) was found under %s%s", e.Root.Path("/boot"), hint)
 	}
-	c, ok := bl.(oneShotChecker)
+	c, ok := bl.(boot.OneShotChecker)
 	if !ok {
 		return nil, nil, fmt.Errorf("initramfs mode needs a one-time boot, which kos-upgrade cannot check for %s%s", bl.Kind(), hint)
 	}
@@ -248,7 +237,7 @@ func (e *Engine) cleanupInitramfs(ctx context.Context, st store, state *State) e
 		return err
 	}
 	if bl != nil && strings.HasPrefix(is.Entry, InitramfsEntryPrefix) {
-		if c, ok := bl.(oneShotClearer); ok {
+		if c, ok := bl.(boot.OneShotClearer); ok {
 			if err := c.ClearOneShot(ctx, is.Entry); err != nil {
 				return fmt.Errorf("cannot cancel the one-time boot of %s: %w", is.Entry, err)
 			}

@@ -28,12 +28,6 @@ import (
 // running root is the half-upgraded (or upgraded) one, State.RebootRequired
 // is set and nothing new can be armed.
 
-// upgradesInPlace reports whether s upgrades the live root.
-func upgradesInPlace(s snapshot.Snapshotter) bool {
-	ip, ok := s.(snapshot.InPlace)
-	return ok && ip.UpgradesInPlace()
-}
-
 // inPlaceChangeSize estimates the bytes the transaction of p writes to the
 // root, for the size of a thick snapshot (snapshot.LVM.ChangeSize): a COW
 // snapshot copies every chunk the transaction writes, free space included,
@@ -91,44 +85,6 @@ func (e *Engine) mergeBack(ctx context.Context, snap snapshot.Snapshotter, state
 	return note, nil
 }
 
-// settleInPlace recovers an in-place run that stopped in its transaction:
-// the live root is half-upgraded, so /boot is put back and the rollback
-// point merged back; it is recorded as failed, reboot pending.
-func (e *Engine) settleInPlace(ctx context.Context, st store, state *State, res *Result) (*State, error) {
-	if state.Boot != nil {
-		if err := e.restoreBoot(ctx, st, state.Boot); err != nil {
-			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-		}
-		if err := dropBootBackups(st, state.Boot); err != nil {
-			return nil, fmt.Errorf("cannot clean up the interrupted run: %w", err)
-		}
-		state.Boot.Backups = nil
-		e.report(progress.Event{Step: "recover", Message: "restored /boot as it was before the interrupted run"})
-	}
-	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
-	if err != nil {
-		return nil, fmt.Errorf("cannot roll back the interrupted in-place run: %w", err)
-	}
-	defer snap.Close()
-	res.Success, res.Status, res.Step, res.InPlace = false, StatusFailed, state.Step, true
-	res.Error = "interrupted: the run stopped in its " + state.Step + " step (crash or power cut), after it had begun to change the running root in place"
-	res.FinishedAt = e.now().UTC()
-	state.Status, state.LastResult = StatusFailed, res
-	name := state.Snapshot
-	if _, err := e.mergeBack(ctx, snap, state, res, name); err != nil {
-		// Recorded: every command shows it; the root needs a human.
-		e.report(progress.Event{Step: "recover", Message: "ERROR: " + err.Error()})
-	}
-	return state, errors.Join(st.record(res), st.save(state, e.now()))
-}
-
-// lvmNames is what the engine needs of the LVM backend for boot entries
-// and fstab (snapshot.LVM).
-type lvmNames interface {
-	VG() string
-	LV(name string) (string, error)
-}
-
 // rewriteFstabLVM points the "/" line of the fstab of newRoot, a thin LVM
 // snapshot called name of the root called cur, at the snapshot's LV when
 // it names the old LV by path. A "/" named by UUID= or LABEL= is left
@@ -136,7 +92,7 @@ type lvmNames interface {
 // either; the boot entry names the LV by path, which is what mounts the
 // root) and reported.
 func (e *Engine) rewriteFstabLVM(snap snapshot.Snapshotter, newRoot, cur, name string) error {
-	n, ok := snap.(lvmNames)
+	n, ok := snap.(snapshot.Volumes)
 	if !ok {
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -46,7 +47,7 @@ func separateMounts(root sysroot.Root, mounts []mountinfo.Mount) ([]string, erro
 // transaction directories are partly on other filesystems: that would
 // upgrade half a system "atomically".
 func checkLayout(root sysroot.Root, backend string) error {
-	if backend == "none" {
+	if backend == snapshot.BackendNone {
 		return nil
 	}
 	mounts, err := mountinfo.Read()

@@ -93,7 +93,7 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 // root, then /boot put back as the backup has it (and the old entry the
 // default), then the record here; each part can be done again.
 func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, reason string) (*Result, error) {
-	if state.Backend == "none" || state.Backend == "" {
+	if !snapshot.Protects(state.Backend) {
 		return nil, fmt.Errorf("cannot roll back: the upgrade ran without a snapshot (--snapshot none)")
 	}
 	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
@@ -253,7 +253,7 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 		}
 	}
 	backend := state.Backend
-	if backend == "" || backend == "none" {
+	if !snapshot.Protects(backend) {
 		return removed, nil
 	}
 	snap, err := e.Snapshotters(ctx, backend, e.Root)

@@ -12,6 +12,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
 
 // PrepareOptions are the user's choices for prepare.
@@ -112,7 +113,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		return nil, err
 	}
 	backend := snap.Backend()
-	thinLVM := backend == "lvm" && !upgradesInPlace(snap)
+	thinLVM := backend == snapshot.BackendLVM && !snapshot.UpgradesInPlace(snap)
 	snap.Close()
 	if thinLVM {
 		// The upgraded copy of a thin LV boots only through a boot entry
@@ -133,7 +134,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 			return nil, fmt.Errorf("cannot prepare: %w", err)
 		}
 	}
-	if backend == "none" {
+	if backend == snapshot.BackendNone {
 		e.report(progress.Event{Step: "check", Message: "WARNING: --snapshot none: the upgrade will change the running root in place, with NO snapshot and NO rollback"})
 	}
 	var pfm *preflight.Migration

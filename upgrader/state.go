@@ -29,7 +29,8 @@ const (
 	StatusRolledBack Status = "rolled-back"
 )
 
-// Apply steps, in order. Each is journaled in the state before its side
+// Apply step names. The order, and what each does and undoes, is the table
+// in steps.go (applySteps); each is journaled in the state before its side
 // effect runs.
 const (
 	StepVerify      = "verify"      // checksums and rpmdb fingerprint
@@ -41,9 +42,6 @@ const (
 	StepSwitch      = "switch"      // trial boot of the new entry, new root the default
 	StepDone        = "done"        // record the result in the old root
 )
-
-// applySteps lists the steps in order, for tests and crash injection.
-var applySteps = []string{StepVerify, StepBackup, StepSnapshot, StepTransaction, StepBoot, StepFinalize, StepSwitch, StepDone}
 
 // StateVersion is the state document format.
 const StateVersion = 1

@@ -14,6 +14,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
@@ -61,10 +62,8 @@ Examples:
 			if to := c.String("to"); to != "" && strings.ContainsAny(to, "/ \t") {
 				return usageError{fmt.Errorf("cannot use --to %q: not a release version (for example --to 5.9)", to)}
 			}
-			switch c.String("snapshot") {
-			case "auto", "btrfs", "lvm", "none":
-			default:
-				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs, lvm or none", c.String("snapshot"))}
+			if _, err := snapshot.ParseBackend(c.String("snapshot")); err != nil {
+				return usageError{err}
 			}
 			answers, err := preflight.LoadAnswers(e.engine.Root, answerFlags(c))
 			if err != nil {
@@ -202,7 +201,7 @@ func runCheck(ctx context.Context, eng *upgrader.Engine, to string, answerFlags 
 	if err != nil {
 		return false, nil, err
 	}
-	opts, err := checkOptions(ctx, eng, to, nil, "auto", false)
+	opts, err := checkOptions(ctx, eng, to, nil, snapshot.BackendAuto, false)
 	if err != nil {
 		return false, nil, err
 	}

@@ -50,7 +50,7 @@ Examples:
 			defer conn.Close()
 			svc, err := dbusapi.New(conn, e.engine, dbusapi.Options{
 				Log:         log,
-				Sinks:       progress.SystemSinks,
+				Sinks:       func(op string) progress.Multi { return progress.SystemSinks(progress.OpRanges(op)) },
 				IdleTimeout: c.Duration("idle-timeout"),
 				Check: func(ctx context.Context, to string, answers []string) (bool, []byte, error) {
 					return runCheck(ctx, e.engine, to, answers)
@@ -246,7 +246,7 @@ func rollbackViaDaemon(c *cli.Context, e *env) (bool, error) {
 // milestone when the run really starts (its first step), and returns the
 // function that announces how it ended.
 func announceApply(e *env) func(*upgrader.ApplyResult, error) {
-	sinks := progress.SystemSinks("apply")
+	sinks := progress.SystemSinks(upgrader.ApplyProgress())
 	if len(sinks) == 0 {
 		return func(*upgrader.ApplyResult, error) {}
 	}

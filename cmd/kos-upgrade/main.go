@@ -23,6 +23,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
@@ -369,10 +370,8 @@ Examples:
 				}
 				repos = append(repos, repo)
 			}
-			switch c.String("snapshot") {
-			case "auto", "btrfs", "lvm", "none":
-			default:
-				return usageError{fmt.Errorf("cannot use --snapshot %q: choose auto, btrfs, lvm or none", c.String("snapshot"))}
+			if _, err := snapshot.ParseBackend(c.String("snapshot")); err != nil {
+				return usageError{err}
 			}
 			if !upgrader.ValidMode(c.String("mode")) {
 				return usageError{fmt.Errorf("cannot use --mode %q: choose target or initramfs", c.String("mode"))}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
@@ -82,7 +83,7 @@ func printStatus(w io.Writer, r *upgrader.StatusReport) {
 		fmt.Fprintf(w, "Reboot:   required: the root is rolled back to %s at the next boot\n", st.Previous)
 	case st.Status == upgrader.StatusSucceeded && st.Previous != "" && st.InPlace:
 		fmt.Fprintf(w, "Rollback: available (kos-upgrade rollback merges the rollback point %s back into the root at the next boot)\n", st.Previous)
-	case st.Status == upgrader.StatusSucceeded && st.Previous != "" && st.Backend != "none":
+	case st.Status == upgrader.StatusSucceeded && st.Previous != "" && st.Backend != snapshot.BackendNone:
 		fmt.Fprintf(w, "Rollback: available (kos-upgrade rollback boots %s again)\n", st.Previous)
 	}
 }

@@ -137,6 +137,26 @@ type Bootloader interface {
 	Fallback(ctx context.Context) error
 }
 
+// OneShotChecker is implemented by boot loaders whose one-time boot
+// (SetOneShot) depends on the machine: grub2 (grubenv must be writable at
+// boot) and systemd-boot (EFI variables of the running system).
+type OneShotChecker interface {
+	// CheckOneShot returns nil when SetOneShot can work here, else an
+	// error wrapping ErrUnsafeEnv or ErrNotSupported that says why. It
+	// changes nothing.
+	CheckOneShot(ctx context.Context) error
+}
+
+// OneShotClearer is implemented by boot loaders that keep a pending
+// one-time boot after its entry is removed (grub2's next_entry);
+// systemd-boot ignores a one-shot naming an entry that is gone.
+type OneShotClearer interface {
+	// ClearOneShot cancels a pending one-time boot of id; a one-time boot
+	// of another entry, or none, is left as it is. Calling it twice is
+	// harmless.
+	ClearOneShot(ctx context.Context, id string) error
+}
+
 // Detect finds the boot loader of the system at root from the files under
 // <root>/boot, <root>/boot/efi and <root>/efi: grub2 with BLS entries
 // (EL8) first, else systemd-boot. Anything else (grub2 without BLS, no boot

@@ -21,6 +21,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
@@ -28,7 +29,8 @@ import (
 type Options struct {
 	Log *slog.Logger
 	// Sinks returns the extra progress sinks of one job of operation op
-	// (journal, plymouth, sd_notify: progress.SystemSinks); nil: none.
+	// (journal, plymouth, sd_notify: progress.SystemSinks of
+	// progress.OpRanges(op)); nil: none.
 	Sinks func(op string) progress.Multi
 	// Reboot reboots the machine for Reboot and Rollback. The default runs
 	// systemctl reboot, and refuses when the engine acts on another root
@@ -306,7 +308,7 @@ func (s *Service) refresh(ctx context.Context) error {
 		last = r.State.LastResult
 	}
 	rollback := r.State.Status == upgrader.StatusSucceeded && r.State.Previous != "" &&
-		r.State.Backend != "" && r.State.Backend != "none"
+		snapshot.Protects(r.State.Backend)
 	s.props.update(map[string]any{
 		"State":             state,
 		"Step":              step,
@@ -359,7 +361,7 @@ func (s *Service) begin(name string, uid uint32, target string) (*job, *dbus.Err
 				"wait for it to finish (kos-upgrade status --follow)",
 			name, j.name, j.started.Format(time.RFC3339), j.uid, j.step, s.pct)})
 	}
-	j := &job{name: name, uid: uid, started: time.Now(), target: target, overall: progress.NewOverall(name)}
+	j := &job{name: name, uid: uid, started: time.Now(), target: target, overall: progress.NewOverall(progress.OpRanges(name))}
 	if s.opts.Sinks != nil {
 		j.sinks = s.opts.Sinks(name)
 	}
@@ -533,7 +535,7 @@ func (o object) Check(msg dbus.Message, options map[string]dbus.Variant) (bool, 
 // Prepare starts a prepare job and returns at once.
 func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus.Error {
 	var (
-		to, snap  = "", "auto"
+		to, snap  = "", snapshot.BackendAuto
 		mode      = upgrader.ModeTarget
 		repoSpecs []string
 		images    []string
@@ -568,10 +570,8 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 	if !upgrader.ValidMode(mode) {
 		return invalidArgs("Prepare: mode %q: choose target or initramfs", mode)
 	}
-	switch snap {
-	case "auto", "btrfs", "lvm", "none":
-	default:
-		return invalidArgs("Prepare: snapshot %q: choose auto, btrfs, lvm or none", snap)
+	if _, err := snapshot.ParseBackend(snap); err != nil {
+		return invalidArgs("Prepare: %v", err)
 	}
 	var repos []pkgmgr.Repo
 	for _, r := range repoSpecs {

@@ -344,7 +344,7 @@ func checkSnapshot(f *Facts) []Finding {
 	s := f.Snapshot
 	var out []Finding
 	switch {
-	case s.Backend == "none":
+	case s.Backend == snapshot.BackendNone:
 		out = append(out, Finding{
 			Key: KeySnapshotNone, Severity: High, Groups: []string{"snapshot"},
 			Title:   "The upgrade runs without a snapshot: no rollback",
@@ -376,7 +376,7 @@ func checkSnapshot(f *Facts) []Finding {
 		}
 		out = append(out, fd)
 	}
-	if s.Backend != "" && s.Backend != "none" && len(f.SeparateMounts) > 0 {
+	if snapshot.Protects(s.Backend) && len(f.SeparateMounts) > 0 {
 		out = append(out, Finding{
 			Key: KeySeparateMounts, Severity: High, Groups: inhibitor("snapshot"),
 			Title:   "Part of the system is outside the root's snapshot",
@@ -396,7 +396,7 @@ func checkSnapshot(f *Facts) []Finding {
 // writes there is new data in the pool, which the running root shares.
 func checkThinPool(f *Facts) []Finding {
 	l := f.Snapshot.LVM
-	if f.Snapshot.Backend != "lvm" || l == nil || l.Pool == "" || l.ThinPool == nil {
+	if f.Snapshot.Backend != snapshot.BackendLVM || l == nil || l.Pool == "" || l.ThinPool == nil {
 		return nil
 	}
 	p := l.ThinPool
@@ -479,7 +479,7 @@ func checkSpace(f *Facts) []Finding {
 	stage := a.DownloadSize
 	tx := a.InstallSize
 	how := "to install, the snapshot keeps the old files"
-	if f.Snapshot.Backend == "none" {
+	if f.Snapshot.Backend == snapshot.BackendNone {
 		tx = max(0, a.InstallSize-a.EraseSize)
 		how = "growth of the installed size"
 	}

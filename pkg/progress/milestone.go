@@ -80,18 +80,19 @@ func (m Multi) Milestone(ms Milestone) {
 	}
 }
 
-// SystemSinks returns the sinks of the running system for operation op
-// that are available here: the journal when journald runs, plymouth when
-// it runs, sd_notify when NOTIFY_SOCKET is set. The list may be empty.
-func SystemSinks(op string) Multi {
+// SystemSinks returns the sinks of the running system for an operation
+// with ranges r that are available here: the journal when journald runs,
+// plymouth when it runs, sd_notify when NOTIFY_SOCKET is set. The list may
+// be empty.
+func SystemSinks(r Ranges) Multi {
 	var m Multi
 	if j := NewJournal(); j.Enabled() {
 		m = append(m, j)
 	}
-	if p := NewPlymouth(op); p != nil {
+	if p := NewPlymouth(r); p != nil {
 		m = append(m, p)
 	}
-	if n := NewNotify(op); n != nil {
+	if n := NewNotify(r); n != nil {
 		m = append(m, n)
 	}
 	return m

@@ -16,13 +16,13 @@ type Notify struct {
 	last    string
 }
 
-// NewNotify returns the sd_notify sink for operation op (see NewOverall),
-// or nil when NOTIFY_SOCKET is not set.
-func NewNotify(op string) *Notify {
+// NewNotify returns the sd_notify sink for an operation with ranges r (see
+// NewOverall), or nil when NOTIFY_SOCKET is not set.
+func NewNotify(r Ranges) *Notify {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return nil
 	}
-	return &Notify{overall: NewOverall(op)}
+	return &Notify{overall: NewOverall(r)}
 }
 
 // Report implements Sink.

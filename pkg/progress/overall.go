@@ -5,27 +5,64 @@ package progress
 // whole, and a step's N/Total moves the figure inside that range. It is
 // what the D-Bus Progress property, plymouth and sd_notify show.
 type Overall struct {
-	ranges map[string][2]int
+	ranges Ranges
 	last   int
 }
 
-// Step ranges per operation. Steps not listed leave the figure as it is.
-var overallRanges = map[string]map[string][2]int{
-	"prepare": {
-		"check": {0, 2}, "fingerprint": {2, 5}, "resolve": {5, 15}, "download": {15, 60},
-		"stage": {60, 65}, "verify": {65, 80}, "test": {80, 97}, "prepare": {100, 100},
-	},
-	"apply": {
-		"recover": {0, 2}, "verify": {0, 5}, "snapshot": {5, 10}, "transaction": {10, 90},
-		"finalize": {90, 93}, "switch": {93, 97}, "done": {100, 100},
-	},
-	"rollback": {"rollback": {50, 50}},
+// Ranges maps the steps of one operation to the part of 0..100 each owns.
+// Steps not listed leave the figure as it is.
+type Ranges map[string][2]int
+
+// StepWeight is a step and its share of an operation.
+type StepWeight struct {
+	Step   string
+	Weight int
 }
 
-// NewOverall returns the tracker of operation op (prepare, apply,
-// rollback; anything else tracks nothing and stays at 0 until Done).
-func NewOverall(op string) *Overall {
-	return &Overall{ranges: overallRanges[op]}
+// Weighted returns the ranges of steps run in this order, each owning its
+// weight's share of 0..100; a step of weight 0 at the end owns 100.
+func Weighted(steps []StepWeight) Ranges {
+	total := 0
+	for _, s := range steps {
+		total += s.Weight
+	}
+	r := Ranges{}
+	sum := 0
+	for _, s := range steps {
+		lo := 100
+		if total > 0 {
+			lo = sum * 100 / total
+		}
+		sum += s.Weight
+		hi := 100
+		if total > 0 {
+			hi = sum * 100 / total
+		}
+		r[s.Step] = [2]int{lo, hi}
+	}
+	return r
+}
+
+// OpRanges returns the ranges of the operations whose steps live here:
+// prepare and rollback. Apply's come from its step table
+// (upgrader.ApplyProgress); anything else tracks nothing.
+func OpRanges(op string) Ranges {
+	switch op {
+	case "prepare":
+		return Ranges{
+			"check": {0, 2}, "fingerprint": {2, 5}, "resolve": {5, 15}, "download": {15, 60},
+			"stage": {60, 65}, "verify": {65, 80}, "test": {80, 97}, "prepare": {100, 100},
+		}
+	case "rollback":
+		return Ranges{"rollback": {50, 50}}
+	}
+	return nil
+}
+
+// NewOverall returns the tracker of an operation with these ranges (nil:
+// it stays at 0 until Done).
+func NewOverall(r Ranges) *Overall {
+	return &Overall{ranges: r}
 }
 
 // Update accounts for e and returns the figure.

@@ -19,14 +19,14 @@ type Plymouth struct {
 	timeout time.Duration
 }
 
-// NewPlymouth returns the plymouth sink for operation op (see NewOverall),
-// or nil when plymouth is not installed or not running.
-func NewPlymouth(op string) *Plymouth {
+// NewPlymouth returns the plymouth sink for an operation with ranges r (see
+// NewOverall), or nil when plymouth is not installed or not running.
+func NewPlymouth(r Ranges) *Plymouth {
 	bin, err := exec.LookPath("plymouth")
 	if err != nil {
 		return nil
 	}
-	p := &Plymouth{bin: bin, overall: NewOverall(op), lastPct: -1, timeout: 2 * time.Second}
+	p := &Plymouth{bin: bin, overall: NewOverall(r), lastPct: -1, timeout: 2 * time.Second}
 	if p.run("--ping") != nil {
 		return nil
 	}

@@ -14,7 +14,7 @@ import (
 )
 
 func TestOverall(t *testing.T) {
-	o := NewOverall("prepare")
+	o := NewOverall(OpRanges("prepare"))
 	seq := []struct {
 		e    Event
 		want int
@@ -32,9 +32,19 @@ func TestOverall(t *testing.T) {
 			t.Errorf("after %+v: %d, want %d", s.e, got, s.want)
 		}
 	}
-	a := NewOverall("apply")
-	if got := a.Update(Event{Step: "transaction", N: 50, Total: 100}); got != 50 {
-		t.Errorf("apply transaction half-way: %d", got)
+	a := NewOverall(Weighted([]StepWeight{{"a", 10}, {"b", 80}, {"c", 10}, {"done", 0}}))
+	for _, s := range []struct {
+		e    Event
+		want int
+	}{
+		{Event{Step: "a"}, 0},
+		{Event{Step: "b", N: 50, Total: 100}, 50},
+		{Event{Step: "c"}, 90},
+		{Event{Step: "done"}, 100},
+	} {
+		if got := a.Update(s.e); got != s.want {
+			t.Errorf("weighted, after %+v: %d, want %d", s.e, got, s.want)
+		}
 	}
 }
 
@@ -113,7 +123,7 @@ func TestJournalFields(t *testing.T) {
 func TestWithoutJournaldPlymouthNotify(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", "")
 	t.Setenv("PATH", t.TempDir())
-	sinks := SystemSinks("prepare")
+	sinks := SystemSinks(OpRanges("prepare"))
 	for _, s := range sinks {
 		if _, ok := s.(*Journal); !ok {
 			t.Errorf("unexpected sink %T", s)
@@ -121,7 +131,7 @@ func TestWithoutJournaldPlymouthNotify(t *testing.T) {
 	}
 	sinks.Report(Event{Step: "resolve", Message: "x"})
 	Announce(sinks, Milestone{Kind: Started, Op: "prepare"})
-	if NewPlymouth("prepare") != nil {
+	if NewPlymouth(OpRanges("prepare")) != nil {
 		t.Error("plymouth sink without plymouth")
 	}
 	var n *Notify
@@ -140,7 +150,7 @@ func TestNotifyStatus(t *testing.T) {
 	}
 	defer l.Close()
 	t.Setenv("NOTIFY_SOCKET", sock)
-	n := NewNotify("prepare")
+	n := NewNotify(OpRanges("prepare"))
 	n.Report(Event{Step: "resolve", Message: "resolving"})
 	n.Report(Event{Step: "resolve", Message: "resolving"}) // same: not sent
 	n.Report(Event{Step: "download", N: 1, Total: 2})
@@ -172,7 +182,7 @@ func TestPlymouthCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
-	p := NewPlymouth("apply")
+	p := NewPlymouth(Ranges{"transaction": {10, 90}})
 	if p == nil {
 		t.Fatal("no plymouth sink although plymouth --ping succeeds")
 	}
@@ -185,7 +195,7 @@ func TestPlymouthCommands(t *testing.T) {
 	}
 	// plymouth not running: --ping fails, no sink.
 	os.WriteFile(filepath.Join(dir, "plymouth"), []byte("#!/bin/sh\nexit 1\n"), 0o755)
-	if NewPlymouth("apply") != nil {
+	if NewPlymouth(Ranges{"transaction": {10, 90}}) != nil {
 		t.Error("plymouth sink although plymouthd does not run")
 	}
 }

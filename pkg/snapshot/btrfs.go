@@ -194,7 +194,7 @@ func mountedAt(mounts []mountinfo.Mount, path string) (mountinfo.Mount, bool) {
 }
 
 // Backend implements Snapshotter.
-func (b *Btrfs) Backend() string { return "btrfs" }
+func (b *Btrfs) Backend() string { return BackendBtrfs }
 
 // Current implements Snapshotter: the subvolume the root is mounted from,
 // with Path the root directory.

@@ -352,7 +352,10 @@ func NewLVM(ctx context.Context, rootDir, workDir string) (*LVM, error) {
 }
 
 // Backend implements Snapshotter.
-func (l *LVM) Backend() string { return "lvm" }
+func (l *LVM) Backend() string { return BackendLVM }
+
+// SetChangeSize implements ChangeSizer: it sets ChangeSize.
+func (l *LVM) SetChangeSize(bytes int64) { l.ChangeSize = bytes }
 
 // UpgradesInPlace implements InPlace: true on a thick LV.
 func (l *LVM) UpgradesInPlace() bool { return !l.thin }

@@ -45,7 +45,7 @@ func (n *None) root() Snapshot {
 }
 
 // Backend implements Snapshotter.
-func (n *None) Backend() string { return "none" }
+func (n *None) Backend() string { return BackendNone }
 
 // Current implements Snapshotter: the live root.
 func (n *None) Current(context.Context) (Snapshot, error) { return n.root(), nil }

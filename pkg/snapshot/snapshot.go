@@ -24,6 +24,37 @@ var (
 	ErrNotSupported = errors.New("root cannot be snapshotted by this backend")
 )
 
+// Backend names: what Snapshotter.Backend returns, the plan's and the
+// state's "snapshot"/"backend" fields and the --snapshot values. Compare
+// with these, never with literals; ParseBackend checks a user's choice.
+const (
+	// BackendAuto picks btrfs or LVM from the root's device (a choice,
+	// never a Snapshotter's name).
+	BackendAuto  = "auto"
+	BackendBtrfs = "btrfs"
+	BackendLVM   = "lvm"
+	// BackendNone upgrades the root in place without a rollback point.
+	BackendNone = "none"
+)
+
+// ParseBackend checks a backend choice (--snapshot, the D-Bus option): one
+// of the Backend names; "" means BackendAuto. The error says what is
+// accepted.
+func ParseBackend(s string) (string, error) {
+	switch s {
+	case "":
+		return BackendAuto, nil
+	case BackendAuto, BackendBtrfs, BackendLVM, BackendNone:
+		return s, nil
+	}
+	return "", fmt.Errorf("cannot use snapshot backend %q: choose auto, btrfs, lvm or none", s)
+}
+
+// Protects reports whether a snapshot of backend (a Backend name as
+// recorded in a plan or state) is a rollback point: false for "none" and
+// for "" (no snapshot made).
+func Protects(backend string) bool { return backend != "" && backend != BackendNone }
+
 // Snapshot names one root snapshot.
 type Snapshot struct {
 	// Name is the backend's stable name for the snapshot, unique per root
@@ -42,7 +73,8 @@ type Snapshot struct {
 
 // Snapshotter is one backend bound to one root filesystem.
 type Snapshotter interface {
-	// Backend returns the backend name: "btrfs", "lvm" or "none".
+	// Backend returns the backend name: BackendBtrfs, BackendLVM or
+	// BackendNone.
 	Backend() string
 
 	// Current returns the snapshot (subvolume, LV) the root is mounted from.
@@ -117,6 +149,34 @@ type InPlace interface {
 	// ErrNotFound afterwards. An overflowed (invalid) rollback point is
 	// refused with an error saying so.
 	Rollback(ctx context.Context, name string) error
+}
+
+// UpgradesInPlace reports whether s upgrades the live root (s implements
+// InPlace and says so).
+func UpgradesInPlace(s Snapshotter) bool {
+	ip, ok := s.(InPlace)
+	return ok && ip.UpgradesInPlace()
+}
+
+// ChangeSizer is implemented by backends whose snapshots get a fixed size
+// when created (LVM thick snapshots: copy on write into a preallocated
+// volume).
+type ChangeSizer interface {
+	// SetChangeSize says how many bytes the transaction is expected to
+	// write to the root, before Create sizes the next snapshot from it.
+	// Calling it again replaces the value; backends whose snapshots are
+	// not preallocated ignore it.
+	SetChangeSize(bytes int64)
+}
+
+// Volumes is implemented by backends whose snapshots are logical volumes
+// of one volume group (LVM), which boot entries and fstab name by path.
+type Volumes interface {
+	// VG returns the root's volume group; the same for every snapshot.
+	VG() string
+	// LV returns the logical volume of the snapshot called name, whether
+	// it exists or not; an error when name cannot be a snapshot name.
+	LV(name string) (string, error)
 }
 
 // rootMount resolves rootDir (absolute, symlinks followed) and finds the
