@@ -45,36 +45,16 @@ type PrepareOptions struct {
 }
 
 // Prepare resolves, downloads, verifies and tests the upgrade and writes the
-// plan. The running system is not changed (only the state directory).
+// plan. The running system is not changed (only the state directory). It
+// runs preparePhases in order, as ignition runs its stages.
 func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error) {
-	imgs, err := OpenImages(opts.Images, targetVersion(opts.To))
-	if err != nil {
-		return nil, fmt.Errorf("cannot prepare: %w", err)
+	pr := &prepareRun{e: e, opts: opts}
+	defer pr.close()
+	if err := pr.validate(); err != nil {
+		return nil, err
 	}
-	defer imgs.Close()
-	imgs.VerifyMetadata(e.Root.Dir)
-	if opts.To == "" && imgs != nil {
-		if imgs.release == "" {
-			return nil, fmt.Errorf("cannot prepare: the images name no release (no .treeinfo or .discinfo): give the target release with --to VERSION")
-		}
-		opts.To = imgs.release
-	}
-	if !ValidVersion(opts.To) {
-		return nil, fmt.Errorf("cannot prepare: %q is not a release version (for example --to 5.9)", opts.To)
-	}
-	to, err := ParseTarget(opts.To)
-	if err != nil {
-		return nil, fmt.Errorf("cannot prepare: %w", err)
-	}
-	mode := opts.Mode
-	if mode == "" {
-		mode = ModeTarget
-	}
-	if !ValidMode(mode) {
-		return nil, fmt.Errorf("cannot prepare: mode %q: choose target or initramfs", opts.Mode)
-	}
-	st := e.store()
-	l, state, err := e.begin(ctx, st)
+	pr.st = e.store()
+	l, state, err := e.begin(ctx, pr.st)
 	if err != nil {
 		return nil, err
 	}
@@ -82,159 +62,326 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	if state.Status == StatusArmed {
 		return nil, fmt.Errorf("cannot prepare: an upgrade to %s is armed for the next boot; run kos-upgrade cancel first", state.Target)
 	}
-
-	source, err := readRelease(e.Root.Dir)
-	if err != nil {
-		return nil, err
-	}
-	// Naming another distribution than the running one (--to kos-5.9 on
-	// CentOS) is a migration (docs/migration.md).
-	var mig *migrationSetup
-	repos := append(append([]pkgmgr.Repo(nil), opts.Repos...), imgs.Repos()...)
-	if to.Distro != "" && to.Distro != source.ID {
-		if mig, err = setupMigration(source, to, opts); err != nil {
-			return nil, fmt.Errorf("cannot prepare the migration to %s: %w", to, err)
+	pr.state = state
+	for _, ph := range preparePhases {
+		e.log().Debug("prepare phase", "phase", ph.name)
+		if err := ph.run(pr, ctx); err != nil {
+			return nil, err
 		}
-		if len(repos) == 0 && mig.m != nil {
-			repos = mig.m.PkgRepos()
+	}
+	return pr.plan, nil
+}
+
+// preparePhases are prepare's named phases, in order; each reads what the
+// ones before it filled in. validate runs before the lock is taken.
+var preparePhases = []struct {
+	name string
+	run  func(pr *prepareRun, ctx context.Context) error
+}{
+	{"migration", (*prepareRun).migration},
+	{"backend", (*prepareRun).pickBackend},
+	{"assess", (*prepareRun).assess},
+	{"resolve", (*prepareRun).resolve},
+	{"stage", (*prepareRun).stage},
+	{"verify", (*prepareRun).verify},
+	{"test", (*prepareRun).test},
+	{"write plan", (*prepareRun).writePlan},
+}
+
+// prepareRun is one prepare: what its phases read and fill in.
+type prepareRun struct {
+	e     *Engine
+	opts  PrepareOptions
+	to    Target
+	mode  string
+	st    store
+	state *State
+	// source is the running release; mig the migration, if --to names
+	// another distribution; repos the repositories to resolve with.
+	source  Release
+	mig     *migrationSetup
+	repos   []pkgmgr.Repo
+	backend string
+	report  *preflight.Report
+	// before is the rpmdb fingerprint the plan is made for.
+	before   string
+	stageDir string
+	res      *pkgmgr.Resolution
+	sigCheck string
+	plan     *Plan
+	// imgs are the --iso images, served to dnf while prepare runs, and
+	// cacheDir dnf's metadata cache, which loses their repositories at
+	// the end.
+	imgs     *ImageSource
+	cacheDir string
+}
+
+func (pr *prepareRun) close() {
+	if pr.cacheDir != "" {
+		pr.imgs.dropCache(pr.cacheDir)
+	}
+	pr.imgs.Close()
+}
+
+const stageRel = "packages"
+
+// validate checks the options and opens the --iso images, which may name
+// the release.
+func (pr *prepareRun) validate() error {
+	imgs, err := OpenImages(pr.opts.Images, targetVersion(pr.opts.To))
+	if err != nil {
+		return fmt.Errorf("cannot prepare: %w", err)
+	}
+	pr.imgs = imgs
+	imgs.VerifyMetadata(pr.e.Root.Dir)
+	if pr.opts.To == "" && imgs != nil {
+		if imgs.release == "" {
+			return fmt.Errorf("cannot prepare: the images name no release (no .treeinfo or .discinfo): give the target release with --to VERSION")
+		}
+		pr.opts.To = imgs.release
+	}
+	opts := pr.opts
+	if !ValidVersion(opts.To) {
+		return fmt.Errorf("cannot prepare: %q is not a release version (for example --to 5.9)", opts.To)
+	}
+	to, err := ParseTarget(opts.To)
+	if err != nil {
+		return fmt.Errorf("cannot prepare: %w", err)
+	}
+	pr.to, pr.mode = to, opts.Mode
+	if pr.mode == "" {
+		pr.mode = ModeTarget
+	}
+	if !ValidMode(pr.mode) {
+		return fmt.Errorf("cannot prepare: mode %q: choose target or initramfs", opts.Mode)
+	}
+	return nil
+}
+
+// migration reads the running release and, when --to names another
+// distribution than the running one (--to kos-5.9 on CentOS), sets up the
+// migration (docs/migration.md).
+func (pr *prepareRun) migration(ctx context.Context) error {
+	source, err := readRelease(pr.e.Root.Dir)
+	if err != nil {
+		return err
+	}
+	pr.source = source
+	pr.repos = append(append([]pkgmgr.Repo(nil), pr.opts.Repos...), pr.imgs.Repos()...)
+	to, opts := pr.to, pr.opts
+	if to.Distro != "" && to.Distro != source.ID {
+		mig, err := setupMigration(source, to, opts)
+		if err != nil {
+			return fmt.Errorf("cannot prepare the migration to %s: %w", to, err)
+		}
+		pr.mig = mig
+		if len(pr.repos) == 0 && mig.m != nil {
+			pr.repos = mig.m.PkgRepos()
 		}
 		supported := mig.preflight.Supported(preflight.Release{ID: source.ID, VersionID: source.VersionID, Name: source.Name})
-		if len(repos) == 0 && supported {
-			return nil, fmt.Errorf("cannot prepare the migration to %s: the migration map %s names no %s repository; give them with --repo ID=URL", to, mig.m.Origin, to.Distro)
+		if len(pr.repos) == 0 && supported {
+			return fmt.Errorf("cannot prepare the migration to %s: the migration map %s names no %s repository; give them with --repo ID=URL", to, mig.m.Origin, to.Distro)
 		}
 	} else if source.VersionID == to.Version {
-		return nil, fmt.Errorf("cannot prepare: the system already runs release %s", to.Version)
+		return fmt.Errorf("cannot prepare: the system already runs release %s", to.Version)
 	}
-	if mig == nil && len(opts.GPGKeys)+len(opts.MigrationMap) > 0 {
-		return nil, fmt.Errorf("cannot prepare: --gpgkey and --migration-map are for migrations from another distribution (--to kos-VERSION on CentOS)")
+	if pr.mig == nil && len(opts.GPGKeys)+len(opts.MigrationMap) > 0 {
+		return fmt.Errorf("cannot prepare: --gpgkey and --migration-map are for migrations from another distribution (--to kos-VERSION on CentOS)")
 	}
-	snap, err := e.Snapshotters(ctx, opts.Snapshot, e.Root)
+	return nil
+}
+
+// pickBackend picks the snapshot backend and checks that apply can use it.
+func (pr *prepareRun) pickBackend(ctx context.Context) error {
+	e := pr.e
+	snap, err := e.Snapshotters(ctx, pr.opts.Snapshot, e.Root)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	backend := snap.Backend()
-	thinLVM := backend == snapshot.BackendLVM && !snapshot.UpgradesInPlace(snap)
+	pr.backend = snap.Backend()
+	thinLVM := pr.backend == snapshot.BackendLVM && !snapshot.UpgradesInPlace(snap)
 	snap.Close()
 	if thinLVM {
 		// The upgraded copy of a thin LV boots only through a boot entry
 		// naming it (docs/lvm.md): apply would refuse without one.
 		if bl, err := e.bootloader(); err != nil {
-			return nil, err
+			return err
 		} else if bl == nil {
-			return nil, fmt.Errorf("cannot prepare: the root is a thin LVM volume, whose upgraded copy boots only through a boot entry naming it, but no boot loader kos-upgrade handles (grub2 with BLS entries, systemd-boot) was found under %s; use --snapshot none to upgrade in place without rollback", e.Root.Path("/boot"))
+			return fmt.Errorf("cannot prepare: the root is a thin LVM volume, whose upgraded copy boots only through a boot entry naming it, but no boot loader kos-upgrade handles (grub2 with BLS entries, systemd-boot) was found under %s; use --snapshot none to upgrade in place without rollback", e.Root.Path("/boot"))
 		}
 	}
-	if err := checkLayout(e.Root, backend); err != nil {
-		return nil, err
+	if err := checkLayout(e.Root, pr.backend); err != nil {
+		return err
 	}
-	if mode == ModeInitramfs {
+	if pr.mode == ModeInitramfs {
 		// Refused now rather than at arm: the one-time boot of the
 		// upgrade initramfs needs a boot loader that can do one.
 		if _, _, err := e.oneShotLoader(ctx); err != nil {
-			return nil, fmt.Errorf("cannot prepare: %w", err)
+			return fmt.Errorf("cannot prepare: %w", err)
 		}
 	}
-	if backend == snapshot.BackendNone {
+	if pr.backend == snapshot.BackendNone {
 		e.report(progress.Event{Step: "check", Message: "WARNING: --snapshot none: the upgrade will change the running root in place, with NO snapshot and NO rollback"})
 	}
-	var pfm *preflight.Migration
-	if mig != nil {
-		pfm = mig.preflight
-	}
-	report, err := e.assess(ctx, opts, to.Version, repos, imgs.Refs(), pfm, state, backend)
-	if err != nil {
-		return nil, err
-	}
-	var migReq *pkgmgr.Migration
-	if mig != nil {
-		migReq = mig.preflight.Request
-		if len(mig.keys) == 0 && !opts.SkipSignatures {
-			return nil, fmt.Errorf("cannot prepare the migration to %s: no public key of %s to verify its packages with (the migration map's key files %v are not installed); give it with --gpgkey FILE", to, mig.m.Target.Name, mig.m.GPGKeys)
-		}
-	}
+	return nil
+}
 
+// assess runs the same assessment as kos-upgrade check and refuses on an
+// inhibitor or a migration without the target's keys.
+func (pr *prepareRun) assess(ctx context.Context) error {
+	var pfm *preflight.Migration
+	if pr.mig != nil {
+		pfm = pr.mig.preflight
+	}
+	report, err := pr.e.assess(ctx, pr.opts, pr.to.Version, pr.repos, pr.imgs.Refs(), pfm, pr.state, pr.backend)
+	if err != nil {
+		return err
+	}
+	pr.report = report
+	if mig := pr.mig; mig != nil && len(mig.keys) == 0 && !pr.opts.SkipSignatures {
+		return fmt.Errorf("cannot prepare the migration to %s: no public key of %s to verify its packages with (the migration map's key files %v are not installed); give it with --gpgkey FILE", pr.to, mig.m.Target.Name, mig.m.GPGKeys)
+	}
+	return nil
+}
+
+// resolve records the rpmdb fingerprint, then has dnf resolve the upgrade
+// and download its packages into the stage directory.
+func (pr *prepareRun) resolve(ctx context.Context) error {
+	e, opts := pr.e, pr.opts
 	e.report(progress.Event{Step: "fingerprint", Message: "reading the installed package set"})
 	before, err := e.PM.Fingerprint(ctx, e.Root.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read the rpm database: %w", err)
+		return fmt.Errorf("cannot read the rpm database: %w", err)
 	}
-	const stageRel = "packages"
-	stageDir := st.stageDir(stageRel)
-	cacheDir := filepath.Join(st.dir, "cache")
-	defer imgs.dropCache(cacheDir)
-	for _, d := range []string{stageDir, cacheDir} {
+	pr.before = before
+	pr.stageDir = pr.st.stageDir(stageRel)
+	cacheDir := filepath.Join(pr.st.dir, "cache")
+	pr.cacheDir = cacheDir
+	for _, d := range []string{pr.stageDir, cacheDir} {
 		if err := ensurePrivateDir(d); err != nil {
-			return nil, fmt.Errorf("cannot create %s: %w", d, err)
+			return fmt.Errorf("cannot create %s: %w", d, err)
 		}
 	}
+	var migReq *pkgmgr.Migration
+	if pr.mig != nil {
+		migReq = pr.mig.preflight.Request
+	}
 	res, err := e.PM.Resolve(ctx, pkgmgr.ResolveRequest{
-		Root: e.Root.Dir, Release: to.Version, Repos: repos, CacheDir: cacheDir, StageDir: stageDir,
+		Root: e.Root.Dir, Release: pr.to.Version, Repos: pr.repos, CacheDir: cacheDir, StageDir: pr.stageDir,
 		Migration: migReq,
 	}, e.Sink)
 	if err != nil {
-		err = imgs.explain(err)
+		err = pr.imgs.explain(err)
 		if errors.Is(err, pkgmgr.ErrDepsolve) {
-			return nil, fmt.Errorf("cannot resolve the upgrade to %s: %w", opts.To, err)
+			return fmt.Errorf("cannot resolve the upgrade to %s: %w", opts.To, err)
 		}
-		return nil, fmt.Errorf("cannot prepare the upgrade to %s: %w", opts.To, err)
+		return fmt.Errorf("cannot prepare the upgrade to %s: %w", opts.To, err)
 	}
 	if len(res.Items) == 0 {
-		return nil, fmt.Errorf("cannot prepare: dnf finds nothing to change for release %s; check the repositories", opts.To)
+		return fmt.Errorf("cannot prepare: dnf finds nothing to change for release %s; check the repositories", opts.To)
 	}
-	sigCheck := "enforced"
-	if opts.SkipSignatures {
-		sigCheck = "skipped"
+	pr.res = res
+	return nil
+}
+
+// stage removes staged files no item of the plan names.
+func (pr *prepareRun) stage(ctx context.Context) error {
+	return pruneStage(pr.stageDir, pr.res.Items)
+}
+
+// verify checks the staged packages' signatures, unless the user said not
+// to.
+func (pr *prepareRun) verify(ctx context.Context) error {
+	e := pr.e
+	if pr.opts.SkipSignatures {
+		pr.sigCheck = "skipped"
 		e.report(progress.Event{Step: "verify", Message: "WARNING: GPG signature verification skipped at the user's request"})
-	} else {
-		e.report(progress.Event{Step: "verify", Message: "verifying package signatures"})
-		keys := res.GPGKeys
-		if mig != nil {
-			keys = append(append([]string(nil), keys...), mig.keyFiles...)
-		}
-		if err := e.PM.Verify(ctx, e.Root.Dir, stageDir, res.Items, keys, e.Sink); err != nil {
-			return nil, fmt.Errorf("cannot prepare: %w; remove the offending repository, import its key, or pass --no-gpg-check to accept unverified packages", err)
-		}
+		return nil
 	}
+	pr.sigCheck = "enforced"
+	e.report(progress.Event{Step: "verify", Message: "verifying package signatures"})
+	keys := pr.res.GPGKeys
+	if pr.mig != nil {
+		keys = append(append([]string(nil), keys...), pr.mig.keyFiles...)
+	}
+	if err := e.PM.Verify(ctx, e.Root.Dir, pr.stageDir, pr.res.Items, keys, e.Sink); err != nil {
+		return fmt.Errorf("cannot prepare: %w; remove the offending repository, import its key, or pass --no-gpg-check to accept unverified packages", err)
+	}
+	return nil
+}
+
+// test runs the test transaction and checks the installed packages did
+// not change meanwhile.
+func (pr *prepareRun) test(ctx context.Context) error {
+	e := pr.e
 	e.report(progress.Event{Step: "test", Message: "testing the transaction"})
-	if err := e.PM.Test(ctx, e.Root.Dir, stageDir, res.Items, e.Sink); err != nil {
+	if err := e.PM.Test(ctx, e.Root.Dir, pr.stageDir, pr.res.Items, e.Sink); err != nil {
 		var he *pkgmgr.HelperError
 		if errors.As(err, &he) && he.Kind == "test" {
-			return nil, fmt.Errorf("cannot prepare: %w", err) // it says "the test transaction failed"
+			return fmt.Errorf("cannot prepare: %w", err) // it says "the test transaction failed"
 		}
-		return nil, fmt.Errorf("cannot prepare: the test transaction failed: %w", err)
+		return fmt.Errorf("cannot prepare: the test transaction failed: %w", err)
 	}
 	after, err := e.PM.Fingerprint(ctx, e.Root.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read the rpm database: %w", err)
+		return fmt.Errorf("cannot read the rpm database: %w", err)
 	}
-	if after != before {
-		return nil, fmt.Errorf("cannot prepare: the installed packages changed while preparing; run prepare again")
+	if after != pr.before {
+		return fmt.Errorf("cannot prepare: the installed packages changed while preparing; run prepare again")
 	}
-	if err := pruneStage(stageDir, res.Items); err != nil {
-		return nil, err
-	}
+	return nil
+}
 
-	now := e.now().UTC()
+// writePlan writes the plan, then the state that says it is prepared.
+func (pr *prepareRun) writePlan(ctx context.Context) error {
+	e, opts, st, state := pr.e, pr.opts, pr.st, pr.state
+	p := pr.newPlan()
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("cannot prepare: dnf's answer makes no valid plan: %w", err)
+	}
+	if err := savePlan(st.planPath(), p); err != nil {
+		return err
+	}
+	state.Status = StatusPrepared
+	state.Step = ""
+	state.PlanID = p.ID
+	state.Target = opts.To
+	state.Backend = pr.backend
+	if err := st.save(state, e.now()); err != nil {
+		return err
+	}
+	what := "upgrade"
+	if pr.mig != nil {
+		what = "migration from " + pr.source.String()
+	}
+	e.report(progress.Event{Step: "prepare", Message: fmt.Sprintf("%s to %s prepared: %s", what, opts.To, summarize(p))})
+	pr.plan = p
+	return nil
+}
+
+func (pr *prepareRun) newPlan() *Plan {
+	now := pr.e.now().UTC()
+	source, res := pr.source, pr.res
 	p := &Plan{
 		Version:          PlanVersion,
-		ID:               now.Format("20060102T150405Z") + "-" + opts.To,
+		ID:               now.Format("20060102T150405Z") + "-" + pr.opts.To,
 		CreatedAt:        now,
-		MachineID:        readMachineID(e.Root.Dir),
+		MachineID:        readMachineID(pr.e.Root.Dir),
 		Source:           source,
-		Target:           Release{ID: source.ID, VersionID: to.Version, Name: source.Name},
-		Repos:            opts.Repos,
-		Images:           imgs.Refs(),
-		Snapshot:         backend,
-		Mode:             mode,
-		RPMDBFingerprint: before,
-		SignatureCheck:   sigCheck,
+		Target:           Release{ID: source.ID, VersionID: pr.to.Version, Name: source.Name},
+		Repos:            pr.opts.Repos,
+		Images:           pr.imgs.Refs(),
+		Snapshot:         pr.backend,
+		Mode:             pr.mode,
+		RPMDBFingerprint: pr.before,
+		SignatureCheck:   pr.sigCheck,
 		StageDir:         stageRel,
 		Transaction:      res.Items,
-		Report:           report,
+		Report:           pr.report,
 	}
-	if mig != nil {
-		p.Target = Release{ID: mig.m.Target.ID, VersionID: to.Version, Name: mig.m.Target.Name}
-		p.Repos = repos
+	if mig := pr.mig; mig != nil {
+		p.Target = Release{ID: mig.m.Target.ID, VersionID: pr.to.Version, Name: mig.m.Target.Name}
+		p.Repos = pr.repos
 		p.Migration = &Migration{
 			From:    source,
 			Map:     MapRef{Name: mig.m.Name, Origin: mig.m.Origin, SHA256: mig.m.SHA256},
@@ -249,26 +396,7 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 		p.DownloadSize += it.Size
 		p.InstallSize += it.InstallSize
 	}
-	if err := p.Validate(); err != nil {
-		return nil, fmt.Errorf("cannot prepare: dnf's answer makes no valid plan: %w", err)
-	}
-	if err := savePlan(st.planPath(), p); err != nil {
-		return nil, err
-	}
-	state.Status = StatusPrepared
-	state.Step = ""
-	state.PlanID = p.ID
-	state.Target = opts.To
-	state.Backend = backend
-	if err := st.save(state, e.now()); err != nil {
-		return nil, err
-	}
-	what := "upgrade"
-	if mig != nil {
-		what = "migration from " + source.String()
-	}
-	e.report(progress.Event{Step: "prepare", Message: fmt.Sprintf("%s to %s prepared: %s", what, opts.To, summarize(p))})
-	return p, nil
+	return p
 }
 
 // assess runs the same assessment as kos-upgrade check and refuses on an
