@@ -19,6 +19,9 @@ var (
 	ErrBadPlan = errors.New("invalid plan")
 	// ErrStalePlan says the system changed since prepare.
 	ErrStalePlan = errors.New("the installed packages changed since the upgrade was prepared")
+	// ErrBadState is wrapped by every error about a damaged state
+	// document.
+	ErrBadState = errors.New("the state document is damaged")
 	// ErrStagedChanged says a staged package is missing or differs from
 	// the plan's checksum.
 	ErrStagedChanged = errors.New("the staged packages do not match the plan")

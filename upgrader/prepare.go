@@ -447,7 +447,7 @@ func (e *Engine) checkCommand(opts PrepareOptions) string {
 	for _, r := range opts.Repos {
 		args = append(args, "--repo", shellQuote(r.ID+"="+r.BaseURL))
 	}
-	if opts.Snapshot != "" && opts.Snapshot != "auto" {
+	if opts.Snapshot != "" && opts.Snapshot != snapshot.BackendAuto {
 		args = append(args, "--snapshot", shellQuote(opts.Snapshot))
 	}
 	if opts.SkipSignatures {

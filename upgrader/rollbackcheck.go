@@ -30,7 +30,7 @@ func (e *Engine) rollbackPossible(ctx context.Context, state *State) error {
 	if state.Status != StatusSucceeded || state.Previous == "" {
 		return fmt.Errorf("cannot roll back: the state is %s; a rollback needs a successful upgrade with a snapshot of the old root", state.Status)
 	}
-	if state.Backend == "none" || state.Backend == "" {
+	if !snapshot.Protects(state.Backend) {
 		return fmt.Errorf("cannot roll back: the upgrade ran without a snapshot (--snapshot none)")
 	}
 	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)

@@ -7,7 +7,6 @@ package upgrader
 // document that fails is refused as damaged, with its path.
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,9 +19,6 @@ import (
 
 // bootBackupTop is the directory of /boot backups in the state directory.
 const bootBackupTop = "boot-backup"
-
-// ErrBadState is wrapped by every error about a damaged state document.
-var ErrBadState = errors.New("the state document is damaged")
 
 // Size caps of the documents read back.
 const (

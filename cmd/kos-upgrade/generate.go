@@ -17,6 +17,8 @@ import (
 
 	"github.com/cpuguy83/go-md2man/v2/md2man"
 	"github.com/urfave/cli/v2"
+
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
 
 // Where `make docs` writes the generated files (relative to the tree) and
@@ -33,7 +35,7 @@ const (
 // flagChoices are the values of flags that take one of a fixed set, for
 // completion.
 var flagChoices = map[string][]string{
-	"snapshot": {"auto", "btrfs", "lvm", "none"},
+	"snapshot": {snapshot.BackendAuto, snapshot.BackendBtrfs, snapshot.BackendLVM, snapshot.BackendNone},
 	"mode":     {"target", "initramfs"},
 }
 

@@ -634,7 +634,7 @@ func unsafePrepare(noGPG bool, repos []pkgmgr.Repo, snap string, answers preflig
 	if len(repos) > 0 {
 		u = append(u, "repos")
 	}
-	if snap == "none" {
+	if snap == snapshot.BackendNone {
 		u = append(u, "snapshot=none")
 	}
 	if a, ok := answers[preflight.AnswerAllowDowngrade]; ok && a.Value != "no" {
