@@ -188,6 +188,8 @@ async function admin() {
     await openDialog("#btn-reboot", "Reboot");
     const body = await text("#dialog-body");
     check(/reboots the machine now/.test(body) && /snapshot/.test(body), "the reboot dialog says what happens");
+    check(/Packages from the system's own repositories/.test(body) && /GPG signature and checksum was verified/.test(body),
+          "the reboot dialog says where the packages come from and that their signatures were checked");
     await shot("reboot-dialog");
     await el("#reboot-now").uncheck();
     check((await text("#dialog-confirm")).includes("Arm"), "confirm button says Arm when not rebooting");
