@@ -337,6 +337,33 @@ func TestHealthCheckFailsFallsBack(t *testing.T) {
 	}
 }
 
+// TestHealthScriptOthersCouldWriteNotRun: a health.d script that is
+// world-writable is not run as root; the check fails on it (through the
+// binary, on the first boot of a real upgrade) and the system falls back.
+func TestHealthScriptOthersCouldWriteNotRun(t *testing.T) {
+	b := newBootSystem(t, true)
+	res := b.applyKernel(t)
+	newRoot, _ := b.mountRoot(t, res.Snapshot)
+	marker := filepath.Join(t.TempDir(), "ran-as-root")
+	script := filepath.Join(newRoot, "etc/kos-upgrade/health.d/50-planted")
+	writeFile(t, script, "#!/bin/sh\ntouch "+marker+"\nexit 0\n", 0o755)
+	if err := os.Chmod(script, 0o757); err != nil {
+		t.Fatal(err)
+	}
+	ne := b.entry(t, boot.EntryIDPrefix+fixture.MachineID+"-"+newKver)
+	out, err := exec.Command(binary(t), "--root", newRoot, "health", "--cmdline", cmdline(ne)).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "writable by its group or others") {
+		t.Fatalf("health with a world-writable check: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the world-writable script ran as root")
+	}
+	if def := b.defaultSubvol(t); def != "@" {
+		t.Errorf("default subvolume after the refused check: %q", def)
+	}
+}
+
 func TestFailingPreRestoresBoot(t *testing.T) {
 	b := newBootSystem(t, true)
 	before := b.digest(t)
