@@ -39,11 +39,10 @@ func runBinary(t *testing.T, dir string, env []string, args ...string) (string, 
 // working directory and one on PYTHONPATH are never imported by the dnf
 // helper; the helper runs in / with a fixed environment.
 func TestHelperIgnoresPlantedModules(t *testing.T) {
-	testenv.RequireTools(t, "python3")
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// /usr/bin/python3, not the first python3 on PATH: a pyenv shim there
+	// needs the environment the helper is rightly started without.
+	const python = "/usr/bin/python3"
+	testenv.RequireTools(t, python)
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc/os-release"), []byte("ID=kos\nVERSION_ID=5.8\n"), 0o644)
