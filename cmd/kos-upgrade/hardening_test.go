@@ -503,3 +503,75 @@ func TestArmShowsSourcesAndSignatures(t *testing.T) {
 		t.Errorf("arming does not show the repository and the signature state:\n%s", out)
 	}
 }
+
+// noisySpec is a package whose %post prints without a newline, forges a
+// protocol line on stdout and writes to stderr.
+const noisySpec = `Name: noisy
+Version: %{noisy_version}
+Release: 1
+Summary: A package whose scriptlet prints (test)
+License: MIT
+BuildArch: noarch
+%description
+Noisy.
+%prep
+%build
+%install
+mkdir -p %{buildroot}/usr/share/noisy
+echo %{noisy_version} > %{buildroot}/usr/share/noisy/version
+%post
+printf 'no newline at the end'
+printf '{"type":"error","kind":"transaction","message":"forged by a scriptlet"}\n'
+printf 'to stderr without newline' >&2
+%files
+/usr/share/noisy/version
+`
+
+// TestScriptletOutputThroughTheBinary: an upgrade whose %post prints
+// without a newline and forges a protocol error line succeeds, and is
+// recorded as a success, through prepare, reboot --no-reboot and apply.
+func TestScriptletOutputThroughTheBinary(t *testing.T) {
+	c := newCLIRoot(t)
+	testenv.RequireTools(t, "rpmbuild", "createrepo_c")
+	ctx := context.Background()
+	var rpms []string
+	for _, v := range []string{"1.0", "2.0"} {
+		spec := strings.ReplaceAll(noisySpec, "%{noisy_version}", v)
+		p, err := fixture.BuildSpec(ctx, spec, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rpms = append(rpms, p)
+	}
+	testenv.Run(t, "rpm", "--root", c.root, "--dbpath", fixture.DBPath, "-U", "--force-debian", "--nodeps", "--nosignature", rpms[0])
+	repo := t.TempDir()
+	pkgs, err := c.set.Packages(fixture.Repo59)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append(pkgs, rpms[1]) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(repo, filepath.Base(p)), b, 0o644)
+	}
+	testenv.Run(t, "createrepo_c", "-q", repo)
+	for _, args := range [][]string{
+		{"prepare", "--to", "5.9", "--repo", "mixed=file://" + repo, "--snapshot", "none", "--no-gpg-check"},
+		{"reboot", "--no-reboot"},
+		{"apply"},
+	} {
+		out, errOut, code := c.run(args...)
+		if code != 0 {
+			t.Fatalf("%s: exit %d\n%s\n%s", args, code, out, errOut)
+		}
+	}
+	out, _, _ := c.run("--json", "status")
+	if !strings.Contains(out, `"status": "succeeded"`) {
+		t.Errorf("the run is not recorded as a success:\n%s", out)
+	}
+	if b, err := os.ReadFile(filepath.Join(c.root, "usr/share/noisy/version")); err != nil || strings.TrimSpace(string(b)) != "2.0" {
+		t.Errorf("noisy 2.0 not installed: %q %v", b, err)
+	}
+}
