@@ -27,13 +27,14 @@ type ImageSource struct {
 	release string
 }
 
-// OpenImages opens and serves the images at paths; to is the target
-// version asked for (empty: take it from the images). Nil without paths.
+// OpenImages opens and serves the images at paths; to is the target asked
+// for (5.9 or kos-5.9; empty: take it from the images). Nil without paths.
 // The caller closes it.
 func OpenImages(paths []string, to string) (*ImageSource, error) {
 	if len(paths) == 0 {
 		return nil, nil
 	}
+	to = targetVersion(to) // kos-5.9: 5.9
 	s := &ImageSource{signed: map[string]bool{}}
 	for _, p := range paths {
 		im, err := iso.Open(p)
