@@ -303,7 +303,7 @@ func TestHistoryFIFODoesNotHang(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Symlink(filepath.Join(r.victim, "x/precious"), filepath.Join(hist, "20260102T000000.000Z-5.9.json"))
-	for _, args := range [][]string{{"history"}, {"status"}, {"--json", "history"}} {
+	for _, args := range [][]string{{"history"}, {"status"}, {"--json", "history"}, {"cancel"}, {"clean"}, {"log"}} {
 		done := make(chan error, 1)
 		var out string
 		go func() {
