@@ -42,7 +42,7 @@ func TestHelperIgnoresPlantedModules(t *testing.T) {
 	// /usr/bin/python3, not the first python3 on PATH: a pyenv shim there
 	// needs the environment the helper is rightly started without.
 	const python = "/usr/bin/python3"
-	testenv.RequireTools(t, python)
+	testenv.RequireTools(t, "/usr/bin/python3")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc/os-release"), []byte("ID=kos\nVERSION_ID=5.8\n"), 0o644)
