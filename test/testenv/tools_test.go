@@ -190,11 +190,26 @@ func fileImports(f *ast.File) map[string]string {
 	return imports
 }
 
-// localLiterals maps the names a file assigns a string literal to
-// (name := "…") to that literal, when it is the only value assigned.
+// localLiterals maps the names a file gives a string literal (name := "…",
+// const or var name = "…", in a function or not) to those literals; a name
+// also given anything else gets "\x00" among them.
 func localLiterals(f *ast.File) map[string][]string {
 	out := map[string][]string{}
 	ast.Inspect(f, func(n ast.Node) bool {
+		if vs, ok := n.(*ast.ValueSpec); ok {
+			// const name = "…" or var name = "…", also inside a function.
+			for i, id := range vs.Names {
+				if i >= len(vs.Values) {
+					continue
+				}
+				if s, ok := literal(vs.Values[i]); ok {
+					out[id.Name] = append(out[id.Name], s)
+				} else {
+					out[id.Name] = append(out[id.Name], "\x00")
+				}
+			}
+			return true
+		}
 		as, ok := n.(*ast.AssignStmt)
 		if !ok || len(as.Lhs) != len(as.Rhs) {
 			return true
@@ -244,8 +259,10 @@ func (ev evaluator) eval(e ast.Expr, ctx symbol, depth int) ([]string, error) {
 		}
 	case *ast.Ident:
 		if ctx.file {
-			if v := ev.locals[x.Name]; len(v) == 1 && v[0] != "\x00" {
-				return v, nil
+			// Every literal the file gives the name (a superset of what
+			// this call needs), unless it is also given something else.
+			if v := ev.locals[x.Name]; len(v) > 0 && !slices.Contains(v, "\x00") {
+				return slices.Compact(slices.Sorted(slices.Values(v))), nil
 			}
 		}
 		if sym, ok := ev.syms[ctx.pkg][x.Name]; ok {
@@ -550,6 +567,12 @@ import (
 const local = "c"
 var more = []string{"d"}
 func TestX(t *testing.T) {
+	const python = "/usr/bin/python9"
+	testenv.RequireTools(t, python)
+	{
+		python := "/usr/bin/python8"
+		_ = python
+	}
 	polkitd := "/usr/lib/polkitd"
 	testenv.RequireTools(t, "lit", local, tools.EFI, polkitd)
 	testenv.RequireTools(t, tools.Tools...)
@@ -575,7 +598,7 @@ func f() { exec.Command("producttool") }
 	for _, r := range reqs {
 		got = append(got, r.name)
 	}
-	want := "/usr/lib/polkitd /usr/lib/polkitd /usr/lib/x.efi /usr/lib/x.efi a a b b c d e f g lit runtool"
+	want := "/usr/bin/python8 /usr/bin/python9 /usr/lib/polkitd /usr/lib/polkitd /usr/lib/x.efi /usr/lib/x.efi a a b b c d e f g lit runtool"
 	if strings.Join(got, " ") != want {
 		t.Errorf("found %q, want %q", strings.Join(got, " "), want)
 	}
