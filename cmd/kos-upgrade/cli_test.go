@@ -815,7 +815,7 @@ func TestLogShowsTheRunsJournal(t *testing.T) {
 		n++
 		en := map[string]string{
 			"__REALTIME_TIMESTAMP": strconv.FormatInt(at.Add(d).UnixMicro(), 10), "__MONOTONIC_TIMESTAMP": strconv.Itoa(n * 1000),
-			"_BOOT_ID": boot, "_MACHINE_ID": fixture.MachineID, "PRIORITY": "6",
+			"_BOOT_ID": boot, "_MACHINE_ID": fixture.MachineID, "PRIORITY": "6", "_UID": "0",
 		}
 		for i := 0; i+1 < len(fields); i += 2 {
 			en[fields[i]] = fields[i+1]
@@ -833,6 +833,10 @@ func TestLogShowsTheRunsJournal(t *testing.T) {
 			"KOS_UPGRADE_OP", "apply", "KOS_UPGRADE_RUN_ID", run.RunID, "KOS_UPGRADE_FROM", "5.8", "KOS_UPGRADE_TO", "5.9",
 			"MESSAGE", "kos-upgrade apply finished: 5.8 → 5.9"),
 		entry(after, time.Hour, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE", "the first boot of 5.9"),
+		// A user's forgery of the run's entry (logger --journald can send
+		// any field but _UID): never taken for the run.
+		entry(after, 2*time.Hour, "SYSLOG_IDENTIFIER", "kos-upgrade", "MESSAGE_ID", "8847a9f7023146d69bf6d09d34bd0949",
+			"KOS_UPGRADE_OP", "apply", "KOS_UPGRADE_RUN_ID", run.RunID, "MESSAGE", "forged", "_UID", "1000"),
 	})
 
 	out, errOut, code := c.run("log")
@@ -984,7 +988,7 @@ func TestLogFromEitherRoot(t *testing.T) {
 			"SYSLOG_IDENTIFIER": "kos-upgrade", "MESSAGE": "transaction: [9/9] upgrade kos-release-0:5.9-1.noarch"},
 		{"__REALTIME_TIMESTAMP": ts(time.Second), "__MONOTONIC_TIMESTAMP": "2000", "_BOOT_ID": boot, "_MACHINE_ID": fixture.MachineID,
 			"SYSLOG_IDENTIFIER": "kos-upgrade", "MESSAGE_ID": "8847a9f7023146d69bf6d09d34bd0949", "KOS_UPGRADE_OP": "apply",
-			"KOS_UPGRADE_RUN_ID": runs[0].RunID, "MESSAGE": "kos-upgrade apply finished"},
+			"KOS_UPGRADE_RUN_ID": runs[0].RunID, "MESSAGE": "kos-upgrade apply finished", "_UID": "0"},
 	})
 	check := func(what, root, which string) {
 		t.Helper()

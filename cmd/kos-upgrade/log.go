@@ -281,6 +281,11 @@ func (j *journals) sources(ctx context.Context, r *upgrader.Result) []string {
 	return dirs
 }
 
+// rootOnly matches entries that processes of root wrote (_UID is a field
+// journald sets, which no sender can forge): any user may send an entry
+// with kos-upgrade's MESSAGE_ID and a run's KOS_UPGRADE_RUN_ID.
+const rootOnly = "_UID=0"
+
 // findBoot returns the journal (directory) and the boot ID that run r
 // happened in, or "" when no journal has it. The entry naming the run wins
 // over a Started entry near its start in any journal: a snapshot taken
@@ -297,7 +302,7 @@ func (j *journals) findBoot(ctx context.Context, r *upgrader.Result) (string, st
 	}
 	if r.RunID != "" {
 		for _, dir := range dirs {
-			ents, err := journalQuery(ctx, dir, 1, "KOS_UPGRADE_RUN_ID="+r.RunID)
+			ents, err := journalQuery(ctx, dir, 1, "KOS_UPGRADE_RUN_ID="+r.RunID, rootOnly)
 			if err != nil {
 				return "", "", err
 			}
@@ -308,7 +313,7 @@ func (j *journals) findBoot(ctx context.Context, r *upgrader.Result) (string, st
 	}
 	// A run that never finished: its Started entry near its start.
 	for _, dir := range dirs {
-		ents, err := journalQuery(ctx, dir, 1000, "MESSAGE_ID="+progress.MessageIDStarted)
+		ents, err := journalQuery(ctx, dir, 1000, "MESSAGE_ID="+progress.MessageIDStarted, rootOnly)
 		if err != nil {
 			return "", "", err
 		}
