@@ -1,0 +1,124 @@
+package health
+
+import (
+	"fmt"
+	"time"
+)
+
+// VerdictVersion is the version of health.json.
+const VerdictVersion = 1
+
+// Verdict is the judgment of the first boot of an upgraded system:
+// health.json in the state directory of both roots (docs/health.md).
+type Verdict struct {
+	Version int  `json:"version"`
+	Green   bool `json:"green"`
+	// Decision is what was done: "blessed", "fallback", or "none" when
+	// the caller did not act on it.
+	Decision string    `json:"decision,omitempty"`
+	At       time.Time `json:"at"`
+	// Reasons are the fatal findings, one sentence each (empty when
+	// green).
+	Reasons []string `json:"reasons,omitempty"`
+	// Warnings are findings the policy does not make fatal, and the
+	// problems of the inputs (a damaged health.conf or baseline).
+	Warnings []string `json:"warnings,omitempty"`
+	// Baseline says which baseline the system was judged against.
+	Baseline string `json:"baseline"`
+	Diff
+	Checks []CheckResult `json:"checks,omitempty"`
+	// Hooks are the green.d/red.d hooks run after the verdict.
+	Hooks []CheckResult `json:"hooks,omitempty"`
+}
+
+// Input is what Judge decides on.
+type Input struct {
+	// Baseline is nil when there is none; BaselineErr says why (damaged).
+	Baseline    *Baseline
+	BaselineErr error
+	// Observed is the running system; nil with ObservedErr nil when it
+	// is not running (--root): units are not judged.
+	Observed    *Baseline
+	ObservedErr error
+	Policy      Policy
+	PolicyErr   error
+	Checks      []CheckResult
+	Now         time.Time
+}
+
+// Judge decides: every regression the policy makes fatal, every required
+// unit not active, every required check that did not pass, and a running
+// system that could not be observed are fatal; the rest are warnings.
+// Without a baseline (none, or damaged) only what the observation shows
+// on its own is judged: failed units (all counted, since which failed
+// before is unknown) and required units.
+func Judge(in Input) *Verdict {
+	v := &Verdict{Version: VerdictVersion, At: in.Now.UTC()}
+	pol := in.Policy
+	if pol.Fatal == nil {
+		pol = DefaultPolicy()
+	}
+	if in.PolicyErr != nil {
+		v.Warnings = append(v.Warnings, in.PolicyErr.Error()+"; the default policy was used")
+	}
+	before := in.Baseline
+	switch {
+	case before != nil:
+		v.Baseline = "taken at " + before.TakenAt.Format(time.RFC3339)
+		if !before.Live {
+			v.Baseline += " offline (units' states, sockets and mounts were not measured)"
+		}
+	case in.BaselineErr != nil:
+		v.Baseline = "damaged: " + in.BaselineErr.Error()
+		v.Warnings = append(v.Warnings, "the baseline cannot be used ("+in.BaselineErr.Error()+"): judged on failed units, required units and checks only")
+	default:
+		v.Baseline = "none (prepared by a kos-upgrade without baselines): judged on failed units, required units and checks only"
+	}
+	if before == nil {
+		before = &Baseline{NotMeasured: []string{PartActive, PartSockets, PartMounted, PartSELinux, PartModules}}
+	}
+	switch {
+	case in.ObservedErr != nil:
+		v.Reasons = append(v.Reasons, "cannot observe the running system: "+in.ObservedErr.Error())
+	case in.Observed != nil:
+		v.Diff = Compare(before, in.Observed, pol.Ignore)
+		for _, u := range pol.Required {
+			a, ok := in.Observed.unit(u)
+			if ok && a.Active == "active" {
+				continue
+			}
+			state := "not loaded"
+			if ok {
+				state = a.Active
+			}
+			v.Regressions = append(v.Regressions, Change{Kind: KindRequiredInactive, Subject: u, After: state,
+				Message: fmt.Sprintf("%s is required by health.conf and is %s", u, state)})
+		}
+	}
+	for i := range v.Regressions {
+		c := &v.Regressions[i]
+		c.Fatal = pol.Fatal[c.Kind] || c.Kind == KindRequiredInactive
+		if c.Fatal {
+			v.Reasons = append(v.Reasons, c.Message)
+		} else {
+			v.Warnings = append(v.Warnings, c.Message)
+		}
+	}
+	v.Checks = in.Checks
+	for _, c := range in.Checks {
+		if c.Result == ResultPassed {
+			continue
+		}
+		msg := fmt.Sprintf("check %s %s", c.Name, c.Result)
+		if c.Detail != "" {
+			msg += ": " + c.Detail
+		}
+		if c.Class == ClassWanted {
+			v.Warnings = append(v.Warnings, msg)
+		} else {
+			v.Reasons = append(v.Reasons, msg)
+		}
+	}
+	v.Green = len(v.Reasons) == 0
+	return v
+}
