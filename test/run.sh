@@ -20,7 +20,7 @@ deps() {
 		systemd-container debootstrap dracut shellcheck qemu-system-x86 qemu-utils ovmf systemd-boot-efi polkitd git
 		cockpit-ws cockpit-bridge cockpit-system chromium systemd-journal-remote zsh
 		build-essential autoconf automake autopoint libtool bison flex gettext pkg-config librpm-dev libfreetype-dev
-		liblzma-dev xz-utils python3
+		liblzma-dev xz-utils python3 xfsprogs
 		# EL8's rpm 4.14.3 (test/el8/rpm.go)
 		patch db5.3-util libdb5.3-dev libpopt-dev libmagic-dev liblua5.3-dev libarchive-dev zlib1g-dev libbz2-dev
 		libzstd-dev libnss3-dev libnspr4-dev libcap-dev libacl1-dev libelf-dev libdw-dev

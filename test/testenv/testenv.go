@@ -124,3 +124,33 @@ func (b *Btrfs) MakeDefaultRoot(t testing.TB, name, dir string) {
 func UnmountAll(dir string) {
 	exec.Command("umount", "-R", "-l", dir).Run()
 }
+
+// NewLoopFS makes a sparse image of sizeMB, a filesystem on a loop device
+// with mkfs (the command and its options; the device is added last) and
+// mounts it at a temporary directory, which it returns; everything is
+// undone at cleanup. mkfs is mkfs.xfs or mkfs.ext4.
+func NewLoopFS(t testing.TB, sizeMB int, mkfs ...string) string {
+	t.Helper()
+	RequireRoot(t)
+	RequireTools(t, "mkfs.xfs", "mkfs.ext4", "losetup", "mount", "umount")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "fs.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(int64(sizeMB) << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	dev := strings.TrimSpace(Run(t, "losetup", "--find", "--show", img))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	Run(t, mkfs[0], append(mkfs[1:], dev)...)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	Run(t, "mount", dev, mnt)
+	t.Cleanup(func() { UnmountAll(mnt) })
+	return mnt
+}
