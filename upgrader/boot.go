@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -443,7 +443,6 @@ func findEntry(ctx context.Context, bl boot.Bootloader, id string) (*boot.Entry,
 // that does not name its btrfs subvolume is pinned to the old root, so
 // that it keeps booting it once the default subvolume changes.
 func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State, snap snapshot.Snapshotter, target, targetVersion string) error {
-	backend := snap.Backend()
 	bs := state.Boot
 	if err := e.ownDefault(ctx, bl, bs.Previous); err != nil {
 		return err
@@ -460,7 +459,7 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 	if err != nil {
 		return err
 	}
-	spec, err := rootSpec(backend, state.Snapshot, oldOpts, snap)
+	spec, err := rootSpec(snap.Backend(), state.Snapshot, oldOpts, snap)
 	if err != nil {
 		return err
 	}
@@ -496,69 +495,90 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 		bs.Entry = id // the newest one is tried
 	}
 	if bs.Entry == "" {
-		// No new kernel: the current one boots the new root from an
-		// entry of its own (old entries keep booting the old root).
-		kv := old.Version()
-		if kv == "" {
-			kv = strings.TrimPrefix(filepath.Base(old.Linux()), "vmlinuz-")
-		}
-		var initrd []string
-		for _, p := range old.Initrds() {
-			if !strings.HasPrefix(p, "$") {
-				initrd = append(initrd, p)
-			}
-		}
-		id := boot.EntryIDPrefix + mid + "-" + kv + "-" + targetVersion
-		ne, err := boot.NewEntryFrom(old, boot.NewKernel{ID: id, Version: kv, Linux: old.Linux(), Initrd: initrd,
-			Title: old.Title() + " (" + targetVersion + ")", Root: spec, Vars: vars})
-		if err != nil {
+		if err := currentKernelEntry(bl, bs, old, vars, spec, mid, targetVersion); err != nil {
 			return err
 		}
-		if err := writeNewEntry(bl, ne, bs.Previous); err != nil {
-			return err
-		}
-		bs.Entries, bs.Entry = []string{id}, id
 	}
 	e.report(progress.Event{Step: StepBoot, Message: "boot entry " + bs.Entry + " boots " + state.Snapshot})
 	crashAt("mid-boot")
 
-	if spec.BtrfsSubvol != "" && !pinsSubvol(oldOpts) {
-		pinned := old.Clone()
-		opts, err := boot.RetargetRoot(oldOpts, boot.RootSpec{BtrfsSubvol: state.Previous})
-		if err != nil {
-			return err
-		}
-		pinned.SetOptions(opts)
-		if err := boot.WriteEntry(bl.EntriesDir(), pinned); err != nil {
-			return fmt.Errorf("cannot pin entry %s to the old root: %w", old.ID, err)
-		}
-		bs.Pinned = old.ID
-		e.report(progress.Event{Step: StepBoot, Message: "entry " + old.ID + " now names its root subvolume " + state.Previous})
+	pin, names, err := oldRootPin(spec, oldOpts, state.Previous, snap)
+	if err != nil || names == "" {
+		return err
 	}
-	if spec.LVMLV != "" {
-		// An old entry naming the root by UUID= would boot either LV
-		// once the snapshot exists (both carry the filesystem's UUID):
-		// it is pinned to the old root's LV by path.
-		prevLV := strings.ReplaceAll(state.Previous, "/", "-")
+	return e.pinOldEntry(bl, bs, old, oldOpts, pin, names)
+}
+
+// currentKernelEntry makes the entry of the new root when the upgrade
+// brings no new kernel: the current kernel boots the new root from an
+// entry of its own (old entries keep booting the old root).
+func currentKernelEntry(bl boot.Bootloader, bs *BootState, old *boot.Entry, vars map[string]string, spec boot.RootSpec, mid, targetVersion string) error {
+	kv := old.Version()
+	if kv == "" {
+		kv = strings.TrimPrefix(filepath.Base(old.Linux()), "vmlinuz-")
+	}
+	var initrd []string
+	for _, p := range old.Initrds() {
+		if !strings.HasPrefix(p, "$") {
+			initrd = append(initrd, p)
+		}
+	}
+	id := boot.EntryIDPrefix + mid + "-" + kv + "-" + targetVersion
+	ne, err := boot.NewEntryFrom(old, boot.NewKernel{ID: id, Version: kv, Linux: old.Linux(), Initrd: initrd,
+		Title: old.Title() + " (" + targetVersion + ")", Root: spec, Vars: vars})
+	if err != nil {
+		return err
+	}
+	if err := writeNewEntry(bl, ne, bs.Previous); err != nil {
+		return err
+	}
+	bs.Entries, bs.Entry = []string{id}, id
+	return nil
+}
+
+// oldRootPin says how the current default entry must name the old root
+// (prev) to keep booting it once the new root exists, and names it for a
+// message; names is "" when the entry needs no pinning. btrfs: an entry
+// that does not name its subvolume boots the default subvolume, which
+// changes. LVM: an entry naming the root by UUID= would boot either LV
+// (both carry the filesystem's UUID), so it names the old LV by path.
+func oldRootPin(spec boot.RootSpec, oldOpts boot.Options, prev string, snap snapshot.Snapshotter) (boot.RootSpec, string, error) {
+	switch {
+	case spec.BtrfsSubvol != "":
+		if pinsSubvol(oldOpts) {
+			return boot.RootSpec{}, "", nil
+		}
+		return boot.RootSpec{BtrfsSubvol: prev}, "subvolume " + prev, nil
+	case spec.LVMLV != "":
+		prevLV := strings.ReplaceAll(prev, "/", "-")
 		if n, ok := snap.(snapshot.Volumes); ok {
-			if prevLV, err = n.LV(state.Previous); err != nil {
-				return err
+			var err error
+			if prevLV, err = n.LV(prev); err != nil {
+				return boot.RootSpec{}, "", err
 			}
 		}
-		if !namesLV(oldOpts, spec.LVMVG, prevLV) {
-			pinned := old.Clone()
-			opts, err := boot.RetargetRoot(oldOpts, boot.RootSpec{LVMVG: spec.LVMVG, LVMLV: prevLV})
-			if err != nil {
-				return err
-			}
-			pinned.SetOptions(opts)
-			if err := boot.WriteEntry(bl.EntriesDir(), pinned); err != nil {
-				return fmt.Errorf("cannot pin entry %s to the old root: %w", old.ID, err)
-			}
-			bs.Pinned = old.ID
-			e.report(progress.Event{Step: StepBoot, Message: "entry " + old.ID + " now names its root LV " + spec.LVMVG + "/" + prevLV})
+		if namesLV(oldOpts, spec.LVMVG, prevLV) {
+			return boot.RootSpec{}, "", nil
 		}
+		return boot.RootSpec{LVMVG: spec.LVMVG, LVMLV: prevLV}, "LV " + spec.LVMVG + "/" + prevLV, nil
 	}
+	return boot.RootSpec{}, "", nil
+}
+
+// pinOldEntry rewrites the current default entry old so that it names the
+// old root as pin says (oldRootPin), and records it as pinned.
+func (e *Engine) pinOldEntry(bl boot.Bootloader, bs *BootState, old *boot.Entry, oldOpts boot.Options, pin boot.RootSpec, names string) error {
+	pinned := old.Clone()
+	opts, err := boot.RetargetRoot(oldOpts, pin)
+	if err != nil {
+		return err
+	}
+	pinned.SetOptions(opts)
+	if err := boot.WriteEntry(bl.EntriesDir(), pinned); err != nil {
+		return fmt.Errorf("cannot pin entry %s to the old root: %w", old.ID, err)
+	}
+	bs.Pinned = old.ID
+	e.report(progress.Event{Step: StepBoot, Message: "entry " + old.ID + " now names its root " + names})
 	return nil
 }
 
@@ -704,15 +724,8 @@ func (e *Engine) kernelEntry(ctx context.Context, bl boot.Bootloader, old *boot.
 // target) of kernel kv with the new root's dracut, chrooted.
 func (e *Engine) dracut(ctx context.Context, target, dracut, rel, kv string) error {
 	e.report(progress.Event{Step: StepBoot, Message: "building the initramfs of kernel " + kv + " with the new root's dracut"})
-	argv := []string{"chroot", target, dracut, "-f", filepath.Join("/boot", rel), kv}
-	e.log().Info("run", "argv", argv)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("cannot build the initramfs: %s: %s: %w", strings.Join(argv, " "), strings.TrimSpace(out.String()), err)
-	}
-	return nil
+	_, err := execlog.Runner{Log: e.log()}.Run(ctx, "build the initramfs", "chroot", target, dracut, "-f", filepath.Join("/boot", rel), kv)
+	return err
 }
 
 // findTool returns the path inside root of a program in /usr/bin or

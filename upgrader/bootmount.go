@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -106,8 +104,8 @@ func (m *chrootMounts) unmount() error {
 	}
 	var errs []error
 	for i := len(m.points) - 1; i >= 0; i-- {
-		if err := unix.Unmount(m.points[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("cannot unmount %s: %w", m.points[i], err))
+		if err := detach(m.points[i]); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	m.points = nil
@@ -133,31 +131,16 @@ func isMountPoint(p string) bool {
 }
 
 // unmountBelow detaches every mount strictly below dir (what a crashed
-// run's mountChroot left), deepest first. dir itself stays mounted.
+// run's mountChroot left), last mounted first. dir itself stays mounted.
 func unmountBelow(dir string) error {
-	mounts, err := mountinfo.Read()
-	if err != nil {
-		return err
+	return mountinfo.UnmountBelow(dir, false, detach)
+}
+
+// detach lazily unmounts p; a p that is not (or no longer) a mount point
+// is fine.
+func detach(p string) error {
+	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("cannot unmount %s: %w", p, err)
 	}
-	r, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil
-		}
-		return err
-	}
-	var below []string
-	for _, m := range mounts {
-		if strings.HasPrefix(m.Point, r+"/") {
-			below = append(below, m.Point)
-		}
-	}
-	sort.Slice(below, func(i, j int) bool { return len(below[i]) > len(below[j]) })
-	var errs []error
-	for _, p := range below {
-		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("cannot unmount %s: %w", p, err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }

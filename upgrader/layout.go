@@ -11,41 +11,15 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
-// transactionDirs are the directories the transaction writes to; a root
-// snapshot covers them only when they are on the root's own mount.
-var transactionDirs = []string{"/usr", "/etc", "/var", "/var/lib/rpm", "/opt"}
-
-// separateMounts returns the transaction directories of root that are
-// separate filesystems (a snapshot of the root would not contain them).
-func separateMounts(root sysroot.Root, mounts []mountinfo.Mount) ([]string, error) {
-	rm, err := mountinfo.Lookup(mounts, root.Dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, d := range transactionDirs {
-		p := root.Path(d)
-		if _, err := os.Stat(p); err != nil {
-			continue
-		}
-		m, err := mountinfo.Lookup(mounts, p)
-		if err != nil {
-			return nil, err
-		}
-		if m.ID != rm.ID {
-			out = append(out, fmt.Sprintf("%s (%s on %s)", d, m.FSType, m.Source))
-		}
-	}
-	return out, nil
-}
-
 // checkLayout refuses a snapshot-protected upgrade of a root whose
 // transaction directories are partly on other filesystems: that would
-// upgrade half a system "atomically".
+// upgrade half a system "atomically". The check is check's own
+// (preflight.SeparateMounts), so the two cannot drift apart.
 func checkLayout(root sysroot.Root, backend string) error {
 	if backend == snapshot.BackendNone {
 		return nil
@@ -54,7 +28,7 @@ func checkLayout(root sysroot.Root, backend string) error {
 	if err != nil {
 		return err
 	}
-	sep, err := separateMounts(root, mounts)
+	sep, err := preflight.SeparateMounts(root, mounts)
 	if err != nil {
 		return fmt.Errorf("cannot check the filesystem layout: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -56,7 +57,7 @@ func TestSeparateMounts(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := separateMounts(r, append(append([]mountinfo.Mount{}, mounts...), tc.extra...))
+			got, err := preflight.SeparateMounts(r, append(append([]mountinfo.Mount{}, mounts...), tc.extra...))
 			if err != nil {
 				t.Fatal(err)
 			}

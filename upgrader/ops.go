@@ -191,7 +191,7 @@ func (e *Engine) rollbackBoot(ctx context.Context, st store, bs *BootState) erro
 	if err := bl.Fallback(ctx); err != nil {
 		return fmt.Errorf("cannot end the trial boot: %w", err)
 	}
-	if err := e.restoreBoot(ctx, st, bs); err != nil {
+	if _, err := e.putBootBack(ctx, st, bs); err != nil {
 		return err
 	}
 	if bs.Previous != "" {
@@ -202,9 +202,6 @@ func (e *Engine) rollbackBoot(ctx context.Context, st store, bs *BootState) erro
 		if err := e.removeLeftovers(ctx); err != nil {
 			return err
 		}
-	}
-	if err := dropBootBackups(st, bs); err != nil {
-		e.log().Warn("cannot remove the /boot backup", "err", err)
 	}
 	return nil
 }

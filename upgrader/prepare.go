@@ -499,19 +499,5 @@ func summarize(p *Plan) string {
 		}
 	}
 	return fmt.Sprintf("%s; download %s, installed size %s; snapshot %s", strings.Join(parts, ", "),
-		HumanSize(p.DownloadSize), HumanSize(p.InstallSize), p.Snapshot)
-}
-
-// HumanSize formats a byte count.
-func HumanSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+		preflight.Size(p.DownloadSize), preflight.Size(p.InstallSize), p.Snapshot)
 }

@@ -310,22 +310,31 @@ func (r *run) backup(ctx context.Context) error {
 }
 
 // putBootBack restores /boot from the run's backup and drops the backup.
-// Without a backup (none made, or put back already) it does nothing.
 func (r *run) putBootBack(ctx context.Context) error {
-	bs := r.state.Boot
+	done, err := r.e.putBootBack(ctx, r.st, r.state.Boot)
+	if done {
+		r.report("recover", "restored /boot as it was before the run")
+	}
+	return err
+}
+
+// putBootBack restores /boot from the backup of bs and drops the backup
+// (Backups emptied). Without a backup (none made, or put back already) it
+// does nothing and says so (done false). It is the one way /boot is put
+// back: the undos of the apply steps, and rollback.
+func (e *Engine) putBootBack(ctx context.Context, st store, bs *BootState) (done bool, err error) {
 	if bs == nil || len(bs.Backups) == 0 {
-		return nil
+		return false, nil
 	}
-	if err := r.e.restoreBoot(ctx, r.st, bs); err != nil {
-		return fmt.Errorf("cannot put /boot back as it was: %w; the backup is kept in %s", err, r.st.dir)
+	if err := e.restoreBoot(ctx, st, bs); err != nil {
+		return false, fmt.Errorf("cannot put /boot back as it was: %w; the backup is kept in %s", err, st.dir)
 	}
-	if err := dropBootBackups(r.st, bs); err != nil {
-		r.e.log().Warn("cannot remove the /boot backup", "err", err)
+	if err := dropBootBackups(st, bs); err != nil {
+		e.log().Warn("cannot remove the /boot backup", "err", err)
 	} else {
 		bs.Backups = nil
 	}
-	r.report("recover", "restored /boot as it was before the run")
-	return nil
+	return true, nil
 }
 
 func (r *run) snapshot(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/keyarchos/kos-upgrade/pkg/bundle"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
@@ -105,14 +106,14 @@ Examples:
 			fmt.Fprintf(e.out, "Bundle %s for %d host(s), release %s:\n", out, len(m.Hosts), m.Target)
 			for _, h := range m.Hosts {
 				fmt.Fprintf(e.out, "  host %s (%s %s, %s): %d packages, %s\n", h.MachineID, h.Release.ID, h.Release.VersionID, h.Arch,
-					len(h.Packages), upgrader.HumanSize(h.Download))
+					len(h.Packages), preflight.Size(h.Download))
 			}
 			ratio := 0.0
 			if m.HostsDownload > 0 {
 				ratio = float64(m.BundleSize) / float64(m.HostsDownload)
 			}
 			fmt.Fprintf(e.out, "  %d packages, %s, against %s for the hosts' downloads one by one (%.0f%%)\n",
-				len(m.Packages), upgrader.HumanSize(m.BundleSize), upgrader.HumanSize(m.HostsDownload), 100*ratio)
+				len(m.Packages), preflight.Size(m.BundleSize), preflight.Size(m.HostsDownload), 100*ratio)
 			if m.Signed != "" {
 				fmt.Fprintf(e.out, "  manifest and repository metadata signed by %s\n", m.Signed)
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
@@ -26,7 +27,7 @@ func printPlan(w io.Writer, p *upgrader.Plan) {
 	c := p.Counts()
 	fmt.Fprintf(w, "  %d to upgrade, %d to install, %d to downgrade, %d obsoleted, %d to remove\n",
 		c[pkgmgr.ActionUpgrade], c[pkgmgr.ActionInstall], c[pkgmgr.ActionDowngrade], c[pkgmgr.ActionObsoleted], c[pkgmgr.ActionRemove])
-	fmt.Fprintf(w, "  download %s, installed size %s\n", upgrader.HumanSize(p.DownloadSize), upgrader.HumanSize(p.InstallSize))
+	fmt.Fprintf(w, "  download %s, installed size %s\n", preflight.Size(p.DownloadSize), preflight.Size(p.InstallSize))
 	fmt.Fprintf(w, "  snapshot: %s, signatures: %s\n", p.Snapshot, p.SignatureCheck)
 	fmt.Fprintf(w, "  repositories: %s\n", planRepos(p))
 	if p.SignatureCheck == "skipped" {

@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -105,13 +105,12 @@ func kexecReboot(ctx context.Context, e *env) error {
 		args = append(args, "--initrd="+k.Initrd)
 	}
 	args = append(args, "--command-line="+k.Options)
-	cmd := exec.CommandContext(ctx, kexecTool, args...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("cannot reboot with kexec: %s %s: %w: %s", kexecTool, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	if _, err := (execlog.Runner{}).Run(ctx, "load the kernel", append([]string{kexecTool}, args...)...); err != nil {
+		return fmt.Errorf("cannot reboot with kexec: %w", err)
 	}
 	if err := startUnit(ctx, "kexec.target"); err != nil {
 		// Unload, so that a later plain reboot does not kexec by surprise.
-		exec.Command(kexecTool, "-u").Run()
+		execlog.Runner{}.Run(context.WithoutCancel(ctx), "unload the kernel", kexecTool, "-u")
 		return fmt.Errorf("cannot reboot with kexec: %w", err)
 	}
 	return nil
@@ -176,11 +175,11 @@ func defaultKernel(ctx context.Context, root sysroot.Root) (bootKernel, error) {
 		}
 	}
 	if _, err := os.Stat(grubbyTool); err == nil {
-		out, err := exec.CommandContext(ctx, grubbyTool, "--info=DEFAULT").Output()
+		out, err := execlog.Runner{}.Run(ctx, "ask grubby for the default kernel", grubbyTool, "--info=DEFAULT")
 		if err != nil {
-			return bootKernel{}, fmt.Errorf("%s --info=DEFAULT: %w", grubbyTool, err)
+			return bootKernel{}, err
 		}
-		k, err := parseGrubbyInfo(string(out))
+		k, err := parseGrubbyInfo(out)
 		if err != nil {
 			return bootKernel{}, fmt.Errorf("%s --info=DEFAULT: %w", grubbyTool, err)
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/introspect"
 
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
@@ -474,11 +474,8 @@ func (s *Service) reboot(ctx context.Context) error {
 	if s.engine.Root.Dir != "/" {
 		return fmt.Errorf("cannot reboot: the daemon serves %s, not the running system; pass no_reboot", s.engine.Root.Dir)
 	}
-	out, err := exec.CommandContext(ctx, "systemctl", "reboot").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("cannot reboot: systemctl reboot: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	_, err := execlog.Runner{Log: s.log}.Run(ctx, "reboot", "systemctl", "reboot")
+	return err
 }
 
 // object is the exported org.kos.Upgrade1 interface: only its methods are
@@ -613,7 +610,7 @@ func (o object) Prepare(msg dbus.Message, options map[string]dbus.Variant) *dbus
 			c := p.Counts()
 			msg = fmt.Sprintf("upgrade to %s prepared: %d packages (%d to upgrade, %d to install, %d to remove), %s to install",
 				to, len(p.Transaction), c[pkgmgr.ActionUpgrade], c[pkgmgr.ActionInstall],
-				c[pkgmgr.ActionRemove]+c[pkgmgr.ActionObsoleted], upgrader.HumanSize(p.InstallSize))
+				c[pkgmgr.ActionRemove]+c[pkgmgr.ActionObsoleted], preflight.Size(p.InstallSize))
 			progress.Announce(j.sinks, progress.Milestone{Kind: progress.Finished, Op: "prepare", From: from, To: to, Message: msg})
 		} else {
 			progress.Announce(j.sinks, progress.Milestone{Kind: progress.Failed, Op: "prepare", From: from, To: to, Error: err.Error()})

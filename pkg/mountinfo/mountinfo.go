@@ -228,3 +228,43 @@ func contains(point, path string) bool {
 	}
 	return path == point || strings.HasPrefix(path, point+"/")
 }
+
+// Below returns the mount points of mounts at dir (when self is true) or
+// below it, last mounted first: the order to unmount them in.
+func Below(mounts []Mount, dir string, self bool) []string {
+	dir = filepath.Clean(dir)
+	var out []string
+	for i := len(mounts) - 1; i >= 0; i-- {
+		p := mounts[i].Point
+		if strings.HasPrefix(p, dir+"/") || self && p == dir {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// UnmountBelow unmounts, with unmount, everything mounted at dir (when
+// self is true) or below it in the calling process's mount table, last
+// mounted first (Below). Symbolic links in dir are resolved first; a dir
+// that does not exist has nothing below it. It tries every mount point and
+// returns the errors of those it could not unmount.
+func UnmountBelow(dir string, self bool, unmount func(point string) error) error {
+	resolved, err := filepath.EvalSymlinks(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	mounts, err := Read()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range Below(mounts, resolved, self) {
+		if err := unmount(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

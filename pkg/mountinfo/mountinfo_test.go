@@ -196,3 +196,32 @@ func TestReadSelf(t *testing.T) {
 		t.Fatalf("/proc/self is on %s, want proc", m.FSType)
 	}
 }
+
+func TestBelow(t *testing.T) {
+	mounts := []mountinfo.Mount{
+		{ID: 1, Point: "/"},
+		{ID: 2, Point: "/mnt/s"},
+		{ID: 3, Point: "/mnt/s/boot"},
+		{ID: 4, Point: "/mnt/sibling"},
+		{ID: 5, Point: "/mnt/s/boot/efi"},
+		{ID: 6, Point: "/mnt/s/var"},
+	}
+	tests := []struct {
+		name string
+		dir  string
+		self bool
+		want []string
+	}{
+		{name: "below, last mounted first", dir: "/mnt/s", want: []string{"/mnt/s/var", "/mnt/s/boot/efi", "/mnt/s/boot"}},
+		{name: "with itself", dir: "/mnt/s/", self: true, want: []string{"/mnt/s/var", "/mnt/s/boot/efi", "/mnt/s/boot", "/mnt/s"}},
+		{name: "nothing below", dir: "/mnt/sibling", want: nil},
+		{name: "not a prefix match", dir: "/mnt/s/bo", want: nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := mountinfo.Below(mounts, tc.dir, tc.self); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Below(%q, %v) = %q, want %q", tc.dir, tc.self, got, tc.want)
+			}
+		})
+	}
+}

@@ -1,14 +1,12 @@
 package pkgmgr
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -136,14 +134,14 @@ func signatureReason(path, out string) string {
 // inside root first, then on the host).
 func (d *DNF) buildKeyring(ctx context.Context, root, keyring string, keys []string) error {
 	r := sysroot.Root{Dir: root}
-	if out, err := exec.CommandContext(ctx, "rpmdb", "--dbpath", keyring, "--initdb").CombinedOutput(); err != nil {
-		return fmt.Errorf("cannot create temporary keyring: rpmdb --initdb: %w: %s", err, out)
+	run := execlog.Runner{Log: d.log()}
+	if _, err := run.Run(ctx, "create temporary keyring", "rpmdb", "--dbpath", keyring, "--initdb"); err != nil {
+		return err
 	}
-	argv := []string{"rpm", "--root", root, "--dbpath", r.DBPathRel(), "-q", "gpg-pubkey", "--qf", "%{DESCRIPTION}\\n--kos-upgrade-key-end--\\n"}
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+	out, err := run.Run(ctx, "list the installed keys", "rpm", "--root", root, "--dbpath", r.DBPathRel(), "-q", "gpg-pubkey", "--qf", "%{DESCRIPTION}\\n--kos-upgrade-key-end--\\n")
 	var files []string
 	if err == nil {
-		for i, block := range strings.Split(string(out), "--kos-upgrade-key-end--\n") {
+		for i, block := range strings.Split(out, "--kos-upgrade-key-end--\n") {
 			if !strings.Contains(block, "BEGIN PGP PUBLIC KEY BLOCK") {
 				continue
 			}
@@ -163,8 +161,8 @@ func (d *DNF) buildKeyring(ctx context.Context, root, keyring string, keys []str
 		files = append(files, p)
 	}
 	for _, f := range files {
-		if out, err := exec.CommandContext(ctx, "rpmkeys", "--dbpath", keyring, "--import", f).CombinedOutput(); err != nil {
-			return fmt.Errorf("cannot import key %s: %w: %s", f, err, bytes.TrimSpace(out))
+		if _, err := run.Run(ctx, "import key "+f, "rpmkeys", "--dbpath", keyring, "--import", f); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -258,11 +256,9 @@ func (d *DNF) ImportKeys(ctx context.Context, root string, armored []string) err
 		if err := os.WriteFile(f, []byte(k), 0o600); err != nil {
 			return fmt.Errorf("cannot import keys: %w", err)
 		}
-		argv := []string{"rpmkeys", "--root", root, "--dbpath", r.DBPathRel(), "--import", f}
-		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-		d.log().Debug("ran", "argv", argv, "output", strings.TrimSpace(string(out)))
-		if err != nil {
-			return fmt.Errorf("cannot import key %d into %s: %s: %w: %s", i+1, root, strings.Join(argv, " "), err, bytes.TrimSpace(out))
+		what := fmt.Sprintf("import key %d into %s", i+1, root)
+		if _, err := (execlog.Runner{Log: d.log()}).Run(ctx, what, "rpmkeys", "--root", root, "--dbpath", r.DBPathRel(), "--import", f); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/iso"
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
@@ -323,7 +323,10 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 			f.BootFS = fsFacts(mounts, root, "/boot", &f.Errors)
 			f.Boot.Separate = f.BootFS != nil && f.RootFS != nil && f.BootFS.MountID != f.RootFS.MountID
 		}
-		f.SeparateMounts = separateMounts(mounts, root, &f.Errors)
+		var err error
+		if f.SeparateMounts, err = SeparateMounts(root, mounts); err != nil {
+			errf("%v", err)
+		}
 		if f.RootFS != nil && isLVM(f.RootFS.Source) {
 			if lvm, err := lvmFacts(ctx, f.RootFS.Source, &f.Errors); err == nil {
 				f.Snapshot.LVM = lvm
@@ -441,15 +444,23 @@ func fsFacts(mounts []mountinfo.Mount, root sysroot.Root, rel string, errs *[]st
 	}
 }
 
-// transactionDirs are the directories the transaction writes to.
+// transactionDirs are the directories the transaction writes to; a root
+// snapshot covers them only when they are on the root's own mount.
 var transactionDirs = []string{"/usr", "/etc", "/var", "/var/lib/rpm", "/opt"}
 
-func separateMounts(mounts []mountinfo.Mount, root sysroot.Root, errs *[]string) []string {
+// SeparateMounts returns the transaction directories of root that are
+// separate filesystems, which a snapshot of the root would not contain
+// ("/var (xfs on /dev/sdb1)"). It is the one layout check: check reports
+// it (SeparateMounts of Facts) and prepare and apply refuse on it. A
+// directory whose filesystem cannot be found is left out and named in the
+// error; the others are still returned.
+func SeparateMounts(root sysroot.Root, mounts []mountinfo.Mount) ([]string, error) {
 	rm, err := mountinfo.Lookup(mounts, root.Dir)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	var out []string
+	var errs []error
 	for _, d := range transactionDirs {
 		p := root.Path(d)
 		if _, err := os.Stat(p); err != nil {
@@ -457,14 +468,14 @@ func separateMounts(mounts []mountinfo.Mount, root sysroot.Root, errs *[]string)
 		}
 		m, err := mountinfo.Lookup(mounts, p)
 		if err != nil {
-			*errs = append(*errs, fmt.Sprintf("cannot find the filesystem of %s: %v", d, err))
+			errs = append(errs, fmt.Errorf("cannot find the filesystem of %s: %w", d, err))
 			continue
 		}
 		if m.ID != rm.ID {
 			out = append(out, fmt.Sprintf("%s (%s on %s)", d, m.FSType, m.Source))
 		}
 	}
-	return out
+	return out, errors.Join(errs...)
 }
 
 func isLVM(source string) bool {
@@ -475,10 +486,10 @@ func isLVM(source string) bool {
 // lvmFacts asks lvs about the logical volume at dev, and about its thin
 // pool (what cannot be read of the pool goes to errs).
 func lvmFacts(ctx context.Context, dev string, errs *[]string) (*LVMFacts, error) {
-	out, err := exec.CommandContext(ctx, "lvs", "--noheadings", "--units", "b", "--nosuffix", "--separator", "|",
-		"-o", "vg_name,lv_name,pool_lv,lv_size,vg_free", dev).Output()
+	out, err := execlog.Runner{}.Run(ctx, "describe "+dev, "lvs", "--noheadings", "--units", "b", "--nosuffix", "--separator", "|",
+		"-o", "vg_name,lv_name,pool_lv,lv_size,vg_free", dev)
 	if err != nil {
-		return nil, fmt.Errorf("lvs %s: %w", dev, err)
+		return nil, err
 	}
 	fl := strings.Split(strings.TrimSpace(string(out)), "|")
 	if len(fl) < 5 {
@@ -639,13 +650,9 @@ func selinux(root sysroot.Root) (running, config string) {
 // imported keys.
 func installedPackages(ctx context.Context, root sysroot.Root) ([]InstalledPackage, []string, error) {
 	const qf = `%{NAME}|%{NAME}-%{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}|%{RSAHEADER:pgpsig}|%{SIGPGP:pgpsig}|%{VENDOR}\n`
-	argv := []string{"rpm", "--root", root.Dir, "--dbpath", root.DBPathRel(), "-qa", "--qf", qf}
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := execlog.Runner{}.Run(ctx, "list the installed packages", "rpm", "--root", root.Dir, "--dbpath", root.DBPathRel(), "-qa", "--qf", qf)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(stderr.String()))
+		return nil, nil, err
 	}
 	pkgs := []InstalledPackage{}
 	keys := []string{}
@@ -720,14 +727,14 @@ func keyIDs(ctx context.Context, file string) ([]string, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(db)
-	if out, err := exec.CommandContext(ctx, "rpmkeys", "--dbpath", db, "--import", file).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("rpmkeys cannot import it: %s", strings.TrimSpace(string(out)))
+	if _, err := (execlog.Runner{}).Run(ctx, "import it", "rpmkeys", "--dbpath", db, "--import", file); err != nil {
+		return nil, err
 	}
-	out, err := exec.CommandContext(ctx, "rpm", "--dbpath", db, "-q", "gpg-pubkey", "--qf", "%{VERSION}\n").Output()
+	out, err := execlog.Runner{}.Run(ctx, "list the imported key", "rpm", "--dbpath", db, "-q", "gpg-pubkey", "--qf", "%{VERSION}\n")
 	if err != nil {
-		return nil, fmt.Errorf("cannot list the imported key: %w", err)
+		return nil, err
 	}
-	ids := strings.Fields(strings.ToLower(string(out)))
+	ids := strings.Fields(strings.ToLower(out))
 	if len(ids) == 0 {
 		return nil, errors.New("the file holds no public key")
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os/exec"
 	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 )
 
 // Plymouth shows messages and the overall progress on the boot splash when
@@ -36,7 +38,7 @@ func NewPlymouth(r Ranges) *Plymouth {
 func (p *Plymouth) run(args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
-	return exec.CommandContext(ctx, p.bin, args...).Run()
+	return execlog.Command(ctx, append([]string{p.bin}, args...)).Run()
 }
 
 // Report implements Sink.

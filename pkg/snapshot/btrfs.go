@@ -344,18 +344,10 @@ func (b *Btrfs) Delete(ctx context.Context, name string) error {
 // unmountBelow unmounts everything mounted at or below path, last mounted
 // first.
 func (b *Btrfs) unmountBelow(ctx context.Context, path string) error {
-	mounts, err := mountinfo.Read()
-	if err != nil {
+	return mountinfo.UnmountBelow(path, true, func(p string) error {
+		_, err := b.run(ctx, "unmount "+p, umountTool, p)
 		return err
-	}
-	for i := len(mounts) - 1; i >= 0; i-- {
-		if p := mounts[i].Point; below(p, path) {
-			if _, err := b.run(ctx, "unmount "+p, umountTool, p); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	})
 }
 
 // below reports whether p is dir or below it.

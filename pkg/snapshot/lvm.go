@@ -957,18 +957,10 @@ func (l *LVM) forget(lvName string) {
 // unmountBelow unmounts everything mounted at or below path, last mounted
 // first.
 func (l *LVM) unmountBelow(ctx context.Context, path string) error {
-	mounts, err := mountinfo.Read()
-	if err != nil {
+	return mountinfo.UnmountBelow(path, true, func(p string) error {
+		_, err := l.run(ctx, "unmount "+p, umountTool, p)
 		return err
-	}
-	for i := len(mounts) - 1; i >= 0; i-- {
-		if p := mounts[i].Point; below(p, path) {
-			if _, err := l.run(ctx, "unmount "+p, umountTool, p); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	})
 }
 
 // snapshot fills a Snapshot for lv; def is the default's LV name.
