@@ -1,0 +1,103 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+)
+
+// Clean removes staged packages (when no plan is pending) and the snapshots
+// kos-upgrade made, except the current root, the default, and the last good
+// one (the rollback target after a success). It returns what it removed.
+func (e *Engine) Clean(ctx context.Context) ([]string, error) {
+	st := e.store()
+	l, state, err := e.begin(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	var removed []string
+	// /boot backups: only the one a successful run may still roll back to.
+	keepBackup := map[string]bool{}
+	if state.Status == StatusSucceeded && state.Boot != nil {
+		for _, b := range state.Boot.Backups {
+			if parts := strings.SplitN(b.Path, "/", 3); len(parts) == 3 {
+				keepBackup[parts[1]] = true
+			}
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(st.dir, "boot-backup")); err == nil {
+		for _, d := range ents {
+			if keepBackup[d.Name()] {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(st.dir, "boot-backup", d.Name())); err != nil {
+				return nil, fmt.Errorf("cannot remove the /boot backup %s: %w", d.Name(), err)
+			}
+			removed = append(removed, "/boot backup "+d.Name())
+		}
+	}
+	if state.Status != StatusPrepared && state.Status != StatusArmed {
+		had := hasStaged(st)
+		if err := removeStaged(st); err != nil {
+			return nil, err
+		}
+		if err := atomicfile.Remove(st.planPath()); err != nil {
+			return nil, err
+		}
+		if had {
+			removed = append(removed, "staged packages")
+		}
+	}
+	backend := state.Backend
+	if !snapshot.Protects(backend) {
+		return removed, nil
+	}
+	snap, err := e.Snapshotters(ctx, backend, e.Root)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
+	}
+	defer snap.Close()
+	list, err := snap.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
+	}
+	cur, err := snap.Current(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
+	}
+	// Keep what boots now and next, and after a success the rollback
+	// target. A root rolled away from is not "good": it goes.
+	keep := map[string]bool{cur.Name: true}
+	if state.Status == StatusSucceeded {
+		keep[state.Previous] = true
+	}
+	if state.InPlace {
+		// An in-place rollback point is the only copy of the old root
+		// (after a success: the last good one), or is being merged back
+		// (after a failure or rollback: it goes away at the next boot).
+		keep[state.Previous] = true
+		keep[state.Snapshot] = true
+	}
+	for _, s := range list {
+		if s.Default {
+			keep[s.Name] = true
+		}
+	}
+	for _, s := range list {
+		if keep[s.Name] || !strings.HasPrefix(s.Name, "kos-upgrade/") {
+			continue
+		}
+		if err := snap.Delete(ctx, s.Name); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+			return removed, fmt.Errorf("cannot clean snapshot %s: %w", s.Name, err)
+		}
+		removed = append(removed, "snapshot "+s.Name)
+	}
+	return removed, nil
+}
