@@ -50,9 +50,11 @@ bench: build ## run the benchmarks (P1 apply vs rpm -U, P2 snapshot scaling, bin
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 	@ls -l $(BIN) | awk '{printf "binary size: %d bytes\n", $$5}'
 
-lint: ## gofmt, go vet, python 3.6 syntax of the dnf helper, ansible-test sanity and ansible-lint of ansible/
+lint: ## gofmt, go vet, staticcheck, python 3.6 syntax of the dnf helper, ansible-test sanity and ansible-lint of ansible/
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	@# staticcheck is a tool of go.mod (go get -tool honnef.co/go/tools/cmd/staticcheck@VERSION)
+	$(GO) tool staticcheck $(PKGS)
 	@py36=$$(ls $$HOME/.pyenv/versions/3.6*/bin/python 2>/dev/null | head -1); \
 	if [ -n "$$py36" ]; then $$py36 -m py_compile pkg/pkgmgr/helper/kos_upgrade_helper.py && echo "helper compiles with $$py36"; fi
 	@# the Ansible collection: ansible-galaxy build, ansible-test sanity, ansible-lint (docs/fleet.md)

@@ -20,8 +20,6 @@ type runner struct {
 	log *slog.Logger // nil: slog.Default()
 }
 
-func (r runner) logger() *slog.Logger { return execlog.Runner{Log: r.log}.Logger() }
-
 func (r runner) run(ctx context.Context, what string, argv ...string) (string, error) {
 	return execlog.Runner{Log: r.log}.Run(ctx, what, argv...)
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/keyarchos/kos-upgrade/pkg/dbusapi"
-	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
@@ -77,14 +76,6 @@ func newSystem(t testing.TB) *system {
 		t.Fatal(err)
 	}
 	return &system{Set: set, FS: fs, Root: root}
-}
-
-func (s *system) repos(names ...string) []pkgmgr.Repo {
-	var out []pkgmgr.Repo
-	for _, n := range names {
-		out = append(out, pkgmgr.Repo{ID: "fixture-" + n, BaseURL: "file://" + s.Set.Repos[n]})
-	}
-	return out
 }
 
 func (s *system) engine(t testing.TB) *upgrader.Engine {

@@ -74,8 +74,6 @@ func TestPrepareOverBus(t *testing.T) {
 		}
 	}
 	testenv.RequireTools(t, "gdbus")
-	gi, err := exec.Command("gdbus", "introspect", "--system", "--dest", dbusapi.BusName, "--object-path", objPath).CombinedOutput()
-	_ = gi
 	gout, err := exec.Command("gdbus", "introspect", "--address", b.Addr, "--dest", dbusapi.BusName, "--object-path", objPath).CombinedOutput()
 	if err != nil {
 		t.Fatalf("gdbus introspect: %v\n%s", err, gout)

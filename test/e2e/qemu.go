@@ -511,6 +511,7 @@ wait:
 
 // goTool returns the go command that runs this test.
 func goTool() string {
+	//lint:ignore SA1019 the toolchain that runs the test is the one to build with, and PATH may not name it
 	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
 		return p
 	}
