@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
@@ -139,8 +140,13 @@ func ValidVersion(v string) bool { return versionRE.MatchString(v) }
 // crashAt kills the process at an apply step boundary when
 // KOS_UPGRADE_TEST_CRASH_AT names the step: the crash tests use it. When
 // KOS_UPGRADE_TEST_HANG_AT names it, the process says so on the console
-// and stops there for good: the VM tests cut the power at that line.
+// and stops there for good: the VM tests cut the power at that line. Only
+// in a binary built with the test hooks (execlog.TestHooks, build tag
+// kostesthooks); the product's crashAt does nothing.
 func crashAt(step string) {
+	if !execlog.TestHooks {
+		return
+	}
 	if os.Getenv("KOS_UPGRADE_TEST_CRASH_AT") == step {
 		p, _ := os.FindProcess(os.Getpid())
 		p.Kill()

@@ -176,7 +176,7 @@ func binary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "kos-upgrade")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/keyarchos/kos-upgrade/cmd/kos-upgrade").CombinedOutput()
+	out, err := exec.Command("go", "build", "-tags", testenv.HooksTag, "-o", bin, "github.com/keyarchos/kos-upgrade/cmd/kos-upgrade").CombinedOutput()
 	if err != nil {
 		t.Fatalf("cannot build kos-upgrade: %v\n%s", err, out)
 	}

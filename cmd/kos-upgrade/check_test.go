@@ -45,7 +45,7 @@ func kosUpgradeBinary(t *testing.T) string {
 			return
 		}
 		checkBin = filepath.Join(dir, "kos-upgrade")
-		out, err := exec.Command("go", "build", "-o", checkBin, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-tags", testenv.HooksTag, "-o", checkBin, ".").CombinedOutput()
 		if err != nil {
 			checkBinErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

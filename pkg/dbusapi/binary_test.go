@@ -17,6 +17,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/keyarchos/kos-upgrade/pkg/dbusapi"
+	"github.com/keyarchos/kos-upgrade/test/testenv"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
@@ -37,7 +38,7 @@ func binary(t testing.TB) string {
 		}
 		os.Chmod(dir, 0o755)
 		binPath = filepath.Join(dir, "kos-upgrade")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/keyarchos/kos-upgrade/cmd/kos-upgrade").CombinedOutput()
+		out, err := exec.Command("go", "build", "-tags", testenv.HooksTag, "-o", binPath, "github.com/keyarchos/kos-upgrade/cmd/kos-upgrade").CombinedOutput()
 		if err != nil {
 			binError = err.Error() + "\n" + string(out)
 		}

@@ -23,17 +23,18 @@ import (
 const Path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // testEnvPrefix names the test hooks' variables (a crash or a hang at a
-// named step) that are passed on to commands so that a helper can honour
-// them; nothing else of the caller's environment is.
+// named step) that a binary built with the test hooks (TestHooks) passes
+// on to commands so that a helper can honour them; nothing else of the
+// caller's environment is.
 const testEnvPrefix = "KOS_UPGRADE_TEST_"
 
 // Env returns the environment every command starts with: PATH, LANG=C,
-// the test hooks' variables of this process, then extra (a later entry
-// overrides an earlier one of the same name).
+// with TestHooks the test hooks' variables of this process, then extra (a
+// later entry overrides an earlier one of the same name).
 func Env(extra ...string) []string {
 	env := []string{"PATH=" + Path, "LANG=C"}
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, testEnvPrefix) {
+		if TestHooks && strings.HasPrefix(kv, testEnvPrefix) {
 			env = append(env, kv)
 		}
 	}

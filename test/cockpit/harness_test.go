@@ -91,7 +91,7 @@ func newSystem(t testing.TB) (root string, set *fixture.Set) {
 func binary(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(testenv.WorldDir(t, "kos-upgrade-cockpit-bin-"), "kos-upgrade")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/keyarchos/kos-upgrade/cmd/kos-upgrade")
+	cmd := exec.Command("go", "build", "-tags", testenv.HooksTag, "-o", bin, "github.com/keyarchos/kos-upgrade/cmd/kos-upgrade")
 	cmd.Dir = testenv.RepoDir(t)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("cannot build kos-upgrade: %v\n%s", err, out)

@@ -91,7 +91,7 @@ func installTree() (string, error) {
 		if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
 			goTool = p
 		}
-		cmd := exec.Command("make", "-s", "-C", repoRoot(), "install", "DESTDIR="+installDir, "GO="+goTool)
+		cmd := exec.Command("make", "-s", "-C", repoRoot(), "install", "DESTDIR="+installDir, "GO="+goTool, "GOTAGS="+testenv.HooksTag)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			installErr = fmt.Errorf("make install DESTDIR=%s: %w\n%s", installDir, err, out)
 		}
