@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot/snapshottest"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
@@ -21,8 +23,8 @@ import (
 
 // fakeThick is a Snapshotter with snapshot.InPlace that behaves as the LVM
 // backend on a thick LV (docs/lvm.md): Create makes a rollback point (a
-// directory standing for the snapshot LV, where Path lets the engine write)
-// and returns the live root; Activate is a no-op; Rollback marks the point
+// copy of the root in a directory standing for the snapshot LV, where Path
+// lets the engine write) and returns the live root; Activate is a no-op; Rollback marks the point
 // as merging (Delete then refuses it, as lvm does). It logs every call that
 // changes something.
 type fakeThick struct {
@@ -39,6 +41,16 @@ var (
 	_ snapshot.Snapshotter = (*fakeThick)(nil)
 	_ snapshot.InPlace     = (*fakeThick)(nil)
 )
+
+// TestFakeThickConformance holds the stand-in for a thick LV to the
+// Snapshotter contract the real LVM backend passes in the guest
+// (pkg/snapshot/snapshottest), so that the engine tests built on it test
+// what LVM does.
+func TestFakeThickConformance(t *testing.T) {
+	root := t.TempDir()
+	f := newFakeThick(t, root)
+	snapshottest.Run(t, func(t *testing.T) (snapshot.Snapshotter, string) { return f, root }, nil)
+}
 
 func newFakeThick(t *testing.T, root string) *fakeThick {
 	return &fakeThick{root: root, dir: t.TempDir(), points: map[string]bool{}}
@@ -78,6 +90,11 @@ func (f *fakeThick) Create(_ context.Context, name string) (snapshot.Snapshot, e
 	}
 	if err := os.MkdirAll(f.pointDir(name), 0o755); err != nil {
 		return snapshot.Snapshot{}, err
+	}
+	// The rollback point holds the root as it is now (the conformance
+	// suite checks it), as a copy-on-write snapshot would.
+	if out, err := exec.Command("cp", "-a", "--reflink=auto", f.root+"/.", f.pointDir(name)).CombinedOutput(); err != nil {
+		return snapshot.Snapshot{}, fmt.Errorf("fake: cannot copy the root: %v: %s", err, out)
 	}
 	f.points[name] = false
 	f.created = append(f.created, name)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot/snapshottest"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
@@ -259,7 +260,7 @@ func TestBtrfsNames(t *testing.T) {
 	if err := b.Delete(ctx, "@home"); err == nil || errors.Is(err, snapshot.ErrNotFound) {
 		t.Errorf("Delete(@home) = %v, want a refusal", err)
 	}
-	if listed(t, b, "@home") {
+	if snapshottest.Listed(t, b, "@home") {
 		t.Errorf("List() has @home")
 	}
 	// A plain directory is not a snapshot.
@@ -275,7 +276,7 @@ func TestBtrfsNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !listed(t, b, s.Name) {
+	if !snapshottest.Listed(t, b, s.Name) {
 		t.Errorf("List() lacks %q", s.Name)
 	}
 	if s.Created == "" || s.ID == "" {
