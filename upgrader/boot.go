@@ -2,20 +2,17 @@ package upgrader
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
-	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -311,98 +308,6 @@ func namesLV(opts boot.Options, vg, lv string) bool {
 	return root == "/dev/mapper/"+boot.MapperName(vg, lv) || root == "/dev/"+vg+"/"+lv
 }
 
-// modulesDirs are where kernels live in a root (/lib is usually a link to
-// usr/lib; it is only read when it is a real directory).
-func modulesDirs(root string) []string {
-	dirs := []string{filepath.Join(root, "usr/lib/modules")}
-	if fi, err := os.Lstat(filepath.Join(root, "lib")); err == nil && fi.IsDir() {
-		dirs = append(dirs, filepath.Join(root, "lib/modules"))
-	}
-	return dirs
-}
-
-// kernels returns the kernel versions of root: directories of
-// /lib/modules holding a vmlinuz (EL8's kernel-core ships it there).
-func kernels(root string) map[string]string {
-	out := map[string]string{}
-	for _, d := range modulesDirs(root) {
-		m, _ := filepath.Glob(filepath.Join(d, "*", "vmlinuz"))
-		for _, p := range m {
-			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-				out[filepath.Base(filepath.Dir(p))] = p
-			}
-		}
-	}
-	return out
-}
-
-// newKernels returns the kernels of newRoot that oldRoot does not have,
-// oldest first, with their vmlinuz.
-func newKernels(oldRoot, newRoot string) ([]string, map[string]string) {
-	old, cur := kernels(oldRoot), kernels(newRoot)
-	var vs []string
-	for v := range cur {
-		if _, ok := old[v]; !ok {
-			vs = append(vs, v)
-		}
-	}
-	sort.Slice(vs, func(i, j int) bool { return vercmp(vs[i], vs[j]) < 0 })
-	return vs, cur
-}
-
-// vercmp compares versions the way rpm does, enough for kernel versions:
-// digit runs numerically, letter runs alphabetically, digits newer.
-func vercmp(a, b string) int {
-	seg := func(s string) []string {
-		var out []string
-		for i := 0; i < len(s); {
-			c := s[i]
-			isD := c >= '0' && c <= '9'
-			isA := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-			if !isD && !isA {
-				i++
-				continue
-			}
-			j := i
-			for j < len(s) && ((isD && s[j] >= '0' && s[j] <= '9') || (isA && (s[j] >= 'a' && s[j] <= 'z' || s[j] >= 'A' && s[j] <= 'Z'))) {
-				j++
-			}
-			out = append(out, s[i:j])
-			i = j
-		}
-		return out
-	}
-	sa, sb := seg(a), seg(b)
-	for i := 0; i < len(sa) && i < len(sb); i++ {
-		x, y := sa[i], sb[i]
-		xd, yd := x[0] >= '0' && x[0] <= '9', y[0] >= '0' && y[0] <= '9'
-		switch {
-		case xd && !yd:
-			return 1
-		case !xd && yd:
-			return -1
-		case xd:
-			x, y = strings.TrimLeft(x, "0"), strings.TrimLeft(y, "0")
-			if len(x) != len(y) {
-				if len(x) > len(y) {
-					return 1
-				}
-				return -1
-			}
-		}
-		if c := strings.Compare(x, y); c != 0 {
-			return c
-		}
-	}
-	switch {
-	case len(sa) > len(sb):
-		return 1
-	case len(sa) < len(sb):
-		return -1
-	}
-	return 0
-}
-
 // pinsSubvol reports whether opts name the btrfs subvolume to mount.
 func pinsSubvol(opts boot.Options) bool {
 	v, _ := opts.Get("rootflags")
@@ -412,16 +317,6 @@ func pinsSubvol(opts boot.Options) bool {
 		}
 	}
 	return false
-}
-
-// expandedOptions returns the command line of e with grub variables from
-// vars expanded; it fails when $kernelopts stays (the root is in grubenv).
-func expandedOptions(e *boot.Entry, vars map[string]string) (boot.Options, error) {
-	raw := boot.ExpandGrubVars(strings.Join(e.GetAll(boot.KeyOptions), " "), vars)
-	if strings.Contains(raw, "$kernelopts") || strings.Contains(raw, "${kernelopts}") {
-		return nil, fmt.Errorf("entry %s uses $kernelopts but grubenv has no kernelopts: cannot tell its root", e.ID)
-	}
-	return boot.ParseOptions(raw), nil
 }
 
 func findEntry(ctx context.Context, bl boot.Bootloader, id string) (*boot.Entry, error) {
@@ -455,7 +350,7 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 	if err != nil {
 		return err
 	}
-	oldOpts, err := expandedOptions(old, vars)
+	oldOpts, err := boot.EntryOptions(old, vars)
 	if err != nil {
 		return err
 	}
@@ -485,7 +380,7 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 	defer mounts.unmount()
 
 	bs.Entries, bs.Entry = nil, ""
-	vers, paths := newKernels(e.Root.Dir, target)
+	vers, paths := boot.NewKernels(e.Root.Dir, target)
 	for _, kv := range vers {
 		id, err := e.kernelEntry(ctx, bl, old, vars, spec, mid, kv, paths[kv], target)
 		if err != nil {
@@ -624,54 +519,18 @@ func writeNewEntry(bl boot.Bootloader, ne *boot.Entry, def string) error {
 // $BOOT and an initramfs built by the new root's dracut.
 func (e *Engine) kernelEntry(ctx context.Context, bl boot.Bootloader, old *boot.Entry, vars map[string]string,
 	spec boot.RootSpec, mid, kv, vmlinuz, target string) (string, error) {
-	if ki, err := boot.ReadEntry(bl.EntriesDir(), mid+"-"+kv); err == nil {
-		opts, err := expandedOptions(ki, vars)
-		if err != nil {
+	dracut := boot.FindTool(target, "dracut")
+	initramfs := func(rel string) error {
+		e.report(progress.Event{Step: StepBoot, Message: "building the initramfs of kernel " + kv + " with the new root's dracut"})
+		return boot.Dracut(ctx, e.log(), target, dracut, rel, kv)
+	}
+	if ki, err := boot.KernelInstallEntry(bl.EntriesDir(), mid, kv); err == nil {
+		r := boot.Retarget{Root: spec, Fallback: old, Vars: vars, BootDir: bootDirOf(bl), Vmlinuz: vmlinuz}
+		if dracut != "" {
+			r.Initramfs = initramfs
+		}
+		if err := boot.RetargetKernelInstall(bl.EntriesDir(), ki, r); err != nil {
 			return "", err
-		}
-		if !opts.Has("root") && spec.LVMLV == "" {
-			// kernel-install wrote no root=: take the current default's.
-			if opts, err = expandedOptions(old, vars); err != nil {
-				return "", err
-			}
-		}
-		if opts, err = boot.RetargetRoot(opts, spec); err != nil {
-			return "", err
-		}
-		ki.SetOptions(opts)
-		// An entry whose kernel is missing from $BOOT cannot boot: put
-		// the new root's kernel where it names it.
-		if l := ki.Linux(); l != "" && !strings.HasPrefix(l, "$") {
-			dst := filepath.Join(bootDirOf(bl), strings.TrimPrefix(l, "/boot"))
-			if !fileExists(dst) {
-				if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-					return "", fmt.Errorf("cannot place the kernel kernel-install's entry %s names: %w", ki.ID, err)
-				}
-				if err := copyIfDifferent(vmlinuz, dst); err != nil {
-					return "", err
-				}
-			}
-		}
-		// kernel-install's dracut may have failed in the transaction
-		// (no /proc there): build what the entry names and lacks.
-		for _, p := range ki.Initrds() {
-			if strings.HasPrefix(p, "$") {
-				continue
-			}
-			rel := strings.TrimPrefix(p, "/boot")
-			if fileExists(filepath.Join(bootDirOf(bl), rel)) {
-				continue
-			}
-			dracut := findTool(target, "dracut")
-			if dracut == "" {
-				return "", fmt.Errorf("kernel-install's entry %s names %s, which does not exist, and the new root has no dracut to build it", ki.ID, p)
-			}
-			if err := e.dracut(ctx, target, dracut, rel, kv); err != nil {
-				return "", err
-			}
-		}
-		if err := boot.WriteEntry(bl.EntriesDir(), ki); err != nil {
-			return "", fmt.Errorf("cannot retarget kernel-install's entry %s: %w", ki.ID, err)
 		}
 		return ki.ID, nil
 	} else if !errors.Is(err, boot.ErrNotFound) {
@@ -692,19 +551,18 @@ func (e *Engine) kernelEntry(ctx context.Context, bl boot.Bootloader, old *boot.
 		}
 	}
 	img := "initramfs-" + kv + ".img"
-	dracut := findTool(target, "dracut")
 	if oldHasInitrd && dracut == "" && !fileExists(filepath.Join(bootDir, img)) {
 		return "", fmt.Errorf("the current entry %s boots with an initramfs, but no kernel scriptlet made one for %s "+
 			"and the new root has no dracut to build it; refusing to write an entry that cannot mount the root", old.ID, kv)
 	}
-	if err := copyIfDifferent(vmlinuz, filepath.Join(bootDir, kernelFile)); err != nil {
+	if err := boot.InstallKernel(vmlinuz, filepath.Join(bootDir, kernelFile)); err != nil {
 		return "", err
 	}
 	switch {
 	case fileExists(filepath.Join(bootDir, img)):
 		initrd = []string{prefix + img}
 	case dracut != "":
-		if err := e.dracut(ctx, target, dracut, "/"+img, kv); err != nil {
+		if err := initramfs("/" + img); err != nil {
 			return "", err
 		}
 		initrd = []string{prefix + img}
@@ -720,44 +578,9 @@ func (e *Engine) kernelEntry(ctx context.Context, bl boot.Bootloader, old *boot.
 	return id, nil
 }
 
-// dracut builds the initramfs rel (relative to $BOOT, mounted at /boot in
-// target) of kernel kv with the new root's dracut, chrooted.
-func (e *Engine) dracut(ctx context.Context, target, dracut, rel, kv string) error {
-	e.report(progress.Event{Step: StepBoot, Message: "building the initramfs of kernel " + kv + " with the new root's dracut"})
-	_, err := execlog.Runner{Log: e.log()}.Run(ctx, "build the initramfs", "chroot", target, dracut, "-f", filepath.Join("/boot", rel), kv)
-	return err
-}
-
-// findTool returns the path inside root of a program in /usr/bin or
-// /usr/sbin, or "".
-func findTool(root, name string) string {
-	for _, d := range []string{"/usr/bin", "/usr/sbin"} {
-		if fi, err := os.Stat(filepath.Join(root, d, name)); err == nil && fi.Mode().IsRegular() {
-			return filepath.Join(d, name)
-		}
-	}
-	return ""
-}
-
 func fileExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.Mode().IsRegular()
-}
-
-// copyIfDifferent copies src to dst atomically unless dst has the same
-// content already.
-func copyIfDifferent(src, dst string) error {
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return fmt.Errorf("cannot read the new kernel: %w", err)
-	}
-	if cur, err := os.ReadFile(dst); err == nil && bytes.Equal(cur, data) {
-		return nil
-	}
-	if err := atomicfile.WriteFile(dst, data, 0o755); err != nil {
-		return fmt.Errorf("cannot copy the new kernel to %s: %w", dst, err)
-	}
-	return nil
 }
 
 // armBoot is the boot side of the switch step: the new entry boots next

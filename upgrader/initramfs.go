@@ -127,7 +127,7 @@ func (e *Engine) dracutCommand() (string, error) {
 	if e.Root.Dir != "/" {
 		return "", fmt.Errorf("initramfs mode builds the upgrade initramfs with the running system's dracut, and %s is not the running system (arm it from the system itself, or name a dracut in $%s)", e.Root.Dir, DracutEnv)
 	}
-	d := findTool("/", "dracut")
+	d := boot.FindTool("/", "dracut")
 	if d == "" {
 		return "", fmt.Errorf("initramfs mode builds the upgrade initramfs with dracut, which is not installed; install dracut or use --mode target")
 	}
