@@ -87,18 +87,7 @@ func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult,
 		return nil, fmt.Errorf("cannot read the trial boot state: %w", err)
 	}
 	if !tr.Active || tr.Entry != bs.Entry {
-		if bs.Trial == TrialArmed {
-			// The trial ended without us: blessed by the boot loader's
-			// own tooling (systemd-bless-boot) or undone by hand.
-			if def, err := bl.Default(ctx); err == nil && def == bs.Entry {
-				bs.Trial, bs.Note = TrialBlessed, "blessed outside kos-upgrade"
-				if err := st.save(state, e.now()); err != nil {
-					return nil, err
-				}
-				return &HealthResult{Action: HealthBlessed, Entry: bs.Entry, Reason: bs.Note}, nil
-			}
-		}
-		return &HealthResult{Action: HealthNone, Entry: bs.Entry, Reason: "no trial boot is armed"}, nil
+		return e.noTrial(ctx, st, state, bl)
 	}
 	entry, err := findEntry(ctx, bl, bs.Entry)
 	if err != nil {
@@ -140,8 +129,31 @@ func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult,
 		e.report(progress.Event{Step: "health", Message: reason + "; " + state.Previous + " boots next"})
 		return &HealthResult{Action: HealthFellBack, Entry: bs.Entry, Reason: reason, Reboot: true, Result: res}, nil
 	}
-	// Healthy: the new root is the default root (a crash in the switch
-	// step may have armed the trial without it) and the entry is blessed.
+	return e.bless(ctx, st, state, bl)
+}
+
+// noTrial is Health when no trial of the run's entry is armed: the trial
+// ended without us, blessed by the boot loader's own tooling
+// (systemd-bless-boot), or undone by hand.
+func (e *Engine) noTrial(ctx context.Context, st store, state *State, bl boot.Bootloader) (*HealthResult, error) {
+	bs := state.Boot
+	if bs.Trial == TrialArmed {
+		if def, err := bl.Default(ctx); err == nil && def == bs.Entry {
+			bs.Trial, bs.Note = TrialBlessed, "blessed outside kos-upgrade"
+			if err := st.save(state, e.now()); err != nil {
+				return nil, err
+			}
+			return &HealthResult{Action: HealthBlessed, Entry: bs.Entry, Reason: bs.Note}, nil
+		}
+	}
+	return &HealthResult{Action: HealthNone, Entry: bs.Entry, Reason: "no trial boot is armed"}, nil
+}
+
+// bless is Health of a healthy system: the new root is the default root (a
+// crash in the switch step may have armed the trial without it) and the
+// entry is blessed.
+func (e *Engine) bless(ctx context.Context, st store, state *State, bl boot.Bootloader) (*HealthResult, error) {
+	bs := state.Boot
 	if snapshot.Protects(state.Backend) {
 		snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
 		if err != nil {

@@ -22,8 +22,33 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	defer l.release()
+	removed, err := cleanBootBackups(st, state)
+	if err != nil {
+		return nil, err
+	}
+	if state.Status != StatusPrepared && state.Status != StatusArmed {
+		had := hasStaged(st)
+		if err := removeStaged(st); err != nil {
+			return nil, err
+		}
+		if err := atomicfile.Remove(st.planPath()); err != nil {
+			return nil, err
+		}
+		if had {
+			removed = append(removed, "staged packages")
+		}
+	}
+	if !snapshot.Protects(state.Backend) {
+		return removed, nil
+	}
+	gone, err := e.cleanSnapshots(ctx, state)
+	return append(removed, gone...), err
+}
+
+// cleanBootBackups removes the /boot backups but the one a successful run
+// may still roll back to.
+func cleanBootBackups(st store, state *State) ([]string, error) {
 	var removed []string
-	// /boot backups: only the one a successful run may still roll back to.
 	keepBackup := map[string]bool{}
 	if state.Status == StatusSucceeded && state.Boot != nil {
 		for _, b := range state.Boot.Backups {
@@ -43,23 +68,14 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 			removed = append(removed, "/boot backup "+d.Name())
 		}
 	}
-	if state.Status != StatusPrepared && state.Status != StatusArmed {
-		had := hasStaged(st)
-		if err := removeStaged(st); err != nil {
-			return nil, err
-		}
-		if err := atomicfile.Remove(st.planPath()); err != nil {
-			return nil, err
-		}
-		if had {
-			removed = append(removed, "staged packages")
-		}
-	}
-	backend := state.Backend
-	if !snapshot.Protects(backend) {
-		return removed, nil
-	}
-	snap, err := e.Snapshotters(ctx, backend, e.Root)
+	return removed, nil
+}
+
+// cleanSnapshots removes the snapshots kos-upgrade made but what boots now
+// and next and, after a success, the rollback target.
+func (e *Engine) cleanSnapshots(ctx context.Context, state *State) ([]string, error) {
+	var removed []string
+	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
 	if err != nil {
 		return nil, fmt.Errorf("cannot clean snapshots: %w", err)
 	}

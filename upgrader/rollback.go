@@ -63,25 +63,7 @@ func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, rea
 		res.To = state.LastResult.From
 	}
 	// Record it in the root that will boot, then switch.
-	rolled := *state
-	rolled.Status, rolled.Step, rolled.LastResult = StatusRolledBack, "", res
-	if state.Boot != nil {
-		b := *state.Boot
-		if kind == "fallback" {
-			b.Trial = TrialFailed
-		}
-		b.Note = reason
-		if b.Note == "" {
-			b.Note = "rolled back: " + b.Previous + " is the default entry again"
-		}
-		b.Backups = nil // consumed by the restore below
-		rolled.Boot = &b
-	}
-	if state.InPlace {
-		// In the rollback point, which the root becomes: it is consumed
-		// by the merge, so there is nothing to roll back to from there.
-		rolled.Snapshot, rolled.Previous = "", ""
-	}
+	rolled := rolledBack(state, res, kind, reason)
 	if prevPath != e.Root.Dir {
 		ps := store{dir: filepath.Join(prevPath, sysroot.StateDirRel)}
 		res.FinishedAt = e.now().UTC()
@@ -144,4 +126,29 @@ func (e *Engine) rollbackBoot(ctx context.Context, st store, bs *BootState) erro
 		}
 	}
 	return nil
+}
+
+// rolledBack is the state after the rollback of state recorded as res
+// (kind rollback or fallback, for reason).
+func rolledBack(state *State, res *Result, kind, reason string) State {
+	rolled := *state
+	rolled.Status, rolled.Step, rolled.LastResult = StatusRolledBack, "", res
+	if state.Boot != nil {
+		b := *state.Boot
+		if kind == "fallback" {
+			b.Trial = TrialFailed
+		}
+		b.Note = reason
+		if b.Note == "" {
+			b.Note = "rolled back: " + b.Previous + " is the default entry again"
+		}
+		b.Backups = nil // consumed by the restore
+		rolled.Boot = &b
+	}
+	if state.InPlace {
+		// In the rollback point, which the root becomes: it is consumed
+		// by the merge, so there is nothing to roll back to from there.
+		rolled.Snapshot, rolled.Previous = "", ""
+	}
+	return rolled
 }
