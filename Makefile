@@ -48,6 +48,7 @@ unit: ## run only tests that need neither root nor tools
 fuzz: ## fuzz the plan and state parsers for 30 seconds each (FUZZTIME=1000000x for a million runs)
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePlan$$' -fuzztime $(FUZZTIME) ./upgrader
 	$(GO) test -run '^$$' -fuzz '^FuzzParseState$$' -fuzztime $(FUZZTIME) ./upgrader
+	$(GO) test -run '^$$' -fuzz '^FuzzParseStream$$' -fuzztime $(FUZZTIME) ./pkg/btrfsdiff
 
 bench: build ## run the benchmarks (P1 apply vs rpm -U, P2 snapshot scaling, binary size)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
