@@ -121,6 +121,14 @@ func TestNspawnSuccessBtrfs(t *testing.T) {
 	if !slices.Equal(old, before.Packages()) {
 		t.Errorf("the old root's packages changed: %q, were %q", old, before.Packages())
 	}
+	// kos-upgrade log finds the offline boot in the journal the guest's
+	// journald wrote, by the fields of the apply's milestones.
+	l := g.Kos(t, "log", "last")
+	for _, want := range []string{"Journal of boot ", "kos-upgrade apply 5.8 → 5.9 finished successfully", "Upgrade to 5.9 succeeded"} {
+		if !strings.Contains(l, want) {
+			t.Errorf("kos-upgrade log last on the old root lacks %q:\n%s", want, l)
+		}
+	}
 	t.Logf("timings: offline boot %s, whole scenario %s", boots[1].Duration.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 }
 
