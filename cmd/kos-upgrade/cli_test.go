@@ -280,6 +280,19 @@ func TestBashCompletion(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "etc/yum.repos.d/kos.repo"), []byte(repo), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A CentOS 8 root whose admin added KOS's repository for the migration.
+	centos := t.TempDir()
+	for p, c := range map[string]string{
+		"etc/os-release":           "NAME=\"CentOS Linux\"\nID=\"centos\"\nVERSION_ID=\"8\"\n",
+		"etc/yum.repos.d/kos.repo": "[kos]\nbaseurl=https://mirror.example/kos/5.9/BaseOS/x86_64/os/\n",
+	} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(centos, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(centos, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tests := []struct {
 		name, line string
 		want       []string
@@ -290,6 +303,7 @@ func TestBashCompletion(t *testing.T) {
 		{name: "flag values", line: "kos-upgrade prepare --snapshot ", want: []string{"auto", "btrfs", "lvm", "none"}},
 		{name: "mode", line: "kos-upgrade prepare --mode i", want: []string{"initramfs"}},
 		{name: "--to from the repositories", line: "kos-upgrade --root " + root + " prepare --to 5", want: []string{"5.10", "5.9"}},
+		{name: "--to on CentOS: a migration", line: "kos-upgrade --root " + centos + " check --to ", want: []string{"kos-5.9"}},
 		{name: "help topics", line: "kos-upgrade help cl", want: []string{"clean"}},
 		{name: "downgrade flag", line: "kos-upgrade check --allow", want: []string{"--allow-downgrade"}},
 	}

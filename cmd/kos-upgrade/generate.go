@@ -18,6 +18,9 @@ import (
 	"github.com/cpuguy83/go-md2man/v2/md2man"
 	"github.com/urfave/cli/v2"
 
+	"github.com/keyarchos/kos-upgrade/pkg/migrate"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
+
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
 
@@ -451,7 +454,33 @@ func repoVersions(root string) []string {
 		}
 	}
 	sort.Strings(vs)
+	// On another distribution with a migration map to KOS, --to names
+	// the distribution: kos-VERSION.
+	if id := osReleaseID(root); id != "" && id != preflight.NativeID {
+		if _, err := migrate.Find(id, preflight.NativeID); err == nil {
+			for i, v := range vs {
+				vs[i] = preflight.NativeID + "-" + v
+			}
+		}
+	}
 	return vs
+}
+
+// osReleaseID is the ID of the root's os-release, or "".
+func osReleaseID(root string) string {
+	for _, p := range []string{"etc/os-release", "usr/lib/os-release"} {
+		b, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil || len(b) > 1<<16 {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "ID="); ok {
+				return strings.Trim(v, `"'`)
+			}
+		}
+		return ""
+	}
+	return ""
 }
 
 // unquoteUsage splits a usage into the backquoted value name and the text
