@@ -39,6 +39,8 @@ func newEL8System(t *testing.T, bootCounter string) *el8System {
 	fixture.MustBuildEL8(t, s.Set)
 	b := &bootSystem{system: s, Boot: filepath.Join(s.Root, "boot"), OldEntry: fixture.MachineID + "-" + fixture.EL8Kernel58}
 	mountBoot(t, b)
+	testenv.Run(t, "mount", "--make-shared", b.Boot)
+	mountESP(t, filepath.Join(b.Boot, "efi"))
 	esp := filepath.Join(b.Boot, "efi/EFI", el8Vendor)
 	if err := os.MkdirAll(esp, 0o700); err != nil {
 		t.Fatal(err)
@@ -81,6 +83,19 @@ func newEL8System(t *testing.T, bootCounter string) *el8System {
 		t.Fatalf("20-grub.install (UPDATEDEFAULT=yes) did not make the kernel the default: %v", env.Map())
 	}
 	return &el8System{bootSystem: b, Grub: grub, ESP: esp}
+}
+
+// mountESP mounts a filesystem of its own at dir, shared like every mount
+// under systemd, as EL8 mounts its ESP at /boot/efi (a tmpfs: this
+// machine's kernel has no vfat; the QEMU tier has the real FAT ESP).
+func mountESP(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "mount", "-t", "tmpfs", "-o", "mode=0700,size=64m", "kosesp", dir)
+	t.Cleanup(func() { testenv.UnmountAll(dir) })
+	testenv.Run(t, "mount", "--make-shared", dir)
 }
 
 // editenvList is `grub2-editenv list` of the system's grubenv, by EL8's

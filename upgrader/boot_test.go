@@ -149,7 +149,8 @@ func (b *bootSystem) mountRoot(t *testing.T, sub string) (string, *upgrader.Engi
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "newroot")
 	b.FS.MountSubvol(t, sub, dir)
-	testenv.Run(t, "mount", "--bind", b.Boot, filepath.Join(dir, "boot"))
+	testenv.Run(t, "mount", "--rbind", b.Boot, filepath.Join(dir, "boot"))
+	testenv.Run(t, "mount", "--make-rslave", filepath.Join(dir, "boot"))
 	t.Cleanup(func() { testenv.UnmountAll(filepath.Join(dir, "boot")) })
 	r, err := sysroot.New(dir)
 	if err != nil {

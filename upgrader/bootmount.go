@@ -86,14 +86,32 @@ func mountChroot(root sysroot.Root, target string, api, withBoot bool) (*chrootM
 		return fail(fmt.Errorf("cannot bind %s into %s: %w", src, dst, err))
 	}
 	m.points = append(m.points, dst)
+	if err := slave(dst); err != nil {
+		return fail(err)
+	}
 	if efi := root.Path("/efi"); isMountPoint(efi) && isDir(filepath.Join(target, "efi")) {
 		p := filepath.Join(target, "efi")
 		if err := unix.Mount(efi, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fail(fmt.Errorf("cannot bind %s into %s: %w", efi, p, err))
 		}
 		m.points = append(m.points, p)
+		if err := slave(p); err != nil {
+			return fail(err)
+		}
 	}
 	return m, nil
+}
+
+// slave makes the bind mount at p and every mount below it a slave of the
+// running system's: under systemd every mount is shared, and the copy of
+// /boot/efi inside a bind of /boot is a peer of the real one, so unmounting
+// the copy would unmount the running system's ESP too (found by the EL8
+// QEMU scenario: /boot/efi was gone after the transaction).
+func slave(p string) error {
+	if err := unix.Mount("", p, "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("cannot make %s a slave mount: %w", p, err)
+	}
+	return nil
 }
 
 // unmount undoes mountChroot, last mount first. Detached (lazy) so that a
