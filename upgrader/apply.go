@@ -84,6 +84,11 @@ func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
 	} else if err := e.cleanupInitramfs(ctx, st, state); err != nil {
 		return nil, fmt.Errorf("cannot arm: %w", err)
 	}
+	// The system may have changed since prepare: the baseline the first
+	// boot is judged against is taken again, before the link that arms.
+	if err := e.saveBaseline(ctx, st, p); err != nil {
+		return nil, fmt.Errorf("cannot arm: %w", err)
+	}
 	state.Status = StatusArmed
 	state.Step = ""
 	state.PlanID = p.ID

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/pkg/health"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 )
@@ -22,9 +24,14 @@ type HealthOptions struct {
 	// Cmdline is the running kernel's command line (/proc/cmdline): it
 	// tells whether the trial entry booted.
 	Cmdline string
-	// Checks run in order when the trial entry booted; the first failure
-	// fails the trial.
+	// Checks run in order when the trial entry booted, after Judge; a
+	// failure is fatal (in-process checks; site checks are Judge's).
 	Checks []HealthCheck
+	// Judge judges the running system against the baseline taken at
+	// prepare and arm (nil, with baselineErr saying why when it is
+	// damaged, or nil when there is none); nil: the verdict is Checks'
+	// alone. It is called only when the trial entry booted.
+	Judge func(ctx context.Context, baseline *health.Baseline, baselineErr error) *health.Verdict
 }
 
 // Health actions.
@@ -47,6 +54,9 @@ type HealthResult struct {
 	Reboot bool `json:"reboot"`
 	// Result is the fallback record, when there was one.
 	Result *Result `json:"result,omitempty"`
+	// Verdict is the judgment of the trial boot (also health.json in
+	// the state directory of both roots), when there was one.
+	Verdict *health.Verdict `json:"verdict,omitempty"`
 }
 
 // Health is the first-boot step of an upgrade (kos-upgrade-health.service):
@@ -112,24 +122,38 @@ func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult,
 		return &HealthResult{Action: HealthFellBack, Entry: bs.Entry, Reason: reason, Result: res}, nil
 	}
 
-	var failed error
-	for _, c := range opts.Checks {
-		e.report(progress.Event{Step: "health", Message: "health check: " + c.Name})
-		if err := c.Run(ctx); err != nil {
-			failed = fmt.Errorf("health check %s failed: %w", c.Name, err)
-			break
+	return e.decide(ctx, st, state, bl, e.judge(ctx, st, opts))
+}
+
+// decide acts on the verdict of the trial boot. Red: health.json first, in
+// this root, then (the engine's rollback, kind fallback) in the old one
+// before it becomes the default, so either root can say why. Green:
+// health.json, then bless.
+func (e *Engine) decide(ctx context.Context, st store, state *State, bl boot.Bootloader, v *health.Verdict) (*HealthResult, error) {
+	bs := state.Boot
+	if !v.Green {
+		v.Decision = "fallback"
+		reason := "automatic fallback: " + strings.Join(v.Reasons, "; ")
+		if err := st.saveVerdict(v); err != nil {
+			e.log().Warn("cannot record the verdict in the upgraded root", "err", err)
 		}
-	}
-	if failed != nil {
-		reason := "automatic fallback: " + failed.Error()
-		res, err := e.rollback(ctx, st, state, "fallback", reason)
+		res, err := e.rollbackWith(ctx, st, state, "fallback", reason, v)
 		if err != nil {
-			return nil, errors.Join(failed, err)
+			return nil, errors.Join(errors.New(reason), err)
 		}
 		e.report(progress.Event{Step: "health", Message: reason + "; " + state.Previous + " boots next"})
-		return &HealthResult{Action: HealthFellBack, Entry: bs.Entry, Reason: reason, Reboot: true, Result: res}, nil
+		return &HealthResult{Action: HealthFellBack, Entry: bs.Entry, Reason: reason, Reboot: true, Result: res, Verdict: v}, nil
 	}
-	return e.bless(ctx, st, state, bl)
+	v.Decision = "blessed"
+	if err := st.saveVerdict(v); err != nil {
+		return nil, err
+	}
+	res, err := e.bless(ctx, st, state, bl)
+	if err != nil {
+		return nil, err
+	}
+	res.Verdict = v
+	return res, nil
 }
 
 // noTrial is Health when no trial of the run's entry is armed: the trial
@@ -173,4 +197,30 @@ func (e *Engine) bless(ctx context.Context, st store, state *State, bl boot.Boot
 	}
 	e.report(progress.Event{Step: "health", Message: "the upgraded system is healthy: boot entry " + bs.Entry + " is the default"})
 	return &HealthResult{Action: HealthBlessed, Entry: bs.Entry}, nil
+}
+
+// judge makes the verdict of the trial boot: opts.Judge against the
+// baseline, then the in-process checks.
+func (e *Engine) judge(ctx context.Context, st store, opts HealthOptions) *health.Verdict {
+	baseline, berr := st.loadBaseline()
+	if berr != nil {
+		berr = fmt.Errorf("%w; remove it to judge without a baseline", berr)
+	}
+	var v *health.Verdict
+	if opts.Judge != nil {
+		v = opts.Judge(ctx, baseline, berr)
+	} else {
+		v = health.Judge(health.Input{Baseline: baseline, BaselineErr: berr, Now: e.now()})
+	}
+	for _, c := range opts.Checks {
+		e.report(progress.Event{Step: "health", Message: "health check: " + c.Name})
+		r := health.CheckResult{Name: c.Name, Class: health.ClassRequired, Result: health.ResultPassed}
+		if err := c.Run(ctx); err != nil {
+			r.Result, r.Detail = health.ResultFailed, err.Error()
+			v.Reasons = append(v.Reasons, "health check "+c.Name+" failed: "+err.Error())
+			v.Green = false
+		}
+		v.Checks = append(v.Checks, r)
+	}
+	return v
 }

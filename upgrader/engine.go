@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
+	"github.com/keyarchos/kos-upgrade/pkg/health"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
@@ -41,6 +42,10 @@ type Engine struct {
 	// Cmdline is the kernel command line file apply reads to tell whether
 	// it runs from the upgrade initramfs; "" means /proc/cmdline.
 	Cmdline string
+	// Observe measures the system for the health baseline and the
+	// first-boot verdict; nil means health.Observe (live on a running
+	// root, offline under --root).
+	Observe func(ctx context.Context, root sysroot.Root) *health.Baseline
 }
 
 // New returns an engine for root with the real backends.

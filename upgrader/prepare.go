@@ -85,6 +85,7 @@ var preparePhases = []struct {
 	{"stage", (*prepareRun).stage},
 	{"verify", (*prepareRun).verify},
 	{"test", (*prepareRun).test},
+	{"baseline", (*prepareRun).baseline},
 	{"write plan", (*prepareRun).writePlan},
 }
 
@@ -333,6 +334,12 @@ func (pr *prepareRun) test(ctx context.Context) error {
 }
 
 // writePlan writes the plan, then the state that says it is prepared.
+// baseline takes the health baseline (baseline.go) before the plan is
+// written: a prepared plan always has one.
+func (pr *prepareRun) baseline(ctx context.Context) error {
+	return pr.e.saveBaseline(ctx, pr.st, pr.newPlan())
+}
+
 func (pr *prepareRun) writePlan(ctx context.Context) error {
 	e, opts, st, state := pr.e, pr.opts, pr.st, pr.state
 	p := pr.newPlan()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/keyarchos/kos-upgrade/pkg/health"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -33,6 +34,13 @@ func (e *Engine) Rollback(ctx context.Context) (*Result, error) {
 // root, then /boot put back as the backup has it (and the old entry the
 // default), then the record here; each part can be done again.
 func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, reason string) (*Result, error) {
+	return e.rollbackWith(ctx, st, state, kind, reason, nil)
+}
+
+// rollbackWith is rollback that also writes the first-boot verdict v
+// (when not nil) as health.json into the old root's state directory,
+// with its history record, before the old root becomes the default.
+func (e *Engine) rollbackWith(ctx context.Context, st store, state *State, kind, reason string, v *health.Verdict) (*Result, error) {
 	if !snapshot.Protects(state.Backend) {
 		return nil, fmt.Errorf("cannot roll back: the upgrade ran without a snapshot (--snapshot none)")
 	}
@@ -67,7 +75,11 @@ func (e *Engine) rollback(ctx context.Context, st store, state *State, kind, rea
 	if prevPath != e.Root.Dir {
 		ps := store{dir: filepath.Join(prevPath, sysroot.StateDirRel)}
 		res.FinishedAt = e.now().UTC()
-		if err := errors.Join(ps.record(res), ps.save(&rolled, e.now())); err != nil {
+		var verr error
+		if v != nil {
+			verr = ps.saveVerdict(v)
+		}
+		if err := errors.Join(verr, ps.record(res), ps.save(&rolled, e.now())); err != nil {
 			return nil, fmt.Errorf("cannot roll back: %w", err)
 		}
 	}

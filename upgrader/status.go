@@ -1,6 +1,10 @@
 package upgrader
 
-import "context"
+import (
+	"context"
+
+	"github.com/keyarchos/kos-upgrade/pkg/health"
+)
 
 // StatusReport is what status shows; its JSON form is stable (docs/cli.md).
 type StatusReport struct {
@@ -15,6 +19,11 @@ type StatusReport struct {
 	PlanError string `json:"plan_error,omitempty"`
 	// Current is the running system's release.
 	Current *Release `json:"current,omitempty"`
+	// Health is the last first-boot verdict (health.json), in the new
+	// root and, after a fallback, in the old one; HealthError says why
+	// it could not be read.
+	Health      *health.Verdict `json:"health,omitempty"`
+	HealthError string          `json:"health_error,omitempty"`
 }
 
 // Status reads the state without changing anything.
@@ -47,6 +56,11 @@ func (e *Engine) Status(ctx context.Context) (*StatusReport, error) {
 			}
 		}
 		r.State = &s
+	}
+	if v, err := e.LoadVerdict(); err != nil {
+		r.HealthError = err.Error()
+	} else {
+		r.Health = v
 	}
 	owner, err := e.LinkOwner()
 	if err != nil {

@@ -4,30 +4,41 @@ package main
 // (kos-upgrade-health.service, ordered before boot-complete.target).
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/keyarchos/kos-upgrade/pkg/execlog"
+	"github.com/keyarchos/kos-upgrade/pkg/health"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
-// healthDirRel holds site health checks: every executable file in it runs
-// (sorted by name) and must exit 0 for the upgraded system to be blessed.
-const healthDirRel = sysroot.ConfigDirRel + "/health.d"
+// Site checks and hooks (docs/health.md): every executable file of these
+// directories runs, all in parallel, each bounded (health.conf's
+// check_timeout) and owned by root and writable by root only.
+const (
+	healthDirRel   = sysroot.ConfigDirRel + "/health.d"   // fatal (as before required.d existed)
+	requiredDirRel = sysroot.ConfigDirRel + "/required.d" // fatal
+	wantedDirRel   = sysroot.ConfigDirRel + "/wanted.d"   // a warning
+	greenDirRel    = sysroot.ConfigDirRel + "/green.d"    // hooks after a green verdict
+	redDirRel      = sysroot.ConfigDirRel + "/red.d"      // hooks after a red verdict
+	healthConfRel  = sysroot.ConfigDirRel + "/health.conf"
+)
 
-// healthScriptTimeout bounds one site check.
+// healthScriptTimeout bounds one health.d script run on its own
+// (runHealthScripts).
 const healthScriptTimeout = 5 * time.Minute
+
+// settlePoll is how often the units are looked at again while some are
+// still starting.
+const settlePoll = 2 * time.Second
 
 // healthUnit is the unit that runs this command; it is running, so it is
 // never counted as a failed unit.
@@ -42,14 +53,21 @@ func healthCmd() *cli.Command {
 		Usage: "first boot after an upgrade: check the new system, then keep it or fall back (run by kos-upgrade-health.service)",
 		Description: `health runs once the upgraded system has booted (before boot-complete.target).
 When the boot entry on trial is the one running (judged from the kernel
-command line), it checks the system: no failed systemd units (on the running
-system only), and every executable in /etc/kos-upgrade/health.d exits 0. A
-healthy system's entry becomes the permanent default. An unhealthy one is
-rolled back: the old root and boot entry become the defaults again, the
-fallback is recorded, and with --reboot the machine reboots into the old
-system. When the old system runs because the boot loader gave up on the new
-one, the fallback is recorded and the old root made the default again.
-Without an upgrade awaiting its first boot it does nothing.
+command line), it judges the system against the baseline taken at prepare
+and arm (docs/health.md): units, listening sockets, fstab mounts, the
+default target, SELinux and kernel modules (on the running system only;
+units still starting are waited for, up to activating_wait), with the
+policy of /etc/kos-upgrade/health.conf; and it runs the site checks of
+/etc/kos-upgrade/health.d and required.d (fatal) and wanted.d (a warning),
+in parallel, each bounded. The verdict is written to health.json in the
+state directory of both roots. A healthy system's entry becomes the
+permanent default. An unhealthy one is rolled back: the old root and boot
+entry become the defaults again, the fallback is recorded, and with
+--reboot the machine reboots into the old system. The green.d or red.d
+hooks run after the verdict and cannot change it. When the old system runs
+because the boot loader gave up on the new one, the fallback is recorded
+and the old root made the default again. Without an upgrade awaiting its
+first boot it does nothing.
 
 Examples:
    kos-upgrade health --reboot        what kos-upgrade-health.service runs
@@ -57,7 +75,7 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "cmdline", Usage: "judge this kernel command `LINE` instead of /proc/cmdline (tests)"},
 			&cli.BoolFlag{Name: "reboot", Usage: "reboot after a fallback from the running new system (the unit passes it)"},
-			&cli.BoolFlag{Name: "no-unit-check", Usage: "do not count failed systemd units as unhealthy"},
+			&cli.BoolFlag{Name: "no-unit-check", Usage: "do not compare the system with its baseline (site checks only)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			cmdline := c.String("cmdline")
@@ -68,17 +86,41 @@ Examples:
 				}
 				cmdline = strings.TrimSpace(string(b))
 			}
-			var checks []upgrader.HealthCheck
-			// Units are the running system's: checked only when acting on it.
-			if !c.Bool("no-unit-check") && e.engine.Root.Dir == runningRoot {
-				checks = append(checks, upgrader.HealthCheck{Name: "failed systemd units", Run: failedUnits})
+			root := e.engine.Root
+			// The running system is observed live through systemd; a root
+			// mounted elsewhere (--root) offline: its enabled units, the
+			// default target and fstab.
+			observe := !c.Bool("no-unit-check")
+			pol, polErr := health.LoadPolicy(root.Path(healthConfRel))
+			judge := func(ctx context.Context, baseline *health.Baseline, baselineErr error) *health.Verdict {
+				in := health.Input{Baseline: baseline, BaselineErr: baselineErr, Policy: pol, PolicyErr: polErr}
+				switch {
+				case observe && root.Dir == runningRoot:
+					in.Observed, in.ObservedErr = observeSettled(ctx, e, pol.ActivatingWait)
+				case observe:
+					in.Observed = health.CollectOffline(root.Dir, time.Now())
+				}
+				in.Checks = health.RunChecks(ctx, []health.CheckDir{
+					{Dir: root.Path(healthDirRel), Name: "health.d", Class: health.ClassRequired},
+					{Dir: root.Path(requiredDirRel), Name: "required.d", Class: health.ClassRequired},
+					{Dir: root.Path(wantedDirRel), Name: "wanted.d", Class: health.ClassWanted},
+				}, pol.CheckTimeout, "KOS_UPGRADE_ROOT="+root.Dir)
+				in.Now = time.Now()
+				return health.Judge(in)
 			}
-			checks = append(checks, upgrader.HealthCheck{Name: healthDirRel, Run: func(ctx context.Context) error {
-				return runHealthScripts(ctx, e.engine.Root)
-			}})
-			res, err := e.engine.Health(c.Context, upgrader.HealthOptions{Cmdline: cmdline, Checks: checks})
+			res, err := e.engine.Health(c.Context, upgrader.HealthOptions{Cmdline: cmdline, Judge: judge})
 			if err != nil {
 				return err
+			}
+			if v := res.Verdict; v != nil {
+				announceVerdict(res)
+				hooks := greenDirRel
+				if !v.Green {
+					hooks = redDirRel
+				}
+				v.Hooks = health.RunChecks(c.Context, []health.CheckDir{{Dir: root.Path(hooks), Name: filepath.Base(hooks), Class: health.ClassHook}},
+					pol.HookTimeout, "KOS_UPGRADE_ROOT="+root.Dir, "KOS_UPGRADE_VERDICT="+v.Decision,
+					"KOS_UPGRADE_VERDICT_FILE="+filepath.Join(root.StateDir(), "health.json"))
 			}
 			if e.json {
 				if err := e.printJSON(res); err != nil {
@@ -100,6 +142,85 @@ Examples:
 	}
 }
 
+// observeSettled observes the running system through systemd, again every
+// settlePoll while units are still starting (activating is not a
+// verdict), for at most wait.
+func observeSettled(ctx context.Context, e *env, wait time.Duration) (*health.Baseline, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		b, err := observeLive(ctx)
+		if err != nil {
+			return nil, err
+		}
+		starting := settling(b)
+		if len(starting) == 0 {
+			return b, nil
+		}
+		if !time.Now().Before(deadline) {
+			fmt.Fprintf(e.out, "Still starting after %s, judged as they are: %s\n", wait, strings.Join(starting, ", "))
+			return b, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(settlePoll):
+		}
+	}
+}
+
+// settling lists the units in a transition (activating, deactivating,
+// reloading), other than this command's own.
+func settling(b *health.Baseline) []string {
+	var out []string
+	for _, u := range b.Units {
+		switch u.Active {
+		case "activating", "deactivating", "reloading":
+			if u.Name != healthUnit {
+				out = append(out, u.Name)
+			}
+		}
+	}
+	return out
+}
+
+// observeLive measures the running system through systemd's D-Bus API.
+func observeLive(ctx context.Context) (*health.Baseline, error) {
+	cctx, cancel := context.WithTimeout(ctx, rebootTimeout)
+	defer cancel()
+	conn, err := connectSystemd(cctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	b, err := health.CollectLive(cctx, health.Live{Root: "/", Proc: "/proc", Sys: "/sys", Systemd: conn, PackageOf: health.RPMOwners}, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	// This command's own unit is running, not failed or starting.
+	for i := range b.Units {
+		if b.Units[i].Name == healthUnit {
+			b.Units = append(b.Units[:i], b.Units[i+1:]...)
+			break
+		}
+	}
+	return b, nil
+}
+
+// announceVerdict records the verdict in the journal with its MESSAGE_ID
+// (green or red, units/kos-upgrade.catalog).
+func announceVerdict(r *upgrader.HealthResult) {
+	v := r.Verdict
+	m := progress.Milestone{Kind: progress.Healthy, Op: "health", Message: "kos-upgrade health: the upgraded system (boot entry " + r.Entry + ") is healthy: it is kept"}
+	if !v.Green {
+		m = progress.Milestone{Kind: progress.Unhealthy, Op: "health", Error: strings.Join(v.Reasons, "; "),
+			Message: "kos-upgrade health: the upgraded system (boot entry " + r.Entry + ") failed its health check, the pre-upgrade system boots next: " + strings.Join(v.Reasons, "; ")}
+	}
+	if r.Result != nil {
+		m.RunID, m.From, m.To = r.Result.RunID, r.Result.From, r.Result.To
+	}
+	progress.Announce(progress.NewJournal(), m)
+}
+
 func printHealth(e *env, r *upgrader.HealthResult) {
 	switch r.Action {
 	case upgrader.HealthBlessed:
@@ -112,110 +233,27 @@ func printHealth(e *env, r *upgrader.HealthResult) {
 	default:
 		fmt.Fprintf(e.out, "Nothing to do: %s.\n", r.Reason)
 	}
-}
-
-// failedUnits fails when systemd has units in the failed state (other than
-// this check's own).
-func failedUnits(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, rebootTimeout)
-	defer cancel()
-	conn, err := connectSystemd(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	units, err := conn.ListUnitsFilteredContext(ctx, []string{"failed"})
-	if err != nil {
-		return fmt.Errorf("cannot list failed units: %w", err)
-	}
-	var names []string
-	for _, u := range units {
-		if u.Name != healthUnit {
-			names = append(names, u.Name)
+	if r.Verdict != nil {
+		printVerdict(e.out, r.Verdict)
+		for _, c := range r.Verdict.Checks {
+			if c.Result != health.ResultPassed && c.Output != "" {
+				fmt.Fprintf(e.out, "Output of %s:\n%s\n", c.Name, c.Output)
+			}
 		}
 	}
-	if len(names) > 0 {
-		sort.Strings(names)
-		return fmt.Errorf("failed units: %s", strings.Join(names, ", "))
-	}
-	return nil
 }
 
-// runHealthScripts runs every executable regular file of health.d, sorted
-// by name, each isolated (execlog: working directory /, fixed environment)
-// with KOS_UPGRADE_ROOT set to the root; the first one that does not exit 0
-// fails the check with its output. The directory and each file must be
-// owned by root and writable by root only (judged by Lstat: a symbolic
-// link is refused, not followed); one that is not fails the check unrun.
+// runHealthScripts runs the executables of health.d (health.RunChecks:
+// root-owned and root-only-writable, judged by Lstat, else refused unrun;
+// isolated, with KOS_UPGRADE_ROOT set to the root) and fails with the
+// first one that did not pass, with its output.
 func runHealthScripts(ctx context.Context, root sysroot.Root) error {
-	dir := root.Path(healthDirRel)
-	fi, err := os.Lstat(dir)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := safeRootOwned(dir, fi, true); err != nil {
-		return err
-	}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, d := range ents {
-		p := filepath.Join(dir, d.Name())
-		if strings.HasPrefix(d.Name(), ".") {
-			continue
+	res := health.RunChecks(ctx, []health.CheckDir{{Dir: root.Path(healthDirRel), Name: "health.d", Class: health.ClassRequired}},
+		healthScriptTimeout, "KOS_UPGRADE_ROOT="+root.Dir)
+	for _, r := range res {
+		if r.Result != health.ResultPassed {
+			return fmt.Errorf("%s %s: %s: %s", r.Name, r.Result, r.Detail, r.Output)
 		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		if fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 == 0 {
-			continue // not executable: not a check
-		}
-		if err := safeRootOwned(p, fi, false); err != nil {
-			return err
-		}
-		cctx, cancel := context.WithTimeout(ctx, healthScriptTimeout)
-		cmd := execlog.Command(cctx, []string{p}, "KOS_UPGRADE_ROOT="+root.Dir)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		err = cmd.Run()
-		cancel()
-		if err != nil {
-			msg := strings.TrimSpace(out.String())
-			if len(msg) > 2000 {
-				msg = "..." + msg[len(msg)-2000:]
-			}
-			if msg == "" {
-				msg = "(no output)"
-			}
-			return fmt.Errorf("%s: %v: %s", p, err, msg)
-		}
-	}
-	return nil
-}
-
-// safeRootOwned refuses a health check (dir: its directory) that someone
-// other than root could have written: not a regular file (directory), not
-// owned by root, or writable by its group or others.
-func safeRootOwned(p string, fi os.FileInfo, dir bool) error {
-	what := "a regular file"
-	ok := fi.Mode().IsRegular()
-	if dir {
-		what, ok = "a directory", fi.IsDir()
-	}
-	if !ok {
-		return fmt.Errorf("health check %s is not %s (%s): not run; it must be owned by root and writable by root only", p, what, fi.Mode().Type())
-	}
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	if st == nil || st.Uid != 0 {
-		return fmt.Errorf("health check %s is not owned by root: not run; it must be owned by root and writable by root only", p)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("health check %s is writable by its group or others (%04o): not run; it must be owned by root and writable by root only", p, fi.Mode().Perm())
 	}
 	return nil
 }

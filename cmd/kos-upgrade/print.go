@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/pkg/health"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
@@ -79,6 +80,11 @@ func printStatus(w io.Writer, r *upgrader.StatusReport) {
 			fmt.Fprintf(w, "  warning: %s\n", warn)
 		}
 	}
+	if r.Health != nil {
+		printVerdict(w, r.Health)
+	} else if r.HealthError != "" {
+		fmt.Fprintf(w, "Health:   unreadable: %s\n", r.HealthError)
+	}
 	switch {
 	case st.RebootRequired:
 		fmt.Fprintf(w, "Reboot:   required: the root is rolled back to %s at the next boot\n", st.Previous)
@@ -134,4 +140,36 @@ func printArmedSources(w io.Writer, p *upgrader.Plan) {
 	} else {
 		fmt.Fprintln(w, "  every package's GPG signature and sha256 was verified")
 	}
+}
+
+// printVerdict shows a first-boot verdict (health.json).
+func printVerdict(w io.Writer, v *health.Verdict) {
+	color := "green"
+	if !v.Green {
+		color = "red"
+	}
+	fmt.Fprintf(w, "Health:   %s, %s (first boot of the upgraded system, %s)\n", color, v.Decision, v.At.Local().Format(time.DateTime))
+	for _, r := range v.Reasons {
+		fmt.Fprintf(w, "  regression: %s\n", r)
+	}
+	for _, x := range v.Warnings {
+		fmt.Fprintf(w, "  warning: %s\n", x)
+	}
+	for _, u := range v.PreExisting {
+		fmt.Fprintf(w, "  pre-existing: %s had failed before the upgrade already (not counted)\n", u)
+	}
+	for _, c := range v.Expected {
+		fmt.Fprintf(w, "  expected: %s: %s\n", c.Message, c.Rule)
+	}
+	for _, c := range v.Checks {
+		fmt.Fprintf(w, "  check %s: %s", c.Name, c.Result)
+		if c.Detail != "" {
+			fmt.Fprintf(w, " (%s)", c.Detail)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, c := range v.Hooks {
+		fmt.Fprintf(w, "  hook %s: %s\n", c.Name, c.Result)
+	}
+	fmt.Fprintf(w, "  baseline: %s\n", v.Baseline)
 }

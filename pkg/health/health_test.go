@@ -191,8 +191,8 @@ func TestJudge(t *testing.T) {
 			{Name: "required.d/db", Class: ClassRequired, Result: ResultTimedOut, Detail: "killed after 1s"},
 			{Name: "wanted.d/x", Class: ClassWanted, Result: ResultFailed, Detail: "exit status 1"},
 			{Name: "health.d/y", Class: ClassRequired, Result: ResultPassed}}},
-			reasons:  []string{"check required.d/db timed out: killed after 1s"},
-			warnings: []string{"check wanted.d/x failed: exit status 1"}},
+			reasons:  []string{"check required.d/db timed out (killed after 1s)"},
+			warnings: []string{"check wanted.d/x failed (exit status 1)"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

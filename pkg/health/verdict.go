@@ -2,6 +2,7 @@ package health
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -111,7 +112,10 @@ func Judge(in Input) *Verdict {
 		}
 		msg := fmt.Sprintf("check %s %s", c.Name, c.Result)
 		if c.Detail != "" {
-			msg += ": " + c.Detail
+			msg += " (" + c.Detail + ")"
+		}
+		if out := lastLine(c.Output); out != "" {
+			msg += ": " + out
 		}
 		if c.Class == ClassWanted {
 			v.Warnings = append(v.Warnings, msg)
@@ -121,4 +125,15 @@ func Judge(in Input) *Verdict {
 	}
 	v.Green = len(v.Reasons) == 0
 	return v
+}
+
+// lastLine is the last non-empty line of a check's output, at most 300
+// bytes: the reason a script gives when it fails.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	l := strings.TrimSpace(lines[len(lines)-1])
+	if len(l) > 300 {
+		l = "..." + l[len(l)-300:]
+	}
+	return l
 }

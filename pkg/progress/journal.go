@@ -12,6 +12,8 @@ const (
 	MessageIDFinished   = "8847a9f7023146d69bf6d09d34bd0949"
 	MessageIDFailed     = "df99400e99d349fda2702b750936e294"
 	MessageIDRolledBack = "81ecb566ac3b484b97c884bfb58e1f78"
+	MessageIDHealthy    = "b701b25b9b5d4017ac353cffd3a4e831"
+	MessageIDUnhealthy  = "0c271b6d72564c59bebcdadba1751fca"
 )
 
 // MessageID returns the MESSAGE_ID of a milestone kind.
@@ -25,6 +27,10 @@ func MessageID(k MilestoneKind) string {
 		return MessageIDFailed
 	case RolledBack:
 		return MessageIDRolledBack
+	case Healthy:
+		return MessageIDHealthy
+	case Unhealthy:
+		return MessageIDUnhealthy
 	}
 	return ""
 }
@@ -69,7 +75,7 @@ func (j *Journal) Milestone(m Milestone) {
 		}
 	}
 	pri := journal.PriNotice
-	if m.Kind == Failed {
+	if m.Kind == Failed || m.Kind == Unhealthy {
 		pri = journal.PriErr
 	}
 	// A journal that cannot take the entry must not stop an upgrade.

@@ -11,6 +11,9 @@ const (
 	Finished   MilestoneKind = "finished"
 	Failed     MilestoneKind = "failed"
 	RolledBack MilestoneKind = "rolled-back"
+	// Healthy and Unhealthy are the first-boot verdicts (green, red).
+	Healthy   MilestoneKind = "healthy"
+	Unhealthy MilestoneKind = "unhealthy"
 )
 
 // Milestone is the start or the end of an operation (prepare, apply,

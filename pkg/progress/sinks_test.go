@@ -64,12 +64,12 @@ func catalogIDs(t *testing.T) map[string]bool {
 
 func TestCatalogHasEveryMessageID(t *testing.T) {
 	ids := catalogIDs(t)
-	for _, k := range []MilestoneKind{Started, Finished, Failed, RolledBack} {
+	for _, k := range []MilestoneKind{Started, Finished, Failed, RolledBack, Healthy, Unhealthy} {
 		if !ids[MessageID(k)] {
 			t.Errorf("units/kos-upgrade.catalog lacks %s (%s)", MessageID(k), k)
 		}
 	}
-	if len(ids) != 4 {
+	if len(ids) != 6 {
 		t.Errorf("catalog has %d entries", len(ids))
 	}
 }

@@ -1,0 +1,142 @@
+package upgrader_test
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
+	"github.com/keyarchos/kos-upgrade/pkg/health"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+	"github.com/keyarchos/kos-upgrade/test/fixture"
+)
+
+// readVerdict reads health.json of the root at dir.
+func readVerdict(t *testing.T, dir string) *health.Verdict {
+	t.Helper()
+	p := filepath.Join(dir, sysroot.StateDirRel, "health.json")
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatalf("no verdict in %s: %v", dir, err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %04o, want 0600", p, fi.Mode().Perm())
+	}
+	b, _ := os.ReadFile(p)
+	var v health.Verdict
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	return &v
+}
+
+// TestHealthVerdict: the first boot of a real upgrade (btrfs, grub2 BLS,
+// the fixture's 5.8 → 5.9), judged through the binary under --root
+// (offline: the enabled units, fstab and the default target are compared,
+// the live parts are not measured) against the baseline prepare and arm
+// took. app 2.0 disables acme-web.service (a packaging mistake); the plan
+// removes legacy and its legacy.service (expected, with the rule).
+func TestHealthVerdict(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, newRoot string)
+		green bool
+		// in the verdict's reasons (red) or warnings (green), and in
+		// `status` of the root that boots next
+		want []string
+		// maxTime bounds the health command (hanging checks are killed)
+		maxTime time.Duration
+	}{
+		{name: "unit disabled by the upgrade is fatal by policy",
+			setup: func(t *testing.T, newRoot string) {
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "fatal = unit-disabled service-inactive\n", 0o644)
+			},
+			want: []string{"acme-web.service was enabled before the upgrade and is not after",
+				"expected: legacy.service was enabled before the upgrade and is not after: package legacy is removed by the plan"}},
+		{name: "hanging required check is killed, red",
+			setup: func(t *testing.T, newRoot string) {
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "check_timeout = 2s\n", 0o644)
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/required.d/10-db"), "#!/bin/sh\necho waiting for the database\nsleep 600\n", 0o755)
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/wanted.d/10-cache"), "#!/bin/sh\necho cache cold\nexit 1\n", 0o755)
+			},
+			want:    []string{"check required.d/10-db timed out (killed after 2s): waiting for the database"},
+			maxTime: 30 * time.Second},
+		{name: "failing wanted check and damaged inputs: green with warnings",
+			setup: func(t *testing.T, newRoot string) {
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "fatal = everything\n", 0o644)
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/wanted.d/10-cache"), "#!/bin/sh\necho cache cold\nexit 1\n", 0o755)
+				writeFile(t, filepath.Join(newRoot, sysroot.StateDirRel, "baseline.json"), `{"version": 99}`, 0o600)
+			},
+			green: true,
+			want: []string{"check wanted.d/10-cache failed (exit status 1): cache cold",
+				`unknown kind "everything"`, "the default policy was used", "the baseline cannot be used"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBootSystem(t, true)
+			// prepare and arm took the baseline, offline: acme-web and
+			// legacy enabled, legacy.service expected to go.
+			res := b.applyKernel(t)
+			bl, err := os.ReadFile(filepath.Join(b.Root, sysroot.StateDirRel, "baseline.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := string(bl); !strings.Contains(s, `"acme-web.service"`) || !strings.Contains(s, `"rule": "package legacy is removed by the plan`) {
+				t.Errorf("baseline:\n%s", s)
+			}
+			newRoot, _ := b.mountRoot(t, res.Snapshot)
+			tc.setup(t, newRoot)
+			ne := b.entry(t, boot.EntryIDPrefix+fixture.MachineID+"-"+newKver)
+			t0 := time.Now()
+			out, err := exec.Command(binary(t), "--root", newRoot, "health", "--cmdline", cmdline(ne)).CombinedOutput()
+			if tc.maxTime > 0 && time.Since(t0) > tc.maxTime {
+				t.Errorf("health took %s", time.Since(t0))
+			}
+			var ee *exec.ExitError
+			nextRoot := newRoot
+			if tc.green {
+				if err != nil {
+					t.Fatalf("health: %v\n%s", err, out)
+				}
+			} else {
+				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+					t.Fatalf("health: %v, want exit 1\n%s", err, out)
+				}
+				nextRoot = b.Root
+				if def := b.defaultSubvol(t); def != "@" {
+					t.Errorf("default subvolume after the red verdict: %q", def)
+				}
+			}
+			// The verdict is in the new root, and after a fallback in the
+			// old one too, the same.
+			v := readVerdict(t, newRoot)
+			if v.Green != tc.green {
+				t.Errorf("verdict green=%v, want %v: %+v", v.Green, tc.green, v)
+			}
+			if !tc.green {
+				if old := readVerdict(t, b.Root); old.Decision != "fallback" || !old.At.Equal(v.At) {
+					t.Errorf("the old root's verdict %+v differs from the new root's %+v", old, v)
+				}
+			}
+			findings := strings.Join(append(append([]string{}, v.Reasons...), v.Warnings...), "\n")
+			st, err := exec.Command(binary(t), "--root", nextRoot, "status").CombinedOutput()
+			if err != nil {
+				t.Fatalf("status: %v\n%s", err, st)
+			}
+			t.Logf("status of the root that boots next:\n%s", st)
+			for _, w := range tc.want {
+				if !strings.Contains(string(st), w) {
+					t.Errorf("status of the root that boots next lacks %q:\n%s", w, st)
+				}
+				if !strings.HasPrefix(w, "expected:") && !strings.Contains(findings, w) {
+					t.Errorf("verdict lacks %q:\n%s", w, findings)
+				}
+			}
+		})
+	}
+}
