@@ -157,11 +157,20 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 	}
 
 	st := e.store()
+	// A run interrupted in place (undo journal: guard) is settled by
+	// begin, before anything else: say so.
+	interrupted := false
+	if pre, err := st.load(); err == nil && pre.Status == StatusApplying {
+		interrupted = true
+	}
 	l, state, err := e.begin(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
+	if interrupted && state.LastResult != nil {
+		return nil, fmt.Errorf("the previous run was interrupted and has been settled: %s; nothing new was applied", state.LastResult.Error)
+	}
 	if state.Status != StatusArmed {
 		return nil, fmt.Errorf("cannot apply: the state is %s, not armed; nothing was changed", state.Status)
 	}

@@ -342,7 +342,9 @@ func TestRollbackAndClean(t *testing.T) {
 	}
 }
 
-func TestSnapshotAutoRefusesNonBtrfs(t *testing.T) {
+// auto on a root that is neither btrfs nor LVM (the host's ext4 here)
+// picks the undo journal; --snapshot none still works, loudly.
+func TestSnapshotAutoPicksUndo(t *testing.T) {
 	testenv.RequireRoot(t)
 	set := fixture.MustBuild(t)
 	root := t.TempDir() // on the host filesystem, not btrfs
@@ -351,14 +353,17 @@ func TestSnapshotAutoRefusesNonBtrfs(t *testing.T) {
 	}
 	r, _ := sysroot.New(root)
 	e := upgrader.New(r, nil, nil)
-	_, err := e.Prepare(context.Background(), upgrader.PrepareOptions{To: "5.9", Snapshot: "auto"})
-	if !errors.Is(err, snapshot.ErrNotSupported) || !strings.Contains(err.Error(), "--snapshot none") {
+	p, err := e.Prepare(context.Background(), upgrader.PrepareOptions{To: "5.9", Snapshot: "auto"})
+	if err != nil {
 		t.Fatalf("auto on a non-btrfs root: %v", err)
+	}
+	if p.Snapshot != snapshot.BackendUndo {
+		t.Fatalf("auto on a non-btrfs, non-LVM root picked %q, want undo", p.Snapshot)
 	}
 	// --snapshot none works, loudly.
 	sink := &recordingSink{}
 	e.Sink = sink
-	p, err := e.Prepare(context.Background(), upgrader.PrepareOptions{To: "5.9", Snapshot: "none"})
+	p, err = e.Prepare(context.Background(), upgrader.PrepareOptions{To: "5.9", Snapshot: "none"})
 	if err != nil {
 		t.Fatal(err)
 	}

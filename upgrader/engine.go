@@ -74,6 +74,8 @@ func OpenSnapshotter(ctx context.Context, backend string, root sysroot.Root) (sn
 		return snapshot.NewBtrfs(ctx, root.Dir, work)
 	case snapshot.BackendLVM:
 		return snapshot.NewLVM(ctx, root.Dir, work)
+	case snapshot.BackendUndo:
+		return snapshot.NewUndo(root.Dir)
 	}
 	// Each backend looks at the root's device first and says
 	// ErrNotSupported, without running anything, when it is not its
@@ -87,12 +89,23 @@ func OpenSnapshotter(ctx context.Context, backend string, root sysroot.Root) (sn
 	}
 	l, lerr := snapshot.NewLVM(ctx, root.Dir, work)
 	if lerr == nil {
-		return l, nil
+		if ferr := l.ThickFits(ctx); ferr == nil {
+			return l, nil
+		} else {
+			l.Close()
+			lerr = ferr
+		}
 	}
 	if !errors.Is(lerr, snapshot.ErrNotSupported) {
 		return nil, lerr
 	}
-	return nil, fmt.Errorf("cannot pick a snapshot backend automatically: btrfs: %v; lvm: %w; kos-upgrade needs the root on a btrfs subvolume or an LVM logical volume, or --snapshot none to upgrade without a safety net", berr, lerr)
+	// Neither fits (XFS or ext4 on a partition, a thick LV in a full
+	// VG): an undo journal in the state directory is the rollback point.
+	u, uerr := snapshot.NewUndo(root.Dir)
+	if uerr == nil {
+		return u, nil
+	}
+	return nil, fmt.Errorf("cannot pick a snapshot backend automatically: btrfs: %v; lvm: %v; undo: %w; kos-upgrade needs the root on a btrfs subvolume or an LVM logical volume, or its state directory on the root's filesystem, or --snapshot none to upgrade without a safety net", berr, lerr, uerr)
 }
 
 func (e *Engine) store() store { return store{dir: e.Root.StateDir()} }

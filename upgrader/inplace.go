@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -76,6 +77,14 @@ func (e *Engine) mergeBack(ctx context.Context, snap snapshot.Snapshotter, state
 		res.Error += "; " + msg
 		return "", errors.New(msg)
 	}
+	if snapshot.RollsBackImmediately(snap) {
+		// Undo journal: restored and consumed already.
+		note := "the root was put back as it was before the upgrade (undo journal " + name + ")"
+		res.Error += "; " + note
+		state.Snapshot, state.Previous = "", ""
+		e.report(progress.Event{Step: "rollback", Message: note})
+		return note, nil
+	}
 	note := rebootNote(name)
 	res.Error += "; " + note
 	state.Snapshot = ""
@@ -83,6 +92,32 @@ func (e *Engine) mergeBack(ctx context.Context, snap snapshot.Snapshotter, state
 	state.RebootRequired = true
 	e.report(progress.Event{Step: "rollback", Message: note})
 	return note, nil
+}
+
+// Undo journals (snapshot.Undo, docs/undo.md): the root is upgraded in
+// place and the rollback point is restored by kos-upgrade itself, so a
+// power cut in the transaction must bring the next boot back into the
+// offline unit, before anything else runs from a half-upgraded root.
+// guard re-creates the /system-update link once the journal is complete;
+// apply removes it first, as always, and settles the interrupted run (the
+// journal is restored) before it says anything else. dropGuard removes it
+// when the run ends, either way.
+
+// guard links /system-update to the state directory again, for the
+// duration of an undo-journaled transaction.
+func (r *run) guard() error {
+	if err := atomicfile.Symlink(sysroot.StateDirRel, r.e.Root.SystemUpdateLink()); err != nil {
+		return fmt.Errorf("cannot arm the recovery of the in-place run: %w", err)
+	}
+	return nil
+}
+
+// dropGuard removes the link guard made, if it is still ours.
+func (r *run) dropGuard() error {
+	if owner, err := r.e.LinkOwner(); err != nil || owner != "kos-upgrade" {
+		return err
+	}
+	return atomicfile.Remove(r.e.Root.SystemUpdateLink())
 }
 
 // rewriteFstabLVM points the "/" line of the fstab of newRoot, a thin LVM

@@ -21,7 +21,7 @@ type PrepareOptions struct {
 	To string
 	// Repos replace the system's repository configuration when given.
 	Repos []pkgmgr.Repo
-	// Snapshot is auto, btrfs, lvm or none.
+	// Snapshot is auto, btrfs, lvm, undo or none.
 	Snapshot string
 	// SkipSignatures disables GPG verification (explicit user override).
 	SkipSignatures bool
@@ -85,6 +85,7 @@ var preparePhases = []struct {
 	{"stage", (*prepareRun).stage},
 	{"verify", (*prepareRun).verify},
 	{"test", (*prepareRun).test},
+	{"journal", (*prepareRun).journalNeed},
 	{"baseline", (*prepareRun).baseline},
 	{"write plan", (*prepareRun).writePlan},
 }
@@ -330,6 +331,40 @@ func (pr *prepareRun) test(ctx context.Context) error {
 	if after != pr.before {
 		return fmt.Errorf("cannot prepare: the installed packages changed while preparing; run prepare again")
 	}
+	return nil
+}
+
+// journalNeed checks, for the undo backend, that the undo journal of this
+// transaction fits on the root's filesystem (apply checks again before it
+// makes it), and says what it needs.
+func (pr *prepareRun) journalNeed(ctx context.Context) error {
+	e := pr.e
+	if pr.backend != snapshot.BackendUndo {
+		return nil
+	}
+	snap, err := e.Snapshotters(ctx, pr.backend, e.Root)
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	u, ok := snap.(*snapshot.Undo)
+	if !ok {
+		return nil
+	}
+	files, err := e.PM.Files(ctx, e.Root.Dir, pr.stageDir, pr.res.Items)
+	if err != nil {
+		return fmt.Errorf("cannot prepare: cannot list the files the transaction changes: %w", err)
+	}
+	u.SetChanges(files)
+	need, err := u.Need(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot prepare: %w", err)
+	}
+	msg := fmt.Sprintf("undo journal: %d paths; the filesystem clones files (reflink), the journal shares the blocks of %d MiB of files", len(files), need.Covered>>20)
+	if !need.Reflink {
+		msg = fmt.Sprintf("undo journal: %d paths; the filesystem does not clone files, the journal copies %d MiB (%d MiB free)", len(files), need.Bytes>>20, need.Free>>20)
+	}
+	e.report(progress.Event{Step: "check", Message: msg})
 	return nil
 }
 

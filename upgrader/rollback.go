@@ -84,7 +84,7 @@ func (e *Engine) rollbackWith(ctx context.Context, st store, state *State, kind,
 		}
 	}
 	if ip != nil {
-		e.report(progress.Event{Step: "rollback", Message: "merging the rollback point " + state.Previous + " back into the root"})
+		e.report(progress.Event{Step: "rollback", Message: "putting the rollback point " + state.Previous + " back into the root"})
 		if err := ip.Rollback(ctx, state.Previous); err != nil {
 			return nil, fmt.Errorf("cannot roll back: %w", err)
 		}
@@ -97,7 +97,12 @@ func (e *Engine) rollbackWith(ctx context.Context, st store, state *State, kind,
 	if err := e.rollbackBoot(ctx, st, state.Boot); err != nil {
 		return nil, fmt.Errorf("cannot roll back: %w", err)
 	}
-	if ip != nil {
+	if ip != nil && snapshot.RollsBackImmediately(snap) {
+		// Undo journal: the root is the old one again already, and the
+		// journal is consumed.
+		rolled.Snapshot, rolled.Previous = "", ""
+		e.report(progress.Event{Step: "rollback", Message: "the root is as it was before the upgrade (undo journal " + state.Previous + " applied): reboot to run the old system"})
+	} else if ip != nil {
 		// Here, until the reboot: the merge is pending.
 		note := rebootNote(state.Previous)
 		rolled.Snapshot, rolled.Previous, rolled.RebootRequired = "", state.Previous, true

@@ -297,6 +297,16 @@ func (r *run) openSnapshot(ctx context.Context) error {
 		if c, ok := snap.(snapshot.ChangeSizer); ok {
 			c.SetChangeSize(inPlaceChangeSize(r.plan))
 		}
+		if j, ok := snap.(snapshot.Journaler); ok {
+			// The undo journal saves what the transaction changes: the
+			// file lists of the packages it erases, upgrades and
+			// installs (/etc and the rpm database whole).
+			files, err := r.e.PM.Files(ctx, r.e.Root.Dir, r.st.stageDir(p.StageDir), p.Transaction)
+			if err != nil {
+				return fmt.Errorf("cannot list the files the transaction changes: %w", err)
+			}
+			j.SetChanges(files)
+		}
 	}
 	return nil
 }
@@ -345,6 +355,21 @@ func (r *run) snapshot(ctx context.Context) error {
 		return err
 	}
 	r.target = target.Path
+	if snapshot.RollsBackImmediately(r.snap) {
+		if u, ok := r.snap.(*snapshot.Undo); ok {
+			if js, err := u.Stats(name); err == nil {
+				how := "copied"
+				if js.Reflinked {
+					how = "cloned (reflinks)"
+				}
+				r.report(StepSnapshot, fmt.Sprintf("undo journal %s: %d files (%d KiB) %s, %d directories, %d symlinks, %d paths to remove on undo; it took %d KiB of the filesystem",
+					name, js.Files, js.Covered>>10, how, js.Dirs, js.Symlinks, js.Absent, js.SpaceUsed>>10))
+			}
+		}
+		if err := r.guard(); err != nil {
+			return err
+		}
+	}
 	// The one place the new root is made ready, before rpm touches it.
 	if err := dropRPMDBEnvironment(r.target); err != nil {
 		return err
@@ -381,6 +406,11 @@ func (r *run) dropSnapshot(ctx context.Context) error {
 	}
 	if err := snap.Delete(ctx, name); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
 		return fmt.Errorf("cannot delete the half-made snapshot %s: %w", name, err)
+	}
+	if snapshot.RollsBackImmediately(snap) {
+		if err := r.dropGuard(); err != nil {
+			return err
+		}
 	}
 	r.state.Snapshot = ""
 	r.report("recover", "removed snapshot "+name)
@@ -421,6 +451,9 @@ func (r *run) undoTransaction(ctx context.Context) error {
 		return errors.Join(berr, fmt.Errorf("cannot roll back the in-place run: %w", err))
 	}
 	note, err := r.e.mergeBack(ctx, snap, r.state, r.res, r.state.Snapshot)
+	if err == nil && snapshot.RollsBackImmediately(snap) {
+		err = r.dropGuard()
+	}
 	if err != nil {
 		// Recorded in the result: every command shows it; the root
 		// needs a human.
@@ -451,6 +484,9 @@ func (r *run) finalize(ctx context.Context) error {
 	r.newState = *r.state
 	r.newState.Status, r.newState.Step, r.newState.LastResult = StatusSucceeded, "", &r.success
 	if r.target == e.Root.Dir {
+		if r.state.InPlace && snapshot.RollsBackImmediately(r.snap) {
+			return r.dropGuard()
+		}
 		return nil
 	}
 	switch p.Snapshot {

@@ -48,7 +48,7 @@ Examples:
 			&cli.StringFlag{Name: "to", Usage: "target release `VERSION`, e.g. 5.9 (without it, only target-independent checks run)"},
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` (or ID=/directory) instead of the system's configuration (repeatable)"},
 			&cli.StringSliceFlag{Name: "iso", Usage: "use the repositories of the ISO 9660 image `FILE`, read in place (repeatable; as prepare --iso)"},
-			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "the snapshot backend prepare would use: auto, btrfs, lvm or none"},
+			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "the snapshot backend prepare would use: auto, btrfs, lvm, undo or none"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "assess as prepare --no-gpg-check would run"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer the finding `KEY=VALUE` (repeatable)"},
 			&cli.BoolFlag{Name: "allow-downgrade", Usage: "assess a target release older than the running one as allowed (the answer allow-downgrade=yes)"},

@@ -300,7 +300,7 @@ func TestBashCompletion(t *testing.T) {
 		{name: "commands", line: "kos-upgrade sta", want: []string{"status"}},
 		{name: "commands after a global flag", line: "kos-upgrade --root / r", want: []string{"reboot", "rollback"}},
 		{name: "a command's flags", line: "kos-upgrade rollback --", want: []string{"--help", "--json", "--no-reboot", "--root", "--verbose"}},
-		{name: "flag values", line: "kos-upgrade prepare --snapshot ", want: []string{"auto", "btrfs", "lvm", "none"}},
+		{name: "flag values", line: "kos-upgrade prepare --snapshot ", want: []string{"auto", "btrfs", "lvm", "none", "undo"}},
 		{name: "mode", line: "kos-upgrade prepare --mode i", want: []string{"initramfs"}},
 		{name: "--to from the repositories", line: "kos-upgrade --root " + root + " prepare --to 5", want: []string{"5.10", "5.9"}},
 		{name: "--to on CentOS: a migration", line: "kos-upgrade --root " + centos + " check --to ", want: []string{"kos-5.9"}},

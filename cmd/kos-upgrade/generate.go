@@ -38,7 +38,7 @@ const (
 // flagChoices are the values of flags that take one of a fixed set, for
 // completion.
 var flagChoices = map[string][]string{
-	"snapshot": {snapshot.BackendAuto, snapshot.BackendBtrfs, snapshot.BackendLVM, snapshot.BackendNone},
+	"snapshot": {snapshot.BackendAuto, snapshot.BackendBtrfs, snapshot.BackendLVM, snapshot.BackendUndo, snapshot.BackendNone},
 	"mode":     {"target", "initramfs"},
 }
 

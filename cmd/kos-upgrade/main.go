@@ -336,7 +336,7 @@ Examples:
 			&cli.StringSliceFlag{Name: "repo", Usage: "use repository `ID=URL` (or ID=/directory) instead of the system's configuration (repeatable)"},
 			&cli.StringFlag{Name: "export-needs", Usage: "air-gapped hosts: write what this host needs for the upgrade to `FILE` (for kos-upgrade bundle on a connected machine) and prepare nothing"},
 			&cli.StringSliceFlag{Name: "iso", Usage: "use the repositories of the ISO 9660 image `FILE`, read in place, instead of the system's configuration (repeatable; with --repo: both)"},
-			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, lvm, or none (no rollback!)"},
+			&cli.StringFlag{Name: "snapshot", Value: "auto", Usage: "how to protect the root: auto, btrfs, lvm, undo (an undo journal, in place), or none (no rollback!)"},
 			&cli.StringFlag{Name: "mode", Value: "target", Usage: "where apply runs: target (the root's system-update.target) or initramfs (an upgrade initramfs booted once; /usr/share/doc/kos-upgrade/initramfs.md)"},
 			&cli.BoolFlag{Name: "no-gpg-check", Usage: "accept packages whose GPG signature cannot be verified (dangerous)"},
 			&cli.StringSliceFlag{Name: "answer", Usage: "answer an assessment finding `KEY=VALUE` (repeatable; see kos-upgrade check)"},

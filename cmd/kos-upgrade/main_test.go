@@ -48,7 +48,7 @@ func TestUsageErrors(t *testing.T) {
 		{name: "unknown command", args: []string{"frobnicate"}, want: `unknown command "frobnicate"`},
 		{name: "prepare without --to", args: []string{"--root", root, "prepare"}, want: "--to VERSION"},
 		{name: "bad repo", args: []string{"--root", root, "prepare", "--to", "5.9", "--repo", "nourl"}, want: "want ID=URL"},
-		{name: "bad snapshot", args: []string{"--root", root, "prepare", "--to", "5.9", "--snapshot", "zfs"}, want: "choose auto, btrfs, lvm or none"},
+		{name: "bad snapshot", args: []string{"--root", root, "prepare", "--to", "5.9", "--snapshot", "zfs"}, want: "choose auto, btrfs, lvm, undo or none"},
 		{name: "bad version", args: []string{"--root", root, "prepare", "--to", "../5.9"}, want: "not a release version"},
 		{name: "missing root", args: []string{"--root", root + "/nope", "status"}, want: "not a directory"},
 		{name: "unknown flag", args: []string{"--root", root, "status", "--bogus"}, want: "bogus"},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -97,4 +98,26 @@ func (d *DNF) Fingerprint(ctx context.Context, root string) (string, error) {
 		return "", fmt.Errorf("cannot decode the rpmdb fingerprint: %s", raw)
 	}
 	return res.Fingerprint, nil
+}
+
+// Files implements Manager.
+func (d *DNF) Files(ctx context.Context, root, stageDir string, items []Item) ([]string, error) {
+	raw, err := d.runHelper(ctx, "files", d.tsRequest(root, stageDir, items), nil)
+	if err != nil {
+		return nil, err
+	}
+	var res struct {
+		Files []string `json:"files"`
+	}
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("cannot decode the file lists: %w", err)
+	}
+	out := res.Files[:0]
+	for _, f := range res.Files {
+		// Absolute paths only: a header is read, never trusted.
+		if strings.HasPrefix(f, "/") && !strings.ContainsRune(f, 0) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
 }

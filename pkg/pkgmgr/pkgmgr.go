@@ -173,6 +173,13 @@ type Manager interface {
 	// Fingerprint returns a digest of root's installed package set; any
 	// install, erase or upgrade changes it.
 	Fingerprint(ctx context.Context, root string) (string, error)
+
+	// Files returns the paths items change in root, absolute inside it:
+	// every file (%config ones included) of the installed packages they
+	// upgrade, downgrade, reinstall, obsolete or erase, and every file of
+	// the staged packages they install, sorted, without duplicates. It
+	// changes nothing. Files that scriptlets write are not in it.
+	Files(ctx context.Context, root, stageDir string, items []Item) ([]string, error)
 }
 
 // credentialsRE matches the user information of a URL in any text:

@@ -10,6 +10,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/migrate"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
 // Finding keys. They are stable: scripts, answers and docs/report.md
@@ -26,6 +27,8 @@ const (
 	KeyForeignUpdate    = "state.foreign-update"
 	KeySnapshotNone     = "snapshot.none"
 	KeySnapshotUnusable = "snapshot.unavailable"
+	KeySnapshotUndo     = "snapshot.undo"
+	KeyUndoLimits       = "snapshot.undo-limits"
 	KeySeparateMounts   = "snapshot.separate-mounts"
 	KeyThinPool         = "snapshot.thin-pool"
 	KeySpaceRoot        = "space.root"
@@ -376,6 +379,9 @@ func checkSnapshot(f *Facts) []Finding {
 		}
 		out = append(out, fd)
 	}
+	if s.Backend == snapshot.BackendUndo {
+		out = append(out, undoFindings(f)...)
+	}
 	if snapshot.Protects(s.Backend) && len(f.SeparateMounts) > 0 {
 		out = append(out, Finding{
 			Key: KeySeparateMounts, Severity: High, Groups: inhibitor("snapshot"),
@@ -388,6 +394,54 @@ func checkSnapshot(f *Facts) []Finding {
 			},
 		})
 	}
+	return out
+}
+
+// undoFindings say how the undo journal protects the upgrade, what it
+// needs on the root's filesystem, and what it cannot undo.
+func undoFindings(f *Facts) []Finding {
+	u := f.Snapshot.Undo
+	if u == nil {
+		return nil
+	}
+	var out []Finding
+	// Without reflinks the journal copies the installed files of every
+	// package replaced or erased, /etc and the rpm database.
+	need := u.TreeSize
+	what := fmt.Sprintf("%s of /etc and the rpm database", Size(u.TreeSize))
+	if a := f.Assessment; a != nil {
+		need += a.EraseSize
+		what = fmt.Sprintf("%s of files of the packages replaced or removed + %s", Size(a.EraseSize), what)
+	}
+	fd := Finding{
+		Key: KeySnapshotUndo, Severity: Info, Groups: []string{"snapshot"},
+		Title: "The root is upgraded in place, with an undo journal as its rollback point",
+		Summary: "No snapshot fits this root, so kos-upgrade saves what the transaction changes in an undo journal in " +
+			sysroot.StateDirRel + "/undo before it begins, and puts the root back from it on a failure, after a crash (at the next boot, before anything else runs) and on kos-upgrade rollback.",
+	}
+	if u.Reflink {
+		fd.Details = append(fd.Details, fmt.Sprintf("the root's filesystem clones files (reflink): the journal shares their blocks and needs almost no space (it would need %s as copies: %s)", Size(need), what))
+	} else {
+		fd.Details = append(fd.Details, fmt.Sprintf("the root's filesystem does not clone files (no reflink): the journal copies %s (%s)", Size(need), what))
+		if f.RootFS != nil && f.RootFS.Free < margin(need) {
+			fd.Severity, fd.Groups = High, inhibitor("snapshot", "space")
+			fd.Title = "Not enough free space for the undo journal"
+			fd.Summary = fmt.Sprintf("The root's filesystem does not clone files, so the undo journal copies %s (%s); %s needs %s with the margin and has %s free.",
+				Size(need), what, f.RootFS.Mount, Size(margin(need)), Size(f.RootFS.Free))
+			fd.Remediations = []Remediation{
+				hint("free at least %s on %s", Size(margin(need)-f.RootFS.Free), f.RootFS.Mount),
+				hint("or upgrade without a rollback point: --snapshot none"),
+			}
+		}
+	}
+	out = append(out, fd)
+	out = append(out, Finding{
+		Key: KeyUndoLimits, Severity: Low, Groups: []string{"snapshot"},
+		Title: "What the undo journal cannot undo",
+		Summary: "The journal holds the files in the packages' file lists, /etc and the rpm database whole, and the paths the new packages add. " +
+			"Changes that scriptlets make elsewhere are not undone: files a %post creates or changes under /var (caches, databases a scriptlet migrates), /usr files no package owns, " +
+			"hard links between package files (restored as separate files). /boot is restored from its own backup; other filesystems are not touched by the transaction.",
+	})
 	return out
 }
 

@@ -124,6 +124,10 @@ func TestChecks(t *testing.T) {
 			f.Snapshot.LVM = &preflight.LVMFacts{VG: "vg0", LV: "root", Size: 10 << 30, VGFree: 1 << 30}
 		}, nil, preflight.KeySnapshotUnusable, preflight.High, true, "not enough"},
 		{"snapshot none", func(f *preflight.Facts) { f.Snapshot.Backend = "none" }, nil, preflight.KeySnapshotNone, preflight.High, false, "no rollback"},
+		{"undo with reflinks", undoRoot(true, 1<<30), nil, preflight.KeySnapshotUndo, preflight.Info, false, "needs almost no space"},
+		{"undo copies that fit", undoRoot(false, 1<<40), nil, preflight.KeySnapshotUndo, preflight.Info, false, "the journal copies"},
+		{"undo copies that do not fit", undoRoot(false, 1<<20), nil, preflight.KeySnapshotUndo, preflight.High, true, "Not enough free space for the undo journal"},
+		{"undo limits", undoRoot(true, 1<<30), nil, preflight.KeyUndoLimits, preflight.Low, false, "%post"},
 		{"thin pool with room", thinRoot(74.99, 59.99, ""), nil, preflight.KeyThinPool, "", false, ""},
 		{"thin pool nearly full", thinRoot(75, 10, ""), nil, preflight.KeyThinPool, preflight.Medium, false, "75.00% of its data"},
 		{"thin pool metadata nearly full", thinRoot(20, 60, ""), nil, preflight.KeyThinPool, preflight.Medium, false, "60.00% of its metadata"},
@@ -345,6 +349,18 @@ func TestGoldenText(t *testing.T) {
 			if len(l) > 100 {
 				t.Errorf("%s: line longer than 100 columns: %q", name, l)
 			}
+		}
+	}
+}
+
+// undoRoot makes the root one the undo backend protects, on a filesystem
+// that clones files or not, with free bytes free.
+func undoRoot(reflink bool, free int64) func(f *preflight.Facts) {
+	return func(f *preflight.Facts) {
+		f.Snapshot.Backend = "undo"
+		f.Snapshot.Undo = &preflight.UndoFacts{Reflink: reflink, TreeSize: 40 << 20}
+		if f.RootFS != nil {
+			f.RootFS.Free = free
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot/undojournal"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -117,11 +118,24 @@ type StateFacts struct {
 
 // SnapshotFacts says how the root would be protected.
 type SnapshotFacts struct {
-	Requested string `json:"requested"` // auto, btrfs, lvm, none
+	Requested string `json:"requested"` // auto, btrfs, lvm, undo, none
 	Backend   string `json:"backend"`   // the backend chosen; "" when none fits
 	Error     string `json:"error,omitempty"`
 	// LVM describes the root's logical volume when it is on LVM.
 	LVM *LVMFacts `json:"lvm,omitempty"`
+	// Undo describes the undo journal's filesystem when Backend is undo.
+	Undo *UndoFacts `json:"undo,omitempty"`
+}
+
+// UndoFacts describes where the undo backend keeps its journal (the state
+// directory, on the root's filesystem).
+type UndoFacts struct {
+	// Reflink is true when the filesystem clones files (XFS reflink=1,
+	// btrfs): the journal costs almost no space; else it copies.
+	Reflink bool `json:"reflink"`
+	// TreeSize is the size of what the journal saves whole (/etc, the
+	// rpm database), besides the files of the packages replaced.
+	TreeSize int64 `json:"tree_size"`
 }
 
 // LVMFacts describes the logical volume holding the root.
@@ -326,6 +340,9 @@ func Collect(ctx context.Context, opts Options) (*Facts, error) {
 		var err error
 		if f.SeparateMounts, err = SeparateMounts(root, mounts); err != nil {
 			errf("%v", err)
+		}
+		if f.Snapshot.Backend == snapshot.BackendUndo {
+			f.Snapshot.Undo = undoFacts(root, &f.Errors)
 		}
 		if f.RootFS != nil && isLVM(f.RootFS.Source) {
 			if lvm, err := lvmFacts(ctx, f.RootFS.Source, &f.Errors); err == nil {
@@ -810,4 +827,25 @@ func distKeys(ctx context.Context, root sysroot.Root, keys []KeyFacts, errs *[]s
 	}
 	sort.Strings(out)
 	return out
+}
+
+// undoFacts probes the journal's filesystem and sizes the trees it saves.
+func undoFacts(root sysroot.Root, errs *[]string) *UndoFacts {
+	u := &UndoFacts{}
+	reflink, err := undojournal.Reflinks(root.Dir, root.Path(existingParent(root, sysroot.StateDirRel)))
+	if err != nil {
+		*errs = append(*errs, fmt.Sprintf("cannot tell whether the root's filesystem clones files: %v", err))
+	}
+	u.Reflink = reflink
+	for _, t := range append(append([]string(nil), snapshot.UndoTrees...), root.DBPathRel()) {
+		filepath.WalkDir(root.Path(t), func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if fi, err := d.Info(); err == nil {
+					u.TreeSize += fi.Size()
+				}
+			}
+			return nil
+		})
+	}
+	return u
 }

@@ -354,6 +354,39 @@ func NewLVM(ctx context.Context, rootDir, workDir string) (*LVM, error) {
 // Backend implements Snapshotter.
 func (l *LVM) Backend() string { return BackendLVM }
 
+// thickExtents is the size in extents of a thick snapshot of the root for
+// ChangeSize; ErrNotSupported when the VG has not that many free.
+func (l *LVM) thickExtents(st lvmState, what string) (int64, error) {
+	extent, _ := strconv.ParseInt(st.cur.VGExtentSize, 10, 64)
+	free, _ := strconv.ParseInt(st.cur.VGFreeCount, 10, 64)
+	if extent <= 0 {
+		return 0, fmt.Errorf("cannot %s: lvs reports extent size %q for VG %s", what, st.cur.VGExtentSize, l.vg)
+	}
+	need := thickSnapshotSize(st.cur.sizeBytes(), l.ChangeSize)
+	extents := (need + extent - 1) / extent
+	if extents > free {
+		return 0, fmt.Errorf("cannot %s: not enough free space in VG %s for a snapshot of %s: need %s (%d extents), have %s (%d extents); free space in the VG (vgextend, or shrink another LV), or use --snapshot undo (an undo journal) or none: %w",
+			what, l.vg, st.cur.full(), humanBytes(extents*extent), extents, humanBytes(free*extent), free, ErrNotSupported)
+	}
+	return extents, nil
+}
+
+// ThickFits says whether a thick snapshot of the root for ChangeSize fits
+// in the VG's free extents: nil when it does or the root is a thin LV, an
+// error wrapping ErrNotSupported saying what is missing when it does not
+// (auto then picks the undo backend). It changes nothing.
+func (l *LVM) ThickFits(ctx context.Context) error {
+	if l.thin {
+		return nil
+	}
+	st, err := l.state(ctx, "check the space for a snapshot")
+	if err != nil {
+		return err
+	}
+	_, err = l.thickExtents(st, "snapshot the root")
+	return err
+}
+
 // SetChangeSize implements ChangeSizer: it sets ChangeSize.
 func (l *LVM) SetChangeSize(bytes int64) { l.ChangeSize = bytes }
 
@@ -439,16 +472,9 @@ func (l *LVM) Create(ctx context.Context, name string) (Snapshot, error) {
 		return s, nil
 	}
 
-	extent, _ := strconv.ParseInt(st.cur.VGExtentSize, 10, 64)
-	free, _ := strconv.ParseInt(st.cur.VGFreeCount, 10, 64)
-	if extent <= 0 {
-		return Snapshot{}, fmt.Errorf("cannot %s: lvs reports extent size %q for VG %s", what, st.cur.VGExtentSize, l.vg)
-	}
-	need := thickSnapshotSize(st.cur.sizeBytes(), l.ChangeSize)
-	extents := (need + extent - 1) / extent
-	if extents > free {
-		return Snapshot{}, fmt.Errorf("cannot %s: not enough free space in VG %s for a snapshot of %s: need %s (%d extents), have %s (%d extents); free space in the VG (vgextend, or shrink another LV), or use --snapshot none: %w",
-			what, l.vg, st.cur.full(), humanBytes(extents*extent), extents, humanBytes(free*extent), free, ErrNotSupported)
+	extents, err := l.thickExtents(st, what)
+	if err != nil {
+		return Snapshot{}, err
 	}
 	if _, err := l.run(ctx, what, lvmTool, "lvcreate", "--snapshot", "--extents", strconv.FormatInt(extents, 10), "--name", lvName, st.cur.full()); err != nil {
 		return Snapshot{}, err

@@ -35,6 +35,10 @@ const (
 	BackendLVM   = "lvm"
 	// BackendNone upgrades the root in place without a rollback point.
 	BackendNone = "none"
+	// BackendUndo upgrades the root in place with an undo journal as the
+	// rollback point (Undo); auto picks it when neither btrfs nor an LVM
+	// snapshot fits.
+	BackendUndo = "undo"
 )
 
 // ParseBackend checks a backend choice (--snapshot, the D-Bus option): one
@@ -44,10 +48,10 @@ func ParseBackend(s string) (string, error) {
 	switch s {
 	case "":
 		return BackendAuto, nil
-	case BackendAuto, BackendBtrfs, BackendLVM, BackendNone:
+	case BackendAuto, BackendBtrfs, BackendLVM, BackendUndo, BackendNone:
 		return s, nil
 	}
-	return "", fmt.Errorf("cannot use snapshot backend %q: choose auto, btrfs, lvm or none", s)
+	return "", fmt.Errorf("cannot use snapshot backend %q: choose auto, btrfs, lvm, undo or none", s)
 }
 
 // Protects reports whether a snapshot of backend (a Backend name as
@@ -156,6 +160,35 @@ type InPlace interface {
 func UpgradesInPlace(s Snapshotter) bool {
 	ip, ok := s.(InPlace)
 	return ok && ip.UpgradesInPlace()
+}
+
+// ImmediateRollback is implemented by InPlace backends whose Rollback puts
+// the root back before it returns (Undo), where LVM's merge waits for the
+// next boot: no reboot is pending after it (the caller still reboots out
+// of a root whose running programs were replaced twice).
+type ImmediateRollback interface {
+	// RollsBackImmediately reports whether Rollback has put the root
+	// back when it returns. It does not change over the life of the
+	// backend.
+	RollsBackImmediately() bool
+}
+
+// RollsBackImmediately reports whether s is an in-place backend whose
+// Rollback takes effect before it returns.
+func RollsBackImmediately(s Snapshotter) bool {
+	ir, ok := s.(ImmediateRollback)
+	return ok && ir.RollsBackImmediately() && UpgradesInPlace(s)
+}
+
+// Journaler is implemented by backends whose rollback point holds only
+// what the transaction changes (Undo): the caller says what that is
+// before Create.
+type Journaler interface {
+	// SetChanges says which paths, absolute inside the root, the next
+	// transaction may replace, remove or create (the file lists of the
+	// packages it erases, upgrades and installs). Calling it again
+	// replaces the list.
+	SetChanges(paths []string)
 }
 
 // ChangeSizer is implemented by backends whose snapshots get a fixed size

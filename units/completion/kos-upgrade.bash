@@ -17,7 +17,7 @@ _kos_upgrade() {
     --root) COMPREPLY=($(compgen -d -- "$cur")); return ;;
     --migration-map|--gpgkey) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --mode) COMPREPLY=($(compgen -W "target initramfs" -- "$cur")); return ;;
-    --snapshot) COMPREPLY=($(compgen -W "auto btrfs lvm none" -- "$cur")); return ;;
+    --snapshot) COMPREPLY=($(compgen -W "auto btrfs lvm undo none" -- "$cur")); return ;;
     --to)
         # the release versions named by the system's repository URLs
         COMPREPLY=($(compgen -W "$(kos-upgrade ${root:+--root "$root"} generate to-values 2>/dev/null)" -- "$cur")); return ;;

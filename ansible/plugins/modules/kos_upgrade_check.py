@@ -32,7 +32,7 @@ options:
     description:
       - The snapshot backend the upgrade would use.
     type: str
-    choices: [auto, btrfs, lvm, none]
+    choices: [auto, btrfs, lvm, undo, none]
     default: auto
   no_gpg_check:
     description:
@@ -125,7 +125,7 @@ def main():
     spec.update(
         to=dict(type='str'),
         repos=dict(type='list', elements='str', default=[]),
-        snapshot=dict(type='str', choices=['auto', 'btrfs', 'lvm', 'none'], default='auto'),
+        snapshot=dict(type='str', choices=['auto', 'btrfs', 'lvm', 'undo', 'none'], default='auto'),
         no_gpg_check=dict(type='bool', default=False),
         answers=dict(type='dict', default={}),
         fail_on=dict(type='str', choices=['inhibitor', 'high', 'never'], default='inhibitor'),

@@ -37,7 +37,7 @@ options:
     description:
       - How to protect the root (C(none) means no rollback).
     type: str
-    choices: [auto, btrfs, lvm, none]
+    choices: [auto, btrfs, lvm, undo, none]
     default: auto
   no_gpg_check:
     description:
@@ -161,7 +161,7 @@ def main():
     spec.update(
         to=dict(type='str', required=True),
         repos=dict(type='list', elements='str', default=[]),
-        snapshot=dict(type='str', choices=['auto', 'btrfs', 'lvm', 'none'], default='auto'),
+        snapshot=dict(type='str', choices=['auto', 'btrfs', 'lvm', 'undo', 'none'], default='auto'),
         no_gpg_check=dict(type='bool', default=False),
         answers=dict(type='dict', default={}),
         force=dict(type='bool', default=False),

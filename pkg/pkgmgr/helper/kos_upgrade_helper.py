@@ -2,7 +2,7 @@
 # driven by kos-upgrade (Go) over JSON lines.
 #
 # Usage: <python> -I kos_upgrade_helper.py COMMAND < request.json 3>protocol
-# COMMAND is one of: resolve, assess, test, apply, fingerprint.
+# COMMAND is one of: resolve, assess, test, apply, fingerprint, files.
 # The protocol has its own file descriptor, 3 (stdout when 3 is not open),
 # kept from scriptlets; what dnf, rpm or a scriptlet prints on stdout and
 # stderr is only logged by kos-upgrade. Every protocol line is one JSON
@@ -1029,8 +1029,63 @@ def cmd_fingerprint(req):
     emit({"type": "result", "fingerprint": "sha256:" + h.hexdigest(), "count": len(lines)})
 
 
+def nevra_name(n):
+    """The name of a NEVRA name-epoch:version-release.arch."""
+    parts = n.rsplit("-", 2)
+    return parts[0] if len(parts) == 3 else n
+
+
+def hdr_files(h):
+    return [_s(f) for f in (h[rpm.RPMTAG_FILENAMES] or [])]
+
+
+def cmd_files(req):
+    """The paths req's items change: every file of the installed packages
+    they upgrade, downgrade, reinstall, obsolete or erase (%config files
+    included: the file lists have them all), and every file of the staged
+    packages they install."""
+    set_dbpath(req)
+    ts = rpm.TransactionSet(req["root"])
+    ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+    old_nevras, names = set(), set()
+    for it in req["items"]:
+        if it["action"] in ("install", "upgrade", "downgrade", "reinstall"):
+            if it["action"] != "install":
+                names.add(it["name"])
+            for r in it.get("replaces") or []:
+                old_nevras.add(r)
+                names.add(nevra_name(r))
+        else:
+            old_nevras.add(it["nevra"])
+            names.add(it["name"])
+    files = set()
+    old = []
+    for h in ts.dbMatch():
+        n = hdr_nevra(h)
+        name = _s(h[rpm.RPMTAG_NAME])
+        if n in old_nevras or name in names:
+            old.append(n)
+            files.update(hdr_files(h))
+    fds = {}
+    try:
+        for it in req["items"]:
+            if it["action"] not in ("install", "upgrade", "downgrade", "reinstall"):
+                continue
+            fd = open_staged(req["stagedir"], it)
+            fds[it["file"]] = fd
+            try:
+                h = ts.hdrFromFdno(fd)
+            except rpm.error as e:
+                raise Failure("package", "cannot read %s: %s" % (it.get("file"), e))
+            files.update(hdr_files(h))
+    finally:
+        close_all(fds)
+    ts.closeDB()
+    emit({"type": "result", "files": sorted(files), "old": sorted(old)})
+
+
 COMMANDS = {"resolve": cmd_resolve, "assess": cmd_assess, "test": cmd_test, "apply": cmd_apply,
-            "fingerprint": cmd_fingerprint, "needs": cmd_needs, "bundle-resolve": cmd_bundle_resolve}
+            "fingerprint": cmd_fingerprint, "files": cmd_files, "needs": cmd_needs, "bundle-resolve": cmd_bundle_resolve}
 
 
 def main():

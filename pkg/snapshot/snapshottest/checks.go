@@ -77,6 +77,10 @@ func checkRollbackPoint(t *testing.T, h *Harness, a snapshot.Snapshot) {
 	if a.Default {
 		t.Fatalf("Create() = %+v: a rollback point must not be the default", a)
 	}
+	if h.Immediate {
+		checkImmediateRollback(t, h, a)
+		return
+	}
 	p, err := h.S.Path(h.Ctx, a.Name)
 	if err != nil {
 		t.Fatalf("Path() of the rollback point: %v", err)
@@ -86,6 +90,27 @@ func checkRollbackPoint(t *testing.T, h *Harness, a snapshot.Snapshot) {
 	}
 	if _, err := os.Stat(filepath.Join(p, "conformance-new")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a file written in the root after Create shows in the rollback point (stat: %v)", err)
+	}
+}
+
+// checkImmediateRollback: Rollback to a, which restores the root at once,
+// undoes the changes made after Create and consumes a.
+func checkImmediateRollback(t *testing.T, h *Harness, a snapshot.Snapshot) {
+	ip := h.S.(snapshot.InPlace)
+	if err := ip.Rollback(h.Ctx, a.Name); err != nil {
+		t.Fatalf("Rollback(%q): %v", a.Name, err)
+	}
+	if got, err := os.ReadFile(h.Seed()); err != nil || string(got) != "seed" {
+		t.Fatalf("after Rollback the root has %q, %v; want the content before the change", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(h.Root, "conformance-new")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a file added after Create survived Rollback (stat: %v)", err)
+	}
+	if Listed(t, h.S, a.Name) {
+		t.Fatalf("List() still has %q after Rollback consumed it", a.Name)
+	}
+	if err := ip.Rollback(h.Ctx, a.Name); !errors.Is(err, snapshot.ErrNotFound) {
+		t.Fatalf("Rollback() again = %v, want ErrNotFound", err)
 	}
 }
 

@@ -14,7 +14,8 @@
 // behaviour instead. So for backends that upgrade in place with a rollback
 // point (snapshot.InPlace, LVM thick): Create returns the live root as Path
 // and a real snapshot, Activate changes nothing, Default stays the current
-// root.
+// root. A rollback point that is not a tree (snapshot.ImmediateRollback, an
+// undo journal) is checked by rolling back to it.
 package snapshottest
 
 import (
@@ -73,15 +74,19 @@ func Run(t *testing.T, newBackend Factory, names Names) {
 // Harness is what a check works with: a fresh backend on the root, what
 // kind of backend it is, and the root as it was before the check.
 type Harness struct {
-	Ctx        context.Context
-	S          snapshot.Snapshotter
-	Root       string // as newBackend said
-	Resolved   string // Root with symbolic links resolved
-	Cur        snapshot.Snapshot
-	Default    snapshot.Snapshot
-	None       bool // snapshot.None: no copies at all
-	Rollback   bool // in place with a real rollback point (snapshot.InPlace)
-	InPlace    bool // None or Rollback: Create's Path is the live root
+	Ctx      context.Context
+	S        snapshot.Snapshotter
+	Root     string // as newBackend said
+	Resolved string // Root with symbolic links resolved
+	Cur      snapshot.Snapshot
+	Default  snapshot.Snapshot
+	None     bool // snapshot.None: no copies at all
+	Rollback bool // in place with a real rollback point (snapshot.InPlace)
+	InPlace  bool // None or Rollback: Create's Path is the live root
+	// Immediate: the rollback point is not a tree but is restored by
+	// Rollback at once (snapshot.ImmediateRollback: undo journals); the
+	// suite checks it by rolling back.
+	Immediate  bool
 	newBackend Factory
 	names      Names
 }
@@ -97,6 +102,11 @@ func NewHarness(t *testing.T, newBackend Factory, names Names) *Harness {
 	h.None = s.Backend() == snapshot.BackendNone
 	h.Rollback = snapshot.UpgradesInPlace(s)
 	h.InPlace = h.None || h.Rollback
+	h.Immediate = snapshot.RollsBackImmediately(s)
+	if j, ok := s.(snapshot.Journaler); ok {
+		// What the checks change: all an undo journal needs to save.
+		j.SetChanges([]string{"/conformance-seed", "/conformance-new"})
+	}
 	var err error
 	if h.Resolved, err = filepath.EvalSymlinks(root); err != nil {
 		t.Fatal(err)

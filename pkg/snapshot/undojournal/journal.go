@@ -62,6 +62,10 @@ type Spec struct {
 	// Trees are directories inside Root saved whole: Restore puts back
 	// everything in them and removes what was not there.
 	Trees []string
+	// CloneTrees are saved whole too, but only when the files are cloned
+	// (reflinks): where scriptlets write files no package lists (/var/lib),
+	// too big to copy.
+	CloneTrees []string
 	// Exclude are paths inside Root never saved nor touched by Restore
 	// (the state directory holding the journal).
 	Exclude []string
@@ -89,11 +93,13 @@ type entry struct {
 }
 
 type manifest struct {
-	Version int      `json:"version"`
-	Root    string   `json:"root"`
-	Trees   []string `json:"trees"`
-	Exclude []string `json:"exclude,omitempty"`
-	Entries []entry  `json:"entries"`
+	Version   int      `json:"version"`
+	Reflinked bool     `json:"reflinked"`
+	SpaceUsed int64    `json:"space_used"`
+	Root      string   `json:"root"`
+	Trees     []string `json:"trees"`
+	Exclude   []string `json:"exclude,omitempty"`
+	Entries   []entry  `json:"entries"`
 }
 
 // Stats describes a journal.
@@ -105,9 +111,13 @@ type Stats struct {
 	Covered int64
 	// Reflinked is true when the files were cloned, false when copied.
 	Reflinked bool
-	// DiskUsage is what the journal takes on disk (allocated blocks of
-	// its files, shared extents counted: an upper bound).
+	// DiskUsage is what the journal's files have allocated, shared
+	// extents counted (an upper bound with reflinks).
 	DiskUsage int64
+	// SpaceUsed is how much the filesystem's free space shrank while the
+	// journal was made (what it really costs; with reflinks only the
+	// metadata; approximate on a busy filesystem).
+	SpaceUsed int64
 }
 
 // Need is the space a journal needs on its filesystem.
@@ -126,21 +136,20 @@ type Need struct {
 // when the filesystem cannot hold it (copies, without reflinks, plus a
 // margin of 64 MiB or 5% of the filesystem for the transaction itself).
 func Check(ctx context.Context, spec Spec) (Need, error) {
-	ents, err := collect(ctx, spec)
+	parent, reflink, err := probe(spec)
 	if err != nil {
 		return Need{}, err
 	}
-	return check(spec, ents)
+	ents, err := collect(ctx, spec, reflink)
+	if err != nil {
+		return Need{}, err
+	}
+	return check(parent, reflink, ents)
 }
 
-func check(spec Spec, ents []entry) (Need, error) {
-	var n Need
-	for _, e := range ents {
-		if e.Kind == kindFile {
-			n.Covered += e.Size
-		}
-	}
-	// The journal's directory may not exist yet: probe where it will be.
+// probe finds where the journal goes (its nearest existing directory: it
+// may not exist yet) and whether files of the root can be cloned there.
+func probe(spec Spec) (string, bool, error) {
 	parent := filepath.Dir(filepath.Clean(spec.Dir))
 	for {
 		if fi, err := os.Stat(parent); err == nil && fi.IsDir() {
@@ -151,9 +160,26 @@ func check(spec Spec, ents []entry) (Need, error) {
 		}
 		parent = filepath.Dir(parent)
 	}
-	var err error
-	if n.Reflink, err = canReflink(spec.Root, parent); err != nil {
-		return n, err
+	reflink, err := canReflink(spec.Root, parent)
+	return parent, reflink, err
+}
+
+// trees are the trees a journal saves whole: spec.Trees, and
+// spec.CloneTrees when the files are cloned.
+func trees(spec Spec, reflink bool) []string {
+	t := append([]string(nil), spec.Trees...)
+	if reflink {
+		t = append(t, spec.CloneTrees...)
+	}
+	return cleanAll(t)
+}
+
+func check(parent string, reflink bool, ents []entry) (Need, error) {
+	n := Need{Reflink: reflink}
+	for _, e := range ents {
+		if e.Kind == kindFile {
+			n.Covered += e.Size
+		}
 	}
 	n.Bytes = int64(len(ents))*256 + 1<<20
 	if !n.Reflink {
@@ -174,8 +200,12 @@ func check(spec Spec, ents []entry) (Need, error) {
 
 func mib(b int64) int64 { return (b + 1<<20 - 1) >> 20 }
 
-// canReflink reports whether a file of src's filesystem can be cloned into
-// dir, by trying it.
+// Reflinks reports whether files of root can be cloned into dir (an
+// existing directory), by trying it: what Check and Create decide on.
+func Reflinks(root, dir string) (bool, error) { return canReflink(root, dir) }
+
+// canReflink reports whether a file of root's filesystem can be cloned
+// into dir, by trying it.
 func canReflink(root, dir string) (bool, error) {
 	a, err := os.CreateTemp(dir, ".kos-reflink-probe-*")
 	if err != nil {
@@ -218,14 +248,19 @@ func Create(ctx context.Context, spec Spec) (Stats, error) {
 	if err := os.RemoveAll(spec.Dir); err != nil {
 		return Stats{}, fmt.Errorf("cannot remove the incomplete undo journal %s: %w", spec.Dir, err)
 	}
-	ents, err := collect(ctx, spec)
+	parent, reflink, err := probe(spec)
 	if err != nil {
 		return Stats{}, err
 	}
-	need, err := check(spec, ents)
+	ents, err := collect(ctx, spec, reflink)
 	if err != nil {
 		return Stats{}, err
 	}
+	need, err := check(parent, reflink, ents)
+	if err != nil {
+		return Stats{}, err
+	}
+	free0 := freeBytes(parent)
 	if err := os.MkdirAll(filepath.Join(spec.Dir, dataDir), 0o700); err != nil {
 		return Stats{}, fmt.Errorf("cannot make the undo journal: %w", err)
 	}
@@ -251,7 +286,11 @@ func Create(ctx context.Context, spec Spec) (Stats, error) {
 			st.Absent++
 		}
 	}
-	m := manifest{Version: 1, Root: spec.Root, Trees: cleanAll(spec.Trees), Exclude: cleanAll(spec.Exclude), Entries: ents}
+	if err := syncFS(spec.Dir); err != nil {
+		return st, err
+	}
+	st.SpaceUsed = max(0, free0-freeBytes(parent))
+	m := manifest{Version: 1, Reflinked: need.Reflink, SpaceUsed: st.SpaceUsed, Root: spec.Root, Trees: trees(spec, reflink), Exclude: cleanAll(spec.Exclude), Entries: ents}
 	data, err := json.Marshal(&m)
 	if err != nil {
 		return st, fmt.Errorf("cannot encode the undo journal: %w", err)
@@ -289,6 +328,15 @@ func syncFS(dir string) error {
 	return nil
 }
 
+// freeBytes is the free space of the filesystem of dir (0 when unknown).
+func freeBytes(dir string) int64 {
+	var sfs unix.Statfs_t
+	if unix.Statfs(dir, &sfs) != nil {
+		return 0
+	}
+	return int64(sfs.Bfree) * int64(sfs.Bsize)
+}
+
 // diskUsage adds up the allocated blocks of the files under dir.
 func diskUsage(dir string) int64 {
 	var n int64
@@ -315,7 +363,7 @@ func cleanAll(ps []string) []string {
 
 // collect lists the entries of spec: trees whole, paths one by one (with
 // their absent ancestors), in a stable order, without duplicates.
-func collect(ctx context.Context, spec Spec) ([]entry, error) {
+func collect(ctx context.Context, spec Spec, reflink bool) ([]entry, error) {
 	seen := map[string]bool{}
 	var ents []entry
 	excluded := func(p string) bool {
@@ -339,7 +387,11 @@ func collect(ctx context.Context, spec Spec) ([]entry, error) {
 		ents = append(ents, e)
 		return nil
 	}
-	for _, t := range spec.Trees {
+	var rootSt unix.Stat_t
+	if err := unix.Stat(spec.Root, &rootSt); err != nil {
+		return nil, fmt.Errorf("cannot read %s: %w", spec.Root, err)
+	}
+	for _, t := range trees(spec, reflink) {
 		t, err := resolveIn(spec.Root, t)
 		if err != nil {
 			return nil, err
@@ -358,7 +410,16 @@ func collect(ctx context.Context, spec Spec) ([]entry, error) {
 			if err != nil {
 				return err
 			}
-			return add(filepath.Clean("/" + rel))
+			p := filepath.Clean("/" + rel)
+			if d.IsDir() {
+				// Not into what is excluded, nor into other
+				// filesystems mounted in the tree.
+				var st unix.Stat_t
+				if excluded(p) || (unix.Lstat(full, &st) == nil && st.Dev != rootSt.Dev) {
+					return filepath.SkipDir
+				}
+			}
+			return add(p)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("cannot list %s for the undo journal: %w", t, err)
@@ -544,4 +605,27 @@ func cloneInto(in *os.File, dst string, reflink bool) error {
 	// Synced with the whole filesystem by the caller (syncFS).
 	ok = true
 	return nil
+}
+
+// Read describes the complete journal in dir.
+func Read(dir string) (Stats, error) {
+	m, err := readManifest(dir)
+	if err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Reflinked: m.Reflinked, DiskUsage: diskUsage(dir), SpaceUsed: m.SpaceUsed}
+	for _, e := range m.Entries {
+		switch e.Kind {
+		case kindFile:
+			st.Files++
+			st.Covered += e.Size
+		case kindDir:
+			st.Dirs++
+		case kindSymlink:
+			st.Symlinks++
+		case kindAbsent:
+			st.Absent++
+		}
+	}
+	return st, nil
 }

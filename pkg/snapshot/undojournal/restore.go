@@ -31,16 +31,9 @@ func Restore(ctx context.Context, dir, root string) error {
 	if !Complete(dir) {
 		return fmt.Errorf("cannot undo from %s: %w (it was cut short before the transaction began)", dir, ErrIncomplete)
 	}
-	data, err := safefile.Read(filepath.Join(dir, manifestName), maxManifest)
+	m, err := readManifest(dir)
 	if err != nil {
-		return fmt.Errorf("cannot read the undo journal: %w", err)
-	}
-	var m manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return fmt.Errorf("cannot read the undo journal %s: %w", dir, err)
-	}
-	if m.Version != 1 {
-		return fmt.Errorf("cannot read the undo journal %s: version %d", dir, m.Version)
+		return err
 	}
 	known := map[string]bool{}
 	for _, e := range m.Entries {
@@ -132,6 +125,24 @@ func Restore(ctx context.Context, dir, root string) error {
 		}
 	}
 	return syncFS(root)
+}
+
+func readManifest(dir string) (*manifest, error) {
+	if !Complete(dir) {
+		return nil, fmt.Errorf("cannot read the undo journal %s: %w", dir, ErrIncomplete)
+	}
+	data, err := safefile.Read(filepath.Join(dir, manifestName), maxManifest)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the undo journal: %w", err)
+	}
+	var m manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("cannot read the undo journal %s: %w", dir, err)
+	}
+	if m.Version != 1 {
+		return nil, fmt.Errorf("cannot read the undo journal %s: version %d", dir, m.Version)
+	}
+	return &m, nil
 }
 
 func validPath(p string) bool {
