@@ -75,6 +75,10 @@ func (s store) loadBaseline() (*health.Baseline, error) {
 	return health.Parse(b, s.baselinePath())
 }
 
+// LoadBaseline reads the health baseline of the engine's root
+// (baseline.json, validated); nil, nil when there is none.
+func (e *Engine) LoadBaseline() (*health.Baseline, error) { return e.store().loadBaseline() }
+
 // saveVerdict writes health.json.
 func (s store) saveVerdict(v *health.Verdict) error {
 	if err := ensurePrivateDir(s.dir); err != nil {

@@ -51,28 +51,40 @@ func TestHealthVerdict(t *testing.T) {
 		want []string
 		// maxTime bounds the health command (hanging checks are killed)
 		maxTime time.Duration
+		// hook is what the green.d/red.d hook wrote (verdict, file;
+		// ROOT stands for the new root);
+		// output is in the command's output
+		hook, output string
 	}{
 		{name: "unit disabled by the upgrade is fatal by policy",
 			setup: func(t *testing.T, newRoot string) {
 				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "fatal = unit-disabled service-inactive\n", 0o644)
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/red.d/10-notify"), "#!/bin/sh\necho \"$KOS_UPGRADE_VERDICT $KOS_UPGRADE_VERDICT_FILE\" > "+filepath.Join(newRoot, "hook-ran")+"\nexit 7\n", 0o755)
 			},
+			hook:   "fallback ROOT" + sysroot.StateDirRel + "/health.json",
+			output: "hook red.d/10-notify: failed",
 			want: []string{"acme-web.service was enabled before the upgrade and is not after",
 				"expected: legacy.service was enabled before the upgrade and is not after: package legacy is removed by the plan"}},
 		{name: "hanging required check is killed, red",
 			setup: func(t *testing.T, newRoot string) {
-				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "check_timeout = 2s\n", 0o644)
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "check_timeout = 2s\nhook_timeout = 1s\n", 0o644)
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/red.d/10-drain"), "#!/bin/sh\nsleep 600\n", 0o755)
 				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/required.d/10-db"), "#!/bin/sh\necho waiting for the database\nsleep 600\n", 0o755)
 				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/wanted.d/10-cache"), "#!/bin/sh\necho cache cold\nexit 1\n", 0o755)
 			},
 			want:    []string{"check required.d/10-db timed out (killed after 2s): waiting for the database"},
+			output:  "hook red.d/10-drain: timed out",
 			maxTime: 30 * time.Second},
 		{name: "failing wanted check and damaged inputs: green with warnings",
 			setup: func(t *testing.T, newRoot string) {
 				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "fatal = everything\n", 0o644)
 				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/wanted.d/10-cache"), "#!/bin/sh\necho cache cold\nexit 1\n", 0o755)
 				writeFile(t, filepath.Join(newRoot, sysroot.StateDirRel, "baseline.json"), `{"version": 99}`, 0o600)
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/green.d/10-notify"), "#!/bin/sh\necho \"$KOS_UPGRADE_VERDICT\" > "+filepath.Join(newRoot, "hook-ran")+"\n", 0o755)
 			},
-			green: true,
+			green:  true,
+			hook:   "blessed",
+			output: "hook green.d/10-notify: passed",
 			want: []string{"check wanted.d/10-cache failed (exit status 1): cache cold",
 				`unknown kind "everything"`, "the default policy was used", "the baseline cannot be used"}},
 	}
@@ -96,6 +108,15 @@ func TestHealthVerdict(t *testing.T) {
 			out, err := exec.Command(binary(t), "--root", newRoot, "health", "--cmdline", cmdline(ne)).CombinedOutput()
 			if tc.maxTime > 0 && time.Since(t0) > tc.maxTime {
 				t.Errorf("health took %s", time.Since(t0))
+			}
+			if tc.output != "" && !strings.Contains(string(out), tc.output) {
+				t.Errorf("health output lacks %q:\n%s", tc.output, out)
+			}
+			if tc.hook != "" {
+				want := strings.ReplaceAll(tc.hook, "ROOT", newRoot)
+				if b, _ := os.ReadFile(filepath.Join(newRoot, "hook-ran")); strings.TrimSpace(string(b)) != want {
+					t.Errorf("the hook wrote %q, want %q", b, want)
+				}
 			}
 			var ee *exec.ExitError
 			nextRoot := newRoot

@@ -75,6 +75,7 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "cmdline", Usage: "judge this kernel command `LINE` instead of /proc/cmdline (tests)"},
 			&cli.BoolFlag{Name: "reboot", Usage: "reboot after a fallback from the running new system (the unit passes it)"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "judge the system against its baseline and print the verdict; bless nothing, fall back from nothing, write nothing (exit 1 when red)"},
 			&cli.BoolFlag{Name: "no-unit-check", Usage: "do not compare the system with its baseline (site checks only)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
@@ -92,6 +93,7 @@ Examples:
 			// default target and fstab.
 			observe := !c.Bool("no-unit-check")
 			pol, polErr := health.LoadPolicy(root.Path(healthConfRel))
+			pol.Ignore[healthUnit] = true // this check itself, running now
 			judge := func(ctx context.Context, baseline *health.Baseline, baselineErr error) *health.Verdict {
 				in := health.Input{Baseline: baseline, BaselineErr: baselineErr, Policy: pol, PolicyErr: polErr}
 				switch {
@@ -107,6 +109,9 @@ Examples:
 				}, pol.CheckTimeout, "KOS_UPGRADE_ROOT="+root.Dir)
 				in.Now = time.Now()
 				return health.Judge(in)
+			}
+			if c.Bool("dry-run") {
+				return healthDryRun(c.Context, e, judge)
 			}
 			res, err := e.engine.Health(c.Context, upgrader.HealthOptions{Cmdline: cmdline, Judge: judge})
 			if err != nil {
@@ -140,6 +145,28 @@ Examples:
 			return fmt.Errorf("%w: %s", errUnhealthy, res.Reason)
 		}),
 	}
+}
+
+// errWouldFail says a dry run found the system unhealthy.
+var errWouldFail = errors.New("the system would fail its health check")
+
+// healthDryRun judges the system as the first boot would, whatever booted,
+// and prints the verdict without acting on it.
+func healthDryRun(ctx context.Context, e *env, judge func(context.Context, *health.Baseline, error) *health.Verdict) error {
+	baseline, berr := e.engine.LoadBaseline()
+	v := judge(ctx, baseline, berr)
+	v.Decision = "none"
+	if e.json {
+		if err := e.printJSON(v); err != nil {
+			return err
+		}
+	} else {
+		printVerdict(e.out, v)
+	}
+	if !v.Green {
+		return fmt.Errorf("%w: %s", errWouldFail, strings.Join(v.Reasons, "; "))
+	}
+	return nil
 }
 
 // observeSettled observes the running system through systemd, again every

@@ -82,10 +82,16 @@ func offlineBoot(t *testing.T, g *Guest, boots []Boot, n int) {
 func TestNspawnSuccessBtrfs(t *testing.T) {
 	t0 := time.Now()
 	g := NewGuest(t)
+	writeHealthConf(t, g)
 	g.Kos(t, "prepare", "--to", "5.9")
 	g.Step(t, 1, "kos-upgrade reboot\n")
+	g.Step(t, 3, healthStep)
 	boots := g.Run(t, maxBoots)
 	expectBoots(t, boots, "@:reboot", "@:reboot", "kos-upgrade/*:poweroff")
+	// The health baseline arm took live in boot 1, and how the new
+	// system's first boot would judge it (app 2.0 disabled acme-web).
+	expectLiveBaseline(t, g)
+	expectLiveVerdict(t, g.Facts(3))
 
 	before := g.Facts(1)
 	if before == nil || before.OSRelease("VERSION_ID") != "5.8" || !hasPackage(before.Packages(), base58Rel) {

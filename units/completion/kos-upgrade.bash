@@ -38,7 +38,7 @@ _kos_upgrade() {
     log) words="--root --json --verbose -v --help" ;;
     clean) words="--root --json --verbose -v --help" ;;
     daemon) words="--idle-timeout --root --json --verbose -v --help" ;;
-    health) words="--cmdline --reboot --no-unit-check --root --json --verbose -v --help" ;;
+    health) words="--cmdline --reboot --dry-run --no-unit-check --root --json --verbose -v --help" ;;
     bundle) words="--needs --out --repo --iso --label --sign-key --gpg-homedir --workdir --root --json --verbose -v --help" ;;
     *) return ;;
     esac

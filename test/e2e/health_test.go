@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/keyarchos/kos-upgrade/pkg/health"
+)
+
+// healthConf is the guest's /etc/kos-upgrade/health.conf: a short wait for
+// units still starting, so that a dry run fits in a boot.
+const healthConf = "# kos-e2e\nactivating_wait = 20s\n"
+
+// healthStep judges the new system as its first boot would, without acting
+// (kos-upgrade health --dry-run), then powers off.
+const healthStep = "kos-upgrade --json health --dry-run > $1/verdict.json 2> $1/verdict.err; echo $? > $1/verdict.rc\nsystemctl --no-block poweroff\n"
+
+// brokenUnit fails at every boot, before and after the upgrade: the
+// verdict lists it as pre-existing, not as a regression.
+const brokenUnit = "[Unit]\nDescription=kos-e2e: fails at every boot\n[Service]\nType=oneshot\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n"
+
+// writeHealthConf puts healthConf and an enabled, always failing
+// kos-e2e-broken.service into the guest's root before prepare.
+func writeHealthConf(t *testing.T, g *Guest) {
+	t.Helper()
+	for rel, text := range map[string]string{
+		"etc/kos-upgrade/health.conf":               healthConf,
+		"etc/systemd/system/kos-e2e-broken.service": brokenUnit,
+	} {
+		p := filepath.Join(g.Root, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := filepath.Join(g.Root, "etc/systemd/system/multi-user.target.wants/kos-e2e-broken.service")
+	if err := os.Symlink("/etc/systemd/system/kos-e2e-broken.service", link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expectLiveBaseline checks the baseline arm took in the running 5.8 guest
+// (live, through systemd's D-Bus API and /proc): acme-web.service enabled
+// and running, listening on 127.0.0.1:8080, and legacy.service expected to
+// go with the package the plan removes.
+func expectLiveBaseline(t *testing.T, g *Guest) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(g.Root, "var/lib/kos-upgrade/baseline.json"))
+	if err != nil {
+		t.Fatalf("no baseline in the old root: %v", err)
+	}
+	bl, err := health.Parse(b, "baseline.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var web, legacy *health.Unit
+	for i, u := range bl.Units {
+		switch u.Name {
+		case "acme-web.service":
+			web = &bl.Units[i]
+		case "legacy.service":
+			legacy = &bl.Units[i]
+		}
+	}
+	if !bl.Live || web == nil || !web.Enabled || web.Active != "active" || web.Sub != "running" || legacy == nil || legacy.Active != "active" {
+		t.Errorf("the baseline arm took in the guest is not live or lacks the units (acme-web %+v, legacy %+v):\n%s", web, legacy, b)
+	}
+	var listening bool
+	for _, s := range bl.Sockets {
+		listening = listening || s.Key() == "tcp 127.0.0.1:8080" && s.Unit == "acme-web.service"
+	}
+	if !listening {
+		t.Errorf("the baseline lacks acme-web's listener on 127.0.0.1:8080: %+v", bl.Sockets)
+	}
+	var expected bool
+	for _, e := range bl.Expected {
+		expected = expected || e.Unit == "legacy.service" && strings.Contains(e.Rule, "package legacy is removed by the plan")
+	}
+	if !expected {
+		t.Errorf("legacy.service is not expected to go: %+v", bl.Expected)
+	}
+}
+
+// expectLiveVerdict checks the dry-run verdict of the new system (boot n):
+// red, because app 2.0 disabled acme-web.service (it was active and is
+// inactive, its port gone); legacy.service gone as the plan said.
+func expectLiveVerdict(t *testing.T, f *Facts) {
+	t.Helper()
+	var v health.Verdict
+	if err := json.Unmarshal([]byte(f.File("verdict.json")), &v); err != nil {
+		t.Fatalf("kos-upgrade health --dry-run in the new system: %v\n%s\n%s", err, f.File("verdict.json"), f.File("verdict.err"))
+	}
+	if v.Green || strings.TrimSpace(f.File("verdict.rc")) != "1" {
+		t.Errorf("the new system's verdict is green (exit %s): %+v", f.File("verdict.rc"), v)
+	}
+	all := strings.Join(append(append([]string{}, v.Reasons...), v.Warnings...), "\n")
+	for _, want := range []string{"acme-web.service was active before the upgrade and is inactive after",
+		"tcp 127.0.0.1:8080 (acme-web.service) was listening before the upgrade and is not after"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("the verdict lacks %q:\n%s", want, all)
+		}
+	}
+	var legacy bool
+	for _, c := range v.Expected {
+		legacy = legacy || c.Subject == "legacy.service" && strings.Contains(c.Rule, "removed by the plan")
+	}
+	if !slices.Contains(v.PreExisting, "kos-e2e-broken.service") || strings.Contains(all, "kos-e2e-broken.service") || strings.Contains(all, "kos-upgrade-health") {
+		t.Errorf("the unit failing before the upgrade is not (only) pre-existing: pre-existing %q, findings:\n%s", v.PreExisting, all)
+	}
+	if !legacy || strings.Contains(all, "legacy.service") {
+		t.Errorf("legacy.service's end is not listed as expected: expected %+v, findings:\n%s", v.Expected, all)
+	}
+	t.Logf("the new system's verdict: reasons %q, warnings %q, pre-existing %q", v.Reasons, v.Warnings, v.PreExisting)
+}
