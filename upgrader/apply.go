@@ -260,6 +260,12 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 		return nil, err
 	}
 	if state.Status != StatusApplying {
+		if state.Stage != nil && state.Stage.Step != StageStepStaged {
+			// Stage was interrupted (it holds the lock while it runs).
+			if err := e.dropStage(ctx, st, state); err != nil {
+				return nil, fmt.Errorf("cannot clean up the interrupted stage: %w", err)
+			}
+		}
 		return state, nil
 	}
 	r := &run{e: e, st: st, state: state, res: interruptedResult(st, state)}
@@ -274,7 +280,19 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 		// The switch happened: the run is complete.
 		res.Success, res.Status, res.Error, res.Step = true, StatusSucceeded, "", ""
 		state.Status, state.Step, state.LastResult = StatusSucceeded, "", res
-		return state, errors.Join(st.record(res), st.save(state, e.now()))
+		if err := errors.Join(st.record(res), st.save(state, e.now())); err != nil {
+			return state, err
+		}
+		if state.Stage != nil {
+			// base and live of a staged run; next is the new root.
+			if state.Stage.Next == state.Snapshot {
+				state.Stage.Next = ""
+			}
+			if err := r.dropStage(ctx); err != nil {
+				e.log().Warn("cannot remove the staged snapshots", "err", err)
+			}
+		}
+		return state, nil
 	}
 	last := stepIndex(state.Step)
 	res.Success, res.Status, res.Error, res.Step = false, StatusFailed, errInterrupted, state.Step

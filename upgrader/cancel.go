@@ -34,6 +34,11 @@ func (e *Engine) Cancel(ctx context.Context) error {
 	if state.Status == StatusPrepared || state.Status == StatusArmed || state.Status == StatusFailed {
 		state.Status = StatusIdle
 	}
+	if state.Status != StatusApplying {
+		if err := e.dropStage(ctx, st, state); err != nil {
+			return fmt.Errorf("cannot disarm: %w", err)
+		}
+	}
 	state.Step, state.PlanID, state.Target = "", "", ""
 	if err := st.save(state, e.now()); err != nil {
 		return err

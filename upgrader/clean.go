@@ -106,6 +106,10 @@ func (e *Engine) cleanSnapshots(ctx context.Context, state *State) ([]string, er
 			keep[s.Name] = true
 		}
 	}
+	if s := state.Stage; s != nil && (state.Status == StatusPrepared || state.Status == StatusArmed) {
+		// The root staged for the pending plan (reboot --stage).
+		keep[s.Next], keep[s.Base] = true, true
+	}
 	for _, s := range list {
 		if keep[s.Name] || !strings.HasPrefix(s.Name, "kos-upgrade/") {
 			continue

@@ -47,7 +47,8 @@ func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string) 
 		tc := struct {
 			step     string
 			switched bool
-		}{cp.Name, cp.Complete}
+			staged   bool
+		}{cp.Name, cp.Complete, cp.Staged}
 		t.Run(tc.step, func(t *testing.T) {
 			// Start from the old system each time.
 			if def := s.defaultSubvol(t); def != "@" {
@@ -62,6 +63,12 @@ func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string) 
 				t.Fatalf("/boot differs at the start:\n%s", strings.Join(d, "\n"))
 			}
 			s.prepareAndArm(t, upgrader.PrepareOptions{Repos: s.repos(fixture.Repo59, kernelRepo)})
+			if tc.staged {
+				// A step of the staged path (reboot --stage).
+				if err := s.Engin.Stage(ctx); err != nil {
+					t.Fatalf("stage: %v", err)
+				}
+			}
 
 			out, err := s.kosUpgrade(t, []string{"KOS_UPGRADE_TEST_CRASH_AT=" + tc.step}, "apply")
 			var ee *exec.ExitError

@@ -35,6 +35,7 @@ const (
 const (
 	StepVerify      = "verify"      // checksums and rpmdb fingerprint
 	StepBackup      = "backup"      // back up /boot (only with a boot loader)
+	StepCarryOver   = "carryover"   // carry the running system's changes into the staged root (reboot --stage)
 	StepSnapshot    = "snapshot"    // create the writable snapshot
 	StepTransaction = "transaction" // run the transaction inside it
 	StepBoot        = "boot"        // new kernel's entry for the new root (only with a boot loader)
@@ -86,6 +87,9 @@ type State struct {
 	// journaled before each is made so that cancel, a re-arm and apply
 	// can remove it; nil when nothing is there.
 	Initramfs *InitramfsState `json:"initramfs,omitempty"`
+	// Stage is the root built before the reboot (reboot --stage,
+	// stage.go); nil when there is none.
+	Stage *StageState `json:"stage,omitempty"`
 	// LastResult is the result of the last apply or rollback.
 	LastResult *Result   `json:"last_result,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at,omitzero"`
@@ -152,9 +156,18 @@ type Result struct {
 	Counts   map[string]int `json:"counts,omitempty"`
 	// Warnings are what went wrong without failing the run: scriptlets
 	// whose failure rpm only warns about (%post, %posttrans, triggers).
-	Warnings   []string  `json:"warnings,omitempty"`
-	StartedAt  time.Time `json:"started_at"`
-	FinishedAt time.Time `json:"finished_at,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	// Path is how the offline step upgraded: "staged" (the root built
+	// before the reboot, with the running system's changes carried over)
+	// or "classic" (the transaction ran offline); empty for a run
+	// without --stage. PathReason says why a staged run fell back.
+	Path       string `json:"path,omitempty"`
+	PathReason string `json:"path_reason,omitempty"`
+	// Carried and BytesCloned: paths carried over, bytes cloned.
+	Carried     int       `json:"carried,omitempty"`
+	BytesCloned int64     `json:"bytes_cloned,omitempty"`
+	StartedAt   time.Time `json:"started_at"`
+	FinishedAt  time.Time `json:"finished_at,omitempty"`
 }
 
 // ErrInterrupted is the provisional error recorded before the transaction:

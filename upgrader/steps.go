@@ -39,14 +39,18 @@ type applyStep struct {
 	// mid: the do has a crash point half-way, crashAt("mid-"+name) (the
 	// transaction's is in the dnf helper).
 	mid bool
+	// staged: the step runs only for a root staged before the reboot
+	// (reboot --stage): its crash points are tested on a staged run.
+	staged bool
 }
 
 // applySteps is the one list of apply steps, in order.
 var applySteps = []applyStep{
 	{name: StepVerify, weight: 3, do: (*run).verify},
 	{name: StepBackup, weight: 2, when: (*run).hasBoot, do: (*run).backup, undo: (*run).putBootBack},
-	{name: StepSnapshot, weight: 5, do: (*run).snapshot, undo: (*run).dropSnapshot},
-	{name: StepTransaction, weight: 75, do: (*run).transaction, undo: (*run).undoTransaction, mid: true},
+	{name: StepCarryOver, weight: 5, when: (*run).hasStage, do: (*run).carryOver, undo: (*run).undoCarryOver, mid: true, staged: true},
+	{name: StepSnapshot, weight: 5, when: (*run).notCarried, do: (*run).snapshot, undo: (*run).dropSnapshot},
+	{name: StepTransaction, weight: 75, when: (*run).notCarried, do: (*run).transaction, undo: (*run).undoTransaction, mid: true},
 	{name: StepBoot, weight: 8, when: (*run).hasBootLoader, do: (*run).bootEntry, undo: (*run).putBootBack, mid: true},
 	{name: StepFinalize, weight: 3, do: (*run).finalize},
 	{name: StepSwitch, weight: 4, do: (*run).switchRoot, undo: (*run).putBootBack, commits: true, mid: true},
@@ -80,6 +84,9 @@ func ApplyProgress() progress.Ranges {
 type crashPoint struct {
 	Name     string
 	Complete bool
+	// Staged: the point is reached only by a run staged before the
+	// reboot (reboot --stage).
+	Staged bool
 }
 
 // crashPoints lists every crash point of the table, in order.
@@ -87,9 +94,9 @@ func crashPoints() []crashPoint {
 	var out []crashPoint
 	complete := false
 	for _, s := range applySteps {
-		out = append(out, crashPoint{Name: s.name, Complete: complete})
+		out = append(out, crashPoint{Name: s.name, Complete: complete, Staged: s.staged})
 		if s.mid {
-			out = append(out, crashPoint{Name: "mid-" + s.name, Complete: complete})
+			out = append(out, crashPoint{Name: "mid-" + s.name, Complete: complete, Staged: s.staged})
 		}
 		complete = complete || s.commits
 	}
@@ -483,6 +490,14 @@ func (r *run) finalize(ctx context.Context) error {
 	r.success.FinishedAt = e.now().UTC()
 	r.newState = *r.state
 	r.newState.Status, r.newState.Step, r.newState.LastResult = StatusSucceeded, "", &r.success
+	if s := r.state.Stage; s != nil {
+		// The new root knows the leftovers (base, live) but not itself.
+		ns := *s
+		if ns.Next == r.state.Snapshot {
+			ns.Next = ""
+		}
+		r.newState.Stage = &ns
+	}
 	if r.target == e.Root.Dir {
 		if r.state.InPlace && snapshot.RollsBackImmediately(r.snap) {
 			return r.dropGuard()
@@ -537,6 +552,12 @@ func (r *run) done(ctx context.Context) error {
 	}
 	if err := r.st.save(&r.newState, r.e.now()); err != nil {
 		return err
+	}
+	if r.newState.Stage != nil {
+		// base and live are not needed any more: the new root boots.
+		if err := r.dropStageOf(ctx, &r.newState); err != nil {
+			r.e.log().Warn("cannot remove the staged snapshots", "err", err)
+		}
 	}
 	if r.state.InPlace {
 		r.report(StepDone, fmt.Sprintf("upgrade to %s succeeded in place; %s is kept as the rollback point (kos-upgrade rollback merges it back)", r.plan.Target.VersionID, r.state.Snapshot))

@@ -97,6 +97,9 @@ func (st *State) validate() error {
 	if err := st.Initramfs.validate(); err != nil {
 		return fmt.Errorf("initramfs: %w", err)
 	}
+	if err := st.Stage.validate(); err != nil {
+		return fmt.Errorf("stage: %w", err)
+	}
 	if st.LastResult != nil {
 		if err := st.LastResult.validate(); err != nil {
 			return fmt.Errorf("last_result: %w", err)

@@ -422,10 +422,12 @@ other than the running system, reboot refuses (use --no-reboot).
 Examples:
    kos-upgrade reboot
    kos-upgrade reboot --no-reboot     arm only; the upgrade runs at the next boot
-   kos-upgrade reboot --kexec         skip the firmware on both reboots`,
+   kos-upgrade reboot --kexec         skip the firmware on both reboots
+   kos-upgrade reboot --stage         build the upgraded root first (btrfs; docs/stage.md)`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
 			&cli.BoolFlag{Name: "kexec", Usage: "reboot with kexec into and out of the offline upgrade (no firmware POST; needs kexec-tools)"},
+			&cli.BoolFlag{Name: "stage", Usage: "btrfs: run the transaction into a snapshot now, while the system runs; the offline step only carries over what changes until the reboot (falls back to the offline transaction when it cannot exactly)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.Bool("kexec") && c.Bool("no-reboot") {
@@ -440,6 +442,13 @@ Examples:
 			}
 			if !c.Bool("no-reboot") {
 				if err := rebootPossible(e); err != nil {
+					return err
+				}
+			}
+			if c.Bool("stage") {
+				// Before arming: a reboot while staging runs the
+				// classic apply, never half a stage.
+				if err := e.engine.Stage(c.Context); err != nil {
 					return err
 				}
 			}
@@ -679,6 +688,7 @@ Examples:
 				for _, w := range r.Warnings {
 					fmt.Fprintf(e.out, "  warning: %s\n", w)
 				}
+				printPath(e.out, &r)
 			}
 			return nil
 		}),

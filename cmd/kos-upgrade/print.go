@@ -79,6 +79,10 @@ func printStatus(w io.Writer, r *upgrader.StatusReport) {
 		for _, warn := range st.LastResult.Warnings {
 			fmt.Fprintf(w, "  warning: %s\n", warn)
 		}
+		printPath(w, st.LastResult)
+	}
+	if st.Stage != nil && st.Stage.Next != "" && (st.Status == upgrader.StatusPrepared || st.Status == upgrader.StatusArmed) {
+		fmt.Fprintf(w, "Staged:   %s (%s)\n", st.Stage.Next, st.Stage.Step)
 	}
 	if r.Health != nil {
 		printVerdict(w, r.Health)
@@ -172,4 +176,15 @@ func printVerdict(w io.Writer, v *health.Verdict) {
 		fmt.Fprintf(w, "  hook %s: %s\n", c.Name, c.Result)
 	}
 	fmt.Fprintf(w, "  baseline: %s\n", v.Baseline)
+}
+
+// printPath says how a --stage run upgraded (docs/stage.md).
+func printPath(w io.Writer, r *upgrader.Result) {
+	switch r.Path {
+	case upgrader.PathStaged:
+		fmt.Fprintf(w, "  path: staged before the reboot; %d paths carried over (%d bytes cloned); offline %s\n",
+			r.Carried, r.BytesCloned, r.FinishedAt.Sub(r.StartedAt).Round(time.Millisecond))
+	case upgrader.PathClassic:
+		fmt.Fprintf(w, "  path: offline transaction (the staged root could not be carried over: %s)\n", r.PathReason)
+	}
 }

@@ -117,7 +117,14 @@ func Decide(in Input) Plan {
 	}
 	var p Plan
 	for _, e := range in.Live.Entries {
-		if in.RPMDB != "" && (e.Path == in.RPMDB || strings.HasPrefix(e.Path, in.RPMDB+"/")) && !timesOnly(e) {
+		if in.RPMDB != "" && (e.Path == in.RPMDB || strings.HasPrefix(e.Path, in.RPMDB+"/")) {
+			if timesOnly(e) || rpmdbScratch(e.Path) {
+				// Reading the database touches these; next's own
+				// database is the truth (the package set was checked
+				// against the plan's fingerprint).
+				p.Items = append(p.Items, Item{Entry: e, Action: Skip})
+				continue
+			}
 			return Plan{Fallback: "the rpm database changed since staging: /" + e.Path}
 		}
 		if !in.Txn.Touches(e.Path) {
@@ -135,6 +142,15 @@ func Decide(in Input) Plan {
 		p.Items = append(p.Items, Item{Entry: e, Action: a})
 	}
 	return p
+}
+
+// rpmdbScratch says whether p is a file rpm writes when it only reads its
+// database: the Berkeley DB environment and locks, sqlite's shared memory
+// and write-ahead log.
+func rpmdbScratch(p string) bool {
+	b := p[strings.LastIndexByte(p, '/')+1:]
+	return strings.HasPrefix(b, "__db.") || b == ".dbenv.lock" || b == ".rpm.lock" ||
+		b == "rpmdb.sqlite-shm" || b == "rpmdb.sqlite-wal"
 }
 
 func timesOnly(e btrfsdiff.Entry) bool {

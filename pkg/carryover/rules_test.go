@@ -66,6 +66,8 @@ func TestDecide(t *testing.T) {
 			want{fallback: "rpm database changed"}},
 		{"rpmdb changed, transaction elsewhere", diff(edit("var/lib/rpm/Packages")), diff(edit("usr/bin/a")), 0,
 			want{fallback: "rpm database changed"}},
+		{"rpmdb read on the running system", diff(E{Path: "var/lib/rpm/__db.001", Data: true}, E{Path: "var/lib/rpm/rpmdb.sqlite-shm", Added: true}, E{Path: "var/lib/rpm", Times: true}), diff(edit("var/lib/rpm/Packages")), 0,
+			want{actions: map[string]carryover.Action{"var/lib/rpm/__db.001": carryover.Skip, "var/lib/rpm/rpmdb.sqlite-shm": carryover.Skip, "var/lib/rpm": carryover.Skip}}},
 		{"over the bound", diff(edit("a"), edit("b"), edit("c")), diff(), 2,
 			want{fallback: "changed 3 paths since staging, over the bound of 2"}},
 		{"at the bound", diff(edit("a"), edit("b")), diff(), 2,

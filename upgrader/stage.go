@@ -1,0 +1,383 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyarchos/kos-upgrade/pkg/btrfsdiff"
+	"github.com/keyarchos/kos-upgrade/pkg/carryover"
+	"github.com/keyarchos/kos-upgrade/pkg/execlog"
+	"github.com/keyarchos/kos-upgrade/pkg/progress"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
+)
+
+// The staged root (docs/stage.md): `reboot --stage` builds the upgraded
+// root before the reboot, the offline step carries over what the running
+// system changed since (the carry-over step of the apply table), or falls
+// back to the classic apply and says why.
+
+// Stage steps, journaled in State.Stage.Step before their side effect.
+const (
+	StageStepSnapshot    = "snapshot"    // next (writable) and base (read-only) made
+	StageStepTransaction = "transaction" // the transaction runs into next
+	StageStepStaged      = "staged"      // next is complete
+)
+
+// StageCrashPoints are where the crash tests stop Stage (crashAt).
+var StageCrashPoints = []string{"stage-" + StageStepSnapshot, "stage-" + StageStepTransaction}
+
+// Paths of a run (Result.Path).
+const (
+	PathClassic = "classic"
+	PathStaged  = "staged"
+)
+
+// StageState is the staged root (State.Stage): the snapshots' names are
+// journaled before they are made, so that settle, cancel, prepare and a
+// new stage remove what a crash left.
+type StageState struct {
+	PlanID string `json:"plan_id"`
+	// Next is the writable snapshot the transaction ran into; Base the
+	// read-only snapshot of the root it started from; Live the
+	// read-only snapshot of the root the offline step takes.
+	Next     string    `json:"next"`
+	Base     string    `json:"base"`
+	Live     string    `json:"live,omitempty"`
+	Step     string    `json:"step"`
+	StagedAt time.Time `json:"staged_at,omitzero"`
+}
+
+func (s *StageState) validate() error {
+	if s == nil {
+		return nil
+	}
+	for _, n := range []string{s.Next, s.Base, s.Live} {
+		if n != "" && (!validSnapshotName(n) || !strings.HasPrefix(n, snapshot.BtrfsDir+"/")) {
+			return fmt.Errorf("snapshot %q is not one of kos-upgrade's", n)
+		}
+	}
+	switch s.Step {
+	case StageStepSnapshot, StageStepTransaction, StageStepStaged:
+	default:
+		return fmt.Errorf("step %q is not a stage step", s.Step)
+	}
+	if s.PlanID != "" && !validID(s.PlanID) {
+		return fmt.Errorf("plan_id %q is not a plan id", s.PlanID)
+	}
+	return nil
+}
+
+// Stage builds the upgraded root of the prepared plan while the system
+// runs: next, a writable snapshot of the root, then base, a read-only
+// snapshot of next before anything changes it (so base is the root as
+// next started from it), then the transaction into next from the staged
+// files. The running root and /boot are not touched: the scriptlets see
+// next's own /boot directory, and the boot entries are made offline as
+// today. btrfs only. A stage already there is replaced. Arm after it.
+func (e *Engine) Stage(ctx context.Context) error {
+	st := e.store()
+	l, state, err := e.begin(ctx, st)
+	if err != nil {
+		return err
+	}
+	defer l.release()
+	switch state.Status {
+	case StatusPrepared, StatusArmed, StatusFailed:
+	default:
+		return fmt.Errorf("cannot stage: the state is %s; run kos-upgrade prepare --to VERSION first", state.Status)
+	}
+	p, err := loadPlan(st.planPath())
+	if err != nil {
+		return fmt.Errorf("cannot stage: %w", err)
+	}
+	if p.Snapshot != snapshot.BackendBtrfs {
+		return fmt.Errorf("cannot stage: the root is not on btrfs (snapshot backend %q); kos-upgrade reboot without --stage upgrades it offline", p.Snapshot)
+	}
+	if p.Mode == ModeInitramfs {
+		return fmt.Errorf("cannot stage: the plan is for initramfs mode")
+	}
+	if err := e.checkPlan(ctx, p); err != nil {
+		return fmt.Errorf("cannot stage: %w", err)
+	}
+	if err := e.dropStage(ctx, st, state); err != nil {
+		return fmt.Errorf("cannot stage: %w", err)
+	}
+	label := "stage-" + e.now().UTC().Format("20060102T150405.000Z")
+	state.Stage = &StageState{PlanID: p.ID, Next: snapshot.BtrfsName(label), Base: snapshot.BtrfsName(label + "-base"), Step: StageStepSnapshot}
+	if err := st.save(state, e.now()); err != nil {
+		return err
+	}
+	crashAt("stage-" + StageStepSnapshot)
+	if err := e.stage(ctx, st, state, p); err != nil {
+		ctx = context.WithoutCancel(ctx)
+		return errors.Join(fmt.Errorf("cannot stage: %w", err), e.dropStage(ctx, st, state))
+	}
+	return nil
+}
+
+func (e *Engine) stage(ctx context.Context, st store, state *State, p *Plan) error {
+	snap, err := e.Snapshotters(ctx, p.Snapshot, e.Root)
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	s := state.Stage
+	e.report(progress.Event{Step: "stage", Message: "creating " + s.Next + " and its read-only base " + s.Base})
+	next, err := snap.Create(ctx, s.Next)
+	if err != nil {
+		return err
+	}
+	if err := dropRPMDBEnvironment(next.Path); err != nil {
+		return err
+	}
+	run := execlog.Runner{Log: e.log()}
+	if _, err := run.Run(ctx, "create the base snapshot", "btrfs", "subvolume", "snapshot", "-r", next.Path, siblingPath(next.Path, s.Base)); err != nil {
+		return err
+	}
+	s.Step = StageStepTransaction
+	if err := st.save(state, e.now()); err != nil {
+		return err
+	}
+	crashAt("stage-" + StageStepTransaction)
+	e.report(progress.Event{Step: "stage", Message: fmt.Sprintf("running the transaction (%d packages) in %s while the system runs", len(p.Transaction), next.Path)})
+	if _, err := e.transaction(ctx, p, next.Path, false); err != nil {
+		return err
+	}
+	s.Step, s.StagedAt = StageStepStaged, e.now().UTC()
+	if err := st.save(state, e.now()); err != nil {
+		return err
+	}
+	e.report(progress.Event{Step: "stage", Message: "staged " + s.Next + ": the offline step carries over what changes until the reboot"})
+	return nil
+}
+
+// siblingPath is where the snapshot name is, next to the snapshot at path
+// (both under the backend's directory in the top level).
+func siblingPath(path, name string) string {
+	return filepath.Join(filepath.Dir(path), filepath.Base(name))
+}
+
+// dropStage deletes the stage's snapshots (absent ones are fine) and
+// forgets it. Safe to call with no stage, twice, or after a crash
+// anywhere in Stage or in the carry-over step. The snapshot that is the
+// default (a switched run) is never deleted: the backend refuses, and the
+// stage is forgotten without it.
+func (e *Engine) dropStage(ctx context.Context, st store, state *State) error {
+	if state.Stage == nil {
+		return nil
+	}
+	snap, err := e.Snapshotters(ctx, snapshot.BackendBtrfs, e.Root)
+	if err != nil {
+		return fmt.Errorf("cannot remove the staged root: %w", err)
+	}
+	defer snap.Close()
+	return e.dropStageWith(ctx, st, state, snap)
+}
+
+// dropStageWith is dropStage with the snapshotter of a run (a second one
+// would unmount the run's work mount when closed).
+func (e *Engine) dropStageWith(ctx context.Context, st store, state *State, snap snapshot.Snapshotter) error {
+	s := state.Stage
+	if s == nil {
+		return nil
+	}
+	def, err := snap.Default(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot remove the staged root: %w", err)
+	}
+	for _, n := range []string{s.Live, s.Base, s.Next} {
+		if n == "" || n == def.Name || n == state.Snapshot && state.Status == StatusSucceeded {
+			continue
+		}
+		if path, err := snap.Path(ctx, n); err == nil {
+			if err := unmountBelow(path); err != nil {
+				return err
+			}
+		}
+		if err := snap.Delete(ctx, n); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+			return fmt.Errorf("cannot remove the staged root: %w", err)
+		}
+	}
+	state.Stage = nil
+	return st.save(state, e.now())
+}
+
+// hasStage: the carry-over step runs (a stage of this plan is there).
+func (r *run) hasStage() bool { return r.state.Stage != nil }
+
+// notCarried: the classic snapshot and transaction steps run.
+func (r *run) notCarried() bool { return r.res.Path != PathStaged }
+
+// maxCarryEntries is the policy bound of the carry-over: beyond it the
+// classic apply is as fast.
+const maxCarryEntries = 200000
+
+// carryOver takes the read-only snapshot live of the root, compares base
+// with live and with next, and carries the running system's changes into
+// next by rpm's rules; next becomes the run's snapshot. Whatever cannot
+// be carried over exactly makes it fall back: the stage is dropped and
+// the classic steps run, the reason recorded.
+func (r *run) carryOver(ctx context.Context) error {
+	s, p := r.state.Stage, r.plan
+	r.res.Path = PathClassic
+	if s.Step != StageStepStaged {
+		return r.fallBack(ctx, "staging did not finish")
+	}
+	if s.PlanID != p.ID {
+		return r.fallBack(ctx, "the root was staged for another plan")
+	}
+	snap, err := r.snapshotter(ctx)
+	if err != nil {
+		return err
+	}
+	next, err := snap.Path(ctx, s.Next)
+	if err != nil {
+		return r.fallBack(ctx, "the staged root is gone: "+err.Error())
+	}
+	base, err := snap.Path(ctx, s.Base)
+	if err != nil {
+		return r.fallBack(ctx, "the base snapshot is gone: "+err.Error())
+	}
+	s.Live = snapshot.BtrfsName(filepath.Base(s.Next) + "-live")
+	if err := r.st.save(r.state, r.e.now()); err != nil {
+		return err
+	}
+	run := execlog.Runner{Log: r.e.log()}
+	live := siblingPath(next, s.Live)
+	if _, err := run.Run(ctx, "snapshot the running root", "btrfs", "subvolume", "snapshot", "-r", r.e.Root.Dir, live); err != nil {
+		return err
+	}
+	crashAt("mid-" + StepCarryOver)
+	ld, err := btrfsdiff.Compute(ctx, run, base, live)
+	if err != nil {
+		return r.fallBack(ctx, err.Error())
+	}
+	td, err := r.txnDiff(ctx, run, base, next)
+	if err != nil {
+		return r.fallBack(ctx, err.Error())
+	}
+	cfg, err := configFlags(ctx, run, next, r.e.Root.DBPathRel(), ld, td)
+	if err != nil {
+		return r.fallBack(ctx, err.Error())
+	}
+	plan := carryover.Decide(carryover.Input{Live: ld, Txn: td, Config: cfg,
+		RPMDB: strings.TrimPrefix(r.e.Root.DBPathRel(), "/"), MaxEntries: maxCarryEntries})
+	if plan.Fallback != "" {
+		return r.fallBack(ctx, plan.Fallback)
+	}
+	stats, err := carryover.Apply(plan, base, live, next)
+	if errors.Is(err, carryover.ErrInexact) {
+		return r.fallBack(ctx, err.Error())
+	}
+	if err != nil {
+		return err
+	}
+	if err := dropRPMDBEnvironment(next); err != nil {
+		return err
+	}
+	r.res.Path, r.res.Carried, r.res.BytesCloned = PathStaged, stats.Paths, stats.BytesCloned
+	r.state.Snapshot, r.res.Snapshot, r.target = s.Next, s.Next, next
+	if err := r.st.save(r.state, r.e.now()); err != nil {
+		return err
+	}
+	r.report(StepCarryOver, fmt.Sprintf("carried over %d paths the running system changed since staging (%d bytes cloned)", stats.Paths, stats.BytesCloned))
+	return nil
+}
+
+// txnDiff is the transaction's change: next is made read-only for
+// btrfs send and writable again.
+func (r *run) txnDiff(ctx context.Context, run execlog.Runner, base, next string) (*btrfsdiff.Diff, error) {
+	if _, err := run.Run(ctx, "make the staged root read-only", "btrfs", "property", "set", "-ts", next, "ro", "true"); err != nil {
+		return nil, err
+	}
+	d, err := btrfsdiff.Compute(ctx, run, base, next)
+	if _, rerr := run.Run(ctx, "make the staged root writable", "btrfs", "property", "set", "-ts", next, "ro", "false"); rerr != nil {
+		return nil, errors.Join(err, rerr)
+	}
+	return d, err
+}
+
+// rpm file flags (rpmfiles.h).
+const (
+	rpmfileConfig    = 1 << 0
+	rpmfileNoReplace = 1 << 4
+)
+
+// configFlags reads from next's rpmdb the %config flags of the files both
+// sides changed (the only ones the rules ask about).
+func configFlags(ctx context.Context, run execlog.Runner, next, dbpath string, live, txn *btrfsdiff.Diff) (map[string]carryover.ConfigFlag, error) {
+	out := map[string]carryover.ConfigFlag{}
+	for _, e := range live.Entries {
+		if !txn.Touches(e.Path) || e.Path == "" {
+			continue
+		}
+		if _, ok := txn.Lookup(e.Path); !ok {
+			continue
+		}
+		res, err := run.Run(ctx, "read the %config flags of /"+e.Path, "rpm", "--root", next, "--dbpath", dbpath,
+			"-qf", "/"+e.Path, "--qf", "[%{FILEFLAGS} %{FILENAMES}\\n]")
+		if err != nil {
+			continue // owned by no package: no flag
+		}
+		for _, line := range strings.Split(res, "\n") {
+			flags, name, ok := strings.Cut(line, " ")
+			if !ok || name != "/"+e.Path {
+				continue
+			}
+			f, err := strconv.ParseUint(flags, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("cannot read the %%config flags of /%s: %q", e.Path, line)
+			}
+			switch {
+			case f&rpmfileNoReplace != 0 && f&rpmfileConfig != 0:
+				out[e.Path] = carryover.NoReplace
+			case f&rpmfileConfig != 0:
+				out[e.Path] = carryover.Config
+			}
+		}
+	}
+	return out, nil
+}
+
+// fallBack drops the stage and records why the classic steps run.
+func (r *run) fallBack(ctx context.Context, why string) error {
+	r.res.Path, r.res.PathReason = PathClassic, why
+	r.report(StepCarryOver, "cannot carry over the staged root ("+why+"): upgrading offline as without --stage")
+	return r.dropStage(ctx)
+}
+
+// dropStage is Engine.dropStageWith with the run's snapshotter.
+func (r *run) dropStage(ctx context.Context) error {
+	if r.state.Stage == nil {
+		return nil
+	}
+	snap, err := r.snapshotter(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot remove the staged root: %w", err)
+	}
+	return r.e.dropStageWith(ctx, r.st, r.state, snap)
+}
+
+// undoCarryOver drops the stage (next included, unless it is what boots)
+// and the run forgets next as its snapshot.
+func (r *run) undoCarryOver(ctx context.Context) error {
+	if s := r.state.Stage; s != nil && r.state.Snapshot == s.Next {
+		r.state.Snapshot = ""
+	}
+	return r.dropStage(ctx)
+}
+
+// dropStageOf drops the stage recorded in state (the new state of a
+// successful run) with the run's snapshotter.
+func (r *run) dropStageOf(ctx context.Context, state *State) error {
+	snap, err := r.snapshotter(ctx)
+	if err != nil {
+		return err
+	}
+	return r.e.dropStageWith(ctx, r.st, state, snap)
+}
