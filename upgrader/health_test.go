@@ -1,6 +1,7 @@
 package upgrader_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/keyarchos/kos-upgrade/pkg/health"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
+	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
 // readVerdict reads health.json of the root at dir.
@@ -39,7 +41,8 @@ func readVerdict(t *testing.T, dir string) *health.Verdict {
 // the fixture's 5.8 → 5.9), judged through the binary under --root
 // (offline: the enabled units, fstab and the default target are compared,
 // the live parts are not measured) against the baseline prepare and arm
-// took. app 2.0 disables acme-web.service (a packaging mistake); the plan
+// took. app 2.0-2 (repo 5.9-acme-off) disables acme-web.service (a
+// packaging mistake); the plan
 // removes legacy and its legacy.service (expected, with the rule).
 func TestHealthVerdict(t *testing.T) {
 	tests := []struct {
@@ -93,7 +96,12 @@ func TestHealthVerdict(t *testing.T) {
 			b := newBootSystem(t, true)
 			// prepare and arm took the baseline, offline: acme-web and
 			// legacy enabled, legacy.service expected to go.
-			res := b.applyKernel(t)
+			b.prepareAndArm(t, upgrader.PrepareOptions{Repos: b.repos(fixture.Repo59, fixture.Repo59Kernel, fixture.Repo59AcmeOff)})
+			ar, err := b.Engin.Apply(context.Background())
+			if err != nil {
+				t.Fatalf("apply: %v", err)
+			}
+			res := ar.Result
 			bl, err := os.ReadFile(filepath.Join(b.Root, sysroot.StateDirRel, "baseline.json"))
 			if err != nil {
 				t.Fatal(err)

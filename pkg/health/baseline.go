@@ -66,6 +66,10 @@ type Unit struct {
 	// running); empty when not measured.
 	Active string `json:"active,omitempty"`
 	Sub    string `json:"sub,omitempty"`
+	// Job is the type of the job queued for the unit ("start"), if any:
+	// an inactive unit with a start job is still to be started (ordered
+	// after the health check, say).
+	Job string `json:"job,omitempty"`
 }
 
 // Socket is a listening socket.
@@ -154,7 +158,7 @@ func (b *Baseline) Validate() error {
 		return fmt.Errorf("selinux mode %q is not enforcing, permissive or disabled", b.SELinux)
 	}
 	for _, u := range b.Units {
-		if !ValidUnitName(u.Name) || u.Type != UnitType(u.Name) || len(u.Active) > 32 || len(u.Sub) > 64 {
+		if !ValidUnitName(u.Name) || u.Type != UnitType(u.Name) || len(u.Active) > 32 || len(u.Sub) > 64 || len(u.Job) > 32 {
 			return fmt.Errorf("unit %q is not a valid unit record", u.Name)
 		}
 	}

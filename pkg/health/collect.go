@@ -191,6 +191,9 @@ func CollectLive(ctx context.Context, l Live, now time.Time) (*Baseline, error) 
 			byName[u.Name] = x
 		}
 		x.Active, x.Sub = u.ActiveState, u.SubState
+		if u.JobId != 0 {
+			x.Job = u.JobType
+		}
 	}
 	for _, u := range byName {
 		if u.Type == "device" || u.Type == "scope" || u.Type == "slice" {

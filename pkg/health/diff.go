@@ -63,6 +63,10 @@ type Diff struct {
 	// PreExisting are units that had failed before the upgrade and have
 	// failed now: not counted against it.
 	PreExisting []string `json:"pre_existing,omitempty"`
+	// Waiting are units that were active and are not yet, with a start
+	// job queued (ordered after the check, or behind a slow unit): not
+	// judged.
+	Waiting []string `json:"waiting,omitempty"`
 }
 
 // judgedTypes are the unit types whose activity is compared: devices,
@@ -102,7 +106,9 @@ func Compare(before, after *Baseline, ignore map[string]bool) Diff {
 				now += " (" + a.Sub + ")"
 			}
 		}
-		if activeBoth && b.Active == "active" && (!found || a.Active != "active") {
+		if activeBoth && b.Active == "active" && found && a.Active != "active" && a.Job == "start" {
+			d.Waiting = append(d.Waiting, b.Name)
+		} else if activeBoth && b.Active == "active" && (!found || a.Active != "active") {
 			kind := KindUnitInactive
 			if b.Enabled && b.Type == "service" {
 				kind = KindServiceInactive
@@ -188,5 +194,6 @@ func Compare(before, after *Baseline, ignore map[string]bool) Diff {
 		}
 	}
 	sort.Strings(d.PreExisting)
+	sort.Strings(d.Waiting)
 	return d
 }

@@ -42,6 +42,7 @@ func TestCompare(t *testing.T) {
 		regressions   []string
 		expected      []string
 		pre           []string
+		waiting       []string
 	}{
 		{name: "nothing changed",
 			before: live([]Unit{web}, []Socket{port}, []Mount{data}), after: live([]Unit{web}, []Socket{port}, []Mount{data})},
@@ -69,6 +70,10 @@ func TestCompare(t *testing.T) {
 			before:      live([]Unit{svc("packagekit.service", false, "active", "running")}, nil, nil),
 			after:       live(nil, nil, nil),
 			regressions: []string{"unit-inactive packagekit.service"}},
+		{name: "still to be started (a start job queued) is not judged",
+			before:  live([]Unit{web}, nil, nil),
+			after:   live([]Unit{{Name: "acme-web.service", Type: "service", Enabled: true, Active: "inactive", Sub: "dead", Job: "start"}}, nil, nil),
+			waiting: []string{"acme-web.service"}},
 		{name: "ignored unit",
 			before: live([]Unit{web}, nil, nil), after: live(nil, nil, nil), ignore: map[string]bool{"acme-web.service": true}},
 		{name: "mount missing",
@@ -102,6 +107,9 @@ func TestCompare(t *testing.T) {
 				if c.Rule == "" {
 					t.Errorf("expected change %s without its rule", c.Subject)
 				}
+			}
+			if !slices.Equal(d.Waiting, tc.waiting) {
+				t.Errorf("waiting %q, want %q", d.Waiting, tc.waiting)
 			}
 			if !slices.Equal(d.PreExisting, tc.pre) {
 				t.Errorf("pre-existing %q, want %q", d.PreExisting, tc.pre)

@@ -96,6 +96,9 @@ func Judge(in Input) *Verdict {
 				Message: fmt.Sprintf("%s is required by health.conf and is %s", u, state)})
 		}
 	}
+	for _, u := range v.Waiting {
+		v.Warnings = append(v.Warnings, u+" was active before the upgrade and is still waiting to start (a start job is queued): not judged")
+	}
 	for i := range v.Regressions {
 		c := &v.Regressions[i]
 		c.Fatal = pol.Fatal[c.Kind] || c.Kind == KindRequiredInactive

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/keyarchos/kos-upgrade/pkg/health"
+	"github.com/keyarchos/kos-upgrade/test/fixture"
 )
 
 // healthConf is the guest's /etc/kos-upgrade/health.conf: a short wait for
@@ -87,34 +88,59 @@ func expectLiveBaseline(t *testing.T, g *Guest) {
 	}
 }
 
-// expectLiveVerdict checks the dry-run verdict of the new system (boot n):
-// red, because app 2.0 disabled acme-web.service (it was active and is
-// inactive, its port gone); legacy.service gone as the plan said.
-func expectLiveVerdict(t *testing.T, f *Facts) {
+// expectLiveVerdict checks the dry-run verdict of the new system in boot
+// n's facts. disabled: the upgrade disabled acme-web.service (app 2.0-2 of
+// repo 5.9-acme-off): red, it was active and is inactive, its port gone.
+// Otherwise green, acme-web running on. Either way legacy.service's end
+// is expected (the plan removes legacy) and the always-failing unit is
+// pre-existing.
+func expectLiveVerdict(t *testing.T, f *Facts, disabled bool) {
 	t.Helper()
 	var v health.Verdict
 	if err := json.Unmarshal([]byte(f.File("verdict.json")), &v); err != nil {
 		t.Fatalf("kos-upgrade health --dry-run in the new system: %v\n%s\n%s", err, f.File("verdict.json"), f.File("verdict.err"))
 	}
-	if v.Green || strings.TrimSpace(f.File("verdict.rc")) != "1" {
-		t.Errorf("the new system's verdict is green (exit %s): %+v", f.File("verdict.rc"), v)
-	}
 	all := strings.Join(append(append([]string{}, v.Reasons...), v.Warnings...), "\n")
-	for _, want := range []string{"acme-web.service was active before the upgrade and is inactive after",
-		"tcp 127.0.0.1:8080 (acme-web.service) was listening before the upgrade and is not after"} {
-		if !strings.Contains(all, want) {
-			t.Errorf("the verdict lacks %q:\n%s", want, all)
+	rc := strings.TrimSpace(f.File("verdict.rc"))
+	if disabled {
+		if v.Green || rc != "1" {
+			t.Errorf("the verdict of the system whose web server the upgrade disabled is green (exit %s): %+v", rc, v)
 		}
+		for _, want := range []string{"acme-web.service was active before the upgrade and is inactive after",
+			"tcp 127.0.0.1:8080 (acme-web.service) was listening before the upgrade and is not after"} {
+			if !strings.Contains(all, want) {
+				t.Errorf("the verdict lacks %q:\n%s", want, all)
+			}
+		}
+	} else if !v.Green || rc != "0" || strings.Contains(all, "acme-web") {
+		t.Errorf("the verdict of a healthy upgrade is not green (exit %s): reasons %q, warnings %q", rc, v.Reasons, v.Warnings)
 	}
 	var legacy bool
 	for _, c := range v.Expected {
 		legacy = legacy || c.Subject == "legacy.service" && strings.Contains(c.Rule, "removed by the plan")
 	}
-	if !slices.Contains(v.PreExisting, "kos-e2e-broken.service") || strings.Contains(all, "kos-e2e-broken.service") || strings.Contains(all, "kos-upgrade-health") {
-		t.Errorf("the unit failing before the upgrade is not (only) pre-existing: pre-existing %q, findings:\n%s", v.PreExisting, all)
-	}
 	if !legacy || strings.Contains(all, "legacy.service") {
 		t.Errorf("legacy.service's end is not listed as expected: expected %+v, findings:\n%s", v.Expected, all)
 	}
+	if !slices.Contains(v.PreExisting, "kos-e2e-broken.service") || strings.Contains(all, "kos-e2e-broken.service") || strings.Contains(all, "kos-upgrade-health") {
+		t.Errorf("the unit failing before the upgrade is not (only) pre-existing: pre-existing %q, findings:\n%s", v.PreExisting, all)
+	}
 	t.Logf("the new system's verdict: reasons %q, warnings %q, pre-existing %q", v.Reasons, v.Warnings, v.PreExisting)
+}
+
+// TestNspawnHealthVerdict: the upgrade disables acme-web.service (app
+// 2.0-2, a packaging mistake). The baseline arm took in the running 5.8
+// guest has it active and listening; the new system, judged live through
+// systemd as its first boot would (health --dry-run: the nspawn tier has
+// no boot loader to fall back with), is red and says why.
+func TestNspawnHealthVerdict(t *testing.T) {
+	g := NewGuest(t)
+	writeHealthConf(t, g)
+	g.Kos(t, append([]string{"prepare", "--to", "5.9"}, g.repoFlags(fixture.Repo59, fixture.Repo59AcmeOff)...)...)
+	g.Step(t, 1, "kos-upgrade reboot\n")
+	g.Step(t, 3, healthStep)
+	boots := g.Run(t, maxBoots)
+	expectBoots(t, boots, "@:reboot", "@:reboot", "kos-upgrade/*:poweroff")
+	expectLiveBaseline(t, g)
+	expectLiveVerdict(t, g.Facts(3), true)
 }
