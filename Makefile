@@ -45,10 +45,12 @@ test: build ## run the whole test suite (real rpm, dnf, btrfs: run as root)
 unit: ## run only tests that need neither root nor tools
 	KOS_UPGRADE_REQUIRE_ALL= $(GO) test -count=1 -short $(PKGS)
 
-fuzz: ## fuzz the plan and state parsers for 30 seconds each (FUZZTIME=1000000x for a million runs)
+fuzz: ## fuzz the plan, state, btrfs stream, health baseline and health.conf parsers for 30 seconds each (FUZZTIME=1000000x for a million runs)
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePlan$$' -fuzztime $(FUZZTIME) ./upgrader
 	$(GO) test -run '^$$' -fuzz '^FuzzParseState$$' -fuzztime $(FUZZTIME) ./upgrader
 	$(GO) test -run '^$$' -fuzz '^FuzzParseStream$$' -fuzztime $(FUZZTIME) ./pkg/btrfsdiff
+	$(GO) test -run '^$$' -fuzz '^FuzzParseBaseline$$' -fuzztime $(FUZZTIME) ./pkg/health
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./pkg/health
 
 bench: build ## run the benchmarks (P1 apply vs rpm -U, P2 snapshot scaling, binary size)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...

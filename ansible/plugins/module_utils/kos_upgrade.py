@@ -178,9 +178,11 @@ def verdict(state):
     """Reads a host's verdict from its state.json document (as `status
     --json` shows it): (verdict, reason). The only place that does.
 
-    Today's health check records its outcome in the state: the boot
-    entry's trial (state.boot.trial: armed, blessed, fell-back, none) and
-    the last result (kind fallback, with the reason in error).
+    The first-boot health check records its outcome in the state: the
+    boot entry's trial (state.boot.trial: armed, blessed, fell-back, none)
+    and the last result (kind fallback, whose error carries the fatal
+    findings of the verdict, health.json: "automatic fallback:
+    acme-web.service was active before the upgrade and is inactive after").
     """
     state = state or {}
     status = state.get('status') or 'idle'
