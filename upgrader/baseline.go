@@ -39,7 +39,8 @@ func (e *Engine) observe(ctx context.Context) *health.Baseline {
 }
 
 // saveBaseline measures the system and writes baseline.json with the
-// changes the plan expects.
+// changes the plan expects; the verdict of an earlier first boot
+// (health.json) goes.
 func (e *Engine) saveBaseline(ctx context.Context, st store, p *Plan) error {
 	b := e.observe(ctx)
 	b.Expected = e.expectations(ctx, p)
@@ -52,6 +53,10 @@ func (e *Engine) saveBaseline(ctx context.Context, st store, p *Plan) error {
 	}
 	if err := atomicfile.WriteFile(st.baselinePath(), out, 0o600); err != nil {
 		return fmt.Errorf("cannot save the health baseline: %w", err)
+	}
+	// The verdict of an earlier upgrade's first boot is not this one's.
+	if err := atomicfile.Remove(st.verdictPath()); err != nil {
+		return fmt.Errorf("cannot remove the previous health verdict: %w", err)
 	}
 	what := "live"
 	if !b.Live {

@@ -58,6 +58,8 @@ func TestHealthVerdict(t *testing.T) {
 		// ROOT stands for the new root);
 		// output is in the command's output
 		hook, output string
+		// rearm: prepare and arm again on the old system afterwards
+		rearm bool
 	}{
 		{name: "unit disabled by the upgrade is fatal by policy",
 			setup: func(t *testing.T, newRoot string) {
@@ -65,6 +67,7 @@ func TestHealthVerdict(t *testing.T) {
 				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/red.d/10-notify"), "#!/bin/sh\necho \"$KOS_UPGRADE_VERDICT $KOS_UPGRADE_VERDICT_FILE\" > "+filepath.Join(newRoot, "hook-ran")+"\nexit 7\n", 0o755)
 			},
 			hook:   "fallback ROOT" + sysroot.StateDirRel + "/health.json",
+			rearm:  true,
 			output: "hook red.d/10-notify: failed",
 			want: []string{"acme-web.service was enabled before the upgrade and is not after",
 				"expected: legacy.service was enabled before the upgrade and is not after: package legacy is removed by the plan"}},
@@ -164,6 +167,14 @@ func TestHealthVerdict(t *testing.T) {
 				}
 				if !strings.HasPrefix(w, "expected:") && !strings.Contains(findings, w) {
 					t.Errorf("verdict lacks %q:\n%s", w, findings)
+				}
+			}
+			if tc.rearm {
+				// The next upgrade's arm takes a new baseline and drops
+				// the verdict of this one's first boot.
+				b.prepareAndArm(t, upgrader.PrepareOptions{Repos: b.repos(fixture.Repo59, fixture.Repo59Kernel)})
+				if _, err := os.Stat(filepath.Join(b.Root, sysroot.StateDirRel, "health.json")); !os.IsNotExist(err) {
+					t.Errorf("the old verdict survived the next arm: %v", err)
 				}
 			}
 		})
