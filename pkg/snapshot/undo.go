@@ -120,6 +120,9 @@ func (u *Undo) spec(dir string) undojournal.Spec {
 		Trees:      append(append([]string(nil), UndoTrees...), u.dbPath),
 		CloneTrees: UndoCloneTrees,
 		Exclude:    []string{sysroot.StateDirRel},
+		// rpm rewrites its database in place, page by page: a clone
+		// would make each write a copy on write.
+		Copy: []string{u.dbPath},
 	}
 }
 

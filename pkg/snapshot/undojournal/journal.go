@@ -69,6 +69,22 @@ type Spec struct {
 	// Exclude are paths inside Root never saved nor touched by Restore
 	// (the state directory holding the journal).
 	Exclude []string
+	// Copy are paths inside Root whose files are copied even where they
+	// could be cloned: files the transaction rewrites in place, page by
+	// page (the rpm database), where a clone would make every write a
+	// copy on write of a shared extent.
+	Copy []string
+}
+
+// under reports whether p is one of dirs or below one.
+func under(p string, dirs []string) bool {
+	for _, d := range dirs {
+		d = filepath.Clean("/" + d)
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // Entry kinds.
@@ -144,7 +160,7 @@ func Check(ctx context.Context, spec Spec) (Need, error) {
 	if err != nil {
 		return Need{}, err
 	}
-	return check(parent, reflink, ents)
+	return check(spec, parent, reflink, ents)
 }
 
 // probe finds where the journal goes (its nearest existing directory: it
@@ -174,16 +190,22 @@ func trees(spec Spec, reflink bool) []string {
 	return cleanAll(t)
 }
 
-func check(parent string, reflink bool, ents []entry) (Need, error) {
+func check(spec Spec, parent string, reflink bool, ents []entry) (Need, error) {
 	n := Need{Reflink: reflink}
+	var copied int64
 	for _, e := range ents {
 		if e.Kind == kindFile {
 			n.Covered += e.Size
+			if under(e.Path, spec.Copy) {
+				copied += e.Size
+			}
 		}
 	}
 	n.Bytes = int64(len(ents))*256 + 1<<20
 	if !n.Reflink {
 		n.Bytes += n.Covered
+	} else {
+		n.Bytes += copied
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(parent, &sfs); err != nil {
@@ -256,7 +278,7 @@ func Create(ctx context.Context, spec Spec) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	need, err := check(parent, reflink, ents)
+	need, err := check(spec, parent, reflink, ents)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -273,7 +295,8 @@ func Create(ctx context.Context, spec Spec) (Stats, error) {
 		switch e.Kind {
 		case kindFile:
 			e.Data = fmt.Sprintf("%07d", i)
-			if err := saveFile(filepath.Join(spec.Root, e.Path), filepath.Join(spec.Dir, dataDir, e.Data), need.Reflink); err != nil {
+			clone := need.Reflink && !under(e.Path, spec.Copy)
+			if err := saveFile(filepath.Join(spec.Root, e.Path), filepath.Join(spec.Dir, dataDir, e.Data), clone); err != nil {
 				return st, err
 			}
 			st.Files++
