@@ -112,6 +112,12 @@ func TestNoCredentialsForEveryone(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "state.json"), []byte(state), 0o600)
 	os.MkdirAll(filepath.Join(dir, "history"), 0o700)
 	os.WriteFile(filepath.Join(dir, "history", "20251201T000000.000Z-5.8.json"), []byte(`{"run_id": "20251201T000000.000Z-5.8", "kind": "apply", "status": "failed", "error": "cannot download https://deploy:`+secret+`@mirror.example/x.rpm", "started_at": "2025-12-01T00:00:00Z"}`), 0o600)
+	// The first-boot verdict: its reasons are for everyone, the site
+	// checks' output is not (health.json is root's).
+	const checkSecret = "pg-passw0rd"
+	os.WriteFile(filepath.Join(dir, "health.json"), []byte(`{"version": 1, "green": false, "decision": "fallback", "at": "2026-01-01T00:00:00Z",
+"reasons": ["check required.d/db failed (exit status 1): db down"], "baseline": "x",
+"checks": [{"name": "required.d/db", "class": "required", "result": "failed", "output": "password=`+checkSecret+`\ndb down", "seconds": 1}]}`), 0o600)
 	startDaemon(t, b, s, dbusapi.Options{})
 
 	var seen []string
@@ -135,6 +141,9 @@ func TestNoCredentialsForEveryone(t *testing.T) {
 	}
 	if !strings.Contains(all, "https://***@mirror.example") {
 		t.Errorf("the redacted URL is not shown:\n%s", all)
+	}
+	if strings.Contains(all, checkSecret) || !strings.Contains(all, "db down") {
+		t.Errorf("GetReport shows a site check's output, or not the verdict's reason:\n%s", all)
 	}
 
 	// A prepare (the daemon's, as root) leaves root-only files.

@@ -18,6 +18,7 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
+	"github.com/keyarchos/kos-upgrade/pkg/health"
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
@@ -747,6 +748,13 @@ func (o object) GetReport(options map[string]dbus.Variant) (string, *dbus.Error)
 		return "", engineError(err)
 	}
 	rep := Report{StatusReport: *r}
+	if v := rep.Health; v != nil {
+		// The site checks' output stays in health.json (root only): a
+		// script may print what not everyone should read.
+		c := *v
+		c.Checks, c.Hooks = withoutOutput(v.Checks), withoutOutput(v.Hooks)
+		rep.Health = &c
+	}
 	o.s.mu.Lock()
 	if j := o.s.job; j != nil {
 		rep.Job = &JobInfo{Name: j.name, Step: j.step, Percent: o.s.pct, Target: j.target, UID: j.uid, StartedAt: j.started}
@@ -796,4 +804,14 @@ func validImage(p string) error {
 		return fmt.Errorf("not a regular file")
 	}
 	return nil
+}
+
+// withoutOutput returns the check results without their output.
+func withoutOutput(rs []health.CheckResult) []health.CheckResult {
+	out := make([]health.CheckResult, len(rs))
+	for i, r := range rs {
+		r.Output = ""
+		out[i] = r
+	}
+	return out
 }
