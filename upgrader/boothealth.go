@@ -82,6 +82,9 @@ func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult,
 	}
 	defer l.release()
 	bs := state.Boot
+	if undoAwaitsFirstBoot(state) {
+		return e.healthInPlace(ctx, st, state, opts)
+	}
 	if state.Status != StatusSucceeded || bs == nil || bs.Entry == "" {
 		return &HealthResult{Action: HealthNone, Reason: "no upgrade awaits its first boot"}, nil
 	}
@@ -223,4 +226,44 @@ func (e *Engine) judge(ctx context.Context, st store, opts HealthOptions) *healt
 		v.Checks = append(v.Checks, r)
 	}
 	return v
+}
+
+// undoAwaitsFirstBoot reports whether state is a successful in-place
+// upgrade with an undo journal whose first boot was not judged yet: it has
+// no trial entry (the current entries boot the upgraded root), so every
+// boot of this root until the verdict is the upgraded system's.
+func undoAwaitsFirstBoot(state *State) bool {
+	return state.Status == StatusSucceeded && state.InPlace && state.Backend == snapshot.BackendUndo &&
+		state.Previous != "" && !state.Blessed
+}
+
+// healthInPlace is Health of the first boot after an in-place upgrade with
+// an undo journal: green records the blessing (clean may drop the
+// journal); red undoes the upgrade from the journal and /boot from its
+// backup (the engine's rollback, kind fallback) and asks for a reboot.
+func (e *Engine) healthInPlace(ctx context.Context, st store, state *State, opts HealthOptions) (*HealthResult, error) {
+	v := e.judge(ctx, st, opts)
+	if !v.Green {
+		v.Decision = "fallback"
+		reason := "automatic fallback: " + strings.Join(v.Reasons, "; ")
+		if err := st.saveVerdict(v); err != nil {
+			e.log().Warn("cannot record the verdict", "err", err)
+		}
+		res, err := e.rollbackWith(ctx, st, state, "fallback", reason, v)
+		if err != nil {
+			return nil, errors.Join(errors.New(reason), err)
+		}
+		e.report(progress.Event{Step: "health", Message: reason + "; the root was put back from the undo journal: reboot"})
+		return &HealthResult{Action: HealthFellBack, Reason: reason, Reboot: true, Result: res, Verdict: v}, nil
+	}
+	v.Decision = "blessed"
+	if err := st.saveVerdict(v); err != nil {
+		return nil, err
+	}
+	state.Blessed = true
+	if err := st.save(state, e.now()); err != nil {
+		return nil, err
+	}
+	e.report(progress.Event{Step: "health", Message: "the upgraded system is healthy; kos-upgrade clean removes the undo journal " + state.Previous})
+	return &HealthResult{Action: HealthBlessed, Reason: "first boot after the in-place upgrade is healthy", Verdict: v}, nil
 }

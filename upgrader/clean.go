@@ -41,6 +41,18 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 	if !snapshot.Protects(state.Backend) {
 		return removed, nil
 	}
+	if state.Status == StatusSucceeded && state.InPlace && state.Blessed && state.Backend == snapshot.BackendUndo && state.Previous != "" {
+		// The upgraded system's first boot was healthy: the undo journal
+		// is no rollback point any more.
+		if err := e.dropJournal(ctx, state); err != nil {
+			return removed, err
+		}
+		removed = append(removed, "undo journal "+state.Previous)
+		state.Previous, state.Snapshot = "", ""
+		if err := st.save(state, e.now()); err != nil {
+			return removed, err
+		}
+	}
 	gone, err := e.cleanSnapshots(ctx, state)
 	return append(removed, gone...), err
 }
@@ -120,4 +132,17 @@ func (e *Engine) cleanSnapshots(ctx context.Context, state *State) ([]string, er
 		removed = append(removed, "snapshot "+s.Name)
 	}
 	return removed, nil
+}
+
+// dropJournal deletes the undo journal of state's successful run.
+func (e *Engine) dropJournal(ctx context.Context, state *State) error {
+	snap, err := e.Snapshotters(ctx, state.Backend, e.Root)
+	if err != nil {
+		return fmt.Errorf("cannot remove the undo journal: %w", err)
+	}
+	defer snap.Close()
+	if err := snap.Delete(ctx, state.Previous); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+		return fmt.Errorf("cannot remove the undo journal %s: %w", state.Previous, err)
+	}
+	return nil
 }

@@ -79,6 +79,11 @@ type State struct {
 	// scheduled: the running root is replaced by the rollback point at
 	// the next boot, so nothing may be upgraded before that reboot.
 	RebootRequired bool `json:"reboot_required,omitempty"`
+	// Blessed is set when the first boot of a system upgraded in place
+	// with an undo journal (backend undo, which has no trial boot) passed
+	// its health check: the journal is no longer needed, and clean
+	// removes it.
+	Blessed bool `json:"blessed,omitempty"`
 	// Boot is the boot loader side of the run; nil when the system has no
 	// boot loader kos-upgrade handles (or the run has no snapshot).
 	Boot *BootState `json:"boot,omitempty"`

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/keyarchos/kos-upgrade/pkg/health"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
@@ -248,5 +249,93 @@ func TestUndoCrashAtEveryStep(t *testing.T) {
 				t.Errorf("journals left: %v", j)
 			}
 		})
+	}
+}
+
+// The first boot after an in-place upgrade with an undo journal: green
+// blesses it and clean then drops the journal; red falls back through the
+// journal, digest for digest.
+func TestUndoHealth(t *testing.T) {
+	green := func(context.Context, *health.Baseline, error) *health.Verdict {
+		return &health.Verdict{Version: 1, Green: true}
+	}
+	for _, tc := range []struct {
+		name    string
+		checks  []upgrader.HealthCheck
+		blessed bool
+	}{
+		{name: "healthy", blessed: true},
+		{name: "unhealthy", checks: []upgrader.HealthCheck{{Name: "app", Run: func(context.Context) error { return errors.New("app does not answer") }}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newUndoSystem(t)
+			ctx := context.Background()
+			oldPkgs := rpmQA(t, s.Root)
+			before := s.digest(t)
+			s.prepareAndArm(t, upgrader.PrepareOptions{Snapshot: snapshot.BackendUndo})
+			res, err := s.Engin.Apply(ctx)
+			if err != nil {
+				t.Fatalf("apply: %v", err)
+			}
+			name := res.Result.Snapshot
+			hr, err := s.Engin.Health(ctx, upgrader.HealthOptions{Judge: green, Checks: tc.checks})
+			if err != nil {
+				t.Fatalf("health: %v", err)
+			}
+			if !tc.blessed {
+				if hr.Action != upgrader.HealthFellBack || !hr.Reboot || !strings.Contains(hr.Reason, "app does not answer") {
+					t.Fatalf("health: %+v", hr)
+				}
+				s.requireUndone(t, before, oldPkgs)
+				st, err := s.Engin.Status(ctx)
+				if err != nil || st.State.Status != upgrader.StatusRolledBack || st.State.RebootRequired {
+					t.Errorf("state after the fallback: %+v, %v", st, err)
+				}
+				return
+			}
+			if hr.Action != upgrader.HealthBlessed {
+				t.Fatalf("health: %+v", hr)
+			}
+			// Again: nothing more to judge.
+			if hr, err := s.Engin.Health(ctx, upgrader.HealthOptions{Judge: green}); err != nil || hr.Action != upgrader.HealthNone {
+				t.Errorf("health again: %+v, %v", hr, err)
+			}
+			if j := s.journals(t); len(j) != 1 {
+				t.Fatalf("journals before clean: %v", j)
+			}
+			removed, err := s.Engin.Clean(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j := s.journals(t); len(j) > 0 {
+				t.Errorf("clean after the blessing left %v (removed %v)", j, removed)
+			}
+			if !strings.Contains(strings.Join(removed, ","), "undo journal "+name) {
+				t.Errorf("clean removed %v", removed)
+			}
+			if err := s.Engin.RollbackCheck(ctx); err == nil {
+				t.Error("rollback still offered without a journal")
+			}
+		})
+	}
+}
+
+// clean keeps the journal of a successful run until its first boot was
+// blessed: it is the rollback point.
+func TestUndoCleanKeepsJournal(t *testing.T) {
+	s := newUndoSystem(t)
+	ctx := context.Background()
+	s.prepareAndArm(t, upgrader.PrepareOptions{Snapshot: snapshot.BackendUndo})
+	if _, err := s.Engin.Apply(ctx); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if _, err := s.Engin.Clean(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if j := s.journals(t); len(j) != 1 {
+		t.Fatalf("clean before the first boot's verdict removed the journal: %v", j)
+	}
+	if err := s.Engin.RollbackCheck(ctx); err != nil {
+		t.Errorf("rollback not offered: %v", err)
 	}
 }
