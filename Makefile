@@ -18,7 +18,7 @@ RPMFLAGS  ?= $(shell rpm -q rpm >/dev/null 2>&1 || echo --nodeps)
 PKGS      := ./...
 # Real-component tests need root and the tools test/run.sh installs; in CI
 # KOS_UPGRADE_REQUIRE_ALL=1 turns their skips into failures.
-TESTFLAGS ?= -count=1 -timeout 25m
+TESTFLAGS ?= -count=1 -timeout 45m
 
 FUZZTIME ?= 30s
 
