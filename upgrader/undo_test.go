@@ -2,6 +2,7 @@ package upgrader_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/keyarchos/kos-upgrade/pkg/health"
+	"github.com/keyarchos/kos-upgrade/pkg/preflight"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
@@ -337,5 +339,72 @@ func TestUndoCleanKeepsJournal(t *testing.T) {
 	}
 	if err := s.Engin.RollbackCheck(ctx); err != nil {
 		t.Errorf("rollback not offered: %v", err)
+	}
+}
+
+// check names the backend, what the journal needs and what it cannot
+// undo; on a filesystem without reflinks whose free space cannot hold the
+// copies, it inhibits.
+func TestUndoCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		mkfs     []string
+		fill     int64 // bytes left free after filling
+		severity preflight.Severity
+		detail   string
+	}{
+		{name: "xfs-reflink", mkfs: []string{"mkfs.xfs", "-q", "-f", "-m", "reflink=1"}, severity: preflight.Info, detail: "clones files (reflink)"},
+		{name: "ext4-full", mkfs: []string{"mkfs.ext4", "-q", "-F"}, fill: 100 << 20, severity: preflight.High, detail: "does not clone files"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() {
+				t.Skip("skipping real-component test in -short mode")
+			}
+			testenv.RequireRoot(t)
+			set := fixture.MustBuild(t)
+			root := testenv.NewLoopFS(t, 600, tc.mkfs...)
+			if err := fixture.InstallBase(context.Background(), set, root); err != nil {
+				t.Fatal(err)
+			}
+			if tc.fill > 0 {
+				var sfs syscall.Statfs_t
+				if err := syscall.Statfs(root, &sfs); err != nil {
+					t.Fatal(err)
+				}
+				f, err := os.Create(filepath.Join(root, "filler"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := syscall.Fallocate(int(f.Fd()), 0, 0, int64(sfs.Bavail)*sfs.Bsize-tc.fill); err != nil {
+					t.Fatal(err)
+				}
+				f.Close()
+			}
+			// stdout only: progress goes to stderr.
+			out, _ := exec.Command(binary(t), "--root", root, "--json", "check", "--to", "5.9").Output()
+			var rep preflight.Report
+			if err := json.Unmarshal(out, &rep); err != nil {
+				t.Fatalf("check --json: %v\n%s", err, out)
+			}
+			var undo, limits *preflight.Finding
+			for i, f := range rep.Findings {
+				switch f.Key {
+				case preflight.KeySnapshotUndo:
+					undo = &rep.Findings[i]
+				case preflight.KeyUndoLimits:
+					limits = &rep.Findings[i]
+				}
+			}
+			if undo == nil || limits == nil {
+				t.Fatalf("check does not say how the undo journal protects the upgrade:\n%s", out)
+			}
+			if undo.Severity != tc.severity || !strings.Contains(strings.Join(append(undo.Details, undo.Summary), " "), tc.detail) {
+				t.Errorf("snapshot.undo: %+v", undo)
+			}
+			if tc.severity == preflight.High && !rep.Inhibited {
+				t.Errorf("copies that do not fit did not inhibit: %+v", undo)
+			}
+			t.Logf("%s: %s %v", undo.Title, undo.Summary, undo.Details)
+		})
 	}
 }

@@ -408,10 +408,12 @@ func undoFindings(f *Facts) []Finding {
 	// Without reflinks the journal copies the installed files of every
 	// package replaced or erased, /etc and the rpm database.
 	need := u.TreeSize
-	what := fmt.Sprintf("%s of /etc and the rpm database", Size(u.TreeSize))
+	what := fmt.Sprintf("%s of /etc, dnf's state and the rpm database", Size(u.TreeSize))
+	var tx int64 // what the transaction itself needs (checkSpace's)
 	if a := f.Assessment; a != nil {
 		need += a.EraseSize
 		what = fmt.Sprintf("%s of files of the packages replaced or removed + %s", Size(a.EraseSize), what)
+		tx = a.InstallSize + a.DownloadSize
 	}
 	fd := Finding{
 		Key: KeySnapshotUndo, Severity: Info, Groups: []string{"snapshot"},
@@ -423,13 +425,13 @@ func undoFindings(f *Facts) []Finding {
 		fd.Details = append(fd.Details, fmt.Sprintf("the root's filesystem clones files (reflink): the journal shares their blocks and needs almost no space (it would need %s as copies: %s)", Size(need), what))
 	} else {
 		fd.Details = append(fd.Details, fmt.Sprintf("the root's filesystem does not clone files (no reflink): the journal copies %s (%s)", Size(need), what))
-		if f.RootFS != nil && f.RootFS.Free < margin(need) {
+		if total := margin(need + tx); f.RootFS != nil && f.RootFS.Free < total {
 			fd.Severity, fd.Groups = High, inhibitor("snapshot", "space")
 			fd.Title = "Not enough free space for the undo journal"
-			fd.Summary = fmt.Sprintf("The root's filesystem does not clone files, so the undo journal copies %s (%s); %s needs %s with the margin and has %s free.",
-				Size(need), what, f.RootFS.Mount, Size(margin(need)), Size(f.RootFS.Free))
+			fd.Summary = fmt.Sprintf("The root's filesystem does not clone files, so the undo journal copies %s (%s); with the upgrade's %s and the margin, %s needs %s and has %s free.",
+				Size(need), what, Size(tx), f.RootFS.Mount, Size(total), Size(f.RootFS.Free))
 			fd.Remediations = []Remediation{
-				hint("free at least %s on %s", Size(margin(need)-f.RootFS.Free), f.RootFS.Mount),
+				hint("free at least %s on %s", Size(total-f.RootFS.Free), f.RootFS.Mount),
 				hint("or upgrade without a rollback point: --snapshot none"),
 			}
 		}
