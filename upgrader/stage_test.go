@@ -9,10 +9,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
@@ -21,11 +25,13 @@ import (
 )
 
 // liveScript is a seeded script of what the running system does after
-// staging: files added, edited, removed, renamed, chmod, a symlink, the
-// %config(noreplace) /etc/app.conf edited (the transaction replaces it),
-// and, with conflict, /usr/bin/app (a packaged file the transaction also
-// replaces: outside the rules).
-func liveScript(t *testing.T, root string, seed int64, conflict bool) []string {
+// staging: files added, edited, removed, renamed, chmod, chown, xattrs, a
+// symlink retargeted, a hard link, a user added (/etc/passwd, /etc/shadow),
+// a big file rewritten in place (bigMiB), the %config(noreplace)
+// /etc/app.conf edited (the transaction replaces it), and, with conflict,
+// /usr/bin/app (a packaged file the transaction also replaces: outside the
+// rules).
+func liveScript(t *testing.T, root string, seed int64, conflict bool, bigMiB int) []string {
 	t.Helper()
 	rng := rand.New(rand.NewSource(seed))
 	var log []string
@@ -38,10 +44,20 @@ func liveScript(t *testing.T, root string, seed int64, conflict bool) []string {
 			t.Fatal(err)
 		}
 	}
-	for i := 0; i < 3+rng.Intn(10); i++ {
+	appendTo := func(p, data string) {
+		f, err := os.OpenFile(filepath.Join(root, p), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3+rng.Intn(12); i++ {
 		p := fmt.Sprintf("srv/site/f%d", rng.Intn(8))
 		full := filepath.Join(root, p)
-		switch rng.Intn(6) {
+		switch rng.Intn(11) {
 		case 0:
 			w(p, strings.Repeat("x", rng.Intn(10000)))
 			log = append(log, "write "+p)
@@ -58,18 +74,44 @@ func liveScript(t *testing.T, root string, seed int64, conflict bool) []string {
 				log = append(log, "chmod "+p)
 			}
 		case 4:
+			if os.Lchown(full, 1000+rng.Intn(5), 100) == nil {
+				log = append(log, "chown "+p)
+			}
+		case 5:
+			if unix.Lsetxattr(full, "user.kos", []byte(fmt.Sprint(seed, i)), 0) == nil {
+				log = append(log, "setfattr "+p)
+			}
+		case 6:
 			os.Remove(filepath.Join(root, "srv/site/link"))
 			if err := os.Symlink(filepath.Base(p), filepath.Join(root, "srv/site/link")); err != nil {
 				t.Fatal(err)
 			}
 			log = append(log, "ln -s "+p)
-		case 5:
-			f, err := os.OpenFile(filepath.Join(root, "etc/app.conf"), os.O_WRONLY|os.O_APPEND, 0)
+		case 7:
+			hl := fmt.Sprintf("srv/site/h%d-%d", seed, i)
+			if os.Link(full, filepath.Join(root, hl)) == nil {
+				log = append(log, "ln "+p+" "+hl)
+			}
+		case 8:
+			name := fmt.Sprintf("u%d_%d", seed, i)
+			appendTo("etc/passwd", name+":x:1000:1000::/home/"+name+":/bin/sh\n")
+			appendTo("etc/shadow", name+":!!:19000:0:99999:7:::\n")
+			log = append(log, "useradd "+name)
+		case 9:
+			f, err := os.OpenFile(filepath.Join(root, "srv/big"), os.O_WRONLY, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			fmt.Fprintf(f, "# local %d\n", i)
+			chunk := []byte(strings.Repeat(fmt.Sprint(seed%10), 1<<20))
+			for off := int64(0); off < int64(bigMiB)<<20; off += 1 << 20 {
+				if _, err := f.WriteAt(chunk, off); err != nil {
+					t.Fatal(err)
+				}
+			}
 			f.Close()
+			log = append(log, fmt.Sprintf("rewrite srv/big (%d MiB)", bigMiB))
+		case 10:
+			appendTo("etc/app.conf", fmt.Sprintf("# local %d\n", i))
 			log = append(log, "edit /etc/app.conf")
 		}
 	}
@@ -80,90 +122,144 @@ func liveScript(t *testing.T, root string, seed int64, conflict bool) []string {
 	return log
 }
 
-// upgradedTree is the digest of the root a successful apply made, minus
-// what must differ between two runs at different times: the state
-// directory (run ids, times), the rpm database and dnf's history (install
-// times; the package sets are compared with rpm -qa).
+// upgradedTree is the digest of the root a successful apply made (types,
+// modes, contents, symlink targets, owners, xattrs), minus what must
+// differ between two runs at different times: the state directory (run
+// ids, times), the rpm database and dnf's history (install times; the
+// package sets are compared with rpm -qa), dnf's cache and /var/log.
 func upgradedTree(t *testing.T, s *system, res *upgrader.ApplyResult) map[string]string {
 	t.Helper()
 	if res == nil || !res.Ran || res.Result == nil || !res.Result.Success {
 		t.Fatalf("apply did not succeed: %+v", res)
 	}
-	return treeDigest(t, filepath.Join(s.FS.Top, res.Result.Snapshot), "var/lib/kos-upgrade", "var/lib/rpm", "var/lib/dnf", "var/cache/dnf", "var/log")
+	root := filepath.Join(s.FS.Top, res.Result.Snapshot)
+	d := treeDigest(t, root, "var/lib/kos-upgrade", "var/lib/rpm", "var/lib/dnf", "var/cache/dnf", "var/log")
+	for rel := range d {
+		full := filepath.Join(root, rel)
+		fi, err := os.Lstat(full)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		d[rel] += fmt.Sprintf(" %d:%d", st.Uid, st.Gid)
+		buf := make([]byte, 4096)
+		if n, err := unix.Llistxattr(full, buf); err == nil && n > 0 {
+			names := strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00")
+			sort.Strings(names)
+			for _, name := range names {
+				v := make([]byte, 4096)
+				m, _ := unix.Lgetxattr(full, name, v)
+				d[rel] += fmt.Sprintf(" %s=%q", name, v[:max(m, 0)])
+			}
+		}
+	}
+	return d
 }
 
 // TestStageDifferential: from the same starting root and the same plan,
 // (a) the classic offline apply and (b) stage, then the same seeded live
-// changes, then carry-over, give the same tree; a live change outside the
-// rules falls back and still gives (a), with the reason recorded. Seeds:
-// KOS_UPGRADE_STAGE_SEEDS (default 2; the full tier runs 20).
+// changes, then carry-over, give the same tree (upgradedTree, rpm -qa);
+// on a difference it prints the seed, the script and the paths. The two
+// systems are reused from seed to seed (rollback, clean, the next seed's
+// changes on top of the last ones, the same on both). The last run edits
+// /usr/bin/app on the running system, outside the rules: (b) falls back,
+// says why, and still equals (a). Seeds: 20 (KOS_UPGRADE_STAGE_SEEDS), 200
+// under KOS_UPGRADE_E2E=full, where the big file is 1 GiB (else 16 MiB).
 func TestStageDifferential(t *testing.T) {
-	seeds := 2
+	seeds, bigMiB := 20, 16
 	if os.Getenv("KOS_UPGRADE_E2E") == "full" {
-		seeds = 20
+		seeds, bigMiB = 200, 1024
 	}
 	if v, err := strconv.Atoi(os.Getenv("KOS_UPGRADE_STAGE_SEEDS")); err == nil && v > 0 {
 		seeds = v
 	}
-	for seed := int64(1); seed <= int64(seeds); seed++ {
-		for _, conflict := range []bool{false, true} {
-			if conflict && seed != 1 {
-				continue
+	ctx := context.Background()
+	a, b := newSystem(t), newSystem(t)
+	if bigMiB > 256 {
+		a, b = newSystemSized(t, 4096), newSystemSized(t, 4096)
+	}
+	for _, s := range []*system{a, b} {
+		for i := 0; i < 8; i++ {
+			p := filepath.Join(s.Root, fmt.Sprintf("srv/site/f%d", i))
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			if err := os.WriteFile(p, []byte(fmt.Sprint(i)), 0o644); err != nil {
+				t.Fatal(err)
 			}
-			t.Run(fmt.Sprintf("seed-%d-conflict-%v", seed, conflict), func(t *testing.T) {
-				ctx := context.Background()
-				a, b := newSystem(t), newSystem(t)
-				for _, s := range []*system{a, b} {
-					for i := 0; i < 8; i++ {
-						p := filepath.Join(s.Root, fmt.Sprintf("srv/site/f%d", i))
-						os.MkdirAll(filepath.Dir(p), 0o755)
-						if err := os.WriteFile(p, []byte(fmt.Sprint(i)), 0o644); err != nil {
-							t.Fatal(err)
-						}
-					}
-					if _, err := s.Engin.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "auto", Repos: s.repos("5.9")}); err != nil {
-						t.Fatalf("prepare: %v", err)
-					}
-				}
-				if err := b.Engin.Stage(ctx); err != nil {
-					t.Fatalf("stage: %v", err)
-				}
-				script := liveScript(t, a.Root, seed, conflict)
-				liveScript(t, b.Root, seed, conflict)
-				var res [2]*upgrader.ApplyResult
-				for i, s := range []*system{a, b} {
-					if _, err := s.Engin.Arm(ctx); err != nil {
-						t.Fatalf("arm: %v", err)
-					}
-					r, err := s.Engin.Apply(ctx)
-					if err != nil {
-						t.Fatalf("apply: %v (seed %d, script %v)", err, seed, script)
-					}
-					res[i] = r
-				}
-				got := res[1].Result
-				wantPath := upgrader.PathStaged
-				if conflict {
-					wantPath = upgrader.PathClassic
-				}
-				if got.Path != wantPath || (conflict != (got.PathReason != "")) {
-					t.Fatalf("seed %d: path %q (%s), want %s (script %v)", seed, got.Path, got.PathReason, wantPath, script)
-				}
-				if conflict && !strings.Contains(got.PathReason, "/usr/bin/app") {
-					t.Errorf("the fallback's reason does not name /usr/bin/app: %s", got.PathReason)
-				}
-				if d := diffDigest(upgradedTree(t, a, res[0]), upgradedTree(t, b, res[1])); len(d) > 0 {
-					t.Fatalf("seed %d (script %v): the staged root differs from the classic one:\n%s", seed, script, strings.Join(d, "\n"))
-				}
-				if qa, qb := rpmQA(t, filepath.Join(a.FS.Top, res[0].Result.Snapshot)), rpmQA(t, filepath.Join(b.FS.Top, res[1].Result.Snapshot)); !reflect.DeepEqual(qa, qb) {
-					t.Fatalf("packages differ:\n%v\n%v", qa, qb)
-				}
-				if left := b.subvols(t); len(left) != 1 || left[0] != got.Snapshot {
-					t.Errorf("snapshots left: %v, want only %s", left, got.Snapshot)
-				}
-				t.Logf("seed %d: %s path, %d paths carried, %d bytes cloned, offline %v (script %v)", seed, got.Path, got.Carried, got.BytesCloned, got.FinishedAt.Sub(got.StartedAt), script)
-			})
 		}
+		for p, data := range map[string]string{"etc/passwd": "root:x:0:0::/root:/bin/sh\n", "etc/shadow": "root:!::0:99999:7:::\n"} {
+			if err := os.WriteFile(filepath.Join(s.Root, p), []byte(data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f, err := os.Create(filepath.Join(s.Root, "srv/big"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(int64(bigMiB) << 20); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	staged := 0
+	for seed := int64(1); seed <= int64(seeds)+1; seed++ {
+		conflict := seed == int64(seeds)+1
+		for _, s := range []*system{a, b} {
+			if _, err := s.Engin.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "auto", Repos: s.repos("5.9")}); err != nil {
+				t.Fatalf("seed %d: prepare: %v", seed, err)
+			}
+		}
+		if err := b.Engin.Stage(ctx); err != nil {
+			t.Fatalf("seed %d: stage: %v", seed, err)
+		}
+		script := liveScript(t, a.Root, seed, conflict, bigMiB)
+		liveScript(t, b.Root, seed, conflict, bigMiB)
+		var res [2]*upgrader.ApplyResult
+		for i, s := range []*system{a, b} {
+			if _, err := s.Engin.Arm(ctx); err != nil {
+				t.Fatalf("seed %d: arm: %v", seed, err)
+			}
+			r, err := s.Engin.Apply(ctx)
+			if err != nil {
+				t.Fatalf("seed %d: apply: %v (script %v)", seed, err, script)
+			}
+			res[i] = r
+		}
+		got := res[1].Result
+		switch {
+		case conflict && (got.Path != upgrader.PathClassic || !strings.Contains(got.PathReason, "/usr/bin/app")):
+			t.Errorf("seed %d: a change outside the rules: path %q (%s), want a fallback naming /usr/bin/app", seed, got.Path, got.PathReason)
+		case !conflict && got.Path != upgrader.PathStaged && strings.Contains(got.PathReason, "hard links outside the change"):
+			// A known limit (docs/stage.md): a renamed name of an inode
+			// with other names; the fallback is the classic apply.
+			t.Logf("seed %d: falls back: %s", seed, got.PathReason)
+		case !conflict && got.Path != upgrader.PathStaged:
+			t.Errorf("seed %d: path %q (%s), want staged (script %v)", seed, got.Path, got.PathReason, script)
+		case got.Path == upgrader.PathStaged:
+			staged++
+		}
+		if d := diffDigest(upgradedTree(t, a, res[0]), upgradedTree(t, b, res[1])); len(d) > 0 {
+			t.Fatalf("seed %d, %s path (script %v): the result differs from the classic apply's:\n%s", seed, got.Path, script, strings.Join(d, "\n"))
+		}
+		if qa, qb := rpmQA(t, filepath.Join(a.FS.Top, res[0].Result.Snapshot)), rpmQA(t, filepath.Join(b.FS.Top, res[1].Result.Snapshot)); !reflect.DeepEqual(qa, qb) {
+			t.Fatalf("seed %d: packages differ:\n%v\n%v", seed, qa, qb)
+		}
+		if left := b.subvols(t); len(left) != 1 || left[0] != got.Snapshot {
+			t.Errorf("seed %d: snapshots left: %v, want only %s", seed, left, got.Snapshot)
+		}
+		t.Logf("seed %d: %s path, %d paths carried, %d bytes cloned, offline %v (classic: %v) (script %v)", seed, got.Path, got.Carried, got.BytesCloned,
+			got.FinishedAt.Sub(got.StartedAt).Round(time.Millisecond), res[0].Result.FinishedAt.Sub(res[0].Result.StartedAt).Round(time.Millisecond), script)
+		for _, s := range []*system{a, b} {
+			if _, err := s.Engin.Rollback(ctx); err != nil {
+				t.Fatalf("seed %d: rollback: %v", seed, err)
+			}
+			if _, err := s.Engin.Clean(ctx); err != nil {
+				t.Fatalf("seed %d: clean: %v", seed, err)
+			}
+		}
+	}
+	t.Logf("%d of %d runs took the staged path", staged, seeds+1)
+	if staged < seeds*3/4 {
+		t.Errorf("only %d of %d runs took the staged path", staged, seeds)
 	}
 }
 

@@ -35,13 +35,19 @@ func (r *recordingSink) Report(e progress.Event) { r.events = append(r.events, e
 
 func newSystem(t *testing.T) *system {
 	t.Helper()
+	return newSystemSized(t, 1024)
+}
+
+// newSystemSized is newSystem on a filesystem of sizeMB.
+func newSystemSized(t *testing.T, sizeMB int) *system {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("skipping real-component test in -short mode")
 	}
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "rpm", "rpmkeys", "btrfs", "/usr/bin/python3")
 	set := fixture.MustBuild(t)
-	fs := testenv.NewBtrfs(t, 1024)
+	fs := testenv.NewBtrfs(t, sizeMB)
 	root := filepath.Join(t.TempDir(), "root")
 	fs.MakeDefaultRoot(t, "@", root)
 	if err := fixture.InstallBase(context.Background(), set, root); err != nil {

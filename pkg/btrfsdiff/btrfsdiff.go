@@ -43,6 +43,10 @@ type Entry struct {
 	// Removed: moved away), with everything below it, including entries
 	// the stream does not name.
 	Subtree bool
+	// LinkTo: Added as a new name (a hard link) of the inode that is at
+	// LinkTo in the child; "" when that inode has no name the stream
+	// names at the end (it was itself new and renamed, or removed).
+	LinkTo string
 }
 
 // Diff is the change from a parent snapshot to a child, one Entry per
@@ -102,6 +106,7 @@ type node struct {
 	orig              string
 	isNew             bool
 	link              bool
+	linkTo            *node
 	data, meta, times bool
 }
 
@@ -190,7 +195,10 @@ func fromCommands(cmds []command, childDir, parentDir func(string) (bool, error)
 			if c.path == "" {
 				return nil, fmt.Errorf("%w: a link without a name", errStream)
 			}
-			ns.nodes[c.path] = &node{isNew: true, link: true}
+			if c.pathLink == "" {
+				return nil, fmt.Errorf("%w: a link to nothing", errStream)
+			}
+			ns.nodes[c.path] = &node{isNew: true, link: true, linkTo: ns.get(c.pathLink)}
 		case cmdRename:
 			if c.path == "" || c.pathTo == "" || c.pathTo == c.path || strings.HasPrefix(c.pathTo, c.path+"/") {
 				return nil, fmt.Errorf("%w: rename %q to %q", errStream, c.path, c.pathTo)
@@ -234,6 +242,10 @@ func fromCommands(cmds []command, childDir, parentDir func(string) (bool, error)
 		e.Removed = true
 		e.Subtree = e.Subtree || dir
 	}
+	keyOf := map[*node]string{}
+	for cur, n := range ns.nodes {
+		keyOf[n] = cur
+	}
 	for cur, n := range ns.nodes {
 		if isOrphan(cur) {
 			return nil, fmt.Errorf("%w: %s left under its temporary name", errStream, cur)
@@ -242,6 +254,9 @@ func fromCommands(cmds []command, childDir, parentDir func(string) (bool, error)
 		case n.isNew:
 			e := at(cur)
 			e.Added = true
+			if n.linkTo != nil {
+				e.LinkTo = keyOf[n.linkTo]
+			}
 		case !ns.inPlace(cur, n):
 			dir, err := childDir(cur)
 			if err != nil {

@@ -114,7 +114,7 @@ func TestCompute(t *testing.T) {
 		}, []E{{Path: "etc/link", Removed: true, Added: true}}},
 		{"hard link", func(t *testing.T, dir string) {
 			must(t, os.Link(filepath.Join(dir, "usr/bin/tool"), filepath.Join(dir, "usr/bin/tool2")))
-		}, []E{{Path: "usr/bin/tool", Times: true}, {Path: "usr/bin/tool2", Added: true}}},
+		}, []E{{Path: "usr/bin/tool", Times: true}, {Path: "usr/bin/tool2", Added: true, LinkTo: "usr/bin/tool"}}},
 		{"fifo", func(t *testing.T, dir string) { must(t, syscall.Mkfifo(filepath.Join(dir, "run.fifo"), 0o600)) },
 			[]E{{Path: "run.fifo", Added: true}}},
 		{"big file rewritten in place", func(t *testing.T, dir string) {

@@ -39,9 +39,15 @@ const maxAccountFile = 64 << 20
 // classic apply is the answer, any other error is a failure of the
 // machine (I/O, space).
 func Apply(plan Plan, base, live, next string) (Stats, error) {
-	a := &applier{base: base, live: live, next: next, links: map[uint64]string{}, nlink: map[uint64]uint64{}, names: map[uint64]int{}}
+	a := &applier{base: base, live: live, next: next, links: map[uint64]string{}, nlink: map[uint64]uint64{}, names: map[uint64]int{},
+		added: map[string]bool{}, linked: map[uint64]bool{}}
 	if plan.Fallback != "" {
 		return a.st, fmt.Errorf("%w: %s", ErrInexact, plan.Fallback)
+	}
+	for _, it := range plan.Items {
+		if it.Entry.Added {
+			a.added[it.Entry.Path] = true
+		}
 	}
 	for _, it := range plan.Items {
 		if a.inMadeTree(it.Entry.Path) {
@@ -58,7 +64,7 @@ func Apply(plan Plan, base, live, next string) (Stats, error) {
 		}
 	}
 	for ino, n := range a.nlink {
-		if uint64(a.names[ino]) != n {
+		if !a.linked[ino] && uint64(a.names[ino]) != n {
 			return a.st, fmt.Errorf("%w: /%s has hard links outside the change", ErrInexact, a.links[ino])
 		}
 	}
@@ -73,6 +79,11 @@ type applier struct {
 	links map[uint64]string
 	nlink map[uint64]uint64
 	names map[uint64]int
+	// added: the paths the plan adds; linked: inodes linked to a name
+	// outside the change (Entry.LinkTo), whose link count is not ours to
+	// check.
+	added  map[string]bool
+	linked map[uint64]bool
 	// madeTrees are the moved directories made whole; dirTimes the
 	// directories whose times are set at the end.
 	madeTrees []string
@@ -125,6 +136,9 @@ func (a *applier) item(it Item) error {
 	if e.Added {
 		if err := os.RemoveAll(filepath.Join(a.next, p)); err != nil {
 			return err
+		}
+		if e.LinkTo != "" && !a.added[e.LinkTo] {
+			return a.linkToExisting(p, e.LinkTo)
 		}
 		return a.make(p, e.Subtree)
 	}
@@ -405,4 +419,23 @@ func (a *applier) mergeAccounts(p string) error {
 	a.st.AccountFiles++
 	a.st.Paths++
 	return f.Close()
+}
+
+// linkToExisting makes p a hard link of next's target, a name the change
+// leaves alone (Decide checked the transaction did not touch it): the
+// running system linked p to it.
+func (a *applier) linkToExisting(p, target string) error {
+	fi, err := os.Lstat(filepath.Join(a.live, p))
+	if err != nil {
+		return err
+	}
+	tfi, err := os.Lstat(filepath.Join(a.live, target))
+	if err != nil || !os.SameFile(fi, tfi) || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: /%s is not a hard link of /%s on the running system", ErrInexact, p, target)
+	}
+	if err := os.Link(filepath.Join(a.next, target), filepath.Join(a.next, p)); err != nil {
+		return err
+	}
+	a.linked[fi.Sys().(*syscall.Stat_t).Ino] = true
+	return nil
 }

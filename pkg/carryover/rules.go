@@ -128,6 +128,9 @@ func Decide(in Input) Plan {
 			return Plan{Fallback: "the rpm database changed since staging: /" + e.Path}
 		}
 		if !in.Txn.Touches(e.Path) {
+			if e.LinkTo != "" && in.Txn.Touches(e.LinkTo) {
+				return Plan{Fallback: fmt.Sprintf("/%s was linked to /%s, which the transaction changed", e.Path, e.LinkTo)}
+			}
 			p.Items = append(p.Items, Item{Entry: e, Action: Carry})
 			continue
 		}
