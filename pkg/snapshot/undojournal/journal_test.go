@@ -217,3 +217,32 @@ func TestJournalSpaceCheck(t *testing.T) {
 		})
 	}
 }
+
+// A directory the transaction replaced by a symlink leading out of the
+// root is a directory again before anything is written or removed below
+// it: nothing outside the root is touched.
+func TestJournalRestoreStaysInRoot(t *testing.T) {
+	root := testenv.NewLoopFS(t, 320, filesystems[0].mkfs...)
+	makeRoot(t, root)
+	before := testenv.TreeDigest(t, root, stateRel)
+	outside := t.TempDir()
+	write(t, outside, "libx.so.1", "host file", 0o644)
+	write(t, outside, "libx.so.2", "host file", 0o644)
+	sp := spec(root)
+	if _, err := undojournal.Create(context.Background(), sp); err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.RemoveAll(filepath.Join(root, "usr/lib64")))
+	must(t, os.Symlink(outside, filepath.Join(root, "usr/lib64")))
+	if err := undojournal.Restore(context.Background(), sp.Dir, root); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"libx.so.1", "libx.so.2"} {
+		if b, err := os.ReadFile(filepath.Join(outside, f)); err != nil || string(b) != "host file" {
+			t.Errorf("restore touched %s outside the root: %q, %v", f, b, err)
+		}
+	}
+	if d := testenv.DiffDigests(before, testenv.TreeDigest(t, root, stateRel)); d != "" {
+		t.Errorf("the root differs from before:\n%s", d)
+	}
+}

@@ -35,6 +35,10 @@ func Restore(ctx context.Context, dir, root string) error {
 	if err != nil {
 		return err
 	}
+	g, err := newGuard(root)
+	if err != nil {
+		return err
+	}
 	known := map[string]bool{}
 	for _, e := range m.Entries {
 		if !validPath(e.Path) || (e.Kind == kindFile && !validData(e.Data)) {
@@ -81,35 +85,62 @@ func Restore(ctx context.Context, dir, root string) error {
 			return fmt.Errorf("cannot undo the changes in %s: %w", t, err)
 		}
 		for _, full := range extra {
+			rel, _ := filepath.Rel(root, full)
+			if err := g.check("/" + rel); err != nil {
+				return err
+			}
 			if err := os.RemoveAll(full); err != nil {
 				return fmt.Errorf("cannot undo: %w", err)
 			}
 		}
 	}
 	ents := m.Entries
+	// Directories first, parents before children: a directory the
+	// transaction replaced (by a symlink, a file) is one again before
+	// anything is removed or written below it.
+	for _, e := range ents {
+		if e.Kind != kindDir {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := g.check(e.Path); err != nil {
+			return err
+		}
+		if err := restoreDir(root, e); err != nil {
+			return fmt.Errorf("cannot undo: %w", err)
+		}
+	}
 	// Deepest first: what the transaction added.
 	for i := len(ents) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if e := ents[i]; e.Kind == kindAbsent && !excluded(e.Path) {
+			if err := g.check(e.Path); err != nil {
+				return err
+			}
 			if err := os.RemoveAll(filepath.Join(root, e.Path)); err != nil {
 				return fmt.Errorf("cannot undo: %w", err)
 			}
 		}
 	}
-	// Parents before children: directories, then what is in them.
+	// Then what is in the directories.
 	for _, e := range ents {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if e.Kind != kindFile && e.Kind != kindSymlink {
+			continue
+		}
+		if err := g.check(e.Path); err != nil {
+			return err
+		}
 		var err error
-		switch e.Kind {
-		case kindDir:
-			err = restoreDir(root, e)
-		case kindFile:
+		if e.Kind == kindFile {
 			err = restoreFile(root, dir, e)
-		case kindSymlink:
+		} else {
 			err = restoreSymlink(root, e)
 		}
 		if err != nil {
@@ -143,6 +174,35 @@ func readManifest(dir string) (*manifest, error) {
 		return nil, fmt.Errorf("cannot read the undo journal %s: version %d", dir, m.Version)
 	}
 	return &m, nil
+}
+
+// guard keeps Restore inside the root: the directory holding a path it
+// writes or removes must resolve inside root (the transaction, or whoever
+// changed the root since, may have left a symlink that leads out, which an
+// absolute target does when root is not "/").
+type guard struct{ root string }
+
+func newGuard(root string) (guard, error) {
+	r, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return guard{}, fmt.Errorf("cannot undo: %w", err)
+	}
+	return guard{root: r}, nil
+}
+
+func (g guard) check(p string) error {
+	parent := filepath.Dir(filepath.Join(g.root, p))
+	d, err := filepath.EvalSymlinks(parent)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // made by restoreDir, or nothing to remove
+	}
+	if err != nil {
+		return fmt.Errorf("cannot undo %s: %w", p, err)
+	}
+	if d != g.root && !strings.HasPrefix(d, g.root+"/") && g.root != "/" {
+		return fmt.Errorf("cannot undo %s: %s leads out of the root (to %s); the root needs a human", p, parent, d)
+	}
+	return nil
 }
 
 func validPath(p string) bool {
