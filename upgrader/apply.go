@@ -224,6 +224,7 @@ func (e *Engine) startRun(st store, state *State, p *Plan) (*run, error) {
 	state.Backend = p.Snapshot
 	state.Snapshot = ""
 	state.Boot = nil
+	state.Blessed = false // a new run has its own first boot
 	return &run{e: e, st: st, state: state, res: res, plan: p}, nil
 }
 
