@@ -112,6 +112,9 @@ func TestCompute(t *testing.T) {
 			must(t, os.Remove(filepath.Join(dir, "etc/link")))
 			must(t, os.Symlink("passwd", filepath.Join(dir, "etc/link")))
 		}, []E{{Path: "etc/link", Removed: true, Added: true}}},
+		{"absolute symlink added", func(t *testing.T, dir string) {
+			must(t, os.Symlink("/usr/lib/systemd/system/x.service", filepath.Join(dir, "etc/x.service")))
+		}, []E{{Path: "etc/x.service", Added: true}}},
 		{"hard link", func(t *testing.T, dir string) {
 			must(t, os.Link(filepath.Join(dir, "usr/bin/tool"), filepath.Join(dir, "usr/bin/tool2")))
 		}, []E{{Path: "usr/bin/tool", Times: true}, {Path: "usr/bin/tool2", Added: true, LinkTo: "usr/bin/tool"}}},

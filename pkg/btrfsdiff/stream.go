@@ -128,8 +128,13 @@ func parseStream(b []byte) ([]command, error) {
 				return nil, fmt.Errorf("%w: attribute %d longer than its command", errStream, t)
 			}
 			v := attrs[attrHeaderLen : attrHeaderLen+l]
+			attrs = attrs[attrHeaderLen+l:]
 			switch t {
 			case attrPath, attrPathTo, attrPathLink:
+				if t == attrPathLink && c != cmdLink {
+					// A symbolic link's target: any bytes.
+					continue
+				}
 				p, err := cleanPath(v)
 				if err != nil {
 					return nil, err
@@ -143,7 +148,6 @@ func parseStream(b []byte) ([]command, error) {
 					cm.pathLink = p
 				}
 			}
-			attrs = attrs[attrHeaderLen+l:]
 		}
 		out = append(out, cm)
 		ended = c == cmdEnd
