@@ -441,8 +441,8 @@ func undoFindings(f *Facts) []Finding {
 		Key: KeyUndoLimits, Severity: Low, Groups: []string{"snapshot"},
 		Title: "What the undo journal cannot undo",
 		Summary: "The journal holds the files in the packages' file lists, /etc and the rpm database whole, and the paths the new packages add. " +
-			"Changes that scriptlets make elsewhere are not undone: files a %post creates or changes under /var (caches, databases a scriptlet migrates), /usr files no package owns, " +
-			"hard links between package files (restored as separate files). /boot is restored from its own backup; other filesystems are not touched by the transaction.",
+			"Changes that scriptlets make elsewhere are not undone: files a %post creates or changes under /var (/var/lib is journaled whole only where the filesystem clones files), /usr files no package owns. " +
+			"/boot is restored from its own backup; other filesystems are not touched by the transaction.",
 	})
 	return out
 }

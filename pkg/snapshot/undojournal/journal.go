@@ -106,6 +106,11 @@ type entry struct {
 	Target string            `json:"l,omitempty"`
 	Data   string            `json:"d,omitempty"`
 	Xattrs map[string][]byte `json:"x,omitempty"`
+	// Link names the journaled file this one is a hard link of (saved
+	// once, linked again on restore).
+	Link string `json:"h,omitempty"`
+
+	dev, ino, nlink uint64 // of a regular file, to find hard links
 }
 
 type manifest struct {
@@ -294,6 +299,10 @@ func Create(ctx context.Context, spec Spec) (Stats, error) {
 		e := &ents[i]
 		switch e.Kind {
 		case kindFile:
+			if e.Link != "" {
+				st.Files++
+				continue
+			}
 			e.Data = fmt.Sprintf("%07d", i)
 			clone := need.Reflink && !under(e.Path, spec.Copy)
 			if err := saveFile(filepath.Join(spec.Root, e.Path), filepath.Join(spec.Dir, dataDir, e.Data), clone); err != nil {
@@ -469,6 +478,22 @@ func collect(ctx context.Context, spec Spec, reflink bool) ([]entry, error) {
 		}
 	}
 	sort.SliceStable(ents, func(i, j int) bool { return ents[i].Path < ents[j].Path })
+	// Hard links: the first path (in order) is saved, the others link to
+	// it again on restore.
+	type key struct{ dev, ino uint64 }
+	first := map[key]string{}
+	for i := range ents {
+		e := &ents[i]
+		if e.Kind != kindFile || e.nlink < 2 {
+			continue
+		}
+		k := key{e.dev, e.ino}
+		if p, ok := first[k]; ok {
+			e.Link = p
+		} else {
+			first[k] = e.Path
+		}
+	}
 	return ents, nil
 }
 
@@ -531,6 +556,7 @@ func stat(root, p string) (entry, error) {
 	switch s.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		e.Kind, e.Size = kindFile, s.Size
+		e.dev, e.ino, e.nlink = uint64(s.Dev), s.Ino, uint64(s.Nlink)
 	case unix.S_IFDIR:
 		e.Kind = kindDir
 	case unix.S_IFLNK:

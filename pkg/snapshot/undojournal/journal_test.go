@@ -52,6 +52,7 @@ func must(t *testing.T, err error) {
 // and its symlink, labelled /etc files with owners, an rpm database.
 func makeRoot(t *testing.T, root string) {
 	write(t, root, "usr/bin/tool", "#!/bin/sh\necho old\n", 0o4755)
+	must(t, os.Link(filepath.Join(root, "usr/bin/tool"), filepath.Join(root, "usr/bin/tool-alias")))
 	write(t, root, "usr/lib64/libx.so.1", "old library", 0o755)
 	must(t, os.Symlink("libx.so.1", filepath.Join(root, "usr/lib64/libx.so")))
 	must(t, os.Symlink("usr/lib64", filepath.Join(root, "lib64")))
@@ -97,7 +98,7 @@ func spec(root string) undojournal.Spec {
 		Dir:  filepath.Join(root, stateRel, "undo", "run1"),
 		Paths: []string{
 			// the old packages' files
-			"/usr/bin/tool", "/usr/lib64/libx.so.1", "/usr/lib64/libx.so", "/etc/conf",
+			"/usr/bin/tool", "/usr/bin/tool-alias", "/usr/lib64/libx.so.1", "/usr/lib64/libx.so", "/etc/conf",
 			"/usr/share/doc/old", "/usr/share/doc/old/README",
 			// the new packages' files
 			"/usr/bin/tool", "/lib64/libx.so.2", "/usr/share/new", "/usr/share/new/dir", "/usr/share/new/dir/file", "/usr/bin/newtool",
@@ -146,6 +147,11 @@ func TestJournalRestore(t *testing.T) {
 				}
 				if d := testenv.DiffDigests(before, testenv.TreeDigest(t, root, stateRel)); d != "" {
 					t.Fatalf("restore %d: the root differs from before:\n%s", i+1, d)
+				}
+				a, errA := os.Stat(filepath.Join(root, "usr/bin/tool"))
+				b, errB := os.Stat(filepath.Join(root, "usr/bin/tool-alias"))
+				if errA != nil || errB != nil || !os.SameFile(a, b) {
+					t.Fatalf("restore %d: the hard links are not one file again (%v, %v)", i+1, errA, errB)
 				}
 			}
 			b, err := os.ReadFile(filepath.Join(root, stateRel, "state.json"))

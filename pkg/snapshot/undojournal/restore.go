@@ -41,7 +41,7 @@ func Restore(ctx context.Context, dir, root string) error {
 	}
 	known := map[string]bool{}
 	for _, e := range m.Entries {
-		if !validPath(e.Path) || (e.Kind == kindFile && !validData(e.Data)) {
+		if !validPath(e.Path) || (e.Kind == kindFile && e.Link == "" && !validData(e.Data)) || (e.Link != "" && !validPath(e.Link)) {
 			return fmt.Errorf("cannot read the undo journal %s: bad entry %q", dir, e.Path)
 		}
 		known[e.Path] = true
@@ -138,9 +138,12 @@ func Restore(ctx context.Context, dir, root string) error {
 			return err
 		}
 		var err error
-		if e.Kind == kindFile {
+		switch {
+		case e.Kind == kindFile && e.Link != "":
+			err = restoreLink(root, e)
+		case e.Kind == kindFile:
 			err = restoreFile(root, dir, e)
-		} else {
+		default:
 			err = restoreSymlink(root, e)
 		}
 		if err != nil {
@@ -286,6 +289,25 @@ func restoreFile(root, dir string, e entry) error {
 		return err
 	}
 	ok = true
+	return nil
+}
+
+// restoreLink makes e a hard link of the file it was one of, restored
+// before it (entries are in path order, the first of the links saved).
+func restoreLink(root string, e entry) error {
+	full := filepath.Join(root, e.Path)
+	if err := place(full, false); err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(full), ".kos-undo-"+filepath.Base(full))
+	os.Remove(tmp)
+	if err := os.Link(filepath.Join(root, e.Link), tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, full); err != nil {
+		os.Remove(tmp)
+		return err
+	}
 	return nil
 }
 
