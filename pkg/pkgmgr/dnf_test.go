@@ -456,3 +456,33 @@ func TestSwappedStagedFileRefused(t *testing.T) {
 		})
 	}
 }
+
+// Files lists what the transaction changes: the installed files of the
+// packages it upgrades (the old app's acme-web.service, gone in 2.0, and its
+// %config file), obsoletes (oldtool) and erases (legacy), and the files of
+// the packages it installs (libbar); not the files of packages it leaves
+// alone (keepme).
+func TestFiles(t *testing.T) {
+	set, root := newRoot(t)
+	d := pkgmgr.NewDNF(nil)
+	res, stage := resolve(t, d, set, root)
+	files, err := d.Files(context.Background(), root, stage, res.Items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range files {
+		have[f] = true
+	}
+	for _, want := range []string{"/usr/bin/app", "/etc/app.conf", "/usr/lib/systemd/system/acme-web.service",
+		"/usr/bin/oldtool", "/usr/share/legacy", "/usr/bin/newtool", "/usr/lib64/libbar.so.1"} {
+		if !have[want] {
+			t.Errorf("Files lacks %s: %v", want, files)
+		}
+	}
+	for _, f := range files {
+		if strings.Contains(f, "keepme") {
+			t.Errorf("Files has %s of a package the transaction leaves alone", f)
+		}
+	}
+}
