@@ -423,7 +423,7 @@ Examples:
    kos-upgrade reboot
    kos-upgrade reboot --no-reboot     arm only; the upgrade runs at the next boot
    kos-upgrade reboot --kexec         skip the firmware on both reboots
-   kos-upgrade reboot --stage         build the upgraded root first (btrfs; docs/stage.md)`,
+   kos-upgrade reboot --stage         build the upgraded root first (btrfs; /usr/share/doc/kos-upgrade/stage.md)`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
 			&cli.BoolFlag{Name: "kexec", Usage: "reboot with kexec into and out of the offline upgrade (no firmware POST; needs kexec-tools)"},
