@@ -241,3 +241,42 @@ func TestThinPoolUsage(t *testing.T) {
 		t.Errorf("thinPoolUsage of a thin LV: %v", err)
 	}
 }
+
+// TestThickFits: on a thick LV, ThickFits says whether the VG has the free
+// extents for the rollback point (auto picks the undo journal when not);
+// on a thin LV it is always nil.
+func TestThickFits(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		free    string // free extents of 4 MiB
+		thin    bool
+		wantErr bool
+	}{
+		{name: "thick, VG with room", free: "1000"},
+		{name: "thick, VG full (the EL8 installer's layout)", free: "0", wantErr: true},
+		{name: "thin", free: "0", thin: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			attr := "-wi-ao----"
+			if tc.thin {
+				attr = "Vwi-aotz--"
+			}
+			root := map[string]string{"lv_name": "root", "vg_name": "vg0", "lv_attr": attr, "lv_size": "1073741824",
+				"lv_dm_path": "/dev/mapper/vg0-root", "lv_kernel_major": "254", "lv_kernel_minor": "4", "lv_uuid": "u2",
+				"vg_extent_size": "4194304", "vg_free_count": tc.free}
+			f := &fakeLVM{rows: []map[string]string{root}}
+			cur, err := parseLVs(`{"report":[{"lv":[` + mustJSON(t, root) + `]}]}`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := &LVM{rootDir: "/", workDir: t.TempDir(), fsType: "xfs", vg: "vg0", cur: cur[0], thin: tc.thin, mounted: map[string]string{}, exec: f.exec}
+			err = l.ThickFits(context.Background())
+			if tc.wantErr != (err != nil) || (err != nil && (!errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "not enough free space in VG vg0"))) {
+				t.Fatalf("ThickFits() = %v, want an error: %v", err, tc.wantErr)
+			}
+			if f.ranTool("lvcreate") {
+				t.Error("ThickFits created something")
+			}
+		})
+	}
+}
