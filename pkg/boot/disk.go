@@ -213,8 +213,18 @@ const (
 // formats and fills partition 2 itself (loop device at its offset). The
 // file must not exist.
 func BuildTestDisk(path string, sizeMB int, files map[string][]byte) error {
-	if sizeMB < testDiskESPSizeMB+8 {
-		return fmt.Errorf("test disk of %d MiB is too small (at least %d)", sizeMB, testDiskESPSizeMB+8)
+	return BuildTestDiskWithBoot(path, sizeMB, 0, files)
+}
+
+// TestDiskBootIndex is the partition BuildTestDiskWithBoot adds for /boot.
+const TestDiskBootIndex = 3
+
+// BuildTestDiskWithBoot is BuildTestDisk with, when bootMB > 0, a third
+// partition of bootMB at the end of the disk (partition 3, label "boot",
+// unformatted) for a separate /boot, as EL8 installs it.
+func BuildTestDiskWithBoot(path string, sizeMB, bootMB int, files map[string][]byte) error {
+	if sizeMB < testDiskESPSizeMB+bootMB+8 {
+		return fmt.Errorf("test disk of %d MiB is too small (at least %d)", sizeMB, testDiskESPSizeMB+bootMB+8)
 	}
 	size := int64(sizeMB) << 20
 	d, err := diskfs.Create(path, size, diskfs.SectorSizeDefault)
@@ -226,7 +236,11 @@ func BuildTestDisk(path string, sizeMB int, files map[string][]byte) error {
 	espStart := uint64(mib)
 	espEnd := espStart + uint64(testDiskESPSizeMB*mib) - 1
 	rootStart := espEnd + 1
-	rootEnd := uint64(size/testDiskSectorSize) - 34 // backup GPT
+	end := uint64(size/testDiskSectorSize) - 34 // backup GPT
+	rootEnd := end
+	if bootMB > 0 {
+		rootEnd = end - uint64(bootMB*mib)
+	}
 	table := &gpt.Table{
 		LogicalSectorSize:  testDiskSectorSize,
 		PhysicalSectorSize: testDiskSectorSize,
@@ -235,6 +249,10 @@ func BuildTestDisk(path string, sizeMB int, files map[string][]byte) error {
 			{Index: 1, Start: espStart, End: espEnd, Type: gpt.EFISystemPartition, Name: "ESP"},
 			{Index: 2, Start: rootStart, End: rootEnd, Type: gpt.LinuxFilesystem, Name: "root"},
 		},
+	}
+	if bootMB > 0 {
+		table.Partitions = append(table.Partitions, &gpt.Partition{Index: TestDiskBootIndex, Start: rootEnd + 1, End: end,
+			Type: gpt.LinuxFilesystem, Name: "boot"})
 	}
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("cannot partition %s: %w", path, err)
