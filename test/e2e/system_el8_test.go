@@ -21,8 +21,10 @@ import (
 // with next_entry; grub boots it once, the health unit blesses it
 // (saved_entry). The stand-in kernel-core ships the running kernel under
 // another version, without its modules: modules.unshipped is accepted.
-// The EL8 grub2 scenario of the default run.
+// Under make e2e (KOS_UPGRADE_E2E=full) until it has passed end to end.
 func TestQemuEL8GrubSuccess(t *testing.T) {
+	RequireSystem(t)
+	RequireFull(t)
 	t0 := time.Now()
 	s := NewQemuEL8System(t)
 	repos := filepath.Join(s.Set.Dir, "repos")
