@@ -23,7 +23,6 @@ import (
 // another version, without its modules: modules.unshipped is accepted.
 // Under make e2e (KOS_UPGRADE_E2E=full) until it has passed end to end.
 func TestQemuEL8GrubSuccess(t *testing.T) {
-	RequireSystem(t)
 	RequireFull(t)
 	t0 := time.Now()
 	s := NewQemuEL8System(t)
