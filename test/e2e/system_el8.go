@@ -228,7 +228,7 @@ GRUB_ENABLE_BLSCFG=true
 		t.Fatal(err)
 	}
 	files := map[string][]byte{
-		"EFI/BOOT/BOOTX64.EFI":               efi,
+		"EFI/BOOT/BOOTX64.EFI":              efi,
 		"EFI/" + el8Vendor + "/grubx64.efi": efi,
 		"EFI/" + el8Vendor + "/grub.cfg":    []byte(el8BootstrapCfg),
 		"EFI/" + el8Vendor + "/grubenv":     env,
