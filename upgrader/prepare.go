@@ -235,7 +235,13 @@ func (pr *prepareRun) assess(ctx context.Context) error {
 	if pr.mig != nil {
 		pfm = pr.mig.preflight
 	}
-	report, err := pr.e.assess(ctx, pr.opts, pr.to.Version, pr.repos, pr.imgs.Refs(), pfm, pr.state, pr.backend)
+	// dnf's metadata cache of the plan: the assessment loads the
+	// repositories' metadata once, the resolve below reads it from there.
+	pr.cacheDir = filepath.Join(pr.st.dir, "cache")
+	if err := ensurePrivateDir(pr.cacheDir); err != nil {
+		return fmt.Errorf("cannot create %s: %w", pr.cacheDir, err)
+	}
+	report, err := pr.e.assess(ctx, pr.opts, pr.to.Version, pr.repos, pr.imgs.Refs(), pfm, pr.state, pr.backend, pr.cacheDir)
 	if err != nil {
 		return err
 	}
@@ -257,19 +263,15 @@ func (pr *prepareRun) resolve(ctx context.Context) error {
 	}
 	pr.before = before
 	pr.stageDir = pr.st.stageDir(stageRel)
-	cacheDir := filepath.Join(pr.st.dir, "cache")
-	pr.cacheDir = cacheDir
-	for _, d := range []string{pr.stageDir, cacheDir} {
-		if err := ensurePrivateDir(d); err != nil {
-			return fmt.Errorf("cannot create %s: %w", d, err)
-		}
+	if err := ensurePrivateDir(pr.stageDir); err != nil {
+		return fmt.Errorf("cannot create %s: %w", pr.stageDir, err)
 	}
 	var migReq *pkgmgr.Migration
 	if pr.mig != nil {
 		migReq = pr.mig.preflight.Request
 	}
 	res, err := e.PM.Resolve(ctx, pkgmgr.ResolveRequest{
-		Root: e.Root.Dir, Release: pr.to.Version, Repos: pr.repos, CacheDir: cacheDir, StageDir: pr.stageDir,
+		Root: e.Root.Dir, Release: pr.to.Version, Repos: pr.repos, CacheDir: pr.cacheDir, StageDir: pr.stageDir,
 		Migration: migReq,
 	}, e.Sink)
 	if err != nil {
@@ -444,7 +446,7 @@ func (pr *prepareRun) newPlan() *Plan {
 // assess runs the same assessment as kos-upgrade check and refuses on an
 // inhibitor. The report is saved in the state directory (as check does) and
 // returned for the plan.
-func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string, repos []pkgmgr.Repo, images []iso.Ref, mig *preflight.Migration, state *State, backend string) (*preflight.Report, error) {
+func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string, repos []pkgmgr.Repo, images []iso.Ref, mig *preflight.Migration, state *State, backend, cacheDir string) (*preflight.Report, error) {
 	answers, err := preflight.LoadAnswers(e.Root, opts.Answers)
 	if err != nil {
 		return nil, fmt.Errorf("cannot prepare: %w", err)
@@ -459,7 +461,7 @@ func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string
 	}
 	e.report(progress.Event{Step: "check", Message: "assessing the upgrade"})
 	r, _, err := preflight.Run(ctx, preflight.Options{
-		Root: e.Root, To: release, Repos: repos, Images: images, SkipSignatures: opts.SkipSignatures, Migration: mig,
+		Root: e.Root, To: release, Repos: repos, Images: images, SkipSignatures: opts.SkipSignatures, Migration: mig, CacheDir: cacheDir,
 		Snapshot: preflight.SnapshotFacts{Requested: opts.Snapshot, Backend: backend},
 		State: preflight.StateFacts{Status: string(state.Status), PlanID: state.PlanID, Target: state.Target,
 			Snapshot: state.Snapshot, Previous: state.Previous},
