@@ -259,7 +259,7 @@ func (j *journals) sources(ctx context.Context, r *upgrader.Result) []string {
 	} else {
 		add(filepath.Join(root, "var/log/journal"))
 	}
-	if r.Backend == "" || r.Backend == "none" {
+	if !snapshot.Protects(r.Backend) {
 		return dirs
 	}
 	snap, ok := j.snaps[r.Backend]
