@@ -286,3 +286,13 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// QemuSSHPackages is the QEMU guest with an ssh server: the fleet scenario
+// (fleet_test.go) reaches its guests with Ansible over ssh.
+var QemuSSHPackages = append(append([]string(nil), QemuGuestPackages...), "openssh-server")
+
+// QemuSSHTarball returns the cached tarball of the QEMU guest with an ssh
+// server (QemuSSHPackages), building it when it is missing.
+func QemuSSHTarball(ctx context.Context, logf func(string, ...any)) (string, error) {
+	return buildTarball(ctx, logf, "qemu-ssh-", qemuBaseVersion, QemuSSHPackages)
+}

@@ -273,11 +273,15 @@ type QemuVM struct {
 	Append string
 	// UEFI boots the first disk through OVMF firmware (its boot loader
 	// on the ESP) instead of the base's kernel with root=/dev/vda.
-	UEFI   bool
-	vars   string // the guest's copy of OVMF's variable store
-	disks  []qemuDisk
-	shares []qemuShare
-	boots  int
+	UEFI bool
+	// SSHPort, when set, gives the guest a network card on QEMU's user
+	// network (restricted: no way out) with the host's 127.0.0.1:SSHPort
+	// forwarded to the guest's port 22.
+	SSHPort int
+	vars    string // the guest's copy of OVMF's variable store
+	disks   []qemuDisk
+	shares  []qemuShare
+	boots   int
 }
 
 type qemuDisk struct {
@@ -417,41 +421,7 @@ func (vm *QemuVM) boot(t *testing.T, timeout time.Duration, result, killOn strin
 	b := QemuBoot{N: vm.boots}
 	vm.WriteShared(t, "boot", fmt.Sprintf("%d\n", b.N), 0o644)
 	console := filepath.Join(vm.Shared, fmt.Sprintf("console-%d.log", b.N))
-	mem, cpus := vm.Memory, vm.CPUs
-	if mem == 0 {
-		mem = 1024
-	}
-	if cpus == 0 {
-		cpus = 2
-	}
-	args := []string{
-		"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", fmt.Sprint(cpus), "-m", fmt.Sprint(mem),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-serial", "file:" + console,
-		"-nic", "none",
-	}
-	if vm.UEFI {
-		if vm.vars == "" {
-			vm.vars = filepath.Join(vm.Dir, "OVMF_VARS.fd")
-			testenv.Run(t, "cp", ovmfVars, vm.vars)
-		}
-		args = append(args,
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
-			"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars)
-	} else {
-		args = append(args, "-kernel", vm.Base.Kernel, "-initrd", vm.Base.Initrd,
-			"-append", strings.TrimSpace("root=/dev/vda rw console=ttyS0,115200 panic=-1 net.ifnames=0 systemd.show_status=1 "+vm.Append))
-	}
-	for _, s := range vm.shares {
-		args = append(args, "-virtfs", "local,path="+s.path+",mount_tag="+s.tag+",security_model=passthrough,id="+s.tag)
-	}
-	for i, d := range vm.disks {
-		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=d%d,cache=unsafe,discard=unmap", d.path, d.format, i)
-		if d.readOnly {
-			drive += ",readonly=on"
-		}
-		args = append(args, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i, d.serial))
-	}
+	args := vm.args(t, console)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
@@ -507,6 +477,54 @@ wait:
 	t.Logf("QEMU boot %d: %s (guest reached the driver at uptime %ss)%s", b.N, b.Duration.Round(time.Millisecond), b.Uptime,
 		map[bool]string{true: ", TIMED OUT", false: ""}[b.TimedOut])
 	return b
+}
+
+// args is QEMU's command line for one boot of the guest, its serial
+// console written to console.
+func (vm *QemuVM) args(t *testing.T, console string) []string {
+	t.Helper()
+	mem, cpus := vm.Memory, vm.CPUs
+	if mem == 0 {
+		mem = 1024
+	}
+	if cpus == 0 {
+		cpus = 2
+	}
+	args := []string{
+		"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", fmt.Sprint(cpus), "-m", fmt.Sprint(mem),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "file:" + console,
+	}
+	if vm.SSHPort != 0 {
+		// User networking, nothing reachable but the host's 127.0.0.1
+		// port forwarded to the guest's sshd.
+		args = append(args, "-nic", fmt.Sprintf("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22", vm.SSHPort))
+	} else {
+		args = append(args, "-nic", "none")
+	}
+	if vm.UEFI {
+		if vm.vars == "" {
+			vm.vars = filepath.Join(vm.Dir, "OVMF_VARS.fd")
+			testenv.Run(t, "cp", ovmfVars, vm.vars)
+		}
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vm.vars)
+	} else {
+		args = append(args, "-kernel", vm.Base.Kernel, "-initrd", vm.Base.Initrd,
+			"-append", strings.TrimSpace("root=/dev/vda rw console=ttyS0,115200 panic=-1 net.ifnames=0 systemd.show_status=1 "+vm.Append))
+	}
+	for _, s := range vm.shares {
+		args = append(args, "-virtfs", "local,path="+s.path+",mount_tag="+s.tag+",security_model=passthrough,id="+s.tag)
+	}
+	for i, d := range vm.disks {
+		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=d%d,cache=unsafe,discard=unmap", d.path, d.format, i)
+		if d.readOnly {
+			drive += ",readonly=on"
+		}
+		args = append(args, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i, d.serial))
+	}
+	return args
 }
 
 // goTool returns the go command that runs this test.

@@ -98,9 +98,27 @@ func RequireSystem(t *testing.T) {
 	testenv.RequireTools(t, "make", "losetup", "mkfs.btrfs", "btrfs", ovmfCode, ovmfVars, sdBootEFI)
 }
 
+// SystemOptions are what a scenario adds to a full-system guest.
+type SystemOptions struct {
+	// SSHKey, when set, makes the guest reachable over ssh as root with
+	// this public key: the guest root has openssh-server
+	// (QemuSSHTarball), a static address on QEMU's user network
+	// (systemd-networkd), and the key in /root/.ssh/authorized_keys. Set
+	// QemuVM.SSHPort to forward a host port to it.
+	SSHKey string
+	// Files are written into the root (relative path → content, 0644).
+	Files map[string]string
+}
+
 // NewQemuSystem builds a full-system guest with the root on layout: the
 // root image and the disk on the host, then the setup boot.
 func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
+	t.Helper()
+	return NewQemuSystemWith(t, layout, SystemOptions{})
+}
+
+// NewQemuSystemWith is NewQemuSystem with the scenario's additions.
+func NewQemuSystemWith(t *testing.T, layout string, opts SystemOptions) *QemuSystem {
 	t.Helper()
 	RequireSystem(t)
 	ctx := context.Background()
@@ -110,7 +128,11 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tarball, err := QemuBaseTarball(ctx, t.Logf)
+	tarballOf := QemuBaseTarball
+	if opts.SSHKey != "" {
+		tarballOf = QemuSSHTarball
+	}
+	tarball, err := tarballOf(ctx, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +179,9 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 			t.Fatal(err)
 		}
 	}
+	if opts.SSHKey != "" {
+		sshGuest(t, root, opts.SSHKey)
+	}
 	// Debian's kexec-tools loads a kernel at every shutdown (10 s under
 	// TCG); kos-upgrade reboot --kexec loads its own.
 	if err := os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/kexec-load.service")); err != nil {
@@ -188,6 +213,12 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	}
 	restoreOverBusybox(t, filepath.Join(root, "usr/bin"), debianBin)
 	testenv.Run(t, "cp", "-a", tree+"/.", root+"/")
+	// After make install, which ships commented examples of /etc/kos-upgrade.
+	for rel, content := range opts.Files {
+		if err := putFile(root, rel, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -401,3 +432,36 @@ func (s *QemuSystem) Run(t *testing.T, max int) []SystemBoot {
 // Facts returns boot n's facts ("1", "3", "1k"), or nil when the driver
 // did not run then.
 func (s *QemuSystem) Facts(n string) *Facts { return factsIn(s.Shared, n) }
+
+// sshGuest makes the guest root reachable over ssh as root with key: a
+// static address on QEMU's user network (10.0.2.15, systemd-networkd, no
+// DHCP wait) and the key authorized.
+func sshGuest(t *testing.T, root, key string) {
+	t.Helper()
+	files := map[string]struct {
+		content string
+		mode    os.FileMode
+	}{
+		"etc/systemd/network/10-eth0.network": {"[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n", 0o644},
+		"root/.ssh/authorized_keys":           {strings.TrimSpace(key) + "\n", 0o600},
+	}
+	for rel, f := range files {
+		if err := putFile(root, rel, f.content, f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(root, "root/.ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(wants, "systemd-networkd.service"))
+	if err := os.Symlink("/lib/systemd/system/systemd-networkd.service", filepath.Join(wants, "systemd-networkd.service")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(wants, "ssh.service")); err != nil {
+		t.Fatalf("the guest root has no enabled ssh.service: %v", err)
+	}
+}
