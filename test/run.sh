@@ -24,8 +24,8 @@ deps() {
 		# EL8's rpm 4.14.3 (test/el8/rpm.go)
 		patch db5.3-util libdb5.3-dev libpopt-dev libmagic-dev liblua5.3-dev libarchive-dev zlib1g-dev libbz2-dev
 		libzstd-dev libnss3-dev libnspr4-dev libcap-dev libacl1-dev libelf-dev libdw-dev
-		# the Ansible collection (docs/fleet.md): build, sanity, lint, unit tests
-		ansible-core ansible-lint python3-jsonschema python3-pycodestyle pylint yamllint python3-voluptuous)
+		# the Ansible collection (docs/fleet.md): build, sanity, lint, unit tests; ssh to the QEMU fleet
+		ansible-core ansible-lint python3-jsonschema python3-pycodestyle pylint yamllint python3-voluptuous openssh-client)
 	if [ "$1" = demo ]; then
 		need=("${demo_need[@]}")
 	fi
