@@ -21,9 +21,9 @@ import (
 // with next_entry; grub boots it once, the health unit blesses it
 // (saved_entry). The stand-in kernel-core ships the running kernel under
 // another version, without its modules: modules.unshipped is accepted.
-// Under make e2e (KOS_UPGRADE_E2E=full) until it has passed end to end.
+// The EL8 grub2 scenario of the default run (about 5 minutes here: setup
+// 1.5, boots 2 / 1 / 0.75).
 func TestQemuEL8GrubSuccess(t *testing.T) {
-	RequireFull(t)
 	t0 := time.Now()
 	s := NewQemuEL8System(t)
 	repos := filepath.Join(s.Set.Dir, "repos")
