@@ -2,12 +2,11 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 )
 
@@ -26,14 +25,8 @@ import (
 func TestQemuEL8GrubSuccess(t *testing.T) {
 	t0 := time.Now()
 	s := NewQemuEL8System(t)
-	repos := filepath.Join(s.Set.Dir, "repos")
 	s.Script(t, map[string]string{
-		"1": fmt.Sprintf(`grub2-mkconfig -o /boot/efi/EFI/%[1]s/grub.cfg >$F/mkconfig.log 2>&1 || { echo "grub2-mkconfig failed"; cat $F/mkconfig.log; exit 1; }
-cp /boot/efi/EFI/%[1]s/grub.cfg $F/grub.cfg.mkconfig
-grub2-editenv list >$F/grubenv.mkconfig 2>&1
-kos-upgrade prepare --to 5.9 --repo kos59=file://%[2]s/5.9 --repo el8kernel=file://%[3]s --answer modules.unshipped=accept >$F/prepare.log 2>&1 || { echo "prepare failed: $?"; cat $F/prepare.log; exit 1; }
-kos-upgrade reboot >$F/reboot.log 2>&1 || { echo "reboot failed: $?"; cat $F/reboot.log; exit 1; }
-sleep 600`, el8Vendor, repos, s.KernelRepo),
+		"1": s.upgradeStep(""),
 		"3": "true",
 	})
 	boots := s.Run(t, 5)
@@ -88,4 +81,145 @@ sleep 600`, el8Vendor, repos, s.KernelRepo),
 	}
 	t.Logf("EL8 grub2 kernel upgrade: %s in all, boots %s / %s / %s", time.Since(t0).Round(time.Second),
 		boots[0].Duration.Round(time.Second), boots[1].Duration.Round(time.Second), boots[2].Duration.Round(time.Second))
+}
+
+// el8BootState is the boot part of `kos-upgrade status --json` in facts f.
+type el8BootState struct {
+	Entry    string `json:"entry"`
+	Previous string `json:"previous"`
+	Trial    string `json:"trial"`
+}
+
+func el8Boot(f *Facts) *el8BootState {
+	var st struct {
+		State struct {
+			Boot *el8BootState `json:"boot"`
+		} `json:"state"`
+	}
+	if json.Unmarshal([]byte(f.File("status.json")), &st) != nil {
+		return nil
+	}
+	return st.State.Boot
+}
+
+// expectEL8Old checks that boot n of s runs the old 5.8 system of boot 1,
+// untouched, booted by grub from the old entry on the old root LV, with
+// saved_entry on it and no trial left in grubenv; it returns its facts.
+func expectEL8Old(t *testing.T, s *QemuEL8System, n, what string) *Facts {
+	t.Helper()
+	before := s.Facts("1")
+	expectOld(t, "boot 1", before, nil)
+	f := s.Facts(n)
+	expectOld(t, what, f, before.Packages())
+	if c := f.File("cmdline"); !strings.Contains(c, "/vmlinuz-"+fixture.EL8Kernel58+" ") ||
+		!strings.Contains(c, "root=/dev/mapper/"+boot.MapperName(systemVG, systemRootLV)+" ") {
+		t.Errorf("%s: command line %q is not the old entry's on the old root", what, c)
+	}
+	if m := f.File("root-mount"); !strings.Contains(m, "/dev/mapper/"+systemVG+"-"+systemRootLV+" ") {
+		t.Errorf("%s: root is %q, want the old root LV", what, m)
+	}
+	if env := f.File("grubenv"); !strings.Contains(env, "saved_entry="+s.Entry+"\n") ||
+		strings.Contains(env, "kos_upgrade_trial=") || strings.Contains(env, "next_entry=") {
+		t.Errorf("%s: grubenv:\n%s", what, env)
+	}
+	return f
+}
+
+// TestQemuEL8GrubBrokenRootFallsBack is the EL8 kernel upgrade to a root
+// whose init exits (keepme-1.1 of repo 5.9-badinit, as in
+// TestQemuSystemBrokenRootFallsBack): the new kernel panics in each trial
+// boot (next_entry, then one try of 09_kos_upgrade_trial with tries=2),
+// then grub alone boots saved_entry, the old system, whose health unit
+// records the fallback. make e2e only (about 8 minutes).
+func TestQemuEL8GrubBrokenRootFallsBack(t *testing.T) {
+	RequireFull(t)
+	s := NewQemuEL8System(t)
+	s.Script(t, map[string]string{
+		"1": s.upgradeStep("mkdir -p /etc/kos-upgrade && echo tries=2 >/etc/kos-upgrade/boot.conf\n", fixture.Repo59BadInit),
+	})
+	boots := s.Run(t, 7)
+	if len(boots) != 5 {
+		t.Fatalf("%d boots, want 5 (5.8, offline, 2 failed trials, 5.8); run log of boot 1:\n%s\n--- last console:\n%s",
+			len(boots), s.ReadShared("run-1.log"), tail(boots[len(boots)-1].Console, 80))
+	}
+	for _, b := range boots[2:4] {
+		if !strings.Contains(b.Console, "this init is broken on purpose") || !strings.Contains(b.Console, fixture.EL8Kernel59) {
+			t.Errorf("boot %d did not run the new kernel on the broken root; console:\n%s", b.N, tail(b.Console, 40))
+		}
+	}
+	f := expectEL8Old(t, s, "5", "boot 5 (after the fallback)")
+	st := f.Status(t)
+	if st.State.Status != "rolled-back" || st.State.LastResult == nil || st.State.LastResult.Kind != "fallback" || st.State.LastResult.Success {
+		t.Errorf("the fallback is not recorded: %s\n--- health:\n%s", f.File("status.json"), f.File("health.log"))
+	}
+	if t.Failed() {
+		t.Logf("facts of boot 5:%s\n--- run log:\n%s\n--- console:\n%s", f, s.ReadShared("run-5.log"), tail(boots[4].Console, 60))
+	}
+}
+
+// TestQemuEL8GrubRollback is `kos-upgrade rollback` in the EL8 system
+// after a successful, blessed kernel upgrade: the next boot is grub's
+// saved_entry of the old kernel on the old root LV. make e2e only.
+func TestQemuEL8GrubRollback(t *testing.T) {
+	RequireFull(t)
+	s := NewQemuEL8System(t)
+	s.Script(t, map[string]string{
+		"1": s.upgradeStep(""),
+		"3": "kos-upgrade rollback >$F/rollback.log 2>&1 || { cat $F/rollback.log; exit 1; }\nsleep 600",
+	})
+	boots := s.Run(t, 6)
+	if len(boots) != 4 {
+		t.Fatalf("%d boots, want 4 (5.8, offline, 5.9, rolled back 5.8); last console:\n%s", len(boots), tail(boots[len(boots)-1].Console, 80))
+	}
+	up := s.Facts("3")
+	expectUpgraded(t, "boot 3", up)
+	if b := el8Boot(up); b == nil || b.Trial != "blessed" {
+		t.Errorf("the upgrade is not blessed before the rollback: %s", up.File("status.json"))
+	}
+	if l := up.File("rollback.log"); !strings.Contains(l, "Rolled back:") {
+		t.Errorf("kos-upgrade rollback did not say it rolled back:\n%s", l)
+	}
+	f := expectEL8Old(t, s, "4", "boot 4 (after the rollback)")
+	st := f.Status(t)
+	if st.State.LastResult == nil || st.State.LastResult.Kind != "rollback" || !st.State.LastResult.Success {
+		t.Errorf("kos-upgrade status after the rollback: %s", f.File("status.json"))
+	}
+}
+
+// TestQemuEL8GrubBootCounter is the EL8 kernel upgrade with greenboot's
+// boot_counter in grubenv, as EL8's 08_fallback_counting uses it
+// (boot_counter=1, boot_success=1: inactive until a boot sets
+// boot_success=0). The trial sets boot_counter aside (else
+// 08_fallback_counting would count the trial boots and, at 0, boot menu
+// entry 1 over next_entry); the bless drops it, as greenboot does on a
+// good boot. make e2e only.
+func TestQemuEL8GrubBootCounter(t *testing.T) {
+	RequireFull(t)
+	s := NewQemuEL8System(t)
+	s.Script(t, map[string]string{
+		"1": s.upgradeStep("grub2-editenv - set boot_counter=1 boot_success=1\ngrub2-editenv list >$F/grubenv.before 2>&1\n"),
+		"3": "true",
+	})
+	boots := s.Run(t, 5)
+	if len(boots) != 3 {
+		t.Fatalf("%d boots, want 3 (5.8, offline, 5.9); run log of boot 1:\n%s\n--- last console:\n%s",
+			len(boots), s.ReadShared("run-1.log"), tail(boots[len(boots)-1].Console, 80))
+	}
+	if env := s.Facts("1").File("grubenv.before"); !strings.Contains(env, "boot_counter=1\n") {
+		t.Fatalf("grubenv before the upgrade has no boot_counter=1:\n%s", env)
+	}
+	after := s.Facts("3")
+	expectUpgraded(t, "boot 3", after)
+	newEntry := fixture.MachineID + "-" + fixture.EL8Kernel59
+	if b := el8Boot(after); b == nil || b.Trial != "blessed" || b.Entry != newEntry {
+		t.Errorf("state in the new system:\n%s\n--- health:\n%s", after.File("status.json"), after.File("health.log"))
+	}
+	if c := after.File("cmdline"); !strings.Contains(c, "/vmlinuz-"+fixture.EL8Kernel59+" ") {
+		t.Errorf("boot 3's command line %q is not the new entry's", c)
+	}
+	env := after.File("grubenv")
+	if !strings.Contains(env, "saved_entry="+newEntry+"\n") || strings.Contains(env, "boot_counter=") ||
+		strings.Contains(env, "kos_upgrade_") {
+		t.Errorf("grubenv after the bless (want saved_entry=%s, no boot_counter, no kos_upgrade_ keys):\n%s", newEntry, env)
+	}
 }
