@@ -136,6 +136,7 @@ func TestQemuEL8GrubBrokenRootFallsBack(t *testing.T) {
 	s := NewQemuEL8System(t)
 	s.Script(t, map[string]string{
 		"1": s.upgradeStep("mkdir -p /etc/kos-upgrade && echo tries=2 >/etc/kos-upgrade/boot.conf\n", fixture.Repo59BadInit),
+		"5": "true", // records grubenv
 	})
 	boots := s.Run(t, 7)
 	if len(boots) != 5 {
@@ -166,6 +167,7 @@ func TestQemuEL8GrubRollback(t *testing.T) {
 	s.Script(t, map[string]string{
 		"1": s.upgradeStep(""),
 		"3": "kos-upgrade rollback >$F/rollback.log 2>&1 || { cat $F/rollback.log; exit 1; }\nsleep 600",
+		"4": "true", // records grubenv
 	})
 	boots := s.Run(t, 6)
 	if len(boots) != 4 {
