@@ -67,7 +67,11 @@ func NewGrub(root sysroot.Root) (*Grub, error) {
 	}
 	g := &Grub{root: root, bootDir: boot, entriesDir: entries, cfgPaths: cfgs}
 	if len(envs) > 0 {
-		g.envPath = resolveIn(root.Dir, envs[0])
+		p, err := resolveIn(root.Dir, envs[0])
+		if err != nil {
+			return nil, fmt.Errorf("cannot use grubenv: %w", err)
+		}
+		g.envPath = p
 	} else {
 		g.envPath = filepath.Join(filepath.Dir(cfgs[0]), "grubenv")
 	}
@@ -245,7 +249,11 @@ func (g *Grub) grubDefault() string {
 // grub/kos-upgrade-trial.cfg (installed with grub2-mkconfig).
 func (g *Grub) HasTrialConfig() bool {
 	for _, c := range g.cfgPaths {
-		data, err := os.ReadFile(resolveIn(g.root.Dir, c))
+		p, err := resolveIn(g.root.Dir, c)
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(p)
 		if err == nil && bytes.Contains(data, []byte(grubTrialMarker)) {
 			return true
 		}

@@ -24,28 +24,6 @@ func (r runner) run(ctx context.Context, what string, argv ...string) (string, e
 	return execlog.Runner{Log: r.log}.Run(ctx, what, argv...)
 }
 
-// resolveIn follows symbolic links at p (a host path below root) the way
-// they resolve inside the root: absolute targets are re-rooted. A missing
-// file is returned as it is.
-func resolveIn(rootDir, p string) string {
-	for i := 0; i < 16; i++ {
-		fi, err := os.Lstat(p)
-		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
-			return p
-		}
-		t, err := os.Readlink(p)
-		if err != nil {
-			return p
-		}
-		if filepath.IsAbs(t) {
-			p = filepath.Join(rootDir, t)
-		} else {
-			p = filepath.Join(filepath.Dir(p), t)
-		}
-	}
-	return p
-}
-
 // resolveFile follows a symbolic link at p with host semantics.
 func resolveFile(p string) (string, error) {
 	fi, err := os.Lstat(p)
