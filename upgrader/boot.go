@@ -141,7 +141,7 @@ func sameDir(a, b string) bool {
 // it is (a retried step never backs up a half-changed /boot).
 func (e *Engine) backupBoot(ctx context.Context, st store, bs *BootState) error {
 	for _, b := range bs.Backups {
-		if err := boot.Backup(ctx, e.Root.Path(b.Dir), filepath.Join(st.dir, b.Path)); err != nil {
+		if err := boot.Backup(ctx, e.Root, e.Root.Path(b.Dir), filepath.Join(st.dir, b.Path)); err != nil {
 			return fmt.Errorf("cannot back up %s: %w", b.Dir, err)
 		}
 	}
@@ -163,7 +163,7 @@ func (e *Engine) restoreBoot(ctx context.Context, st store, bs *BootState) error
 		} else if err != nil {
 			return fmt.Errorf("cannot restore %s: %w", b.Dir, err)
 		}
-		if err := boot.Restore(ctx, e.Root.Path(b.Dir), src); err != nil {
+		if err := boot.Restore(ctx, e.Root, e.Root.Path(b.Dir), src); err != nil {
 			return fmt.Errorf("cannot restore %s from %s: %w", b.Dir, src, err)
 		}
 		if err := removeStrayKernels(e.Root.Path(b.Dir), src); err != nil {

@@ -81,7 +81,7 @@ func TestRemoveStrayKernels(t *testing.T) {
 	write("initramfs-1.img", "i1")
 	write("initramfs-1kdump.img", "kd")
 	write("loader/entries/m-1.conf", "linux /vmlinuz-1\ninitrd /initramfs-1.img\n")
-	if err := boot.Backup(t.Context(), bootDir, backup); err != nil {
+	if err := boot.Backup(t.Context(), sysroot.Root{Dir: bootDir}, bootDir, backup); err != nil {
 		t.Fatal(err)
 	}
 	write("vmlinuz-2", "k2")       // copied, no entry: stray

@@ -17,6 +17,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/safefile"
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
 // Backup layout: <dest>/files/<path relative to bootDir> and
@@ -89,7 +90,11 @@ func relTo(dir, p string) (string, error) {
 // nil: the backup taken before the upgrade is never overwritten by a
 // retried step (which would back up a half-changed /boot). An incomplete
 // one is discarded and taken again.
-func Backup(ctx context.Context, bootDir, dest string) error {
+//
+// bootDir is a host path below root; symbolic links in it are followed as
+// they resolve inside root (EL8 links grub2/grubenv into the ESP), and one
+// leading out of root is an error, as is a file that is not regular.
+func Backup(ctx context.Context, root sysroot.Root, bootDir, dest string) error {
 	if _, err := ReadBackupManifest(dest); err == nil {
 		return nil
 	}
@@ -122,7 +127,11 @@ func Backup(ctx context.Context, bootDir, dest string) error {
 		}
 	}
 	for _, r := range configFilesRel {
-		if exists(filepath.Join(bootDir, r)) {
+		p, err := resolveIn(root.Dir, filepath.Join(bootDir, r))
+		if err != nil {
+			return fmt.Errorf("cannot back up %s: %w", r, err)
+		}
+		if _, err := os.Lstat(p); err == nil {
 			want[r] = true
 		}
 	}
@@ -136,7 +145,11 @@ func Backup(ctx context.Context, bootDir, dest string) error {
 		if err := ctxErr(ctx); err != nil {
 			return err
 		}
-		size, sum, err := copyFileAtomic(filepath.Join(bootDir, r), filepath.Join(files, r))
+		p, err := resolveIn(root.Dir, filepath.Join(bootDir, r))
+		if err != nil {
+			return fmt.Errorf("cannot back up %s: %w", r, err)
+		}
+		size, sum, err := copyFileAtomic(p, filepath.Join(files, r))
 		if err != nil {
 			return err
 		}
@@ -182,7 +195,9 @@ func ReadBackupManifest(dir string) (*BackupManifest, error) {
 // every backed-up file is restored (atomically, skipped when identical),
 // entries created since are removed, and so are the kernel and initramfs
 // files only those entries named. Running it twice gives the same result.
-func Restore(ctx context.Context, bootDir, src string) error {
+// Symbolic links in bootDir (a host path below root) are followed as they
+// resolve inside root; one leading out of root is an error.
+func Restore(ctx context.Context, root sysroot.Root, bootDir, src string) error {
 	m, err := ReadBackupManifest(src)
 	if err != nil {
 		return err
@@ -193,12 +208,12 @@ func Restore(ctx context.Context, bootDir, src string) error {
 		if err := ctxErr(ctx); err != nil {
 			return err
 		}
-		target := filepath.Join(bootDir, f.Path)
+		target, err := resolveIn(root.Dir, filepath.Join(bootDir, f.Path))
+		if err != nil {
+			return fmt.Errorf("cannot restore %s: %w", f.Path, err)
+		}
 		if sum, err := fileSHA256(target); err == nil && sum == f.SHA256 {
 			continue
-		}
-		if r, err := resolveFile(target); err == nil {
-			target = r
 		}
 		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 			return fmt.Errorf("cannot restore %s: %w", f.Path, err)
@@ -314,7 +329,7 @@ func RemoveLeftovers(ctx context.Context, bl Bootloader, ls []Leftover) error {
 // file, fsync, rename, fsync of the directory), streaming, reflinked when
 // both are on one filesystem that can. It returns size and sha256.
 func copyFileAtomic(src, dst string) (int64, string, error) {
-	in, err := os.Open(src)
+	in, err := safefile.Open(src)
 	if err != nil {
 		return 0, "", fmt.Errorf("cannot copy: %w", err)
 	}
@@ -365,7 +380,7 @@ func copyFileAtomic(src, dst string) (int64, string, error) {
 }
 
 func fileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
+	f, err := safefile.Open(p)
 	if err != nil {
 		return "", err
 	}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
 func writeFile(t *testing.T, p, content string) {
@@ -35,7 +37,7 @@ func TestBackupRestore(t *testing.T) {
 	writeFile(t, filepath.Join(boot, "vmlinuz-old"), "kernel old")
 	writeFile(t, filepath.Join(boot, "vmlinuz-other"), "kernel other")
 	dest := filepath.Join(t.TempDir(), "backup")
-	if err := Backup(ctx, boot, dest); err != nil {
+	if err := Backup(ctx, root, boot, dest); err != nil {
 		t.Fatal(err)
 	}
 	m, err := ReadBackupManifest(dest)
@@ -66,7 +68,7 @@ func TestBackupRestore(t *testing.T) {
 	}
 	os.Remove(filepath.Join(boot, "loader/entries/other.conf"))
 	// A second Backup (a retried step) keeps the first one.
-	if err := Backup(ctx, boot, dest); err != nil {
+	if err := Backup(ctx, root, boot, dest); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(dest, "files/vmlinuz-old")); got != "kernel old" {
@@ -74,7 +76,7 @@ func TestBackupRestore(t *testing.T) {
 	}
 
 	for i := 0; i < 2; i++ {
-		if err := Restore(ctx, boot, dest); err != nil {
+		if err := Restore(ctx, root, boot, dest); err != nil {
 			t.Fatal(err)
 		}
 		if got := readFile(t, filepath.Join(boot, "vmlinuz-old")); got != "kernel old" {
@@ -92,7 +94,7 @@ func TestBackupRestore(t *testing.T) {
 			}
 		}
 	}
-	if err := Restore(ctx, boot, t.TempDir()); !errors.Is(err, ErrNoBackup) {
+	if err := Restore(ctx, root, boot, t.TempDir()); !errors.Is(err, ErrNoBackup) {
 		t.Errorf("restore without backup: %v", err)
 	}
 }
@@ -105,7 +107,7 @@ func TestBackupBootOnRootFS(t *testing.T) {
 	writeFile(t, filepath.Join(boot, "initramfs-1.img"), "i")
 	writeFile(t, filepath.Join(boot, "loader/entries/a.conf"), "linux /boot/vmlinuz-1\ninitrd /boot/initramfs-1.img $tuned_initrd\ninitrd /missing.img\n")
 	dest := filepath.Join(dir, "b")
-	if err := Backup(context.Background(), boot, dest); err != nil {
+	if err := Backup(context.Background(), sysroot.Root{Dir: dir}, boot, dest); err != nil {
 		t.Fatal(err)
 	}
 	m, _ := ReadBackupManifest(dest)
@@ -178,7 +180,7 @@ func TestEntryFilesStayInBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	dest := filepath.Join(t.TempDir(), "b")
-	if err := Backup(ctx, boot, dest); err != nil {
+	if err := Backup(ctx, root, boot, dest); err != nil {
 		t.Fatal(err)
 	}
 	m, err := ReadBackupManifest(dest)
