@@ -93,6 +93,9 @@ install: build ## install into DESTDIR (PREFIX=/usr)
 	install -d $(DESTDIR)$(UNITDIR)/multi-user.target.wants $(DESTDIR)$(UNITDIR)/boot-complete.target.requires
 	ln -sfn ../kos-upgrade-health.service $(DESTDIR)$(UNITDIR)/multi-user.target.wants/kos-upgrade-health.service
 	ln -sfn ../kos-upgrade-health.service $(DESTDIR)$(UNITDIR)/boot-complete.target.requires/kos-upgrade-health.service
+	# confirmation window (docs/health.md): started by kos-upgrade health when health.conf asks for one; no [Install]
+	install -D -m 0644 units/kos-upgrade-confirm.timer $(DESTDIR)$(UNITDIR)/kos-upgrade-confirm.timer
+	install -D -m 0644 units/kos-upgrade-confirm.service $(DESTDIR)$(UNITDIR)/kos-upgrade-confirm.service
 	# D-Bus service (docs/dbus.md): unit, activation, policy, interface, polkit actions, journal catalog
 	install -D -m 0644 units/kos-upgrade-daemon.service $(DESTDIR)$(UNITDIR)/kos-upgrade-daemon.service
 	install -D -m 0644 units/org.kos.Upgrade1.service $(DESTDIR)$(PREFIX)/share/dbus-1/system-services/org.kos.Upgrade1.service

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/health"
@@ -32,6 +33,31 @@ type HealthOptions struct {
 	// damaged, or nil when there is none); nil: the verdict is Checks'
 	// alone. It is called only when the trial entry booted.
 	Judge func(ctx context.Context, baseline *health.Baseline, baselineErr error) *health.Verdict
+	// Hooks runs the green.d or red.d hooks once the verdict is final
+	// and recorded (health.json exists): on red before the fallback (the
+	// new system still runs: drain it), on green after the blessing.
+	// Their results go into health.json; they cannot change the verdict.
+	Hooks func(ctx context.Context, v *health.Verdict) []health.CheckResult
+	// Confirm is the confirmation window (docs/health.md); zero: a green
+	// trial is blessed at once.
+	Confirm ConfirmWindow
+}
+
+// ConfirmWindow keeps a green trial on trial (not blessed: the boot
+// loader's fallback-protected choice) until the application probes pass
+// (the checks of class health.ClassProbe in the verdict) or After has
+// passed since the first green verdict. Every run of Health in the window
+// judges the system again: red at any run falls back.
+type ConfirmWindow struct {
+	// After bounds the window; zero: no window.
+	After time.Duration
+	// FallbackOnTimeout: when After passed and the probes there are did
+	// not pass, fall back (else bless). Without probes the window ends
+	// green.
+	FallbackOnTimeout bool
+	// Wait arranges the next run of Health while the window is open
+	// (kos-upgrade-confirm.timer); nil: the caller runs it again.
+	Wait func(ctx context.Context, until time.Time) error
 }
 
 // Health actions.
@@ -40,6 +66,9 @@ const (
 	HealthPending  = "pending"     // a trial is armed but another entry booted, and it has tries left
 	HealthBlessed  = "blessed"     // the trial entry booted and is healthy: now the permanent default
 	HealthFellBack = "rolled-back" // the trial failed: the old root and entry boot next
+	// HealthConfirming: the trial entry is green and stays on trial
+	// until the confirmation window ends (ConfirmWindow).
+	HealthConfirming = "confirming"
 )
 
 // HealthResult says what Health did. Its JSON form is stable (docs/cli.md).
@@ -125,21 +154,30 @@ func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult,
 		return &HealthResult{Action: HealthFellBack, Entry: bs.Entry, Reason: reason, Result: res}, nil
 	}
 
-	return e.decide(ctx, st, state, bl, e.judge(ctx, st, opts))
+	return e.decide(ctx, st, state, bl, e.judge(ctx, st, opts), opts)
 }
 
 // decide acts on the verdict of the trial boot. Red: health.json first, in
-// this root, then (the engine's rollback, kind fallback) in the old one
-// before it becomes the default, so either root can say why. Green:
-// health.json, then bless.
-func (e *Engine) decide(ctx context.Context, st store, state *State, bl boot.Bootloader, v *health.Verdict) (*HealthResult, error) {
+// this root, the red.d hooks, then (the engine's rollback, kind fallback)
+// health.json in the old root before it becomes the default, so either
+// root can say why. Green: the confirmation window, if any, or
+// health.json, bless, the green.d hooks.
+func (e *Engine) decide(ctx context.Context, st store, state *State, bl boot.Bootloader, v *health.Verdict, opts HealthOptions) (*HealthResult, error) {
 	bs := state.Boot
+	if v.Green && opts.Confirm.After > 0 {
+		open, err := e.confirm(ctx, st, state, v, opts.Confirm)
+		if err != nil || open {
+			return &HealthResult{Action: HealthConfirming, Entry: bs.Entry, Verdict: v,
+				Reason: "green; on trial until the application probes pass or " + bs.ConfirmBy.Local().Format(time.DateTime)}, err
+		}
+	}
 	if !v.Green {
 		v.Decision = "fallback"
 		reason := "automatic fallback: " + strings.Join(v.Reasons, "; ")
 		if err := st.saveVerdict(v); err != nil {
 			e.log().Warn("cannot record the verdict in the upgraded root", "err", err)
 		}
+		e.runHooks(ctx, st, v, opts)
 		res, err := e.rollbackWith(ctx, st, state, "fallback", reason, v)
 		if err != nil {
 			return nil, errors.Join(errors.New(reason), err)
@@ -155,8 +193,79 @@ func (e *Engine) decide(ctx context.Context, st store, state *State, bl boot.Boo
 	if err != nil {
 		return nil, err
 	}
+	e.runHooks(ctx, st, v, opts)
 	res.Verdict = v
 	return res, nil
+}
+
+// confirm is the confirmation window of a green trial: it opens at the
+// first green verdict (recorded in the state, so a reboot keeps its
+// end), and is open (true) until the probes pass or its time is up; open,
+// the verdict is recorded as "confirming" and w.Wait arranges the next
+// run. Closed on time with probes that did not pass and
+// FallbackOnTimeout, the verdict is made red.
+func (e *Engine) confirm(ctx context.Context, st store, state *State, v *health.Verdict, w ConfirmWindow) (bool, error) {
+	bs := state.Boot
+	now := e.now().UTC()
+	if bs.ConfirmBy.IsZero() {
+		bs.ConfirmBy = now.Add(w.After).Truncate(time.Second)
+		if err := st.save(state, e.now()); err != nil {
+			return true, err
+		}
+		e.report(progress.Event{Step: "health", Message: "the upgraded system is healthy; it stays on trial until the application probes pass or " + bs.ConfirmBy.Local().Format(time.DateTime)})
+	}
+	probes, passed := 0, 0
+	for _, c := range v.Checks {
+		if c.Class == health.ClassProbe {
+			probes++
+			if c.Result == health.ResultPassed {
+				passed++
+			}
+		}
+	}
+	switch {
+	case probes > 0 && passed == probes:
+		v.Confirmed = "the application probes passed"
+		return false, nil
+	case now.Before(bs.ConfirmBy):
+		v.Decision, v.ConfirmBy = "confirming", &bs.ConfirmBy
+		if err := st.saveVerdict(v); err != nil {
+			return true, err
+		}
+		if w.Wait == nil {
+			return true, nil
+		}
+		if err := w.Wait(ctx, bs.ConfirmBy); err != nil {
+			return true, fmt.Errorf("cannot arrange the next run of the confirmation window (the trial stays armed; run kos-upgrade health again): %w", err)
+		}
+		return true, nil
+	case probes > 0 && w.FallbackOnTimeout:
+		v.Green = false
+		v.Reasons = append(v.Reasons, fmt.Sprintf("the application probes (confirm.d) did not pass within the confirmation window (%s)", w.After))
+		return false, nil
+	case probes > 0:
+		v.Confirmed = fmt.Sprintf("the confirmation window (%s) passed; the application probes did not pass (confirm_on_timeout = bless)", w.After)
+		return false, nil
+	default:
+		v.Confirmed = fmt.Sprintf("the system stayed healthy for the confirmation window (%s)", w.After)
+		return false, nil
+	}
+}
+
+// runHooks runs opts.Hooks on the final verdict v and records their
+// results in health.json of st (a failure to record them is logged: the
+// verdict stands).
+func (e *Engine) runHooks(ctx context.Context, st store, v *health.Verdict, opts HealthOptions) {
+	if opts.Hooks == nil {
+		return
+	}
+	v.Hooks = opts.Hooks(ctx, v)
+	if len(v.Hooks) == 0 {
+		return
+	}
+	if err := st.saveVerdict(v); err != nil {
+		e.log().Warn("cannot record the hooks' results in the verdict", "err", err)
+	}
 }
 
 // noTrial is Health when no trial of the run's entry is armed: the trial
@@ -249,6 +358,7 @@ func (e *Engine) healthInPlace(ctx context.Context, st store, state *State, opts
 		if err := st.saveVerdict(v); err != nil {
 			e.log().Warn("cannot record the verdict", "err", err)
 		}
+		e.runHooks(ctx, st, v, opts)
 		res, err := e.rollbackWith(ctx, st, state, "fallback", reason, v)
 		if err != nil {
 			return nil, errors.Join(errors.New(reason), err)
@@ -264,6 +374,7 @@ func (e *Engine) healthInPlace(ctx context.Context, st store, state *State, opts
 	if err := st.save(state, e.now()); err != nil {
 		return nil, err
 	}
+	e.runHooks(ctx, st, v, opts)
 	e.report(progress.Event{Step: "health", Message: "the upgraded system is healthy; kos-upgrade clean removes the undo journal " + state.Previous})
 	return &HealthResult{Action: HealthBlessed, Reason: "first boot after the in-place upgrade is healthy", Verdict: v}, nil
 }

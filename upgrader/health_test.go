@@ -180,3 +180,123 @@ func TestHealthVerdict(t *testing.T) {
 		})
 	}
 }
+
+// TestHealthConfirmWindow: health.conf's confirmation window keeps a green
+// trial on trial (grubenv still arms it, saved_entry still the old entry)
+// until the confirm.d probe passes or the window has passed, then blesses
+// or falls back. Each case runs the binary twice on the first boot of a
+// real upgrade (btrfs, grub2 BLS), as kos-upgrade-health.service and then
+// kos-upgrade-confirm.service would.
+// getEnv is the value of key in a grub environment block ("" when unset).
+func getEnv(env *boot.Env, key string) string {
+	v, _ := env.Get(key)
+	return v
+}
+
+func TestHealthConfirmWindow(t *testing.T) {
+	tests := []struct {
+		name, conf string
+		// probe exits 0 once ROOT/app-ready exists; none: no confirm.d
+		probe bool
+		// between the runs: create app-ready, or wait
+		ready bool
+		wait  time.Duration
+		green bool
+		// in health.json's confirmed (green) or reasons (red)
+		want string
+	}{
+		{name: "probe passes on the second run: blessed before the window ends",
+			conf: "confirm_after = 1h\n", probe: true, ready: true, green: true, want: "the application probes passed"},
+		{name: "probe never passes: fallback when the window ends",
+			conf: "confirm_after = 3s\n", probe: true, wait: 3 * time.Second,
+			want: "the application probes (confirm.d) did not pass within the confirmation window (3s)"},
+		{name: "probe never passes, confirm_on_timeout = bless",
+			conf: "confirm_after = 3s\nconfirm_on_timeout = bless\n", probe: true, wait: 3 * time.Second, green: true,
+			want: "the confirmation window (3s) passed; the application probes did not pass"},
+		{name: "no probe: blessed once the window has passed, still healthy",
+			conf: "confirm_after = 3s\n", wait: 3 * time.Second, green: true,
+			want: "the system stayed healthy for the confirmation window (3s)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBootSystem(t, true)
+			res := b.applyKernel(t)
+			newRoot, _ := b.mountRoot(t, res.Snapshot)
+			writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), tc.conf, 0o644)
+			if tc.probe {
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/confirm.d/10-app"),
+					"#!/bin/sh\necho probing the application\ntest -e "+filepath.Join(newRoot, "app-ready")+"\n", 0o755)
+			}
+			hook := "#!/bin/sh\necho \"$KOS_UPGRADE_VERDICT\" >> " + filepath.Join(newRoot, "hook-ran") + "\n"
+			writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/green.d/10-notify"), hook, 0o755)
+			writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/red.d/10-drain"), hook, 0o755)
+			ne := b.entry(t, boot.EntryIDPrefix+fixture.MachineID+"-"+newKver)
+			oldDefault := getEnv(b.env(t), "saved_entry")
+			runHealth := func() (string, error) {
+				out, err := exec.Command(binary(t), "--root", newRoot, "health", "--cmdline", cmdline(ne)).CombinedOutput()
+				return string(out), err
+			}
+
+			// First run: green, the window opens; nothing is blessed.
+			out, err := runHealth()
+			if err != nil || !strings.Contains(out, "stays on trial") {
+				t.Fatalf("first run: %v\n%s", err, out)
+			}
+			v := readVerdict(t, newRoot)
+			if !v.Green || v.Decision != "confirming" || v.ConfirmBy == nil {
+				t.Errorf("verdict in the window: %+v", v)
+			}
+			env := b.env(t)
+			if getEnv(env, "saved_entry") != oldDefault || getEnv(env, "kos_upgrade_trial") != ne.ID {
+				t.Errorf("in the window the trial is not armed any more: saved_entry %q, kos_upgrade_trial %q", getEnv(env, "saved_entry"), getEnv(env, "kos_upgrade_trial"))
+			}
+			if _, err := os.Stat(filepath.Join(newRoot, "hook-ran")); err == nil {
+				t.Errorf("a hook ran while the window is open")
+			}
+			st, _ := exec.Command(binary(t), "--root", newRoot, "status").CombinedOutput()
+			if !strings.Contains(string(st), "green, confirming") || !strings.Contains(string(st), "on trial until") {
+				t.Errorf("status in the window:\n%s", st)
+			}
+
+			if tc.ready {
+				writeFile(t, filepath.Join(newRoot, "app-ready"), "", 0o644)
+			}
+			time.Sleep(tc.wait)
+			out, err = runHealth()
+			nextRoot := newRoot
+			if tc.green {
+				if err != nil {
+					t.Fatalf("second run: %v\n%s", err, out)
+				}
+				if env := b.env(t); getEnv(env, "saved_entry") != ne.ID || getEnv(env, "kos_upgrade_trial") != "" {
+					t.Errorf("not blessed: saved_entry %q, kos_upgrade_trial %q", getEnv(env, "saved_entry"), getEnv(env, "kos_upgrade_trial"))
+				}
+			} else {
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+					t.Fatalf("second run: %v, want exit 1\n%s", err, out)
+				}
+				nextRoot = b.Root
+				if def := b.defaultSubvol(t); def != "@" {
+					t.Errorf("default subvolume after the window failed: %q", def)
+				}
+			}
+			v = readVerdict(t, nextRoot)
+			findings := v.Confirmed + strings.Join(v.Reasons, "\n")
+			if v.Green != tc.green || !strings.Contains(findings, tc.want) {
+				t.Errorf("verdict after the window: green %v, %q; want %v, %q", v.Green, findings, tc.green, tc.want)
+			}
+			// The hook ran once, after the final verdict, and its result
+			// is in health.json (of both roots after a fallback).
+			decision := map[bool]string{true: "blessed", false: "fallback"}[tc.green]
+			if b, _ := os.ReadFile(filepath.Join(newRoot, "hook-ran")); string(b) != decision+"\n" {
+				t.Errorf("hooks wrote %q, want %q once", b, decision)
+			}
+			for _, r := range []string{newRoot, nextRoot} {
+				if v := readVerdict(t, r); len(v.Hooks) != 1 || v.Hooks[0].Result != health.ResultPassed {
+					t.Errorf("hooks in %s's health.json: %+v", r, v.Hooks)
+				}
+			}
+		})
+	}
+}

@@ -133,6 +133,10 @@ type BootState struct {
 	Trial string `json:"trial,omitempty"`
 	// Note says why there is no trial, or why it ended.
 	Note string `json:"note,omitempty"`
+	// ConfirmBy is the end of the confirmation window (health.conf
+	// confirm_after), set at the trial's first green verdict: until then
+	// (or the application probes pass) the trial stays armed.
+	ConfirmBy time.Time `json:"confirm_by,omitzero"`
 }
 
 // BootBackup is one backup of a boot directory.

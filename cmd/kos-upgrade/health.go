@@ -29,6 +29,7 @@ const (
 	wantedDirRel   = sysroot.ConfigDirRel + "/wanted.d"   // a warning
 	greenDirRel    = sysroot.ConfigDirRel + "/green.d"    // hooks after a green verdict
 	redDirRel      = sysroot.ConfigDirRel + "/red.d"      // hooks after a red verdict
+	confirmDirRel  = sysroot.ConfigDirRel + "/confirm.d"  // probes ending the confirmation window
 	healthConfRel  = sysroot.ConfigDirRel + "/health.conf"
 )
 
@@ -43,6 +44,10 @@ const settlePoll = 2 * time.Second
 // healthUnit is the unit that runs this command; it is running, so it is
 // never counted as a failed unit.
 const healthUnit = "kos-upgrade-health.service"
+
+// confirmTimer re-runs kos-upgrade health (kos-upgrade-confirm.service)
+// while the confirmation window is open.
+const confirmTimer = "kos-upgrade-confirm.timer"
 
 // errUnhealthy says the upgraded system failed its check and was rolled back.
 var errUnhealthy = errors.New("the upgraded system failed its health check")
@@ -61,10 +66,13 @@ policy of /etc/kos-upgrade/health.conf; and it runs the site checks of
 /etc/kos-upgrade/health.d and required.d (fatal) and wanted.d (a warning),
 in parallel, each bounded. The verdict is written to health.json in the
 state directory of both roots. A healthy system's entry becomes the
-permanent default. An unhealthy one is rolled back: the old root and boot
-entry become the defaults again, the fallback is recorded, and with
---reboot the machine reboots into the old system. The green.d or red.d
-hooks run after the verdict and cannot change it. When the old system runs
+permanent default; with confirm_after in health.conf it stays on trial
+(judged again every minute by kos-upgrade-confirm.timer) until the
+probes of /etc/kos-upgrade/confirm.d pass or that time has passed. An
+unhealthy one is rolled back: the old root and boot entry become the
+defaults again, the fallback is recorded, and with --reboot the machine
+reboots into the old system. The green.d or red.d hooks run after the
+verdict, cannot change it, and their results go into health.json. When the old system runs
 because the boot loader gave up on the new one, the fallback is recorded
 and the old root made the default again. Without an upgrade awaiting its
 first boot it does nothing.
@@ -102,30 +110,50 @@ Examples:
 				case observe:
 					in.Observed = health.CollectOffline(root.Dir, time.Now())
 				}
-				in.Checks = health.RunChecks(ctx, []health.CheckDir{
+				dirs := []health.CheckDir{
 					{Dir: root.Path(healthDirRel), Name: "health.d", Class: health.ClassRequired},
 					{Dir: root.Path(requiredDirRel), Name: "required.d", Class: health.ClassRequired},
 					{Dir: root.Path(wantedDirRel), Name: "wanted.d", Class: health.ClassWanted},
-				}, pol.CheckTimeout, "KOS_UPGRADE_ROOT="+root.Dir)
+				}
+				if pol.ConfirmAfter > 0 {
+					dirs = append(dirs, health.CheckDir{Dir: root.Path(confirmDirRel), Name: "confirm.d", Class: health.ClassProbe})
+				}
+				in.Checks = health.RunChecks(ctx, dirs, pol.CheckTimeout, "KOS_UPGRADE_ROOT="+root.Dir)
 				in.Now = time.Now()
 				return health.Judge(in)
 			}
 			if c.Bool("dry-run") {
 				return healthDryRun(c.Context, e, judge)
 			}
-			res, err := e.engine.Health(c.Context, upgrader.HealthOptions{Cmdline: cmdline, Judge: judge})
+			hooks := func(ctx context.Context, v *health.Verdict) []health.CheckResult {
+				dir := greenDirRel
+				if !v.Green {
+					dir = redDirRel
+				}
+				return health.RunChecks(ctx, []health.CheckDir{{Dir: root.Path(dir), Name: filepath.Base(dir), Class: health.ClassHook}},
+					pol.HookTimeout, "KOS_UPGRADE_ROOT="+root.Dir, "KOS_UPGRADE_VERDICT="+v.Decision,
+					"KOS_UPGRADE_VERDICT_FILE="+filepath.Join(root.StateDir(), "health.json"))
+			}
+			live := root.Dir == runningRoot && rebootPossible(e) == nil
+			window := upgrader.ConfirmWindow{After: pol.ConfirmAfter, FallbackOnTimeout: !pol.ConfirmBless}
+			if live {
+				// The timer runs this command again every minute until
+				// the window closes; a reboot in the window runs it too
+				// (kos-upgrade-health.service) and the timer is started
+				// again.
+				window.Wait = func(ctx context.Context, _ time.Time) error { return confirmTimerJob(ctx, true) }
+			}
+			res, err := e.engine.Health(c.Context, upgrader.HealthOptions{Cmdline: cmdline, Judge: judge, Hooks: hooks, Confirm: window})
 			if err != nil {
 				return err
 			}
-			if v := res.Verdict; v != nil {
-				announceVerdict(res)
-				hooks := greenDirRel
-				if !v.Green {
-					hooks = redDirRel
+			if pol.ConfirmAfter > 0 && live && res.Action != upgrader.HealthConfirming {
+				if err := confirmTimerJob(c.Context, false); err != nil {
+					e.engine.Log.Warn("cannot stop the timer of the confirmation window", "unit", confirmTimer, "err", err)
 				}
-				v.Hooks = health.RunChecks(c.Context, []health.CheckDir{{Dir: root.Path(hooks), Name: filepath.Base(hooks), Class: health.ClassHook}},
-					pol.HookTimeout, "KOS_UPGRADE_ROOT="+root.Dir, "KOS_UPGRADE_VERDICT="+v.Decision,
-					"KOS_UPGRADE_VERDICT_FILE="+filepath.Join(root.StateDir(), "health.json"))
+			}
+			if res.Verdict != nil && res.Action != upgrader.HealthConfirming {
+				announceVerdict(res)
 			}
 			if e.json {
 				if err := e.printJSON(res); err != nil {
@@ -145,6 +173,27 @@ Examples:
 			return fmt.Errorf("%w: %s", errUnhealthy, res.Reason)
 		}),
 	}
+}
+
+// confirmTimerJob starts (or stops) kos-upgrade-confirm.timer through
+// systemd's D-Bus API.
+func confirmTimerJob(ctx context.Context, start bool) error {
+	ctx, cancel := context.WithTimeout(ctx, rebootTimeout)
+	defer cancel()
+	conn, err := connectSystemd(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if start {
+		_, err = conn.StartUnitContext(ctx, confirmTimer, "replace", nil)
+	} else {
+		_, err = conn.StopUnitContext(ctx, confirmTimer, "replace", nil)
+	}
+	if err != nil {
+		return fmt.Errorf("systemd refused a job for %s: %w", confirmTimer, err)
+	}
+	return nil
 }
 
 // errWouldFail says a dry run found the system unhealthy.
@@ -252,6 +301,8 @@ func printHealth(e *env, r *upgrader.HealthResult) {
 	switch r.Action {
 	case upgrader.HealthBlessed:
 		fmt.Fprintf(e.out, "The upgraded system is healthy: boot entry %s is now the default.\n", r.Entry)
+	case upgrader.HealthConfirming:
+		fmt.Fprintf(e.out, "The upgraded system is healthy and stays on trial (boot entry %s, not blessed yet): %s.\n", r.Entry, r.Reason)
 	case upgrader.HealthFellBack:
 		fmt.Fprintf(e.out, "Rolled back: %s\n", r.Reason)
 		if r.Reboot {

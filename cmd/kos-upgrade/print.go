@@ -153,6 +153,12 @@ func printVerdict(w io.Writer, v *health.Verdict) {
 		color = "red"
 	}
 	fmt.Fprintf(w, "Health:   %s, %s (first boot of the upgraded system, %s)\n", color, v.Decision, v.At.Local().Format(time.DateTime))
+	if v.ConfirmBy != nil && v.Decision == "confirming" {
+		fmt.Fprintf(w, "  on trial until the application probes (confirm.d) pass or %s; judged again every minute\n", v.ConfirmBy.Local().Format(time.DateTime))
+	}
+	if v.Confirmed != "" {
+		fmt.Fprintf(w, "  confirmation window: %s\n", v.Confirmed)
+	}
 	for _, r := range v.Reasons {
 		fmt.Fprintf(w, "  regression: %s\n", r)
 	}
@@ -173,7 +179,11 @@ func printVerdict(w io.Writer, v *health.Verdict) {
 		fmt.Fprintln(w)
 	}
 	for _, c := range v.Hooks {
-		fmt.Fprintf(w, "  hook %s: %s\n", c.Name, c.Result)
+		fmt.Fprintf(w, "  hook %s: %s", c.Name, c.Result)
+		if c.Detail != "" {
+			fmt.Fprintf(w, " (%s)", c.Detail)
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "  baseline: %s\n", v.Baseline)
 }

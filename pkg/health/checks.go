@@ -21,6 +21,7 @@ const (
 	ClassRequired = "required" // health.d and required.d: a failure is fatal
 	ClassWanted   = "wanted"   // wanted.d: a failure is a warning
 	ClassHook     = "hook"     // green.d, red.d: run after the verdict
+	ClassProbe    = "probe"    // confirm.d: application probes ending the confirmation window
 )
 
 // Results of a check.

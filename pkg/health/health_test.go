@@ -138,6 +138,12 @@ func TestParsePolicy(t *testing.T) {
 					slices.Equal(p.Required, []string{"db.service", "web.socket"}) && p.Ignore["dnf-makecache.service"] &&
 					p.ActivatingWait == 90*time.Second && p.CheckTimeout == 2*time.Second && p.HookTimeout == time.Second
 			}},
+		{name: "confirmation window", text: "confirm_after = 30m\nconfirm_on_timeout = bless\n", check: func(p Policy) bool {
+			return p.ConfirmAfter == 30*time.Minute && p.ConfirmBless
+		}},
+		{name: "no window by default", text: "", check: func(p Policy) bool { return p.ConfirmAfter == 0 && !p.ConfirmBless }},
+		{name: "window too long", text: "confirm_after = 200h\n", wantErr: "between 0 and 168h"},
+		{name: "bad timeout action", text: "confirm_on_timeout = maybe\n", wantErr: `confirm_on_timeout = "maybe" is not fallback or bless`},
 		{name: "unknown key", text: "fatl = unit-failed\n", wantErr: `line 1: unknown key "fatl"`},
 		{name: "unknown kind", text: "\nfatal = everything\n", wantErr: `line 2: unknown kind "everything"`},
 		{name: "not a unit", text: "required = ../../etc/passwd\n", wantErr: "is not a unit name"},
@@ -201,6 +207,9 @@ func TestJudge(t *testing.T) {
 			{Name: "health.d/y", Class: ClassRequired, Result: ResultPassed}}},
 			reasons:  []string{"check required.d/db timed out (killed after 1s)"},
 			warnings: []string{"check wanted.d/x failed (exit status 1)"}},
+		{name: "probe not passing yet is neither", in: Input{Checks: []CheckResult{
+			{Name: "confirm.d/app", Class: ClassProbe, Result: ResultFailed, Detail: "exit status 1"}}},
+			green: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

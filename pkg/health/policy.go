@@ -21,6 +21,8 @@ import (
 //	activating_wait = 5m                 # how long to wait for units starting
 //	check_timeout = 5m                   # per site check
 //	hook_timeout = 1m                    # per green.d/red.d hook
+//	confirm_after = 30m                  # confirmation window (off: 0)
+//	confirm_on_timeout = fallback        # probes not passed in time: fallback or bless
 type Policy struct {
 	Fatal          map[string]bool
 	Required       []string
@@ -28,7 +30,17 @@ type Policy struct {
 	ActivatingWait time.Duration
 	CheckTimeout   time.Duration
 	HookTimeout    time.Duration
+	// ConfirmAfter is the confirmation window (zero: none): a green
+	// trial stays on trial until the confirm.d probes pass or this
+	// passes.
+	ConfirmAfter time.Duration
+	// ConfirmBless: when the window ends with probes that did not pass,
+	// bless (confirm_on_timeout = bless) instead of falling back.
+	ConfirmBless bool
 }
+
+// maxConfirmAfter bounds the confirmation window.
+const maxConfirmAfter = 7 * 24 * time.Hour
 
 // DefaultPolicy is the policy without health.conf: a service or socket
 // that was active and is not, a missing fstab mount, and a unit failed
@@ -111,21 +123,34 @@ func ParsePolicy(b []byte) (Policy, error) {
 					p.Ignore[x] = true
 				}
 			}
-		case "activating_wait", "check_timeout", "hook_timeout":
+		case "activating_wait", "check_timeout", "hook_timeout", "confirm_after":
+			max, maxs := 24*time.Hour, "24h"
+			if k == "confirm_after" {
+				max, maxs = maxConfirmAfter, "168h"
+			}
 			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 || d > 24*time.Hour {
-				return p, fmt.Errorf("line %d: %s = %q is not a duration between 0 and 24h (5m, 90s)", n, k, v)
+			if err != nil || d < 0 || d > max {
+				return p, fmt.Errorf("line %d: %s = %q is not a duration between 0 and %s (5m, 90s)", n, k, v, maxs)
 			}
 			switch k {
 			case "activating_wait":
 				p.ActivatingWait = d
 			case "check_timeout":
 				p.CheckTimeout = d
+			case "confirm_after":
+				p.ConfirmAfter = d
 			default:
 				p.HookTimeout = d
 			}
+		case "confirm_on_timeout":
+			switch v {
+			case "fallback", "bless":
+				p.ConfirmBless = v == "bless"
+			default:
+				return p, fmt.Errorf("line %d: confirm_on_timeout = %q is not fallback or bless", n, v)
+			}
 		default:
-			return p, fmt.Errorf("line %d: unknown key %q (fatal, required, ignore, activating_wait, check_timeout, hook_timeout)", n, k)
+			return p, fmt.Errorf("line %d: unknown key %q (fatal, required, ignore, activating_wait, check_timeout, hook_timeout, confirm_after, confirm_on_timeout)", n, k)
 		}
 	}
 	if err := sc.Err(); err != nil {

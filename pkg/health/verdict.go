@@ -30,6 +30,12 @@ type Verdict struct {
 	Checks []CheckResult `json:"checks,omitempty"`
 	// Hooks are the green.d/red.d hooks run after the verdict.
 	Hooks []CheckResult `json:"hooks,omitempty"`
+	// ConfirmBy is the end of the confirmation window while the green
+	// system stays on trial (Decision "confirming").
+	ConfirmBy *time.Time `json:"confirm_by,omitempty"`
+	// Confirmed says how the confirmation window ended, when there was
+	// one.
+	Confirmed string `json:"confirmed,omitempty"`
 }
 
 // Input is what Judge decides on.
@@ -120,9 +126,13 @@ func Judge(in Input) *Verdict {
 		if out := lastLine(c.Output); out != "" {
 			msg += ": " + out
 		}
-		if c.Class == ClassWanted {
+		switch c.Class {
+		case ClassProbe:
+			// Not passing yet is what the confirmation window waits for
+			// (upgrader.ConfirmWindow decides).
+		case ClassWanted:
 			v.Warnings = append(v.Warnings, msg)
-		} else {
+		default:
 			v.Reasons = append(v.Reasons, msg)
 		}
 	}

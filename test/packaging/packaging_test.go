@@ -191,6 +191,8 @@ var expectedFiles = []string{
 	"/usr/lib/systemd/system/kos-upgrade-apply.service",
 	"/usr/lib/systemd/system/system-update.target.wants/kos-upgrade-apply.service",
 	"/usr/lib/systemd/system/kos-upgrade-daemon.service",
+	"/usr/lib/systemd/system/kos-upgrade-confirm.service",
+	"/usr/lib/systemd/system/kos-upgrade-confirm.timer",
 	"/usr/share/dbus-1/system-services/org.kos.Upgrade1.service",
 	"/usr/share/dbus-1/system.d/org.kos.Upgrade1.conf",
 	"/usr/share/dbus-1/interfaces/org.kos.Upgrade1.xml",
