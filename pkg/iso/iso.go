@@ -121,8 +121,9 @@ type Image struct {
 	repos []Repo
 	read  atomic.Int64 // bytes read from the image
 
-	mu   sync.Mutex
-	dirs map[string][]fs.DirEntry // directory listings read so far
+	mu     sync.Mutex
+	dirs   map[string][]fs.DirEntry // directory listings read so far
+	budget readBudget               // of the go-diskfs call running (under mu)
 }
 
 // Open opens the image at path (an absolute path to a regular file), reads
@@ -158,14 +159,17 @@ func (im *Image) init() error {
 	if err := im.readVDs(); err != nil {
 		return err
 	}
-	if err := guard(func() error {
-		fsys, err := iso9660.Read(file.New(countingFile{im.f, &im.read}, true), im.size, 0, blockSize)
+	if err := im.guard(func() error {
+		fsys, err := iso9660.Read(file.New(budgetFile{countingFile{im.f, &im.read}, &im.budget}, true), im.size, 0, blockSize)
 		if err != nil {
 			return err
 		}
 		im.fs = fsys
 		return nil
 	}); err != nil {
+		if errors.Is(err, ErrDamaged) {
+			return err
+		}
 		return fmt.Errorf("%w: %v", ErrDamaged, err)
 	}
 	im.label = strings.TrimSpace(im.fs.Label())
@@ -279,7 +283,7 @@ func (im *Image) readDir(dir string) ([]fs.DirEntry, error) {
 		return ents, nil
 	}
 	var ents []fs.DirEntry
-	if err := guard(func() error {
+	if err := im.guard(func() error {
 		var err error
 		ents, err = im.fs.ReadDir(dir)
 		return err
@@ -475,9 +479,11 @@ func parseTreeinfo(s string) *Release {
 	return r
 }
 
-// guard runs fn, turning a panic of the image reader (a damaged image can
-// make go-diskfs index out of range) into an error.
-func guard(fn func() error) (err error) {
+// guard runs fn, a call into go-diskfs, with a fresh read budget, turning
+// a panic of the image reader (a damaged image can make go-diskfs index out
+// of range) into an error. The caller holds im.mu or is init.
+func (im *Image) guard(fn func() error) (err error) {
+	im.budget = readBudget{}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: the ISO 9660 reader failed: %v", ErrDamaged, r)
@@ -502,4 +508,65 @@ func (c countingFile) Read(b []byte) (int, error) {
 	n, err := c.File.Read(b)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// Bounds of one call into go-diskfs (opening the image, listing one
+// directory). go-diskfs follows Rock Ridge continuation areas (SUSP "CE")
+// as long as the last entry of an area is another CE, so an area that
+// continues in itself, or a cycle of them, makes it loop for ever: the
+// reads it makes are counted and a call that reads the same bytes again and
+// again, or far more than any directory needs, fails instead.
+const (
+	// maxRepeatedReads is how often one call may read the same bytes
+	// (offset and length); a directory walk reads a directory at most a
+	// few times.
+	maxRepeatedReads = 16
+	// maxCallReads bounds the reads of one call: one per directory record
+	// with a continuation area, and a few for the directories.
+	maxCallReads = 1 << 18
+	// maxCallBytes bounds the bytes one call reads (a directory of 100,000
+	// Rock Ridge entries is about 12 MiB).
+	maxCallBytes = 256 << 20
+)
+
+// readBudget counts the reads of one call into go-diskfs.
+type readBudget struct {
+	reads int
+	bytes int64
+	seen  map[[2]int64]int // {offset, length} -> times read
+}
+
+// take accounts for reading n bytes at off, or says why it must not be
+// done (go-diskfs keeps only the text of the error).
+func (b *readBudget) take(off int64, n int) error {
+	b.reads++
+	b.bytes += int64(n)
+	if b.seen == nil {
+		b.seen = map[[2]int64]int{}
+	}
+	k := [2]int64{off, int64(n)}
+	b.seen[k]++
+	switch {
+	case b.seen[k] > maxRepeatedReads:
+		return fmt.Errorf("the same %d bytes at offset %d read %d times: the Rock Ridge continuation areas form a loop", n, off, b.seen[k])
+	case b.reads > maxCallReads:
+		return fmt.Errorf("more than %d reads for one directory: the Rock Ridge continuation areas form a loop", maxCallReads)
+	case b.bytes > maxCallBytes:
+		return fmt.Errorf("more than %d MiB read for one directory: the Rock Ridge continuation areas form a loop", maxCallBytes>>20)
+	}
+	return nil
+}
+
+// budgetFile is the image as go-diskfs reads it: every read is taken from
+// the budget of the call running.
+type budgetFile struct {
+	countingFile
+	budget *readBudget
+}
+
+func (f budgetFile) ReadAt(b []byte, off int64) (int, error) {
+	if err := f.budget.take(off, len(b)); err != nil {
+		return 0, err
+	}
+	return f.countingFile.ReadAt(b, off)
 }

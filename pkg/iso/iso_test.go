@@ -315,3 +315,77 @@ func TestFullExtentRefused(t *testing.T) {
 		t.Errorf("open: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestContinuationLoop: a Rock Ridge continuation area (SUSP "CE") whose
+// last entry continues in itself makes go-diskfs loop for ever; the image
+// is refused with ErrDamaged instead. The loop is made by patching the
+// continuation area of the root directory's record (where xorriso puts
+// the "ER" entry) into a CE pointing at itself, with and without entries
+// before it (a loop that grows the entry list).
+func TestContinuationLoop(t *testing.T) {
+	set := fixture.MustBuild(t)
+	p := makeISO(t, fixture.ISOOptions{Label: "LOOP", Release: "5.9", NoJoliet: true, Dirs: map[string]string{".": set.Repos[fixture.Repo59]}})
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ce := bytes.Index(orig, []byte("CE\x1c\x01"))
+	if ce < 0 {
+		t.Fatal("no continuation entry in the image")
+	}
+	area := int(binary.LittleEndian.Uint32(orig[ce+4:]))*2048 + int(binary.LittleEndian.Uint32(orig[ce+12:]))
+	if area+64 > len(orig) {
+		t.Fatalf("continuation area at %d, outside the image", area)
+	}
+	for _, tc := range []struct {
+		name   string
+		before int // bytes of an unknown SUSP entry before the looping CE
+	}{
+		{name: "CE continuing in itself", before: 0},
+		{name: "entries and a CE continuing in their area", before: 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := append([]byte(nil), orig...)
+			b := img[area:]
+			if tc.before > 0 {
+				copy(b, "ZZ")
+				b[2], b[3] = byte(tc.before), 1
+				b = b[tc.before:]
+			}
+			copy(b, "CE\x1c\x01")
+			loc, off, n := uint32(area/2048), uint32(area%2048), uint32(tc.before+28)
+			binary.LittleEndian.PutUint32(b[4:], loc)
+			binary.BigEndian.PutUint32(b[8:], loc)
+			binary.LittleEndian.PutUint32(b[12:], off)
+			binary.BigEndian.PutUint32(b[16:], off)
+			binary.LittleEndian.PutUint32(b[20:], n)
+			binary.BigEndian.PutUint32(b[24:], n)
+			// The directory record's CE now continues in the loop.
+			binary.LittleEndian.PutUint32(img[ce+20:], n)
+			binary.BigEndian.PutUint32(img[ce+24:], n)
+			bad := filepath.Join(t.TempDir(), "loop.iso")
+			if err := os.WriteFile(bad, img, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				im, err := iso.Open(bad)
+				if err == nil {
+					im.Close()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, iso.ErrDamaged) || !strings.Contains(err.Error(), "continuation") {
+					t.Fatalf("Open: %v, want ErrDamaged about the continuation areas", err)
+				}
+				if strings.Count(err.Error(), iso.ErrDamaged.Error()) != 1 {
+					t.Errorf("Open: %q says %q more than once", err, iso.ErrDamaged)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("the image reader hangs")
+			}
+		})
+	}
+}
