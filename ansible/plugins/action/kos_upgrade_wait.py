@@ -17,15 +17,14 @@ import time
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
-from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import FINAL_VERDICTS, SCHEMA_VERSION
+from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import FINAL_VERDICTS, SCHEMA_VERSION, common_argument_spec
 
-ARGS = dict(
+ARGS = common_argument_spec()
+ARGS.update(
     boot_id=dict(type='str', default=''),
     since=dict(type='float'),
     timeout=dict(type='int', default=3600),
     poll_interval=dict(type='int', default=10),
-    root=dict(type='path', default='/'),
-    binary=dict(type='path'),
 )
 
 

@@ -13,22 +13,11 @@ short_description: Disarm a KOS upgrade and drop its plan and staged packages
 version_added: 0.1.0
 description:
   - Runs C(kos-upgrade --json cancel) when a plan is prepared, armed or failed; otherwise does nothing (C(ok)).
-options:
-  root:
-    description:
-      - Act on the system mounted at this directory (C(kos-upgrade --root)).
-    type: path
-    default: /
-  binary:
-    description:
-      - The kos-upgrade program to run; by default the one found on E(PATH).
-    type: path
 author:
   - kos-upgrade developers (@keyarchos)
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+extends_documentation_fragment:
+  - kos.upgrade.kos_upgrade
+  - kos.upgrade.kos_upgrade.check_mode
 '''
 
 EXAMPLES = r'''

@@ -57,21 +57,11 @@ options:
     type: list
     elements: str
     default: []
-  root:
-    description:
-      - Act on the system mounted at this directory (C(kos-upgrade --root)).
-    type: path
-    default: /
-  binary:
-    description:
-      - The kos-upgrade program to run; by default the one found on E(PATH).
-    type: path
 author:
   - kos-upgrade developers (@keyarchos)
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+extends_documentation_fragment:
+  - kos.upgrade.kos_upgrade
+  - kos.upgrade.kos_upgrade.check_mode
 '''
 
 EXAMPLES = r'''

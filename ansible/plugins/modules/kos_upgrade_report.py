@@ -40,10 +40,8 @@ options:
     default: KOS fleet upgrade
 author:
   - kos-upgrade developers (@keyarchos)
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+extends_documentation_fragment:
+  - kos.upgrade.kos_upgrade.check_mode
 '''
 
 EXAMPLES = r'''

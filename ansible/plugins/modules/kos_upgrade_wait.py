@@ -43,15 +43,6 @@ options:
       - Seconds between two reads.
     type: int
     default: 10
-  root:
-    description:
-      - The root kos-upgrade acts on (C(kos-upgrade --root)).
-    type: path
-    default: /
-  binary:
-    description:
-      - The kos-upgrade program to run; by default the one found on E(PATH).
-    type: path
 author:
   - kos-upgrade developers (@keyarchos)
 attributes:
@@ -61,6 +52,8 @@ attributes:
   check_mode:
     description: Waits for a real reboot; check mode is not supported.
     support: none
+extends_documentation_fragment:
+  - kos.upgrade.kos_upgrade
 '''
 
 EXAMPLES = r'''

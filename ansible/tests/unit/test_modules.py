@@ -658,6 +658,13 @@ class TestDocs(TestCase):
                 self.assertEqual(p.returncode, 0, p.stderr)
                 doc = json.loads(p.stdout)['kos.upgrade.' + m]['doc']
                 self.assertTrue(doc['short_description'])
+                # The shared options and attributes (plugins/doc_fragments).
+                self.assertIn('support', doc['attributes']['check_mode'])
+                if m != 'kos_upgrade_report':
+                    self.assertEqual(doc['options']['root']['type'], 'path')
+                    self.assertEqual(doc['options']['root']['default'], '/')
+                    self.assertEqual(doc['options']['binary']['type'], 'path')
+                    self.assertIn('--root', ' '.join(doc['options']['root']['description']))
 
 
 if __name__ == '__main__':
