@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,5 +67,34 @@ func TestIsolated(t *testing.T) {
 		if strings.HasPrefix(l, "PYTHONPATH=") || strings.HasPrefix(l, "LD_PRELOAD=") || l == "LANG=C" {
 			t.Errorf("environment has %s", l)
 		}
+	}
+}
+
+// TestPythonFlags: -I where the interpreter has it, else -E -s; real
+// interpreters (python3 and, when installed, the Python 3.6 of the EL8
+// helper checks) and one without -I (an interpreter replaced in place by
+// one that refuses it). Nothing is remembered between calls: the answer
+// follows the interpreter at the path.
+func TestPythonFlags(t *testing.T) {
+	ctx := context.Background()
+	py := filepath.Join(t.TempDir(), "python")
+	if err := os.Symlink("/usr/bin/python3", py); err != nil {
+		t.Fatal(err)
+	}
+	if got := PythonFlags(ctx, py); !slices.Equal(got, []string{"-I"}) {
+		t.Fatalf("python3: %q, want -I", got)
+	}
+	// The same path, now an interpreter without -I (as Python 2 was).
+	os.Remove(py)
+	noI := "#!/bin/sh\nfor a; do [ \"$a\" = -I ] && { echo 'Unknown option: -I' >&2; exit 2; }; done\nexit 0\n"
+	if err := os.WriteFile(py, []byte(noI), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := PythonFlags(ctx, py); !slices.Equal(got, []string{"-E", "-s"}) {
+		t.Fatalf("interpreter without -I: %q, want -E -s", got)
+	}
+	cmd := Python(ctx, py, []string{"-c", "pass"})
+	if want := []string{py, "-E", "-s", "-c", "pass"}; !slices.Equal(cmd.Args, want) {
+		t.Errorf("Python: %q, want %q", cmd.Args, want)
 	}
 }

@@ -83,7 +83,7 @@ func (d *DNF) runHelper(ctx context.Context, command string, req any, sink progr
 	}
 	defer proto.Close()
 	cmd.ExtraFiles = []*os.File{protoW} // fd 3
-	d.log().Debug("running package helper", "python", d.Python, "flags", execlog.PythonFlags(ctx, d.Python), "command", command)
+	d.log().Debug("running package helper", "python", d.Python, "flags", cmd.Args[1:len(cmd.Args)-3], "command", command)
 	err = cmd.Start()
 	protoW.Close()
 	if err != nil {
