@@ -100,7 +100,7 @@ func QuoteArgv(argv []string) string {
 // (no user site, no PYTHON* variables, neither the script's nor the working
 // directory on sys.path) where it has it, else -E -s. Both keep a virtual
 // environment's interpreter working (pyvenv.cfg is found from the
-// executable). The interpreter is asked each time (python -I -c ”):
+// executable). The interpreter is asked each time (python -I -c ""):
 // nothing is kept between calls, and the probe (20 to 70 ms measured) is
 // small beside what it precedes (the dnf helper's "import dnf" alone takes
 // about 330 ms).
