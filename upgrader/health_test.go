@@ -71,6 +71,14 @@ func TestHealthVerdict(t *testing.T) {
 			output: "hook red.d/10-notify: failed",
 			want: []string{"acme-web.service was enabled before the upgrade and is not after",
 				"expected: legacy.service was enabled before the upgrade and is not after: package legacy is removed by the plan"}},
+		{name: "unit disabled by the new system's presets is expected",
+			setup: func(t *testing.T, newRoot string) {
+				// As if kos-release 5.9 shipped a preset disabling it.
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "fatal = unit-disabled service-inactive\n", 0o644)
+				writeFile(t, filepath.Join(newRoot, "usr/lib/systemd/system-preset/50-kos.preset"), "# KOS 5.9\ndisable acme-web.service\n", 0o644)
+			},
+			green: true,
+			want:  []string{"expected: acme-web.service was enabled before the upgrade and is not after: the new system's presets disable it: /usr/lib/systemd/system-preset/50-kos.preset:2; before the upgrade: enable (no preset matches)"}},
 		{name: "hanging required check is killed, red",
 			setup: func(t *testing.T, newRoot string) {
 				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "check_timeout = 2s\nhook_timeout = 1s\n", 0o644)

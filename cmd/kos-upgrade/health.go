@@ -103,7 +103,7 @@ Examples:
 			pol, polErr := health.LoadPolicy(root.Path(healthConfRel))
 			pol.Ignore[healthUnit] = true // this check itself, running now
 			judge := func(ctx context.Context, baseline *health.Baseline, baselineErr error) *health.Verdict {
-				in := health.Input{Baseline: baseline, BaselineErr: baselineErr, Policy: pol, PolicyErr: polErr}
+				in := health.Input{Baseline: baseline, BaselineErr: baselineErr, Policy: pol, PolicyErr: polErr, Presets: health.LoadPresets(root.Dir)}
 				switch {
 				case observe && root.Dir == runningRoot:
 					in.Observed, in.ObservedErr = observeSettled(ctx, e, pol.ActivatingWait)

@@ -70,6 +70,11 @@ type Unit struct {
 	// an inactive unit with a start job is still to be started (ordered
 	// after the health check, say).
 	Job string `json:"job,omitempty"`
+	// Preset is what the system's preset files said of an enabled unit
+	// when the baseline was taken ("disable (FILE:LINE)", Preset.String):
+	// a unit the new system's presets disable, and the old ones did not,
+	// is expected to be disabled (Judge).
+	Preset string `json:"preset,omitempty"`
 }
 
 // Socket is a listening socket.
@@ -158,7 +163,7 @@ func (b *Baseline) Validate() error {
 		return fmt.Errorf("selinux mode %q is not enforcing, permissive or disabled", b.SELinux)
 	}
 	for _, u := range b.Units {
-		if !ValidUnitName(u.Name) || u.Type != UnitType(u.Name) || len(u.Active) > 32 || len(u.Sub) > 64 || len(u.Job) > 32 {
+		if !ValidUnitName(u.Name) || u.Type != UnitType(u.Name) || len(u.Active) > 32 || len(u.Sub) > 64 || len(u.Job) > 32 || len(u.Preset) > 4200 {
 			return fmt.Errorf("unit %q is not a valid unit record", u.Name)
 		}
 	}

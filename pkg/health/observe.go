@@ -16,9 +16,21 @@ const systemdTimeout = time.Minute
 
 // Observe measures the system at root: live when root is "/" and systemd
 // answers (directly at /run/systemd/private as root, else on the system
-// bus), otherwise offline (CollectOffline), with why in NotMeasured. It
-// never fails: what cannot be measured is marked so.
+// bus), otherwise offline (CollectOffline), with why in NotMeasured, and
+// the preset of every enabled unit. It never fails: what cannot be
+// measured is marked so.
 func Observe(ctx context.Context, root string, now time.Time) *Baseline {
+	b := observe(ctx, root, now)
+	presets := LoadPresets(root)
+	for i := range b.Units {
+		if b.Units[i].Enabled {
+			b.Units[i].Preset = presets.Of(b.Units[i].Name).String()
+		}
+	}
+	return b
+}
+
+func observe(ctx context.Context, root string, now time.Time) *Baseline {
 	if root != "/" {
 		return CollectOffline(root, now)
 	}

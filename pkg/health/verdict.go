@@ -47,10 +47,14 @@ type Input struct {
 	// is not running (--root): units are not judged.
 	Observed    *Baseline
 	ObservedErr error
-	Policy      Policy
-	PolicyErr   error
-	Checks      []CheckResult
-	Now         time.Time
+	// Presets are the preset files of the judged system (nil: not
+	// read): a unit they disable, where the baseline's did not, is
+	// expected to be disabled.
+	Presets   *Presets
+	Policy    Policy
+	PolicyErr error
+	Checks    []CheckResult
+	Now       time.Time
 }
 
 // Judge decides: every regression the policy makes fatal, every required
@@ -88,6 +92,9 @@ func Judge(in Input) *Verdict {
 	case in.ObservedErr != nil:
 		v.Reasons = append(v.Reasons, "cannot observe the running system: "+in.ObservedErr.Error())
 	case in.Observed != nil:
+		if in.Presets != nil {
+			before = presetExpectations(before, in.Observed, in.Presets)
+		}
 		v.Diff = Compare(before, in.Observed, pol.Ignore)
 		for _, u := range pol.Required {
 			a, ok := in.Observed.unit(u)
@@ -149,4 +156,34 @@ func lastLine(s string) string {
 		l = "..." + l[len(l)-300:]
 	}
 	return l
+}
+
+// presetExpectations is before with an expectation for every unit that was
+// enabled, is not now, and that the new system's presets disable where
+// the old system's did not (systemctl preset, which rpm's %systemd_post
+// runs for a package installed fresh, disabled it on purpose).
+func presetExpectations(before, after *Baseline, presets *Presets) *Baseline {
+	expected := map[string]bool{}
+	for _, e := range before.Expected {
+		expected[e.Unit] = true
+	}
+	var add []Expectation
+	for _, u := range before.Units {
+		if !u.Enabled || u.Preset == "" || expected[u.Name] || strings.HasPrefix(u.Preset, "disable") {
+			continue
+		}
+		if a, ok := after.unit(u.Name); ok && a.Enabled {
+			continue
+		}
+		if p := presets.Of(u.Name); p.Action == "disable" {
+			add = append(add, Expectation{Unit: u.Name,
+				Rule: fmt.Sprintf("the new system's presets disable it: %s; before the upgrade: %s", p.From, u.Preset)})
+		}
+	}
+	if len(add) == 0 {
+		return before
+	}
+	b := *before
+	b.Expected = append(append([]Expectation{}, before.Expected...), add...)
+	return &b
 }
