@@ -201,3 +201,17 @@ export function validImagePath(p) {
 export function validRelease(v) {
     return /^[0-9]+(\.[0-9]+)*$/.test(v);
 }
+
+// verdictInfo describes the first-boot health verdict (health.json, the
+// status document's "health"; docs/health.md) for a person.
+export function verdictInfo(v) {
+    if (!v)
+        return null;
+    const checks = v.checks || [];
+    const failed = checks.filter(c => c.result !== "passed").length;
+    if (v.decision === "confirming")
+        return { label: "Healthy, on trial", color: "blue", text: "The upgraded system is healthy and stays on trial until its application probes pass or the confirmation window ends." };
+    if (v.green)
+        return { label: "Healthy", color: "green", text: "The first boot of the upgraded system was healthy" + (v.decision === "blessed" ? ": it was kept." : ".") + (failed ? " " + failed + " check(s) did not pass (warnings)." : "") };
+    return { label: "Unhealthy", color: "red", text: "The first boot of the upgraded system was not healthy" + (v.decision === "fallback" ? ": the system fell back to the release it had before the upgrade." : ".") };
+}

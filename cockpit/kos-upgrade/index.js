@@ -294,9 +294,63 @@ function render() {
     $("btn-rollback").disabled = !allowed.rollback;
 
     renderProgress();
+    renderHealth();
     renderReport();
     renderPlan();
     renderHistory();
+}
+
+// renderHealth shows the last first-boot verdict (health.json, in the
+// status document; docs/health.md): after a fallback the old system says
+// why. The checks' output is not in the status (root only).
+function renderHealth() {
+    const card = $("health-card");
+    const v = model.status && model.status.health;
+    const vi = fmt.verdictInfo(v);
+    const err = model.status && model.status.health_error;
+    card.classList.toggle("ku-hidden", !vi && !err);
+    if (!vi) {
+        replace($("health"), err ? alertBox("warning", "The health verdict cannot be read", h("p", {}, err)) : []);
+        return;
+    }
+    const list = (id, items) => items && items.length ? h("ul", { class: "ku-details", id }, items.map(x => h("li", {}, x))) : null;
+    const out = [
+        h("p", {},
+          h("span", { class: "pf-c-label pf-m-" + vi.color, id: "health-label" }, h("span", { class: "pf-c-label__content" }, vi.label)),
+          " ", h("span", { id: "health-text" }, vi.text)),
+        descList([
+            ["Judged", fmt.formatTime(v.at)],
+            v.confirm_by && v.decision === "confirming" ? ["On trial until", fmt.formatTime(v.confirm_by)] : null,
+            v.confirmed ? ["Confirmation", v.confirmed] : null,
+            ["Baseline", v.baseline || "none"],
+        ]),
+    ];
+    if (v.reasons && v.reasons.length) {
+        out.push(h("h3", { class: "pf-c-title pf-m-md ku-subtitle" }, "Why it failed"));
+        out.push(list("health-reasons", v.reasons));
+    }
+    if (v.warnings && v.warnings.length) {
+        out.push(h("h3", { class: "pf-c-title pf-m-md ku-subtitle" }, "Warnings"));
+        out.push(list("health-warnings", v.warnings));
+    }
+    const notCounted = [
+        ...(v.expected || []).map(c => c.message + " (expected: " + c.rule + ")"),
+        ...(v.pre_existing || []).map(u => u + " had failed before the upgrade already"),
+    ];
+    if (notCounted.length) {
+        out.push(h("h3", { class: "pf-c-title pf-m-md ku-subtitle" }, "Not counted"));
+        out.push(list("health-not-counted", notCounted));
+    }
+    const checks = [...(v.checks || []), ...(v.hooks || [])];
+    if (checks.length) {
+        out.push(table("Health checks", ["Check", "Result", "Details"], checks.map(c => [
+            h("span", { class: "ku-mono" }, c.name),
+            h("span", { class: "pf-c-label pf-m-" + (c.result === "passed" ? "green" : c.class === "wanted" || c.class === "hook" || c.class === "probe" ? "orange" : "red") },
+              h("span", { class: "pf-c-label__content" }, c.result)),
+            c.detail || "",
+        ]), "health-checks"));
+    }
+    replace($("health"), out);
 }
 
 function renderProgress() {

@@ -275,6 +275,19 @@ async function user() {
     check((await text("#target-release")).trim() === "5.9", "target release 5.9");
     await el("#plan-counts").waitFor();
     await shot("status");
+    // The verdict of the last first boot (health.json: a fallback).
+    await el("#health-card:not(.ku-hidden)").waitFor();
+    check((await text("#health-label")).trim() === "Unhealthy", "the verdict is red");
+    const reasons = await text("#health-reasons");
+    check(reasons.includes("acme-web.service was active before the upgrade and is inactive after"), "the verdict says acme-web stopped: " + reasons);
+    const warnings = await text("#health-warnings");
+    check(warnings.includes("tcp 127.0.0.1:8080 (acme-web.service) was listening before the upgrade and is not after"), "the vanished port is shown: " + warnings);
+    check((await text("#health-not-counted")).includes("kos-e2e-broken.service had failed before the upgrade already"), "the pre-existing failure is not counted");
+    const checks = await text("#health-checks");
+    check(checks.includes("wanted.d/20-cache") && checks.includes("red.d/10-drain"), "checks and hooks are listed: " + checks);
+    check(!checks.includes("cache cold"), "the checks' output (root only) is not shown");
+    await el("#health-card").scrollIntoViewIfNeeded();
+    await shot("health-verdict", { keepScroll: true });
     await openDialog("#btn-prepare", "Prepare");
     await el("#prepare-to").fill("5.9");
     await el("#dialog-confirm").click();

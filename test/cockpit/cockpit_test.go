@@ -80,8 +80,10 @@ func TestCockpitPlugin(t *testing.T) {
 		return
 	}
 
-	// A user without rights, logged in with a password: sees the status,
-	// and Prepare is refused with words.
+	// A user without rights, logged in with a password: sees the status
+	// and the verdict of the last first boot (a fallback), and Prepare is
+	// refused with words.
+	writeVerdict(t, root)
 	t.Run("user", func(t *testing.T) {
 		name, password := loginUser(t, b, data)
 		url, wsLog := startCockpit(t, b, data, false)

@@ -81,3 +81,15 @@ test("state and step words", () => {
     assert.ok(fmt.validImagePath("/srv/KOS-5.9 dvd.iso") && !fmt.validImagePath("KOS.iso") && !fmt.validImagePath("/srv/../x.iso") &&
               !fmt.validImagePath("/srv/") && !fmt.validImagePath("") && !fmt.validImagePath("/srv//x.iso"));
 });
+
+test("verdictInfo: red fallback, green blessed, on trial, none", () => {
+    assert.equal(fmt.verdictInfo(null), null);
+    const red = fmt.verdictInfo({ green: false, decision: "fallback", reasons: ["acme-web.service was active before the upgrade and is inactive after"] });
+    assert.equal(red.label, "Unhealthy");
+    assert.equal(red.color, "red");
+    assert.match(red.text, /fell back/);
+    const green = fmt.verdictInfo({ green: true, decision: "blessed", checks: [{ name: "wanted.d/x", result: "failed" }, { name: "health.d/y", result: "passed" }] });
+    assert.equal(green.color, "green");
+    assert.match(green.text, /kept\. 1 check\(s\) did not pass/);
+    assert.equal(fmt.verdictInfo({ green: true, decision: "confirming" }).label, "Healthy, on trial");
+});
