@@ -113,7 +113,12 @@ func (e *Engine) checkPlan(ctx context.Context, p *Plan) error {
 	if err := pkgmgr.CheckStaged(e.store().stageDir(p.StageDir), p.Transaction); err != nil {
 		return fmt.Errorf("%w: %w; run kos-upgrade prepare again", ErrStagedChanged, err)
 	}
-	fp, err := e.PM.Fingerprint(ctx, e.Root.Dir)
+	return e.checkFingerprint(ctx, p, e.Root.Dir)
+}
+
+// checkFingerprint verifies the rpmdb fingerprint of the root at dir.
+func (e *Engine) checkFingerprint(ctx context.Context, p *Plan, dir string) error {
+	fp, err := e.PM.Fingerprint(ctx, dir)
 	if err != nil {
 		return fmt.Errorf("cannot read the rpm database: %w", err)
 	}

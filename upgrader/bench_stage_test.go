@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
-	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
@@ -33,30 +31,19 @@ func BenchmarkStagedApply(b *testing.B) {
 	testenv.RequireRoot(b)
 	testenv.RequireTools(b, "rpm", "rpmkeys", "btrfs", sysroot.Python())
 	ctx := context.Background()
-	set := fixture.MustBuild(b)
-	_, v2, _, err := fixture.BenchRepos(ctx, benchPackages)
-	if err != nil {
-		b.Fatal(err)
-	}
-	v1Pkgs, err := filepath.Glob(filepath.Join(filepath.Dir(v2), "v1", "Packages", "*.rpm"))
-	if err != nil || len(v1Pkgs) != benchPackages {
-		b.Fatalf("bench v1 repo has %d packages, want %d (%v)", len(v1Pkgs), benchPackages, err)
-	}
+	sys := newBenchSystem(b, ctx)
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		runStagedBench(b, ctx, set, v1Pkgs, v2)
+		runStagedBench(b, ctx, sys)
 	}
 	b.ReportMetric(0, "ns/op")
 }
 
-func runStagedBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs []string, v2 string) {
+func runStagedBench(b *testing.B, ctx context.Context, sys *benchSystem) {
 	fs := testenv.NewBtrfs(b, 8192)
 	root := filepath.Join(b.TempDir(), "root")
 	fs.MakeDefaultRoot(b, "@", root)
-	if err := fixture.InstallBase(ctx, set, root); err != nil {
-		b.Fatal(err)
-	}
-	benchRPM(b, root, append([]string{"-i"}, v1Pkgs...)...)
+	sys.install(b, ctx, root)
 	const files = 10000
 	for i := 0; i < files; i++ {
 		p := filepath.Join(root, fmt.Sprintf("srv/bench/d%03d/f%05d", i%100, i))
@@ -75,38 +62,16 @@ func runStagedBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs 
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng := upgrader.New(r, &benchSink{start: time.Now()}, nil)
-	prepare := func() *upgrader.Plan {
-		p, err := eng.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "btrfs", Repos: []pkgmgr.Repo{
-			{ID: "fixture-5.9", BaseURL: "file://" + set.Repos[fixture.Repo59]},
-			{ID: "bench-v2", BaseURL: "file://" + v2},
-		}})
-		if err != nil {
-			b.Fatalf("prepare: %v", err)
-		}
-		return p
-	}
+	sink := &benchSink{start: time.Now()}
+	eng := upgrader.New(r, sink, nil)
 
 	// rpm -e + rpm -U of the staged files on a snapshot of the root.
-	p := prepare()
-	stageDir := filepath.Join(root, sysroot.StateDirRel, p.StageDir)
-	var staged, erase []string
-	for _, it := range p.Transaction {
-		if it.Installs() {
-			staged = append(staged, filepath.Join(stageDir, it.File))
-		} else {
-			erase = append(erase, strings.Replace(it.NEVRA, "-0:", "-", 1))
-		}
-	}
+	p := sys.prepare(b, ctx, eng, "btrfs")
+	staged, erase := benchStaged(b, root, p)
 	rpmCopy := filepath.Join(fs.Top, "rpm-copy")
 	testenv.Run(b, "btrfs", "subvolume", "snapshot", filepath.Join(fs.Top, "@"), rpmCopy)
 	benchSettle(b, fs.Top)
-	t0 := time.Now()
-	if len(erase) > 0 {
-		benchRPM(b, rpmCopy, append([]string{"-e", "--nodeps"}, erase...)...)
-	}
-	benchRPM(b, rpmCopy, append([]string{"-U"}, staged...)...)
-	rpmU := time.Since(t0)
+	rpmU := benchReplay(b, rpmCopy, staged, erase)
 	testenv.Run(b, "btrfs", "subvolume", "delete", rpmCopy)
 	b.Logf("rpm -e + rpm -U of the %d staged files: %.2fs", len(staged), rpmU.Seconds())
 
@@ -134,6 +99,7 @@ func runStagedBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs 
 			b.Fatalf("arm: %v", err)
 		}
 		benchSettle(b, fs.Top)
+		sink.reset()
 		b.StartTimer()
 		t0 := time.Now()
 		res, err := eng.Apply(ctx)
@@ -151,15 +117,15 @@ func runStagedBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs 
 		}
 		b.ReportMetric(window.Seconds(), name+"-window-s")
 		b.ReportMetric(window.Seconds()/rpmU.Seconds(), name+"-window/rpm")
-		b.Logf("%s: stage (online) %.2fs; offline window %.3fs = %.3f x rpm -U; %d paths carried, %d bytes cloned",
-			name, stageTime.Seconds(), window.Seconds(), window.Seconds()/rpmU.Seconds(), res.Result.Carried, res.Result.BytesCloned)
+		b.Logf("%s: stage (online) %.2fs; offline window %.3fs = %.3f x rpm -U; %d paths carried, %d bytes cloned; apply phases: %s",
+			name, stageTime.Seconds(), window.Seconds(), window.Seconds()/rpmU.Seconds(), res.Result.Carried, res.Result.BytesCloned, sink.phases())
 		if _, err := eng.Rollback(ctx); err != nil {
 			b.Fatalf("rollback: %v", err)
 		}
 		if _, err := eng.Clean(ctx); err != nil {
 			b.Fatalf("clean: %v", err)
 		}
-		prepare()
+		sys.prepare(b, ctx, eng, "btrfs")
 	}
 }
 

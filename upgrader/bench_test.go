@@ -54,20 +54,12 @@ func BenchmarkApply(b *testing.B) {
 	testenv.RequireRoot(b)
 	testenv.RequireTools(b, "rpm", "rpmkeys", "btrfs", "dnf", "createrepo_c", sysroot.Python())
 	ctx := context.Background()
-	set := fixture.MustBuild(b)
-	_, v2, _, err := fixture.BenchRepos(ctx, benchPackages)
-	if err != nil {
-		b.Fatal(err)
-	}
-	v1Pkgs, err := filepath.Glob(filepath.Join(filepath.Dir(v2), "v1", "Packages", "*.rpm"))
-	if err != nil || len(v1Pkgs) != benchPackages {
-		b.Fatalf("bench v1 repo has %d packages, want %d (%v)", len(v1Pkgs), benchPackages, err)
-	}
+	sys := newBenchSystem(b, ctx)
 	var apply, rpmU, dnfT time.Duration
 	var goRSS, helperRSS int64
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		m := runApplyBench(b, ctx, set, v1Pkgs, v2)
+		m := runApplyBench(b, ctx, sys)
 		apply += m.apply
 		rpmU += m.rpm
 		dnfT += m.dnf
@@ -97,14 +89,11 @@ type applyBenchResult struct {
 // runApplyBench sets up one system and measures apply, rpm -U and dnf on it.
 // The timer is started around Engine.Apply only; the comparisons are timed
 // with their own clocks.
-func runApplyBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs []string, v2 string) applyBenchResult {
+func runApplyBench(b *testing.B, ctx context.Context, sys *benchSystem) applyBenchResult {
 	fs := testenv.NewBtrfs(b, 3072)
 	root := filepath.Join(b.TempDir(), "root")
 	fs.MakeDefaultRoot(b, "@", root)
-	if err := fixture.InstallBase(ctx, set, root); err != nil {
-		b.Fatal(err)
-	}
-	benchRPM(b, root, append([]string{"-i"}, v1Pkgs...)...)
+	sys.install(b, ctx, root)
 
 	sink := &benchSink{start: time.Now()}
 	r, err := sysroot.New(root)
@@ -114,33 +103,11 @@ func runApplyBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs [
 	eng := upgrader.New(r, sink, nil)
 	rssLog, wrapper := rssWrapper(b)
 	eng.PM = &pkgmgr.DNF{Python: wrapper}
-	p, err := eng.Prepare(ctx, upgrader.PrepareOptions{
-		To:       "5.9",
-		Snapshot: "btrfs",
-		Repos: []pkgmgr.Repo{
-			{ID: "fixture-5.9", BaseURL: "file://" + set.Repos[fixture.Repo59]},
-			{ID: "bench-v2", BaseURL: "file://" + v2},
-		},
-	})
-	if err != nil {
-		b.Fatalf("prepare: %v", err)
-	}
+	p := sys.prepare(b, ctx, eng, "btrfs")
 	if _, err := eng.Arm(ctx); err != nil {
 		b.Fatalf("arm: %v", err)
 	}
-	stage := filepath.Join(root, sysroot.StateDirRel, p.StageDir)
-	var files, erase []string
-	for _, it := range p.Transaction {
-		if it.Installs() {
-			files = append(files, filepath.Join(stage, it.File))
-		} else {
-			erase = append(erase, strings.Replace(it.NEVRA, "-0:", "-", 1))
-		}
-	}
-	b.Logf("plan: %d items: %d files to install, erase %v", len(p.Transaction), len(files), erase)
-	if len(files) < benchPackages {
-		b.Fatalf("the plan installs only %d packages", len(files))
-	}
+	files, erase := benchStaged(b, root, p)
 
 	// The copies for rpm and dnf: snapshots of the same armed root.
 	rpmCopy := filepath.Join(fs.Top, "rpm-copy")
@@ -197,12 +164,7 @@ func runApplyBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs [
 
 	// (b) rpm -e of the removals, then rpm -U of the staged files.
 	benchSettle(b, fs.Top)
-	t0 = time.Now()
-	if len(erase) > 0 {
-		benchRPM(b, rpmCopy, append([]string{"-e", "--nodeps"}, erase...)...)
-	}
-	benchRPM(b, rpmCopy, append([]string{"-U"}, files...)...)
-	m.rpm = time.Since(t0)
+	m.rpm = benchReplay(b, rpmCopy, files, erase)
 
 	// (c) dnf's replay from a repository of the staged files.
 	benchSettle(b, fs.Top)
@@ -226,6 +188,83 @@ func runApplyBench(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs [
 	b.Logf("apply %.2fs, rpm -e + rpm -U %.2fs, dnf distro-sync %.2fs: apply/rpm %.2f, dnf/rpm %.2f; peak RSS go %d KiB, helper %d KiB",
 		m.apply.Seconds(), m.rpm.Seconds(), m.dnf.Seconds(), m.apply.Seconds()/m.rpm.Seconds(), m.dnf.Seconds()/m.rpm.Seconds(), m.goRSSKB, m.helperRSSKB)
 	return m
+}
+
+// benchSystem is the system the apply benchmarks upgrade: the fixture 5.8
+// plus benchPackages bench-NNNN v1 packages, to 5.9 + bench v2.
+type benchSystem struct {
+	set *fixture.Set
+	v1  []string // the bench v1 packages
+	v2  string   // the bench v2 repository
+}
+
+func newBenchSystem(b *testing.B, ctx context.Context) *benchSystem {
+	b.Helper()
+	set := fixture.MustBuild(b)
+	_, v2, _, err := fixture.BenchRepos(ctx, benchPackages)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v1, err := filepath.Glob(filepath.Join(filepath.Dir(v2), "v1", "Packages", "*.rpm"))
+	if err != nil || len(v1) != benchPackages {
+		b.Fatalf("bench v1 repo has %d packages, want %d (%v)", len(v1), benchPackages, err)
+	}
+	return &benchSystem{set: set, v1: v1, v2: v2}
+}
+
+// install installs the 5.8 system into root.
+func (s *benchSystem) install(b *testing.B, ctx context.Context, root string) {
+	b.Helper()
+	if err := fixture.InstallBase(ctx, s.set, root); err != nil {
+		b.Fatal(err)
+	}
+	benchRPM(b, root, append([]string{"-i"}, s.v1...)...)
+}
+
+// prepare prepares the upgrade with the snapshot backend.
+func (s *benchSystem) prepare(b *testing.B, ctx context.Context, eng *upgrader.Engine, backend string) *upgrader.Plan {
+	b.Helper()
+	p, err := eng.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: backend, Repos: []pkgmgr.Repo{
+		{ID: "fixture-5.9", BaseURL: "file://" + s.set.Repos[fixture.Repo59]},
+		{ID: "bench-v2", BaseURL: "file://" + s.v2},
+	}})
+	if err != nil {
+		b.Fatalf("prepare: %v", err)
+	}
+	return p
+}
+
+// benchStaged returns the staged files of plan p of root and the packages
+// it erases, in rpm's spelling.
+func benchStaged(b *testing.B, root string, p *upgrader.Plan) (files, erase []string) {
+	b.Helper()
+	stage := filepath.Join(root, sysroot.StateDirRel, p.StageDir)
+	for _, it := range p.Transaction {
+		if it.Installs() {
+			files = append(files, filepath.Join(stage, it.File))
+		} else {
+			erase = append(erase, strings.Replace(it.NEVRA, "-0:", "-", 1))
+		}
+	}
+	b.Logf("plan: %d items: %d files to install, erase %v", len(p.Transaction), len(files), erase)
+	if len(files) < benchPackages {
+		b.Fatalf("the plan installs only %d packages", len(files))
+	}
+	return files, erase
+}
+
+// benchReplay is the raw rpm the benchmarks compare with: rpm -e of the
+// packages the plan erases (rpm -U cannot erase; they must go first,
+// kos-release-5.9 conflicts with one of them), then rpm -U of the staged
+// files, on root; it returns their wall time.
+func benchReplay(b *testing.B, root string, files, erase []string) time.Duration {
+	b.Helper()
+	t0 := time.Now()
+	if len(erase) > 0 {
+		benchRPM(b, root, append([]string{"-e", "--nodeps"}, erase...)...)
+	}
+	benchRPM(b, root, append([]string{"-U"}, files...)...)
+	return time.Since(t0)
 }
 
 func benchQA(b *testing.B, root string) []string {

@@ -3,16 +3,13 @@ package upgrader_test
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
-	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 	"github.com/keyarchos/kos-upgrade/upgrader"
 )
@@ -35,23 +32,15 @@ func BenchmarkUndoApply(b *testing.B) {
 	testenv.RequireRoot(b)
 	testenv.RequireTools(b, "rpm", "rpmkeys", "mkfs.xfs", sysroot.Python())
 	ctx := context.Background()
-	set := fixture.MustBuild(b)
-	_, v2, _, err := fixture.BenchRepos(ctx, benchPackages)
-	if err != nil {
-		b.Fatal(err)
-	}
-	v1Pkgs, err := filepath.Glob(filepath.Join(filepath.Dir(v2), "v1", "Packages", "*.rpm"))
-	if err != nil || len(v1Pkgs) != benchPackages {
-		b.Fatalf("bench v1 repo has %d packages, want %d (%v)", len(v1Pkgs), benchPackages, err)
-	}
+	sys := newBenchSystem(b, ctx)
 	var undo, none, step time.Duration
 	var covered, used int64
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		// none first: the first run pays for the cold caches.
-		d, _ := undoApplyOnce(b, ctx, set, v1Pkgs, v2, snapshot.BackendNone)
+		d, _ := undoApplyOnce(b, ctx, sys, snapshot.BackendNone)
 		none += d
-		d, js := undoApplyOnce(b, ctx, set, v1Pkgs, v2, snapshot.BackendUndo)
+		d, js := undoApplyOnce(b, ctx, sys, snapshot.BackendUndo)
 		undo += d
 		covered, used, step = js.Covered, js.SpaceUsed, step+js.Step
 	}
@@ -74,27 +63,16 @@ func BenchmarkUndoApply(b *testing.B) {
 // undoApplyOnce prepares and arms the bench upgrade on a fresh XFS root
 // with backend and returns the wall time of Apply and, for undo, the
 // journal's figures.
-func undoApplyOnce(b *testing.B, ctx context.Context, set *fixture.Set, v1Pkgs []string, v2, backend string) (time.Duration, undoStats) {
+func undoApplyOnce(b *testing.B, ctx context.Context, sys *benchSystem, backend string) (time.Duration, undoStats) {
 	root := testenv.NewLoopFS(b, 3072, "mkfs.xfs", "-q", "-f", "-m", "reflink=1")
-	if err := fixture.InstallBase(ctx, set, root); err != nil {
-		b.Fatal(err)
-	}
-	benchRPM(b, root, append([]string{"-i"}, v1Pkgs...)...)
+	sys.install(b, ctx, root)
 	r, err := sysroot.New(root)
 	if err != nil {
 		b.Fatal(err)
 	}
 	sink := &benchSink{}
 	eng := upgrader.New(r, sink, nil)
-	if _, err := eng.Prepare(ctx, upgrader.PrepareOptions{
-		To: "5.9", Snapshot: backend,
-		Repos: []pkgmgr.Repo{
-			{ID: "fixture-5.9", BaseURL: "file://" + set.Repos[fixture.Repo59]},
-			{ID: "bench-v2", BaseURL: "file://" + v2},
-		},
-	}); err != nil {
-		b.Fatalf("prepare: %v", err)
-	}
+	sys.prepare(b, ctx, eng, backend)
 	if _, err := eng.Arm(ctx); err != nil {
 		b.Fatalf("arm: %v", err)
 	}

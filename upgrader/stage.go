@@ -135,6 +135,15 @@ func (e *Engine) stage(ctx context.Context, st store, state *State, p *Plan) err
 	if err := dropRPMDBEnvironment(next.Path); err != nil {
 		return err
 	}
+	// The package set base starts from is the plan's: the offline step
+	// relies on it when the rpm database did not change since
+	// (checkStagedPlan).
+	if err := e.checkFingerprint(ctx, p, next.Path); err != nil {
+		return err
+	}
+	if err := dropRPMDBEnvironment(next.Path); err != nil {
+		return err
+	}
 	run := execlog.Runner{Log: e.log()}
 	if _, err := run.Run(ctx, "create the base snapshot", "btrfs", "subvolume", "snapshot", "-r", next.Path, siblingPath(next.Path, s.Base)); err != nil {
 		return err
@@ -207,8 +216,31 @@ func (e *Engine) dropStageWith(ctx context.Context, st store, state *State, snap
 	return st.save(state, e.now())
 }
 
-// hasStage: the carry-over step runs (a stage of this plan is there).
+// hasStage: the carry-over step runs (a stage is there).
 func (r *run) hasStage() bool { return r.state.Stage != nil }
+
+// stagedForPlan: a finished stage of the run's plan is there.
+func (r *run) stagedForPlan() bool {
+	s := r.state.Stage
+	return s != nil && s.Step == StageStepStaged && r.plan != nil && s.PlanID == r.plan.ID
+}
+
+// checkStagedPlan is verify's check of the plan on a staged run (verify
+// left it, deferredCheck), in the carry-over once the running system's
+// change is known (live, base → live): the installed package set is the
+// plan's if the rpm database is as at staging, when Stage checked its
+// fingerprint; else it is checked on the running root (a stale plan is
+// refused as in verify). The staged files are checked by fallBack.
+func (r *run) checkStagedPlan(ctx context.Context, live *btrfsdiff.Diff, liveDir string) error {
+	if !r.deferredCheck || carryover.RPMDBAsStaged(live, strings.TrimPrefix(r.e.Root.DBPathRel(), "/"), liveDir) {
+		return nil
+	}
+	r.report(StepVerify, "the rpm database changed since staging: verifying the installed package set")
+	if err := r.e.checkFingerprint(ctx, r.plan, r.e.Root.Dir); err != nil {
+		return &StepError{Step: StepVerify, Err: err}
+	}
+	return nil
+}
 
 // notCarried: the classic snapshot and transaction steps run.
 func (r *run) notCarried() bool { return r.res.Path != PathStaged }
@@ -256,6 +288,9 @@ func (r *run) carryOver(ctx context.Context) error {
 	ld, err := btrfsdiff.Compute(ctx, run, base, live)
 	if err != nil {
 		return r.fallBack(ctx, err.Error())
+	}
+	if err := r.checkStagedPlan(ctx, ld, live); err != nil {
+		return err
 	}
 	td, err := r.txnDiff(ctx, run, base, next)
 	if err != nil {
@@ -312,8 +347,11 @@ const (
 // sides changed (the only ones the rules ask about).
 func configFlags(ctx context.Context, run execlog.Runner, next, dbpath string, live, txn *btrfsdiff.Diff) (map[string]carryover.ConfigFlag, error) {
 	out := map[string]carryover.ConfigFlag{}
+	db := strings.TrimPrefix(dbpath, "/")
 	for _, e := range live.Entries {
-		if !txn.Touches(e.Path) || e.Path == "" {
+		if !txn.Touches(e.Path) || e.Path == "" || e.Path == db || strings.HasPrefix(e.Path, db+"/") ||
+			e.Times && !e.Removed && !e.Added && !e.Data && !e.Meta {
+			// The rules ask only about contents changed on both sides.
 			continue
 		}
 		if _, ok := txn.Lookup(e.Path); !ok {
@@ -344,10 +382,19 @@ func configFlags(ctx context.Context, run execlog.Runner, next, dbpath string, l
 	return out, nil
 }
 
-// fallBack drops the stage and records why the classic steps run.
+// fallBack drops the stage and records why the classic steps run; the
+// plan is checked as verify checks it when verify left it to the
+// carry-over (the classic transaction runs from the staged files).
 func (r *run) fallBack(ctx context.Context, why string) error {
 	r.res.Path, r.res.PathReason = PathClassic, why
 	r.report(StepCarryOver, "cannot carry over the staged root ("+why+"): upgrading offline as without --stage")
+	if r.deferredCheck {
+		r.report(StepVerify, "verifying the staged packages and the installed package set")
+		if err := r.e.checkPlan(ctx, r.plan); err != nil {
+			return &StepError{Step: StepVerify, Err: err}
+		}
+		r.deferredCheck = false
+	}
 	return r.dropStage(ctx)
 }
 

@@ -139,6 +139,9 @@ type run struct {
 	// failures are errors of undos that are recorded and do not stop the
 	// loop (a merge that could not be started).
 	failures []error
+	// deferredCheck: verify left the plan's check to the carry-over
+	// (a staged root of this plan, stage.go).
+	deferredCheck bool
 }
 
 func (r *run) close() {
@@ -240,9 +243,17 @@ func (r *run) fail(ctx context.Context, i int, cause error) error {
 // the snapshot's name, in place or not, the boot loader and its backup.
 func (r *run) verify(ctx context.Context) error {
 	e, p := r.e, r.plan
-	r.report(StepVerify, "verifying the staged packages and the installed package set")
-	if err := e.checkPlan(ctx, p); err != nil {
-		return err
+	if r.stagedForPlan() {
+		// The transaction ran into the staged root already: the staged
+		// files are checked only if the run falls back, the package set
+		// by the carry-over, which knows whether the rpm database
+		// changed since staging (checkStagedPlan).
+		r.deferredCheck = true
+	} else {
+		r.report(StepVerify, "verifying the staged packages and the installed package set")
+		if err := e.checkPlan(ctx, p); err != nil {
+			return err
+		}
 	}
 	if err := checkLayout(e.Root, p.Snapshot); err != nil {
 		return err

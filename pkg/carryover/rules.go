@@ -10,7 +10,11 @@
 package carryover
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/btrfsdiff"
@@ -145,6 +149,33 @@ func Decide(in Input) Plan {
 		p.Items = append(p.Items, Item{Entry: e, Action: a})
 	}
 	return p
+}
+
+// RPMDBAsStaged says whether the running system's change (base → live)
+// leaves the rpm database at rpmdb as it was at staging: nothing below it
+// changed but the times and what rpm writes when it only reads
+// (rpmdbScratch), and sqlite's write-ahead log is empty or absent in live
+// (liveDir), since a non-empty one may hold a transaction not yet in the
+// database file. Then the package set is the one staging checked.
+func RPMDBAsStaged(live *btrfsdiff.Diff, rpmdb, liveDir string) bool {
+	for _, e := range live.Entries {
+		if (e.Path == "" || strings.HasPrefix(rpmdb, e.Path+"/")) && (e.Removed || e.Added) {
+			return false // a directory above it moved or replaced
+		}
+		if e.Path != rpmdb && !strings.HasPrefix(e.Path, rpmdb+"/") || timesOnly(e) {
+			continue
+		}
+		if !rpmdbScratch(e.Path) {
+			return false
+		}
+		if strings.HasSuffix(e.Path, "-wal") {
+			fi, err := os.Lstat(filepath.Join(liveDir, e.Path))
+			if err == nil && fi.Size() > 0 || err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // rpmdbScratch says whether p is a file rpm writes when it only reads its

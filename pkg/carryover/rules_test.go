@@ -2,6 +2,8 @@ package carryover_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -142,6 +144,46 @@ func TestMergeAccountFile(t *testing.T) {
 			}
 			if string(got) != tc.want {
 				t.Fatalf("got\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRPMDBAsStaged(t *testing.T) {
+	dir := t.TempDir()
+	db := "var/lib/rpm"
+	if err := os.MkdirAll(filepath.Join(dir, db), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, size := range map[string]int{"rpmdb.sqlite-wal": 0, "full/rpmdb.sqlite-wal": 32} {
+		p := filepath.Join(dir, db, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name string
+		live *btrfsdiff.Diff
+		want bool
+	}{
+		{"nothing", diff(), true},
+		{"elsewhere", diff(E{Path: "etc/hosts", Data: true}, E{Path: "var/lib/rpmx", Added: true}), true},
+		{"read only: environment, locks, shared memory, empty log", diff(E{Path: db, Times: true}, E{Path: db + "/__db.001", Data: true},
+			E{Path: db + "/.rpm.lock", Added: true}, E{Path: db + "/rpmdb.sqlite-shm", Data: true}, E{Path: db + "/rpmdb.sqlite-wal", Data: true}), true},
+		{"log gone", diff(E{Path: db + "/gone/rpmdb.sqlite-wal", Removed: true}), true},
+		{"log with a transaction in it", diff(E{Path: db + "/full/rpmdb.sqlite-wal", Data: true}), false},
+		{"database written", diff(E{Path: db + "/rpmdb.sqlite", Data: true}), false},
+		{"Berkeley DB Packages written", diff(E{Path: db + "/Packages", Data: true}), false},
+		{"times of a database file", diff(E{Path: db + "/Packages", Times: true}), true},
+		{"directory above moved away", diff(E{Path: "var/lib", Removed: true, Subtree: true}), false},
+		{"directory above: times", diff(E{Path: "var/lib", Times: true}), true},
+		{"database replaced", diff(E{Path: db, Removed: true, Added: true, Subtree: true}), false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := carryover.RPMDBAsStaged(tc.live, db, dir); got != tc.want {
+				t.Errorf("RPMDBAsStaged = %v, want %v", got, tc.want)
 			}
 		})
 	}
