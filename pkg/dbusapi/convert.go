@@ -56,8 +56,11 @@ func planSummary(p *upgrader.Plan) map[string]dbus.Variant {
 	return m
 }
 
-// resultDict is the LastResult property and a GetHistory entry.
-func resultDict(r *upgrader.Result) map[string]dbus.Variant {
+// resultDict is a GetHistory entry, and with state (the run's current
+// state) the LastResult property: reboot_required is the state's, whether
+// what the result did (an in-place rollback point merged back) completes
+// only at the next boot.
+func resultDict(r *upgrader.Result, state *upgrader.State) map[string]dbus.Variant {
 	m := map[string]dbus.Variant{}
 	if r == nil {
 		return m
@@ -71,6 +74,10 @@ func resultDict(r *upgrader.Result) map[string]dbus.Variant {
 	m["from"] = dbus.MakeVariant(r.From)
 	m["to"] = dbus.MakeVariant(r.To)
 	m["snapshot"] = dbus.MakeVariant(r.Snapshot)
+	m["in_place"] = dbus.MakeVariant(r.InPlace)
+	if state != nil {
+		m["reboot_required"] = dbus.MakeVariant(state.RebootRequired)
+	}
 	m["started_usec"] = dbus.MakeVariant(usec(r.StartedAt))
 	m["finished_usec"] = dbus.MakeVariant(usec(r.FinishedAt))
 	return m

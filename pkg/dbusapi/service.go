@@ -308,8 +308,11 @@ func (s *Service) refresh(ctx context.Context) error {
 	if r.State.LastResult != nil {
 		last = r.State.LastResult
 	}
+	// What upgrader.RollbackCheck checks without asking the snapshot
+	// backend: a successful run with a rollback point, and no merge of an
+	// in-place rollback point pending.
 	rollback := r.State.Status == upgrader.StatusSucceeded && r.State.Previous != "" &&
-		snapshot.Protects(r.State.Backend)
+		snapshot.Protects(r.State.Backend) && !r.State.RebootRequired
 	s.props.update(map[string]any{
 		"State":             state,
 		"Step":              step,
@@ -318,7 +321,7 @@ func (s *Service) refresh(ctx context.Context) error {
 		"TargetRelease":     target,
 		"Armed":             r.Armed,
 		"Plan":              planSummary(r.Plan),
-		"LastResult":        resultDict(last),
+		"LastResult":        resultDict(last, r.State),
 		"RollbackAvailable": rollback,
 	})
 	return nil
@@ -785,7 +788,7 @@ func (o object) GetHistory(options map[string]dbus.Variant) ([]map[string]dbus.V
 	}
 	out := make([]map[string]dbus.Variant, 0, len(h))
 	for i := range h {
-		out = append(out, resultDict(&h[i]))
+		out = append(out, resultDict(&h[i], nil))
 	}
 	return out, nil
 }
