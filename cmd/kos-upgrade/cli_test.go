@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -475,8 +476,22 @@ func TestDowngradeIsInhibited(t *testing.T) {
 	}
 	// An upgrade is no downgrade.
 	out, errOut, _ = c.run("check", "--to", "5.9", "--snapshot", "none", "--json")
-	if decodeReport(t, out).Finding(preflight.KeyDowngrade) != nil {
+	up := decodeReport(t, out)
+	if up.Finding(preflight.KeyDowngrade) != nil {
 		t.Errorf("5.8 → 5.9 reported as a downgrade")
+	}
+	// The per-package list behind transaction.summary (what Ansible's
+	// dry run shows as a diff): every item named, the counts agreeing.
+	perAction := map[string]int{}
+	for _, it := range up.Transaction {
+		if it.NEVRA == "" || it.Name == "" || (it.Action == "upgrade" && len(it.Replaces) == 0) {
+			t.Errorf("transaction item %+v", it)
+		}
+		perAction[it.Action]++
+	}
+	sum := up.Finding(preflight.KeyTransaction)
+	if sum == nil || perAction["upgrade"] == 0 || !strings.Contains(sum.Title, fmt.Sprintf("%d upgrade", perAction["upgrade"])) {
+		t.Errorf("check --json: transaction %v, summary %+v\n%s", perAction, sum, out)
 	}
 	// -v is --verbose: the helper's runs are logged, which they are not
 	// without it.

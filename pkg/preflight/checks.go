@@ -121,6 +121,9 @@ func Evaluate(f *Facts, a Answers, now time.Time) *Report {
 	if u := unusedAnswers(a); u != nil {
 		r.Findings = append(r.Findings, *u)
 	}
+	if f.Assessment != nil && len(f.Assessment.Problems) == 0 {
+		r.Transaction = f.Assessment.Items
+	}
 	r.finish()
 	return r
 }

@@ -91,6 +91,25 @@ func TestHealthySystemHasOnlyInfo(t *testing.T) {
 	}
 }
 
+// The report carries dnf's transaction, one item per package, when the
+// upgrade resolves: the per-package list of transaction.summary.
+func TestReportTransaction(t *testing.T) {
+	f := healthyFacts()
+	r := evaluate(f)
+	validate(t, r)
+	if len(r.Transaction) != len(f.Assessment.Items) || r.Transaction[0].NEVRA != "app-0:2.0-1.noarch" || r.Transaction[1].Action != "install" {
+		t.Errorf("transaction %+v, want the assessment's items %+v", r.Transaction, f.Assessment.Items)
+	}
+	f.Assessment.Problems = []string{"nothing provides libfoo needed by app-0:2.0-1.noarch"}
+	if r := evaluate(f); r.Transaction != nil {
+		t.Errorf("an unresolved upgrade has a transaction: %+v", r.Transaction)
+	}
+	f.Assessment = nil
+	if r := evaluate(f); r.Transaction != nil {
+		t.Errorf("no assessment, but a transaction: %+v", r.Transaction)
+	}
+}
+
 // Each check, table-driven: a change to the healthy facts, the key that
 // must then fire, and whether it inhibits.
 func TestChecks(t *testing.T) {

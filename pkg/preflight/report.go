@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
 	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 )
 
@@ -127,6 +128,12 @@ type Report struct {
 	// Counts has the number of inhibitors and of findings per severity.
 	Counts   Counts    `json:"counts"`
 	Findings []Finding `json:"findings"`
+	// Transaction is dnf's resolution of the upgrade, one item per
+	// package (action, NEVRA, what it replaces, why it is removed), as
+	// the plan's transaction but without staged files: the per-package
+	// list of transaction.summary. Empty without a target or when the
+	// upgrade cannot be resolved.
+	Transaction []pkgmgr.Item `json:"transaction,omitempty"`
 }
 
 // Counts summarizes a report.

@@ -18,8 +18,9 @@ description:
     packages installed now (the same rpmdb fingerprint), is kept (C(ok), not C(changed)); so is an upgrade to the
     target that is already armed. A host that runs the target release already is C(ok).
   - In check mode it is a real dry run, C(kos-upgrade check --to VERSION) (dnf resolves the upgrade, nothing is
-    downloaded), and with C(--diff) it shows the changes. The diff of a dry run lists the release, the counts and
-    the packages removed or obsoleted (what the assessment reports); the diff of a plan lists every package.
+    downloaded), and with C(--diff) it shows the changes package by package (before, the release and every
+    installed package the upgrade replaces or erases; after, the target release and every package it installs).
+    The dry run reads them from the report's C(transaction); a kept or new plan's diff, from the plan's.
   - Refused while an inhibitor is left; the message names the inhibitors and the report is returned.
 options:
   to:
@@ -86,7 +87,9 @@ plan:
   returned: when a plan exists or was made
   type: dict
 report:
-  description: The assessment report, when prepare was refused or in check mode.
+  description:
+    - The assessment report, when prepare was refused or in check mode (C(docs/report.md)); in check mode its
+      C(transaction) lists every package the upgrade would change (C(action), C(nevra), C(replaces)).
   returned: sometimes
   type: dict
 inhibitors:
@@ -121,30 +124,20 @@ def plan_matches(plan, p):
     return (plan['signature_check'] == 'skipped') == p['no_gpg_check']
 
 
-def plan_diff(release, plan):
-    """Every package the plan changes, as a before/after diff."""
-    before, after = ['release %s' % release], ['release %s' % plan['target']['version_id']]
-    for it in plan.get('transaction') or []:
+def transaction_diff(release, target, items, after_header):
+    """Every package of a transaction (the plan's, or the dry run's from
+    the report) as a before/after diff: the release, then the installed
+    packages it replaces or erases, and the packages it installs."""
+    before, after = ['release %s' % release], ['release %s' % target]
+    for it in items or []:
         if it.get('action') in ('remove', 'obsoleted'):
             before.append(it.get('nevra', ''))
             continue
         before += it.get('replaces') or []
         after.append(it.get('nevra', ''))
-    return {'before_header': 'installed now', 'after_header': 'after the upgrade',
+    return {'before_header': 'installed now', 'after_header': after_header,
             'before': '\n'.join(before[:1] + sorted(before[1:])) + '\n',
             'after': '\n'.join(after[:1] + sorted(after[1:])) + '\n'}
-
-
-def report_diff(release, to, report):
-    """What the dry run's assessment says would change."""
-    before, after = ['release %s' % release], ['release %s' % to]
-    for f in report.get('findings') or []:
-        if f.get('key') == 'transaction.summary':
-            after.append('# ' + f.get('title', ''))
-        elif f.get('key') in ('packages.removed', 'packages.obsoleted'):
-            before += f.get('details') or []
-    return {'before_header': 'installed now', 'after_header': 'after the upgrade (dry run)',
-            'before': '\n'.join(before) + '\n', 'after': '\n'.join(after) + '\n'}
 
 
 def main():
@@ -185,7 +178,7 @@ def main():
         fp = rpmdb_fingerprint(module, p['root'])
         if fp and fp == plan['rpmdb_fingerprint']:
             if module._diff:
-                res['diff'] = plan_diff(release, raw_plan)
+                res['diff'] = transaction_diff(release, p['to'], raw_plan.get('transaction'), 'after the upgrade')
             module.exit_json(msg='plan %s for %s is up to date' % (plan['id'], p['to']), **res)
 
     common = repo_flags(p['repos']) + ['--snapshot', p['snapshot']]
@@ -204,7 +197,7 @@ def main():
             keys = inhibitor_keys(report)
             module.fail_json(msg='prepare would be refused: %s' % describe_findings(report, keys), inhibitors=keys, **res)
         if module._diff:
-            res['diff'] = report_diff(release, p['to'], report)
+            res['diff'] = transaction_diff(release, p['to'], report.get('transaction'), 'after the upgrade (dry run)')
         res['changed'] = True
         module.exit_json(msg='would prepare the upgrade to %s' % p['to'], **res)
 
@@ -221,7 +214,7 @@ def main():
         module.fail_json(msg='kos-upgrade prepare failed: %s' % last_lines(err), rc=rc, **res)
     res.update(changed=True, plan=plan_summary(new_plan))
     if module._diff:
-        res['diff'] = plan_diff(release, new_plan)
+        res['diff'] = transaction_diff(release, p['to'], new_plan.get('transaction'), 'after the upgrade')
     module.exit_json(msg='prepared plan %s for %s' % (new_plan.get('id', ''), p['to']), **res)
 
 

@@ -19,6 +19,14 @@ FLAGS = {
 }
 
 
+# dnf's resolution the fake reports (check --to) and plans (prepare), unless
+# fake.json sets its own.
+TRANSACTION = [
+    {'action': 'upgrade', 'nevra': 'bash-0:5.1-1.x86_64', 'name': 'bash', 'replaces': ['bash-0:4.4-1.x86_64']},
+    {'action': 'install', 'nevra': 'kernel-core-0:5.9.0-1.x86_64', 'name': 'kernel-core'},
+    {'action': 'remove', 'nevra': 'old-0:1-1.noarch', 'name': 'old', 'reason': 'conflicts'}]
+
+
 def die(code, msg):
     sys.stderr.write('kos-upgrade: %s\n' % msg)
     sys.exit(code)
@@ -92,7 +100,9 @@ def main():
     elif cmd == 'history':
         out = fake.get('history', [])
     elif cmd in ('check', 'prepare'):
-        report = fake.get('report', {'version': 1, 'inhibited': False, 'findings': []})
+        report = dict(fake.get('report', {'version': 1, 'inhibited': False, 'findings': []}))
+        if flags.get('--to') and 'transaction' not in report:
+            report['transaction'] = fake.get('transaction', TRANSACTION)
         write(os.path.join(sd, 'report.json'), report)
         if cmd == 'check':
             print(json.dumps(report))
@@ -109,9 +119,7 @@ def main():
                 'snapshot': fake.get('backend', 'btrfs') if flags.get('--snapshot', ['auto'])[0] == 'auto' else flags['--snapshot'][0],
                 'mode': 'target', 'rpmdb_fingerprint': fake.get('fingerprint', 'sha256:0'),
                 'signature_check': 'skipped' if flags.get('--no-gpg-check') else 'enforced',
-                'transaction': fake.get('transaction', [
-                    {'action': 'upgrade', 'nevra': 'bash-0:5.1-1.x86_64', 'name': 'bash', 'replaces': ['bash-0:4.4-1.x86_64']},
-                    {'action': 'remove', 'nevra': 'old-0:1-1.noarch', 'name': 'old', 'reason': 'conflicts'}])}
+                'transaction': fake.get('transaction', TRANSACTION)}
         fake.setdefault('plans', []).append(plan['id'])
         write(os.path.join(root, 'fake.json'), fake)
         write(os.path.join(sd, 'plan.json'), plan)

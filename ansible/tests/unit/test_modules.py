@@ -357,19 +357,27 @@ class TestPrepare(TestCase):
 
     def test_check_mode(self):
         h = self.host()
-        h.update_fake(report=dict(HIGH_ONLY, findings=HIGH_ONLY['findings'] + [
-            {'key': 'packages.removed', 'severity': 'medium', 'groups': ['packages'], 'title': 't', 'summary': 's',
-             'details': ['old-0:1-1.noarch: conflicts']}]))
+        h.update_fake(report=HIGH_ONLY)
         r = h.run('kos_upgrade_prepare', check=True, diff=True, to='5.9')
         self.assertFalse(r.get('failed'), r)
         self.assertTrue(r['changed'])
         self.assertNotIn('prepare', h.commands())
-        self.assertIn('check', h.commands())
+        self.assertIn(['--root', h.root, '--json', 'check', '--to', '5.9', '--snapshot', 'auto'], h.calls())
         self.assertFalse(os.path.exists(os.path.join(h.root, 'var/lib/kos-upgrade/plan.json')))
-        self.assertIn('release 5.8', r['diff']['before'])
-        self.assertIn('old-0:1-1.noarch: conflicts', r['diff']['before'])
-        self.assertIn('release 5.9', r['diff']['after'])
-        self.assertIn('3 upgrade', r['diff']['after'])
+        # Package by package, from the report's transaction.
+        self.assertEqual(r['diff']['before'], 'release 5.8\nbash-0:4.4-1.x86_64\nold-0:1-1.noarch\n')
+        self.assertEqual(r['diff']['after'], 'release 5.9\nbash-0:5.1-1.x86_64\nkernel-core-0:5.9.0-1.x86_64\n')
+        self.assertEqual(r['diff']['after_header'], 'after the upgrade (dry run)')
+        self.assertEqual([it['nevra'] for it in r['report']['transaction']],
+                         ['bash-0:5.1-1.x86_64', 'kernel-core-0:5.9.0-1.x86_64', 'old-0:1-1.noarch'])
+        # Without --diff: no diff, the same dry run.
+        r = h.run('kos_upgrade_prepare', check=True, to='5.9')
+        self.assertTrue(r['changed'])
+        self.assertNotIn('diff', r)
+        # The dry run's diff is the one the plan then has.
+        dry = h.run('kos_upgrade_prepare', check=True, diff=True, to='5.9')['diff']
+        made = h.run('kos_upgrade_prepare', diff=True, to='5.9')['diff']
+        self.assertEqual((dry['before'], dry['after']), (made['before'], made['after']))
 
     def test_check_mode_with_plan(self):
         h = self.host()
