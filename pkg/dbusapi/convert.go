@@ -28,6 +28,11 @@ func planSummary(p *upgrader.Plan) map[string]dbus.Variant {
 	m["target"] = dbus.MakeVariant(p.Target.VersionID)
 	m["snapshot"] = dbus.MakeVariant(p.Snapshot)
 	m["signature_check"] = dbus.MakeVariant(p.SignatureCheck)
+	mode := p.Mode
+	if mode == "" {
+		mode = upgrader.ModeTarget // plans older than the mode
+	}
+	m["mode"] = dbus.MakeVariant(mode)
 	repos := make([]string, len(p.Repos)) // empty: the system's own
 	for i, r := range p.Repos {
 		repos[i] = r.String() // ID=URL, credentials redacted

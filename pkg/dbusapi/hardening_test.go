@@ -59,6 +59,8 @@ func TestPrepareRightsSplit(t *testing.T) {
 		{"iso relative", "{'iso': <['kos.iso']>}", "not a clean absolute path"},
 		{"iso a directory", "{'iso': <['/etc']>}", "not a regular file"},
 		{"iso missing", "{'iso': <['/nonexistent.iso']>}", "no such file"},
+		{"mode unknown", "{'to': <'5.9'>, 'mode': <'kexec'>}", "choose target or initramfs"},
+		{"mode as b", "{'to': <'5.9'>, 'mode': <true>}", "option mode has type b, want s"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
@@ -72,12 +74,23 @@ func TestPrepareRightsSplit(t *testing.T) {
 		t.Fatalf("refused calls changed the state directory:\n%s", d)
 	}
 
-	// The plain upgrade is the operator's right.
+	// The mode is the operator's choice too, and reaches the engine:
+	// initramfs mode needs a one-time boot entry, which this system
+	// (no boot loader) cannot make, so that prepare fails at its checks.
 	sigs := watchSignals(t, conn)
+	if out, err := b.gdbusCall(t, nobody, "Prepare", "{'to': <'5.9'>, 'mode': <'initramfs'>}"); err != nil {
+		t.Fatalf("Prepare in initramfs mode as %s: %v: %s", testUser, err, out)
+	}
+	if ok, msg := sigs.waitFinished(t, 0, 5*time.Minute); ok || !strings.Contains(msg, "initramfs mode boots the upgrade initramfs through a one-time boot entry") {
+		t.Fatalf("Prepare in initramfs mode without a boot loader: %v %q", ok, msg)
+	}
+
+	// The plain upgrade is the operator's right.
+	after := len(sigs.snapshot())
 	if out, err := b.gdbusCall(t, nobody, "Prepare", "{'to': <'5.9'>}"); err != nil {
 		t.Fatalf("plain Prepare as %s: %v: %s", testUser, err, out)
 	}
-	if ok, msg := sigs.waitFinished(t, 0, 5*time.Minute); !ok {
+	if ok, msg := sigs.waitFinished(t, after, 5*time.Minute); !ok {
 		t.Fatalf("plain Prepare failed: %s", msg)
 	}
 	plan, _ := prop(t, conn, "Plan").(map[string]dbus.Variant)

@@ -104,7 +104,7 @@ func TestPrepareOverBus(t *testing.T) {
 	stopMon := gdbusMonitor(t, b)
 	time.Sleep(300 * time.Millisecond) // gdbus monitor subscribes
 	sigs := watchSignals(t, conn)
-	b.mustBusctl(t, "call", dbusapi.BusName, objPath, dbusapi.Interface, "Prepare", "a{sv}", "1", "to", "s", "5.9")
+	b.mustBusctl(t, "call", dbusapi.BusName, objPath, dbusapi.Interface, "Prepare", "a{sv}", "2", "to", "s", "5.9", "mode", "s", "target")
 	ok, msg := sigs.waitFinished(t, 0, 5*time.Minute)
 	if !ok {
 		t.Fatalf("prepare failed: %s", msg)
@@ -154,7 +154,7 @@ func TestPrepareOverBus(t *testing.T) {
 		t.Errorf("TargetRelease %v after prepare", got)
 	}
 	plan := prop(t, conn, "Plan").(map[string]dbus.Variant)
-	if plan["target"].Value() != "5.9" || plan["snapshot"].Value() != "btrfs" || plan["packages"].Value().(uint32) == 0 ||
+	if plan["target"].Value() != "5.9" || plan["snapshot"].Value() != "btrfs" || plan["mode"].Value() != "target" || plan["packages"].Value().(uint32) == 0 ||
 		plan["download_size"].Value().(uint64) == 0 || plan["upgrade"].Value().(uint32) == 0 {
 		t.Errorf("Plan %v", plan)
 	}
