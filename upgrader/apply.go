@@ -28,7 +28,10 @@ func (e *Engine) LinkOwner() (string, error) {
 		}
 		return "", fmt.Errorf("cannot read %s: %w", e.Root.SystemUpdateLink(), err)
 	}
-	if filepath.Clean(target) == sysroot.StateDirRel || filepath.Clean(target) == e.Root.StateDir() {
+	// The state directory (armed), or the undo journals' directory (an
+	// undo-journaled transaction runs: inplace.go, guard).
+	switch filepath.Clean(target) {
+	case sysroot.StateDirRel, e.Root.StateDir(), snapshot.UndoDirRel, e.Root.Path(snapshot.UndoDirRel):
 		return "kos-upgrade", nil
 	}
 	return target, nil

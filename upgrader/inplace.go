@@ -96,17 +96,23 @@ func (e *Engine) mergeBack(ctx context.Context, snap snapshot.Snapshotter, state
 
 // Undo journals (snapshot.Undo, docs/undo.md): the root is upgraded in
 // place and the rollback point is restored by kos-upgrade itself, so a
-// power cut in the transaction must bring the next boot back into the
-// offline unit, before anything else runs from a half-upgraded root.
-// guard re-creates the /system-update link once the journal is complete;
-// apply removes it first, as always, and settles the interrupted run (the
+// crash in the transaction must bring the next boot back into the offline
+// unit, before anything else runs from a half-upgraded root. guard links
+// /system-update again once the journal is complete, to the journals'
+// directory (snapshot.UndoDirRel), not to the state directory: the unit's
+// ExecStopPost= safety net removes a link to the state directory when the
+// process dies (so that a binary that cannot run never loops), but turns
+// this one into a plain link to the state directory instead, so that a
+// process killed while the machine keeps running (kill -9, the OOM killer)
+// still leaves the next boot in the offline unit, once more. apply removes
+// either link first, as always, and settles the interrupted run (the
 // journal is restored) before it says anything else. dropGuard removes it
 // when the run ends, either way.
 
-// guard links /system-update to the state directory again, for the
+// guard links /system-update to the undo journals' directory for the
 // duration of an undo-journaled transaction.
 func (r *run) guard() error {
-	if err := atomicfile.Symlink(sysroot.StateDirRel, r.e.Root.SystemUpdateLink()); err != nil {
+	if err := atomicfile.Symlink(snapshot.UndoDirRel, r.e.Root.SystemUpdateLink()); err != nil {
 		return fmt.Errorf("cannot arm the recovery of the in-place run: %w", err)
 	}
 	return nil

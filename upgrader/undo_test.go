@@ -220,6 +220,12 @@ func TestUndoCrashAtEveryStep(t *testing.T) {
 			if (cp.Name == upgrader.StepTransaction || cp.Name == "mid-transaction") && linkErr != nil {
 				t.Errorf("no /system-update after a crash in the transaction: the next boot would not undo it before anything else runs (%v)", linkErr)
 			}
+			// To the journals' directory, which the unit's ExecStopPost=
+			// keeps for the next boot (a link to the state directory it
+			// removes).
+			if l, err := os.Readlink(filepath.Join(s.Root, "system-update")); cp.Name == "mid-transaction" && l != snapshot.UndoDirRel {
+				t.Errorf("/system-update after a crash in the transaction points at %q (%v), want %s", l, err, snapshot.UndoDirRel)
+			}
 			if linkErr == nil {
 				out, err = s.kosUpgrade(t, nil, "apply")
 				if err == nil || !strings.Contains(out, "interrupted") {

@@ -356,6 +356,11 @@ func TestUnitsSystemd239(t *testing.T) {
 	if !strings.Contains(post, "/var/lib/kos-upgrade") || !strings.Contains(post, "rm -f /system-update") {
 		t.Errorf("kos-upgrade-apply.service: ExecStopPost= should remove /system-update when it points at /var/lib/kos-upgrade; has %q", post)
 	}
+	// ... and keep the link of a killed undo-journaled transaction, made
+	// plain (docs/undo.md): the next boot restores the root first.
+	if !strings.Contains(post, "/var/lib/kos-upgrade/undo) ln -sfn /var/lib/kos-upgrade") {
+		t.Errorf("kos-upgrade-apply.service: ExecStopPost= should turn the undo journal's link into a plain one; has %q", post)
+	}
 }
 
 // TestUnitsInstalledChecked makes sure the systemd 239 check covers what
