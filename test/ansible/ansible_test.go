@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/test/el8"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
 
@@ -21,9 +22,12 @@ const systemPython = "/usr/bin/python3"
 // TestModules runs ansible/tests/unit (argument handling, check mode,
 // idempotence, the verdict reading, the fleet report and its schema,
 // ansible-doc of every module) against the collection as ansible-galaxy
-// builds and installs it.
+// builds and installs it. The modules run under Python 3.6, the managed
+// KOS host's platform-python (run directly, and by ansible-playbook as the
+// hosts' ansible_python_interpreter), the controller under Debian's.
 func TestModules(t *testing.T) {
-	testenv.RequireTools(t, systemPython, "ansible-galaxy", "ansible-doc")
+	py36 := el8.Python36()
+	testenv.RequireTools(t, systemPython, "ansible-galaxy", "ansible-doc", py36)
 	if err := exec.Command(systemPython, "-c", "import ansible, jsonschema").Run(); err != nil {
 		testenv.Skip(t, "ansible-core or python3-jsonschema is not installed for "+systemPython)
 	}
@@ -37,9 +41,21 @@ func TestModules(t *testing.T) {
 	}
 	coll := filepath.Join(tmp, "coll")
 	testenv.Run(t, "ansible-galaxy", "collection", "install", "-p", coll, art[0])
+	// What a module runs with on the managed host: the collection and
+	// ansible's module_utils (ansible-core's package, linked alone: not
+	// the rest of Debian's Python 3.11 packages).
+	ansiblePkg := strings.TrimSpace(testenv.Run(t, systemPython, "-c", "import ansible, os; print(os.path.dirname(ansible.__file__))"))
+	modPath := filepath.Join(tmp, "module-path")
+	if err := os.MkdirAll(modPath, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(ansiblePkg, filepath.Join(modPath, "ansible")); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(systemPython, "-m", "unittest", "-v", "ansible_collections.kos.upgrade.tests.unit.test_modules")
 	cmd.Dir = tmp
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+coll, "KOS_ANSIBLE_COLLECTIONS="+coll, "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+coll, "KOS_ANSIBLE_COLLECTIONS="+coll, "PYTHONDONTWRITEBYTECODE=1",
+		"KOS_MODULE_PYTHON="+py36, "KOS_MODULE_PYTHONPATH="+coll+":"+modPath, "KOS_MODULE_PYTHON_VERSION=3.6")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("the module unit tests failed: %v\n%s", err, out)

@@ -22,6 +22,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 COLLECTION = os.path.dirname(os.path.dirname(HERE))
 FAKE = os.path.join(HERE, 'fake_kos_upgrade.sh')
 PKG = 'ansible_collections.kos.upgrade.plugins'
+# The managed host's Python, which runs the modules (KOS: platform-python
+# 3.6), with KOS_MODULE_PYTHONPATH (the collection and ansible's
+# module_utils) for the modules run directly; the controller's parts run
+# under this Python.
+MODULE_PYTHON = os.environ.get('KOS_MODULE_PYTHON') or sys.executable
 
 from ansible_collections.kos.upgrade.plugins.module_utils import kos_upgrade as ku  # noqa: E402
 
@@ -115,7 +120,9 @@ class Host(object):
             json.dump({'ANSIBLE_MODULE_ARGS': args}, f)
         env = dict(os.environ, PATH=self.bin + ':/usr/bin:/bin', KOS_FAKE_LOG=self.log, KOS_FAKE_RPM_QA=self.rpm_qa,
                    KOS_FAKE_ROOT=self.root)
-        p = subprocess.run([sys.executable, '-m', '%s.modules.%s' % (PKG, module), path], env=env, check=False,
+        if os.environ.get('KOS_MODULE_PYTHONPATH'):
+            env['PYTHONPATH'] = os.environ['KOS_MODULE_PYTHONPATH']
+        p = subprocess.run([MODULE_PYTHON, '-m', '%s.modules.%s' % (PKG, module), path], env=env, check=False,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         try:
             return json.loads(p.stdout)
@@ -591,7 +598,7 @@ class TestRoles(TestCase):
         hosts = {'done': done, 'fell': fell, 'blocked': blocked}
         inv = os.path.join(done.dir, 'inventory.json')
         with open(inv, 'w') as f:
-            json.dump({'all': {'vars': {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
+            json.dump({'all': {'vars': {'ansible_connection': 'local', 'ansible_python_interpreter': MODULE_PYTHON,
                                         'kos_upgrade_binary': FAKE},
                                'hosts': dict((n, {'kos_upgrade_root': h.root}) for n, h in hosts.items())}}, f)
         report = os.path.join(done.dir, 'report')
@@ -629,7 +636,7 @@ class TestWait(TestCase):
         args = dict(dict(root=h.root, binary=FAKE, poll_interval=1), **args)
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=coll, ANSIBLE_NOCOLOR='1', ANSIBLE_LOAD_CALLBACK_PLUGINS='1',
                    ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_LOCAL_TEMP=os.path.join(h.dir, 'tmp'))
-        p = subprocess.run(['ansible', 'localhost', '-c', 'local', '-e', 'ansible_python_interpreter=' + sys.executable,
+        p = subprocess.run(['ansible', 'localhost', '-c', 'local', '-e', 'ansible_python_interpreter=' + MODULE_PYTHON,
                             '-m', 'kos.upgrade.kos_upgrade_wait', '-a', json.dumps(args)], env=env, check=False,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         out = json.loads(p.stdout[p.stdout.index('{'):])
@@ -650,6 +657,18 @@ class TestWait(TestCase):
         self.assertTrue(r.get('failed'), r)
         self.assertEqual(r['msg'], 'localhost: no first-boot verdict within 3 s: phase verdict, last state seen: '
                                    'state succeeded, verdict pending')
+
+
+class TestModulePython(TestCase):
+
+    def test_version(self):
+        """The modules ran under the Python asked for (KOS_MODULE_PYTHON_VERSION)."""
+        want = os.environ.get('KOS_MODULE_PYTHON_VERSION', '')
+        if not want:
+            self.skipTest('KOS_MODULE_PYTHON_VERSION is not set')
+        p = subprocess.run([MODULE_PYTHON, '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'], check=True,
+                           stdout=subprocess.PIPE, universal_newlines=True)
+        self.assertEqual(p.stdout.strip(), want)
 
 
 class TestDocs(TestCase):
