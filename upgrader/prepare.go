@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/iso"
@@ -110,7 +111,12 @@ type prepareRun struct {
 	stageDir string
 	res      *pkgmgr.Resolution
 	sigCheck string
-	plan     *Plan
+	// assessed is the transaction the assessment resolved, and
+	// assessedFor what it was resolved for: resolve reuses it when the
+	// plan's request is the same (resolutionKey).
+	assessed    *pkgmgr.Assessment
+	assessedFor resolutionKey
+	plan        *Plan
 	// imgs are the --iso images, served to dnf while prepare runs, and
 	// cacheDir dnf's metadata cache, which loses their repositories at
 	// the end.
@@ -241,11 +247,17 @@ func (pr *prepareRun) assess(ctx context.Context) error {
 	if err := ensurePrivateDir(pr.cacheDir); err != nil {
 		return fmt.Errorf("cannot create %s: %w", pr.cacheDir, err)
 	}
-	report, err := pr.e.assess(ctx, pr.opts, pr.to.Version, pr.repos, pr.imgs.Refs(), pfm, pr.state, pr.backend, pr.cacheDir)
+	// The installed packages the assessment resolves against.
+	fp, err := pr.e.PM.Fingerprint(ctx, pr.e.Root.Dir)
+	if err != nil {
+		return fmt.Errorf("cannot read the rpm database: %w", err)
+	}
+	report, a, err := pr.e.assess(ctx, pr.opts, pr.to.Version, pr.repos, pr.imgs.Refs(), pfm, pr.state, pr.backend, pr.cacheDir)
 	if err != nil {
 		return err
 	}
-	pr.report = report
+	pr.report, pr.assessed = report, a
+	pr.assessedFor = pr.resolutionKey(fp)
 	if mig := pr.mig; mig != nil && len(mig.keys) == 0 && !pr.opts.SkipSignatures {
 		return fmt.Errorf("cannot prepare the migration to %s: no public key of %s to verify its packages with (the migration map's key files %v are not installed); give it with --gpgkey FILE", pr.to, mig.m.Target.Name, mig.m.GPGKeys)
 	}
@@ -266,14 +278,10 @@ func (pr *prepareRun) resolve(ctx context.Context) error {
 	if err := ensurePrivateDir(pr.stageDir); err != nil {
 		return fmt.Errorf("cannot create %s: %w", pr.stageDir, err)
 	}
-	var migReq *pkgmgr.Migration
-	if pr.mig != nil {
-		migReq = pr.mig.preflight.Request
-	}
-	res, err := e.PM.Resolve(ctx, pkgmgr.ResolveRequest{
+	res, err := pr.solve(ctx, pkgmgr.ResolveRequest{
 		Root: e.Root.Dir, Release: pr.to.Version, Repos: pr.repos, CacheDir: pr.cacheDir, StageDir: pr.stageDir,
-		Migration: migReq,
-	}, e.Sink)
+		Migration: pr.migrationRequest(),
+	})
 	if err != nil {
 		err = pr.imgs.explain(err)
 		if errors.Is(err, pkgmgr.ErrDepsolve) {
@@ -286,6 +294,45 @@ func (pr *prepareRun) resolve(ctx context.Context) error {
 	}
 	pr.res = res
 	return nil
+}
+
+// resolutionKey is what dnf's resolution depends on. The answers and the
+// rest of the assessment only judge the transaction: they are not in it.
+type resolutionKey struct {
+	Root, Release, Fingerprint string
+	Repos                      []pkgmgr.Repo
+	Migration                  *pkgmgr.Migration
+}
+
+// resolutionKey is the key of this prepare's resolution on the installed
+// packages of fingerprint fp.
+func (pr *prepareRun) resolutionKey(fp string) resolutionKey {
+	return resolutionKey{Root: pr.e.Root.Dir, Release: pr.to.Version, Fingerprint: fp, Repos: pr.repos, Migration: pr.migrationRequest()}
+}
+
+func (pr *prepareRun) migrationRequest() *pkgmgr.Migration {
+	if pr.mig == nil {
+		return nil
+	}
+	return pr.mig.preflight.Request
+}
+
+// solve resolves req. When the assessment resolved the same request on
+// the same installed packages (resolutionKey), dnf's solver does not run
+// again: the backend downloads the assessment's transaction
+// (pkgmgr.Downloader).
+func (pr *prepareRun) solve(ctx context.Context, req pkgmgr.ResolveRequest) (*pkgmgr.Resolution, error) {
+	e, a := pr.e, pr.assessed
+	d, ok := e.PM.(pkgmgr.Downloader)
+	if !ok || a == nil || len(a.Problems) > 0 || len(a.Items) == 0 || !reflect.DeepEqual(pr.assessedFor, pr.resolutionKey(pr.before)) {
+		return e.PM.Resolve(ctx, req, e.Sink)
+	}
+	res, err := d.Download(ctx, req, a.Items, e.Sink)
+	if err != nil {
+		return nil, err
+	}
+	res.Migration = a.Migration
+	return res, nil
 }
 
 // stage removes staged files no item of the plan names.
@@ -445,22 +492,23 @@ func (pr *prepareRun) newPlan() *Plan {
 
 // assess runs the same assessment as kos-upgrade check and refuses on an
 // inhibitor. The report is saved in the state directory (as check does) and
-// returned for the plan.
-func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string, repos []pkgmgr.Repo, images []iso.Ref, mig *preflight.Migration, state *State, backend, cacheDir string) (*preflight.Report, error) {
+// returned for the plan, with the transaction it resolved (nil when it
+// resolved none).
+func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string, repos []pkgmgr.Repo, images []iso.Ref, mig *preflight.Migration, state *State, backend, cacheDir string) (*preflight.Report, *pkgmgr.Assessment, error) {
 	answers, err := preflight.LoadAnswers(e.Root, opts.Answers)
 	if err != nil {
-		return nil, fmt.Errorf("cannot prepare: %w", err)
+		return nil, nil, fmt.Errorf("cannot prepare: %w", err)
 	}
 	owner, err := e.LinkOwner()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var pm preflight.Assessor // nil: dnf
 	if a, ok := e.PM.(preflight.Assessor); ok {
 		pm = a
 	}
 	e.report(progress.Event{Step: "check", Message: "assessing the upgrade"})
-	r, _, err := preflight.Run(ctx, preflight.Options{
+	r, facts, err := preflight.Run(ctx, preflight.Options{
 		Root: e.Root, To: release, Repos: repos, Images: images, SkipSignatures: opts.SkipSignatures, Migration: mig, CacheDir: cacheDir,
 		Snapshot: preflight.SnapshotFacts{Requested: opts.Snapshot, Backend: backend},
 		State: preflight.StateFacts{Status: string(state.Status), PlanID: state.PlanID, Target: state.Target,
@@ -468,15 +516,15 @@ func (e *Engine) assess(ctx context.Context, opts PrepareOptions, release string
 		SystemUpdate: owner, PM: pm, Sink: e.Sink, Log: e.log(),
 	}, answers)
 	if err != nil {
-		return nil, fmt.Errorf("cannot prepare: cannot assess the upgrade: %w", err)
+		return nil, nil, fmt.Errorf("cannot prepare: cannot assess the upgrade: %w", err)
 	}
 	if err := r.Save(e.Root.StateDir()); err != nil {
 		e.log().Warn("cannot save the assessment", "error", err)
 	}
 	if err := r.Err(); err != nil {
-		return nil, fmt.Errorf("cannot prepare: %w\n(%s shows the whole report)", err, e.checkCommand(opts))
+		return nil, nil, fmt.Errorf("cannot prepare: %w\n(%s shows the whole report)", err, e.checkCommand(opts))
 	}
-	return r, nil
+	return r, facts.Assessment, nil
 }
 
 // checkCommand is the check command line that assesses what prepare with

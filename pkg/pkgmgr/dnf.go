@@ -25,7 +25,10 @@ func NewDNF(logger *slog.Logger) *DNF {
 	return &DNF{Python: sysroot.Python(), Logger: logger}
 }
 
-var _ Manager = (*DNF)(nil)
+var (
+	_ Manager    = (*DNF)(nil)
+	_ Downloader = (*DNF)(nil)
+)
 
 type resolveReq struct {
 	Root     string `json:"root"`
@@ -53,6 +56,30 @@ func (d *DNF) Resolve(ctx context.Context, req ResolveRequest, sink progress.Sin
 		return nil, fmt.Errorf("cannot decode the resolution: %w", err)
 	}
 	return &res, nil
+}
+
+// Download implements Downloader: the helper's download command, dnf's
+// downloader without its solver.
+func (d *DNF) Download(ctx context.Context, req ResolveRequest, items []Item, sink progress.Sink) (*Resolution, error) {
+	root := sysroot.Root{Dir: req.Root}
+	raw, err := d.runHelper(ctx, "download", downloadReq{
+		resolveReq: resolveReq{Root: req.Root, DBPath: root.DBPathRel(), Release: req.Release, Repos: req.Repos,
+			CacheDir: req.CacheDir, StageDir: req.StageDir},
+		Items: items,
+	}, sink)
+	if err != nil {
+		return nil, err
+	}
+	var res Resolution
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("cannot decode the downloaded transaction: %w", err)
+	}
+	return &res, nil
+}
+
+type downloadReq struct {
+	resolveReq
+	Items []Item `json:"items"`
 }
 
 type tsReq struct {

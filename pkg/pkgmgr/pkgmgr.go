@@ -182,6 +182,24 @@ type Manager interface {
 	Files(ctx context.Context, root, stageDir string, items []Item) ([]string, error)
 }
 
+// Downloader is a Manager that can stage a transaction resolved before
+// (an Assessment's Items) instead of running dnf's solver again: prepare
+// uses it when nothing the resolution depends on changed since the
+// assessment (the same root, release, repositories and migration, and the
+// same rpmdb fingerprint).
+type Downloader interface {
+	// Download downloads every package items install (found by NEVRA in
+	// its repository among req.Repos, metadata as req.CacheDir holds it)
+	// into req.StageDir and returns the Resolution that Resolve returns
+	// for the same transaction: items in the same order, with File,
+	// SHA256 and Size set; GPGKeys of the enabled repositories (Migration
+	// is left empty: the swaps that applied are the assessment's). It runs
+	// no solver, changes nothing in req.Root, and fails when an item is
+	// no longer in its repository (the metadata changed: resolve again).
+	// Calling it again re-uses packages already downloaded.
+	Download(ctx context.Context, req ResolveRequest, items []Item, sink progress.Sink) (*Resolution, error)
+}
+
 // credentialsRE matches the user information of a URL in any text:
 // "scheme://user:token@".
 var credentialsRE = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s"'<>]*@`)

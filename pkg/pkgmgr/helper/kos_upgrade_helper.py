@@ -222,6 +222,50 @@ def cmd_resolve(req):
         shutil.rmtree(work, ignore_errors=True)
 
 
+INSTALL_ACTIONS = ("install", "upgrade", "downgrade", "reinstall")
+
+
+def cmd_download(req):
+    """The resolve command without the solver: download and stage the
+    packages of a transaction resolved before (req["items"], from assess on
+    the same root, release, repositories and rpmdb). Each package is found
+    by its NEVRA in its repository; one that is no longer there is an error
+    (the metadata changed since: resolve again). The items come back in
+    their order, with file, size and sha256, as resolve emits them."""
+    set_dbpath(req)
+    work = tempfile.mkdtemp(prefix="kos-upgrade-dnf-")
+    try:
+        # The installed packages play no part: nothing is resolved.
+        base, enabled, keys = setup_base(req, work, system=False)
+        base.conf.gpgcheck = False  # kos-upgrade verifies with rpmkeys itself
+        for repo in enabled:
+            repo.gpgcheck = False
+            repo.pkgdir = req["stagedir"]
+        progress("resolve", message="downloading the transaction the assessment resolved (no new resolution)")
+        items = [dict(it) for it in req.get("items") or []]
+        avail = base.sack.query().available()
+        pkgs = []
+        missing = []
+        for it in items:
+            if it.get("action") not in INSTALL_ACTIONS:
+                continue
+            found = None
+            for p in avail.filter(name=it.get("name"), arch=it.get("arch")):
+                if nevra(p) == it.get("nevra") and p.reponame == it.get("repo"):
+                    found = p
+                    break
+            if found is None:
+                missing.append("%s (repository %s)" % (it.get("nevra"), it.get("repo")))
+                continue
+            pkgs.append(found)
+        if missing:
+            raise Failure("repo", "the repositories no longer have packages of the resolved transaction", missing)
+        download(base, pkgs, req["stagedir"], items)
+        emit({"type": "result", "items": items, "gpg_keys": keys})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def goal(base, req):
     """Put the upgrade into dnf's goal: a distro-sync of everything and, for
     a migration to another distribution, the swaps of its package map as
@@ -1084,7 +1128,7 @@ def cmd_files(req):
     emit({"type": "result", "files": sorted(files), "old": sorted(old)})
 
 
-COMMANDS = {"resolve": cmd_resolve, "assess": cmd_assess, "test": cmd_test, "apply": cmd_apply,
+COMMANDS = {"resolve": cmd_resolve, "download": cmd_download, "assess": cmd_assess, "test": cmd_test, "apply": cmd_apply,
             "fingerprint": cmd_fingerprint, "files": cmd_files, "needs": cmd_needs, "bundle-resolve": cmd_bundle_resolve}
 
 
