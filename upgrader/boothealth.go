@@ -207,7 +207,9 @@ func (e *Engine) decide(ctx context.Context, st store, state *State, bl boot.Boo
 func (e *Engine) confirm(ctx context.Context, st store, state *State, v *health.Verdict, w ConfirmWindow) (bool, error) {
 	bs := state.Boot
 	now := e.now().UTC()
-	if bs.ConfirmBy.IsZero() {
+	// Set at the first green verdict; never later than the policy allows
+	// from now (a shorter confirm_after since, a damaged state).
+	if bs.ConfirmBy.IsZero() || bs.ConfirmBy.After(now.Add(w.After)) {
 		bs.ConfirmBy = now.Add(w.After).Truncate(time.Second)
 		if err := st.save(state, e.now()); err != nil {
 			return true, err

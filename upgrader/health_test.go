@@ -169,6 +169,14 @@ func TestHealthVerdict(t *testing.T) {
 				t.Fatalf("status: %v\n%s", err, st)
 			}
 			t.Logf("status of the root that boots next:\n%s", st)
+			if !tc.green {
+				// The fallback's history record says why (log, and D-Bus
+				// LastResult, which is the same record).
+				lg, err := exec.Command(binary(t), "--root", nextRoot, "log", "last").CombinedOutput()
+				if err != nil || !strings.Contains(string(lg), "automatic fallback: "+v.Reasons[0]) {
+					t.Errorf("log last of the root that boots next lacks %q: %v\n%s", "automatic fallback: "+v.Reasons[0], err, lg)
+				}
+			}
 			for _, w := range tc.want {
 				if !strings.Contains(string(st), w) {
 					t.Errorf("status of the root that boots next lacks %q:\n%s", w, st)
