@@ -80,6 +80,17 @@ func (c Counter) Tick() Counter {
 	return Counter{Set: true, Left: c.Left - 1, Done: c.Done + 1, HasDone: true}
 }
 
+// cmpBool is systemd's CMP(x, y) for booleans: false before true.
+func cmpBool(x, y bool) int {
+	switch {
+	case x == y:
+		return 0
+	case !x:
+		return -1
+	}
+	return 1
+}
+
 // strverscmpImproved orders version strings as systemd does
 // (strverscmp_improved): negative if a is older than b.
 func strverscmpImproved(a, b string) int {
@@ -88,15 +99,6 @@ func strverscmpImproved(a, b string) int {
 	}
 	digit := func(c byte) bool { return c >= '0' && c <= '9' }
 	alpha := func(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-	cmpb := func(x, y bool) int { // CMP(x, y) for booleans
-		switch {
-		case x == y:
-			return 0
-		case !x:
-			return -1
-		}
-		return 1
-	}
 	at := func(s string, i int) byte {
 		if i < len(s) {
 			return s[i]
@@ -112,7 +114,7 @@ func strverscmpImproved(a, b string) int {
 			j++
 		}
 		if at(a, i) == '~' || at(b, j) == '~' {
-			if r := cmpb(at(a, i) != '~', at(b, j) != '~'); r != 0 {
+			if r := cmpBool(at(a, i) != '~', at(b, j) != '~'); r != 0 {
 				return r
 			}
 			i, j = i+1, j+1
@@ -122,7 +124,7 @@ func strverscmpImproved(a, b string) int {
 		}
 		for _, sep := range []byte{'-', '^', '.'} {
 			if at(a, i) == sep || at(b, j) == sep {
-				if r := cmpb(at(a, i) != sep, at(b, j) != sep); r != 0 {
+				if r := cmpBool(at(a, i) != sep, at(b, j) != sep); r != 0 {
 					return r
 				}
 				i, j = i+1, j+1
@@ -136,7 +138,7 @@ func strverscmpImproved(a, b string) int {
 			for bj < len(b) && digit(b[bj]) {
 				bj++
 			}
-			if r := cmpb(ai != i, bj != j); r != 0 {
+			if r := cmpBool(ai != i, bj != j); r != 0 {
 				return r
 			}
 			for i < ai && a[i] == '0' {
@@ -212,19 +214,10 @@ func sdEntryOf(e *Entry, c Counter) sdEntry {
 
 // sdCompare is systemd-boot's config_entry_compare.
 func sdCompare(a, b sdEntry) int {
-	cb := func(x, y bool) int {
-		switch {
-		case x == y:
-			return 0
-		case !x:
-			return -1
-		}
-		return 1
-	}
-	if r := cb(a.left == 0, b.left == 0); r != 0 {
+	if r := cmpBool(a.left == 0, b.left == 0); r != 0 {
 		return r
 	}
-	if r := cb(!a.hasSortK, !b.hasSortK); r != 0 {
+	if r := cmpBool(!a.hasSortK, !b.hasSortK); r != 0 {
 		return r
 	}
 	if a.hasSortK && b.hasSortK {

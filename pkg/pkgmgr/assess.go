@@ -2,8 +2,6 @@ package pkgmgr
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -72,16 +70,8 @@ type Assessment struct {
 // downloads no package; dependency problems are data, not an error.
 func (d *DNF) Assess(ctx context.Context, req AssessRequest, sink progress.Sink) (*Assessment, error) {
 	root := sysroot.Root{Dir: req.Root}
-	raw, err := d.runHelper(ctx, "assess", resolveReq{
+	return callHelper[Assessment](ctx, d, "assess", "the assessment", resolveReq{
 		Root: req.Root, DBPath: root.DBPathRel(), Release: req.Release, Repos: req.Repos, CacheDir: req.CacheDir,
 		Migration: req.Migration,
 	}, sink)
-	if err != nil {
-		return nil, err
-	}
-	var a Assessment
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return nil, fmt.Errorf("cannot decode the assessment: %w", err)
-	}
-	return &a, nil
 }

@@ -2,8 +2,6 @@ package pkgmgr
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
@@ -28,15 +26,8 @@ type HostPackages struct {
 // of the repositories its configuration enables for release (no metadata,
 // no network).
 func (d *DNF) HostPackages(ctx context.Context, root, release string) (*HostPackages, error) {
-	raw, err := d.runHelper(ctx, "needs", resolveReq{Root: root, DBPath: sysroot.Root{Dir: root}.DBPathRel(), Release: release}, nil)
-	if err != nil {
-		return nil, err
-	}
-	var res HostPackages
-	if err := json.Unmarshal(raw, &res); err != nil {
-		return nil, fmt.Errorf("cannot decode the installed packages: %w", err)
-	}
-	return &res, nil
+	return callHelper[HostPackages](ctx, d, "needs", "the installed packages",
+		resolveReq{Root: root, DBPath: sysroot.Root{Dir: root}.DBPathRel(), Release: release}, nil)
 }
 
 // BundleRequest asks what a host with the Installed packages needs for its
@@ -70,17 +61,9 @@ type bundleReq struct {
 // that version, and downloads the rest into req.StageDir (re-using files
 // there: a package several hosts need is downloaded once).
 func (d *DNF) BundleResolve(ctx context.Context, req BundleRequest, sink progress.Sink) (*BundleResolution, error) {
-	raw, err := d.runHelper(ctx, "bundle-resolve", bundleReq{
+	return callHelper[BundleResolution](ctx, d, "bundle-resolve", "the bundle resolution", bundleReq{
 		resolveReq: resolveReq{Root: req.Scratch, DBPath: "/var/lib/rpm", Release: req.Release, Repos: req.Repos,
 			CacheDir: req.CacheDir, StageDir: req.StageDir},
 		Installed: req.Installed,
 	}, sink)
-	if err != nil {
-		return nil, err
-	}
-	var res BundleResolution
-	if err := json.Unmarshal(raw, &res); err != nil {
-		return nil, fmt.Errorf("cannot decode the bundle resolution: %w", err)
-	}
-	return &res, nil
 }

@@ -2,7 +2,6 @@ package pkgmgr
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -44,18 +43,10 @@ type resolveReq struct {
 // Resolve implements Manager.
 func (d *DNF) Resolve(ctx context.Context, req ResolveRequest, sink progress.Sink) (*Resolution, error) {
 	root := sysroot.Root{Dir: req.Root}
-	raw, err := d.runHelper(ctx, "resolve", resolveReq{
+	return callHelper[Resolution](ctx, d, "resolve", "the resolution", resolveReq{
 		Root: req.Root, DBPath: root.DBPathRel(), Release: req.Release, Repos: req.Repos,
 		CacheDir: req.CacheDir, StageDir: req.StageDir, Migration: req.Migration,
 	}, sink)
-	if err != nil {
-		return nil, err
-	}
-	var res Resolution
-	if err := json.Unmarshal(raw, &res); err != nil {
-		return nil, fmt.Errorf("cannot decode the resolution: %w", err)
-	}
-	return &res, nil
 }
 
 // Download implements Downloader: the helper's download command, dnf's
@@ -101,43 +92,30 @@ func (d *DNF) Test(ctx context.Context, root, stageDir string, items []Item, sin
 
 // Apply implements Manager.
 func (d *DNF) Apply(ctx context.Context, root, stageDir string, items []Item, sink progress.Sink) (*ApplyReport, error) {
-	raw, err := d.runHelper(ctx, "apply", d.tsRequest(root, stageDir, items), sink)
-	if err != nil {
-		return nil, err
-	}
-	var rep ApplyReport
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		return nil, fmt.Errorf("cannot decode the transaction's result: %w", err)
-	}
-	return &rep, nil
+	return callHelper[ApplyReport](ctx, d, "apply", "the transaction's result", d.tsRequest(root, stageDir, items), sink)
 }
 
 // Fingerprint implements Manager.
 func (d *DNF) Fingerprint(ctx context.Context, root string) (string, error) {
-	raw, err := d.runHelper(ctx, "fingerprint", tsReq{Root: root, DBPath: sysroot.Root{Dir: root}.DBPathRel()}, nil)
+	res, err := callHelper[struct {
+		Fingerprint string `json:"fingerprint"`
+	}](ctx, d, "fingerprint", "the rpmdb fingerprint", tsReq{Root: root, DBPath: sysroot.Root{Dir: root}.DBPathRel()}, nil)
 	if err != nil {
 		return "", err
 	}
-	var res struct {
-		Fingerprint string `json:"fingerprint"`
-	}
-	if err := json.Unmarshal(raw, &res); err != nil || res.Fingerprint == "" {
-		return "", fmt.Errorf("cannot decode the rpmdb fingerprint: %s", raw)
+	if res.Fingerprint == "" {
+		return "", fmt.Errorf("cannot decode the rpmdb fingerprint: the helper gave none")
 	}
 	return res.Fingerprint, nil
 }
 
 // Files implements Manager.
 func (d *DNF) Files(ctx context.Context, root, stageDir string, items []Item) ([]string, error) {
-	raw, err := d.runHelper(ctx, "files", d.tsRequest(root, stageDir, items), nil)
+	res, err := callHelper[struct {
+		Files []string `json:"files"`
+	}](ctx, d, "files", "the file lists", d.tsRequest(root, stageDir, items), nil)
 	if err != nil {
 		return nil, err
-	}
-	var res struct {
-		Files []string `json:"files"`
-	}
-	if err := json.Unmarshal(raw, &res); err != nil {
-		return nil, fmt.Errorf("cannot decode the file lists: %w", err)
 	}
 	out := res.Files[:0]
 	for _, f := range res.Files {

@@ -60,6 +60,20 @@ type helperLine struct {
 	Problems []string `json:"problems"`
 }
 
+// callHelper runs one helper command (runHelper) and decodes its result
+// into a T; what names the result in the error ("cannot decode <what>").
+func callHelper[T any](ctx context.Context, d *DNF, command, what string, req any, sink progress.Sink) (*T, error) {
+	raw, err := d.runHelper(ctx, command, req, sink)
+	if err != nil {
+		return nil, err
+	}
+	var res T
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("cannot decode %s: %w", what, err)
+	}
+	return &res, nil
+}
+
 // runHelper runs one helper command with req on its stdin, forwards progress
 // to sink and returns the raw result line.
 //
