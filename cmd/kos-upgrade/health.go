@@ -178,22 +178,7 @@ Examples:
 // confirmTimerJob starts (or stops) kos-upgrade-confirm.timer through
 // systemd's D-Bus API.
 func confirmTimerJob(ctx context.Context, start bool) error {
-	ctx, cancel := context.WithTimeout(ctx, rebootTimeout)
-	defer cancel()
-	conn, err := connectSystemd(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if start {
-		_, err = conn.StartUnitContext(ctx, confirmTimer, "replace", nil)
-	} else {
-		_, err = conn.StopUnitContext(ctx, confirmTimer, "replace", nil)
-	}
-	if err != nil {
-		return fmt.Errorf("systemd refused a job for %s: %w", confirmTimer, err)
-	}
-	return nil
+	return systemdJob(ctx, confirmTimer, "replace", start)
 }
 
 // errWouldFail says a dry run found the system unhealthy.

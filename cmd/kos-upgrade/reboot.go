@@ -304,6 +304,12 @@ func firstPlain(s string) string {
 // systemdStartUnit starts unit in mode replace-irreversibly and returns once
 // systemd queued the job (the job itself stops this process).
 func systemdStartUnit(ctx context.Context, unit string) error {
+	return systemdJob(ctx, unit, "replace-irreversibly", true)
+}
+
+// systemdJob asks systemd to start (or stop) unit with the job mode mode
+// and returns once the job is queued.
+func systemdJob(ctx context.Context, unit, mode string, start bool) error {
 	ctx, cancel := context.WithTimeout(ctx, rebootTimeout)
 	defer cancel()
 	conn, err := connectSystemd(ctx)
@@ -311,8 +317,12 @@ func systemdStartUnit(ctx context.Context, unit string) error {
 		return err
 	}
 	defer conn.Close()
-	if _, err := conn.StartUnitContext(ctx, unit, "replace-irreversibly", nil); err != nil {
-		return fmt.Errorf("systemd refused to start %s: %w", unit, err)
+	verb, job := "start", conn.StartUnitContext
+	if !start {
+		verb, job = "stop", conn.StopUnitContext
+	}
+	if _, err := job(ctx, unit, mode, nil); err != nil {
+		return fmt.Errorf("systemd refused to %s %s: %w", verb, unit, err)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Path is the PATH every command runs with.
@@ -116,4 +117,41 @@ func PythonFlags(ctx context.Context, python string) []string {
 func Python(ctx context.Context, python string, args []string, extra ...string) *exec.Cmd {
 	argv := append([]string{python}, PythonFlags(ctx, python)...)
 	return Command(ctx, append(argv, args...), extra...)
+}
+
+// TailBuffer keeps the last Max bytes written to it: the output of a
+// command that may print without end (a scriptlet, a site check) never
+// fills memory. String marks a cut beginning with "[...]". Writes may come
+// from several goroutines (a command's stdout and stderr).
+type TailBuffer struct {
+	Max int
+
+	mu  sync.Mutex
+	b   []byte
+	cut bool
+}
+
+// Write implements io.Writer; it never fails.
+func (t *TailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(p)
+	if len(p) > t.Max {
+		p, t.cut = p[len(p)-t.Max:], true
+	}
+	t.b = append(t.b, p...)
+	if len(t.b) > t.Max {
+		t.b, t.cut = append(t.b[:0], t.b[len(t.b)-t.Max:]...), true
+	}
+	return n, nil
+}
+
+// String returns what is kept, "[...]" first when the beginning was cut.
+func (t *TailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cut {
+		return "[...]" + string(t.b)
+	}
+	return string(t.b)
 }

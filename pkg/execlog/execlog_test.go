@@ -98,3 +98,39 @@ func TestPythonFlags(t *testing.T) {
 		t.Errorf("Python: %q, want %q", cmd.Args, want)
 	}
 }
+
+func TestTailBuffer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		writes []string
+		want   string
+	}{
+		{name: "nothing", want: ""},
+		{name: "short", writes: []string{"ab", "cd"}, want: "abcd"},
+		{name: "exactly full", writes: []string{"abc", "def", "gh"}, want: "abcdefgh"},
+		{name: "cut across writes", writes: []string{"abcdef", "ghij"}, want: "[...]cdefghij"},
+		{name: "one large write", writes: []string{strings.Repeat("x", 1000) + "12345678"}, want: "[...]12345678"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &TailBuffer{Max: 8}
+			for _, w := range tc.writes {
+				if n, err := b.Write([]byte(w)); n != len(w) || err != nil {
+					t.Fatalf("Write(%q) = %d, %v", w, n, err)
+				}
+			}
+			if got := b.String(); got != tc.want {
+				t.Errorf("String() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	// A command's stdout and stderr write at once.
+	b := &TailBuffer{Max: 64}
+	cmd := Command(context.Background(), []string{"sh", "-c", "for i in $(seq 2000); do echo out$i; echo err$i >&2; done"})
+	cmd.Stdout, cmd.Stderr = b, b
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.String(); !strings.HasPrefix(s, "[...]") || len(s) != 64+len("[...]") || !strings.Contains(s, "2000\n") {
+		t.Errorf("String() = %q", s)
+	}
+}

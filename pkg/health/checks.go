@@ -133,8 +133,8 @@ func runOne(ctx context.Context, path string, timeout time.Duration, r *CheckRes
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := execlog.Command(cctx, []string{path}, env...)
-	var out tailBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &execlog.TailBuffer{Max: maxOutput}
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = killGrace
@@ -157,33 +157,6 @@ func runOne(ctx context.Context, path string, timeout time.Duration, r *CheckRes
 	default:
 		r.Result, r.Detail = ResultFailed, err.Error()
 	}
-}
-
-// tailBuffer keeps the last maxOutput bytes written to it.
-type tailBuffer struct {
-	mu   sync.Mutex
-	b    []byte
-	lost bool
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > maxOutput {
-		t.b = append(t.b[:0], t.b[len(t.b)-maxOutput:]...)
-		t.lost = true
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.lost {
-		return "..." + string(t.b)
-	}
-	return string(t.b)
 }
 
 // safeRootOwned refuses a check (dir: its directory) that someone other

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
 	"github.com/keyarchos/kos-upgrade/pkg/progress"
@@ -88,7 +87,7 @@ func (d *DNF) runHelper(ctx context.Context, command string, req any, sink progr
 	}
 	cmd := execlog.Python(ctx, d.Python, []string{"-c", helperSource, command}, "LANG=C.UTF-8")
 	cmd.Stdin = bytes.NewReader(in)
-	output := &tailBuffer{max: 64 << 10}
+	output := &execlog.TailBuffer{Max: 64 << 10}
 	cmd.Stdout = output
 	cmd.Stderr = output
 	proto, protoW, err := os.Pipe()
@@ -148,35 +147,6 @@ func (d *DNF) runHelper(ctx context.Context, command string, req any, sink progr
 		return nil, fmt.Errorf("cannot run package helper %s: it gave no result: %s", command, lastLines(output.String(), 10))
 	}
 	return result, nil
-}
-
-// tailBuffer keeps the last max bytes written to it (a scriptlet may print
-// without end).
-type tailBuffer struct {
-	max int
-	mu  sync.Mutex
-	b   []byte
-	cut bool
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-		t.cut = true
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.cut {
-		return "[...]" + string(t.b)
-	}
-	return string(t.b)
 }
 
 func lastLines(s string, n int) string {
