@@ -53,19 +53,11 @@ func (d *DNF) Resolve(ctx context.Context, req ResolveRequest, sink progress.Sin
 // downloader without its solver.
 func (d *DNF) Download(ctx context.Context, req ResolveRequest, items []Item, sink progress.Sink) (*Resolution, error) {
 	root := sysroot.Root{Dir: req.Root}
-	raw, err := d.runHelper(ctx, "download", downloadReq{
+	return callHelper[Resolution](ctx, d, "download", "the downloaded transaction", downloadReq{
 		resolveReq: resolveReq{Root: req.Root, DBPath: root.DBPathRel(), Release: req.Release, Repos: req.Repos,
 			CacheDir: req.CacheDir, StageDir: req.StageDir},
 		Items: items,
 	}, sink)
-	if err != nil {
-		return nil, err
-	}
-	var res Resolution
-	if err := json.Unmarshal(raw, &res); err != nil {
-		return nil, fmt.Errorf("cannot decode the downloaded transaction: %w", err)
-	}
-	return &res, nil
 }
 
 type downloadReq struct {
