@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -128,6 +129,28 @@ func expectLiveVerdict(t *testing.T, f *Facts, disabled bool) {
 	t.Logf("the new system's verdict: reasons %q, warnings %q, pre-existing %q", v.Reasons, v.Warnings, v.PreExisting)
 }
 
+// slowUnit takes 8 s to start; it is active before the upgrade.
+const slowUnit = "[Unit]\nDescription=kos-e2e: takes 8 s to start\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sleep 8\n[Install]\nWantedBy=multi-user.target\n"
+
+// slowHealthStep is healthStep with kos-e2e-slow.service restarted just
+// before: it is activating when the judgment starts, which waits for it
+// (activating is not a verdict) instead of judging it waiting or inactive.
+const slowHealthStep = "systemctl restart --no-block kos-e2e-slow.service\nsleep 1\n" +
+	"systemctl show -p ActiveState --value kos-e2e-slow.service > $1/slow-before\nstart=$(date +%s)\n" +
+	"kos-upgrade --json health --dry-run > $1/verdict.json 2> $1/verdict.err; echo $? > $1/verdict.rc\n" +
+	"echo $(( $(date +%s) - start )) > $1/verdict.seconds\nsystemctl --no-block poweroff\n"
+
+// writeSlowUnit enables kos-e2e-slow.service in the guest's root.
+func writeSlowUnit(t *testing.T, g *Guest) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(g.Root, "etc/systemd/system/kos-e2e-slow.service"), []byte(slowUnit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/systemd/system/kos-e2e-slow.service", filepath.Join(g.Root, "etc/systemd/system/multi-user.target.wants/kos-e2e-slow.service")); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNspawnHealthVerdict: the upgrade disables acme-web.service (app
 // 2.0-2, a packaging mistake). The baseline arm took in the running 5.8
 // guest has it active and listening; the new system, judged live through
@@ -136,11 +159,18 @@ func expectLiveVerdict(t *testing.T, f *Facts, disabled bool) {
 func TestNspawnHealthVerdict(t *testing.T) {
 	g := NewGuest(t)
 	writeHealthConf(t, g)
+	writeSlowUnit(t, g)
 	g.Kos(t, append([]string{"prepare", "--to", "5.9"}, g.repoFlags(fixture.Repo59, fixture.Repo59AcmeOff)...)...)
 	g.Step(t, 1, "kos-upgrade reboot\n")
-	g.Step(t, 3, healthStep)
+	g.Step(t, 3, slowHealthStep)
 	boots := g.Run(t, maxBoots)
 	expectBoots(t, boots, "@:reboot", "@:reboot", "kos-upgrade/*:poweroff")
 	expectLiveBaseline(t, g)
-	expectLiveVerdict(t, g.Facts(3), true)
+	f := g.Facts(3)
+	expectLiveVerdict(t, f, true)
+	// The unit still starting was waited for, then judged active.
+	secs, _ := strconv.Atoi(strings.TrimSpace(f.File("verdict.seconds")))
+	if st := strings.TrimSpace(f.File("slow-before")); st != "activating" || secs < 5 || strings.Contains(f.File("verdict.json"), "kos-e2e-slow") {
+		t.Errorf("the judgment did not wait for kos-e2e-slow.service (%s when it began, %d s): %s", st, secs, f.File("verdict.json"))
+	}
 }
