@@ -36,6 +36,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
+        result['schema_version'] = SCHEMA_VERSION  # a failure's too
         args = self.validate_argument_spec(argument_spec=ARGS)[1]
         if args['timeout'] <= 0 or args['poll_interval'] <= 0:
             raise AnsibleError('timeout and poll_interval must be positive')
@@ -75,7 +76,7 @@ class ActionModule(ActionBase):
                     if facts['verdict'] in FINAL_VERDICTS:
                         now = time.time()
                         result.update(
-                            changed=False, schema_version=SCHEMA_VERSION, kos_upgrade=facts, verdict=facts['verdict'], phase=phase,
+                            changed=False, kos_upgrade=facts, verdict=facts['verdict'], phase=phase,
                             reason=facts['reason'], downtime=round(now - since, 1), elapsed=round(now - start, 1),
                             polls=polls)
                         result['ansible_facts'] = {'kos_upgrade': facts}

@@ -22,6 +22,8 @@ import json
 import os
 import time
 
+from ansible.module_utils.basic import AnsibleModule
+
 # SCHEMA_VERSION is the version of the data the modules return
 # (docs/fleet.md). A field is never removed or changes meaning within a
 # version; new fields may appear.
@@ -53,6 +55,19 @@ PHASE_UPGRADE = 'upgrade'      # prepare (idempotent), arm and reboot
 PHASE_FELL_BACK = 'fell-back'  # the last try at this target fell back or failed
 
 BOOT_ID = '/proc/sys/kernel/random/boot_id'
+
+
+class KosModule(AnsibleModule):
+    """The modules' AnsibleModule: every result, a failure's too, carries
+    schema_version (docs/fleet.md, fleet.schema.json's $defs/result)."""
+
+    def exit_json(self, **kwargs):
+        kwargs.setdefault('schema_version', SCHEMA_VERSION)
+        super(KosModule, self).exit_json(**kwargs)
+
+    def fail_json(self, msg, **kwargs):
+        kwargs.setdefault('schema_version', SCHEMA_VERSION)
+        super(KosModule, self).fail_json(msg, **kwargs)
 
 
 def common_argument_spec():

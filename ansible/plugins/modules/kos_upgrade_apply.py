@@ -90,16 +90,15 @@ schema_version:
 import os
 import time
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import (
-    SCHEMA_VERSION, Cli, KosUpgradeError, common_argument_spec, reboot_options, require_running_root, schedule)
+    Cli, KosModule, KosUpgradeError, common_argument_spec, reboot_options, require_running_root, schedule)
 
 
 def main():
     spec = common_argument_spec()
     spec.update(reboot_options())
     spec.update(kexec=dict(type='bool', default=False))
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = KosModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     require_running_root(module)
     if p['kexec'] and not p['reboot']:
@@ -111,7 +110,7 @@ def main():
         facts = cli.facts()
     except KosUpgradeError as e:
         module.fail_json(msg=e.msg, rc=e.rc)
-    res = dict(changed=False, schema_version=SCHEMA_VERSION, armed=facts['armed'], rebooting=False,
+    res = dict(changed=False, armed=facts['armed'], rebooting=False,
                boot_id=facts['boot_id'])
     if facts['state'] not in ('prepared', 'armed', 'failed') or not facts['plan']:
         module.fail_json(msg='nothing to apply: the state is %s (prepare first)' % facts['state'], **res)

@@ -36,19 +36,18 @@ schema_version:
   type: int
 '''
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import (
-    SCHEMA_VERSION, Cli, KosUpgradeError, common_argument_spec)
+    Cli, KosModule, KosUpgradeError, common_argument_spec)
 
 
 def main():
-    module = AnsibleModule(argument_spec=common_argument_spec(), supports_check_mode=True)
+    module = KosModule(argument_spec=common_argument_spec(), supports_check_mode=True)
     cli = Cli(module)
     try:
         facts = cli.facts()
     except KosUpgradeError as e:
         module.fail_json(msg=e.msg, rc=e.rc)
-    res = dict(changed=False, schema_version=SCHEMA_VERSION, state=facts['state'])
+    res = dict(changed=False, state=facts['state'])
     if facts['state'] not in ('prepared', 'armed', 'failed') and not facts['armed']:
         module.exit_json(msg='nothing to cancel: the state is %s' % facts['state'], **res)
     res['changed'] = True

@@ -104,9 +104,8 @@ schema_version:
   type: int
 '''
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import (
-    EXIT_FAILED, EXIT_OK, SCHEMA_VERSION, Cli, KosUpgradeError, answer_flags, blocking, check_repos,
+    EXIT_FAILED, EXIT_OK, Cli, KosModule, KosUpgradeError, answer_flags, blocking, check_repos,
     common_argument_spec, describe_findings, inhibitor_keys, repo_flags)
 
 
@@ -121,7 +120,7 @@ def main():
         fail_on=dict(type='str', choices=['inhibitor', 'high', 'never'], default='inhibitor'),
         known_inhibitors=dict(type='list', elements='str', default=[]),
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = KosModule(argument_spec=spec, supports_check_mode=True)
     check_repos(module)
     p = module.params
     args = ['check']
@@ -141,7 +140,7 @@ def main():
         module.fail_json(msg='kos-upgrade check failed without a report: %s' % err.strip(), rc=rc)
     block = blocking(report, p['fail_on'], p['known_inhibitors'])
     result = dict(
-        changed=False, schema_version=SCHEMA_VERSION, report=report, inhibited=bool(report.get('inhibited')),
+        changed=False, report=report, inhibited=bool(report.get('inhibited')),
         inhibitors=inhibitor_keys(report), blocking=block, findings=report.get('findings') or [],
     )
     if block:

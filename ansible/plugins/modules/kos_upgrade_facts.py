@@ -50,6 +50,11 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+schema_version:
+  description: Version of this module's return format (docs/fleet.md).
+  returned: always
+  type: int
+  sample: 1
 kos_upgrade:
   description: The host's upgrade facts (schema in docs/fleet.md).
   returned: always
@@ -100,15 +105,14 @@ kos_upgrade:
       returned: when history is true
 '''
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import (
-    Cli, KosUpgradeError, common_argument_spec, phase)
+    Cli, KosModule, KosUpgradeError, common_argument_spec, phase)
 
 
 def main():
     spec = common_argument_spec()
     spec.update(target=dict(type='str'), history=dict(type='bool', default=False))
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = KosModule(argument_spec=spec, supports_check_mode=True)
     cli = Cli(module)
     try:
         facts = cli.facts()

@@ -107,9 +107,8 @@ schema_version:
   type: int
 '''
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import (
-    EXIT_FAILED, EXIT_OK, SCHEMA_VERSION, Cli, KosUpgradeError, answer_flags, check_repos, common_argument_spec,
+    EXIT_FAILED, EXIT_OK, Cli, KosModule, KosUpgradeError, answer_flags, check_repos, common_argument_spec,
     describe_findings, inhibitor_keys, last_lines, plan_summary, read_report, repo_flags, rpmdb_fingerprint)
 
 
@@ -150,11 +149,11 @@ def main():
         answers=dict(type='dict', default={}),
         force=dict(type='bool', default=False),
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = KosModule(argument_spec=spec, supports_check_mode=True)
     check_repos(module)
     p = module.params
     cli = Cli(module)
-    res = dict(changed=False, schema_version=SCHEMA_VERSION)
+    res = dict(changed=False)
     try:
         status = cli.status()
     except KosUpgradeError as e:

@@ -57,6 +57,11 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+schema_version:
+  description: Version of this module's return format (docs/fleet.md).
+  returned: always
+  type: int
+  sample: 1
 files:
   description: The files written.
   returned: always
@@ -74,13 +79,11 @@ import io
 import json
 import os
 import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
-
 from html import escape
 
+from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import SCHEMA_VERSION, KosModule
+
 REPORT_SCHEMA = 'kos.upgrade/fleet-report'
-REPORT_VERSION = 1
 CSV_COLUMNS = ['host', 'release_before', 'release_after', 'target', 'state', 'verdict', 'reason', 'inhibitors',
                'downtime_seconds', 'phase', 'error']
 # Verdicts in the order the page lists them, with their colours.
@@ -127,7 +130,7 @@ def build(hosts, target, title, now):
             inhibitors[k] = inhibitors.get(k, 0) + 1
     return {
         'schema': REPORT_SCHEMA,
-        'schema_version': REPORT_VERSION,
+        'schema_version': SCHEMA_VERSION,
         'generated_at': now,
         'title': title,
         'target': target,
@@ -228,7 +231,7 @@ def write(module, path, content):
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(
+    module = KosModule(argument_spec=dict(
         dest=dict(type='path', required=True),
         hosts=dict(type='dict', required=True),
         target=dict(type='str', default=''),

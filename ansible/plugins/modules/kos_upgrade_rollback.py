@@ -74,16 +74,15 @@ schema_version:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kos.upgrade.plugins.module_utils.kos_upgrade import (
-    SCHEMA_VERSION, VERDICT_FELL_BACK, VERDICT_ROLLED_BACK, Cli, KosUpgradeError, common_argument_spec,
+    VERDICT_FELL_BACK, VERDICT_ROLLED_BACK, Cli, KosModule, KosUpgradeError, common_argument_spec,
     reboot_options, require_running_root, schedule)
 
 
 def main():
     spec = common_argument_spec()
     spec.update(reboot_options())
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = KosModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     require_running_root(module)
     cli = Cli(module)
@@ -91,7 +90,7 @@ def main():
         facts = cli.facts()
     except KosUpgradeError as e:
         module.fail_json(msg=e.msg, rc=e.rc)
-    res = dict(changed=False, schema_version=SCHEMA_VERSION, rebooting=False, boot_id=facts['boot_id'])
+    res = dict(changed=False, rebooting=False, boot_id=facts['boot_id'])
     if facts['verdict'] in (VERDICT_ROLLED_BACK, VERDICT_FELL_BACK) or facts['reboot_required']:
         module.exit_json(msg='rolled back already (%s)' % facts['verdict'], **res)
     if not facts['rollback_available']:

@@ -125,9 +125,12 @@ class Host(object):
         p = subprocess.run([MODULE_PYTHON, '-m', '%s.modules.%s' % (PKG, module), path], env=env, check=False,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         try:
-            return json.loads(p.stdout)
+            r = json.loads(p.stdout)
         except ValueError:
             raise AssertionError('%s printed no JSON (exit %d):\n%s\n%s' % (module, p.returncode, p.stdout, p.stderr))
+        # Every result, a failure's too, as fleet.schema.json says.
+        validate(r, module[len('kos_upgrade_'):] + '_result')
+        return r
 
     def cleanup(self):
         shutil.rmtree(self.dir)
@@ -152,8 +155,9 @@ def validate(doc, definition=None):
     with open(os.path.join(COLLECTION, 'docs', 'fleet.schema.json')) as f:
         schema = json.load(f)
     if definition:
-        schema = dict(schema['$defs'][definition], **{'$defs': schema['$defs']})
-    jsonschema.validate(doc, schema)
+        schema = {'$schema': schema['$schema'], '$defs': schema['$defs'], '$ref': '#/$defs/' + definition}
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    jsonschema.validate(doc, schema, cls=jsonschema.validators.validator_for(schema))
 
 
 class TestCase(unittest.TestCase):
@@ -640,7 +644,9 @@ class TestWait(TestCase):
                             '-m', 'kos.upgrade.kos_upgrade_wait', '-a', json.dumps(args)], env=env, check=False,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         out = json.loads(p.stdout[p.stdout.index('{'):])
-        return out['plays'][0]['tasks'][0]['hosts']['localhost']
+        r = out['plays'][0]['tasks'][0]['hosts']['localhost']
+        validate(r, 'wait_result')
+        return r
 
     def test_verdict(self):
         h = self.host(release='5.9')
@@ -657,6 +663,25 @@ class TestWait(TestCase):
         self.assertTrue(r.get('failed'), r)
         self.assertEqual(r['msg'], 'localhost: no first-boot verdict within 3 s: phase verdict, last state seen: '
                                    'state succeeded, verdict pending')
+
+
+class TestSchema(TestCase):
+
+    def test_rejects(self):
+        """The module results' schema can fail: what it must refuse."""
+        import jsonschema
+        cases = [
+            ('no schema_version', {'changed': False, 'state': 'idle'}, 'cancel_result'),
+            ('other version', {'schema_version': 2, 'changed': False}, 'apply_result'),
+            ('bad verdict', {'schema_version': 1, 'verdict': 'fine'}, 'wait_result'),
+            ('bad facts', {'schema_version': 1, 'kos_upgrade': {'state': 'idle'}}, 'facts_result'),
+            ('bad report', {'schema_version': 1, 'report': {'schema': 'x'}}, 'report_result'),
+            ('bad diff', {'schema_version': 1, 'diff': {'before': 'a'}}, 'prepare_result'),
+        ]
+        for name, doc, definition in cases:
+            with self.subTest(name):
+                with self.assertRaises(jsonschema.ValidationError):
+                    validate(doc, definition)
 
 
 class TestModulePython(TestCase):
