@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,9 +42,10 @@ const healthScriptTimeout = 5 * time.Minute
 // still starting.
 const settlePoll = 2 * time.Second
 
-// healthUnit is the unit that runs this command; it is running, so it is
-// never counted as a failed unit.
-const healthUnit = "kos-upgrade-health.service"
+// ownUnits are the units that run this command (at boot, and in the
+// confirmation window); the one running now is neither failed nor a
+// unit still starting to wait for.
+var ownUnits = map[string]bool{"kos-upgrade-health.service": true, "kos-upgrade-confirm.service": true}
 
 // confirmTimer re-runs kos-upgrade health (kos-upgrade-confirm.service)
 // while the confirmation window is open.
@@ -101,7 +103,9 @@ Examples:
 			// default target and fstab.
 			observe := !c.Bool("no-unit-check")
 			pol, polErr := health.LoadPolicy(root.Path(healthConfRel))
-			pol.Ignore[healthUnit] = true // this check itself, running now
+			for u := range ownUnits {
+				pol.Ignore[u] = true // this check itself, running now
+			}
 			judge := func(ctx context.Context, baseline *health.Baseline, baselineErr error) *health.Verdict {
 				in := health.Input{Baseline: baseline, BaselineErr: baselineErr, Policy: pol, PolicyErr: polErr, Presets: health.LoadPresets(root.Dir)}
 				switch {
@@ -236,7 +240,7 @@ func settling(b *health.Baseline) []string {
 	for _, u := range b.Units {
 		switch u.Active {
 		case "activating", "deactivating", "reloading":
-			if u.Name != healthUnit {
+			if !ownUnits[u.Name] {
 				out = append(out, u.Name)
 			}
 		}
@@ -257,13 +261,8 @@ func observeLive(ctx context.Context) (*health.Baseline, error) {
 	if err != nil {
 		return nil, err
 	}
-	// This command's own unit is running, not failed or starting.
-	for i := range b.Units {
-		if b.Units[i].Name == healthUnit {
-			b.Units = append(b.Units[:i], b.Units[i+1:]...)
-			break
-		}
-	}
+	// This command's own units are running, not failed or starting.
+	b.Units = slices.DeleteFunc(b.Units, func(u health.Unit) bool { return ownUnits[u.Name] })
 	return b, nil
 }
 
