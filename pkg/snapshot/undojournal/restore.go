@@ -1,10 +1,13 @@
 package undojournal
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -161,11 +164,18 @@ func Restore(ctx context.Context, dir, root string) error {
 	return syncFS(root)
 }
 
+// readManifest reads the manifest of the complete journal in dir:
+// manifest.json.gz, else (a journal made before) manifest.json.
 func readManifest(dir string) (*manifest, error) {
 	if !Complete(dir) {
 		return nil, fmt.Errorf("cannot read the undo journal %s: %w", dir, ErrIncomplete)
 	}
 	data, err := safefile.Read(filepath.Join(dir, manifestName), maxManifest)
+	if errors.Is(err, os.ErrNotExist) {
+		data, err = safefile.Read(filepath.Join(dir, manifestNameV1), maxManifest)
+	} else if err == nil {
+		data, err = gunzip(data)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the undo journal: %w", err)
 	}
@@ -177,6 +187,22 @@ func readManifest(dir string) (*manifest, error) {
 		return nil, fmt.Errorf("cannot read the undo journal %s: version %d", dir, m.Version)
 	}
 	return &m, nil
+}
+
+// gunzip decompresses a manifest, at most maxManifest bytes of it.
+func gunzip(data []byte) ([]byte, error) {
+	z, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	out, err := io.ReadAll(io.LimitReader(z, maxManifest+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(out) > maxManifest {
+		return nil, fmt.Errorf("the manifest is larger than %d bytes", maxManifest)
+	}
+	return out, nil
 }
 
 // guard keeps Restore inside the root: the directory holding a path it
