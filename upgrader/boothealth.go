@@ -58,6 +58,10 @@ type ConfirmWindow struct {
 	// Wait arranges the next run of Health while the window is open
 	// (kos-upgrade-confirm.timer); nil: the caller runs it again.
 	Wait func(ctx context.Context, until time.Time) error
+	// Keep: the policy could not be read (health.conf damaged): a window
+	// already open stays open until its recorded end, with the probes
+	// there are and falling back when they did not pass.
+	Keep bool
 }
 
 // Health actions.
@@ -164,7 +168,7 @@ func (e *Engine) Health(ctx context.Context, opts HealthOptions) (*HealthResult,
 // health.json, bless, the green.d hooks.
 func (e *Engine) decide(ctx context.Context, st store, state *State, bl boot.Bootloader, v *health.Verdict, opts HealthOptions) (*HealthResult, error) {
 	bs := state.Boot
-	if v.Green && opts.Confirm.After > 0 {
+	if v.Green && (opts.Confirm.After > 0 || opts.Confirm.Keep && !bs.ConfirmBy.IsZero()) {
 		open, err := e.confirm(ctx, st, state, v, opts.Confirm)
 		if err != nil || open {
 			return &HealthResult{Action: HealthConfirming, Entry: bs.Entry, Verdict: v,
@@ -209,12 +213,16 @@ func (e *Engine) confirm(ctx context.Context, st store, state *State, v *health.
 	now := e.now().UTC()
 	// Set at the first green verdict; never later than the policy allows
 	// from now (a shorter confirm_after since, a damaged state).
-	if bs.ConfirmBy.IsZero() || bs.ConfirmBy.After(now.Add(w.After)) {
+	if bs.ConfirmBy.IsZero() || w.After > 0 && bs.ConfirmBy.After(now.Add(w.After)) {
 		bs.ConfirmBy = now.Add(w.After).Truncate(time.Second)
 		if err := st.save(state, e.now()); err != nil {
 			return true, err
 		}
 		e.report(progress.Event{Step: "health", Message: "the upgraded system is healthy; it stays on trial until the application probes pass or " + bs.ConfirmBy.Local().Format(time.DateTime)})
+	}
+	span := w.After.String()
+	if w.After == 0 {
+		span = "ending " + bs.ConfirmBy.Format(time.RFC3339) + ", kept: health.conf cannot be read"
 	}
 	probes, passed := 0, 0
 	for _, c := range v.Checks {
@@ -243,13 +251,13 @@ func (e *Engine) confirm(ctx context.Context, st store, state *State, v *health.
 		return true, nil
 	case probes > 0 && w.FallbackOnTimeout:
 		v.Green = false
-		v.Reasons = append(v.Reasons, fmt.Sprintf("the application probes (confirm.d) did not pass within the confirmation window (%s)", w.After))
+		v.Reasons = append(v.Reasons, fmt.Sprintf("the application probes (confirm.d) did not pass within the confirmation window (%s)", span))
 		return false, nil
 	case probes > 0:
-		v.Confirmed = fmt.Sprintf("the confirmation window (%s) passed; the application probes did not pass (confirm_on_timeout = bless)", w.After)
+		v.Confirmed = fmt.Sprintf("the confirmation window (%s) passed; the application probes did not pass (confirm_on_timeout = bless)", span)
 		return false, nil
 	default:
-		v.Confirmed = fmt.Sprintf("the system stayed healthy for the confirmation window (%s)", w.After)
+		v.Confirmed = fmt.Sprintf("the system stayed healthy for the confirmation window (%s)", span)
 		return false, nil
 	}
 }

@@ -214,15 +214,19 @@ func TestHealthConfirmWindow(t *testing.T) {
 		name, conf string
 		// probe exits 0 once ROOT/app-ready exists; none: no confirm.d
 		probe bool
-		// between the runs: create app-ready, or wait
-		ready bool
-		wait  time.Duration
-		green bool
+		// between the runs: create app-ready, or wait, or write a
+		// damaged health.conf (the window stays open)
+		ready  bool
+		damage bool
+		wait   time.Duration
+		green  bool
 		// in health.json's confirmed (green) or reasons (red)
 		want string
 	}{
 		{name: "probe passes on the second run: blessed before the window ends",
 			conf: "confirm_after = 1h\n", probe: true, ready: true, green: true, want: "the application probes passed"},
+		{name: "damaged health.conf in the window: kept open, the probe decides",
+			conf: "confirm_after = 1h\n", probe: true, ready: true, damage: true, green: true, want: "the application probes passed"},
 		{name: "probe never passes: fallback when the window ends",
 			conf: "confirm_after = 3s\n", probe: true, wait: 3 * time.Second,
 			want: "the application probes (confirm.d) did not pass within the confirmation window (3s)"},
@@ -276,6 +280,9 @@ func TestHealthConfirmWindow(t *testing.T) {
 
 			if tc.ready {
 				writeFile(t, filepath.Join(newRoot, "app-ready"), "", 0o644)
+			}
+			if tc.damage {
+				writeFile(t, filepath.Join(newRoot, "etc/kos-upgrade/health.conf"), "confirm_after = forever\n", 0o644)
 			}
 			time.Sleep(tc.wait)
 			out, err = runHealth()

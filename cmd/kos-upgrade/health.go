@@ -119,7 +119,7 @@ Examples:
 					{Dir: root.Path(requiredDirRel), Name: "required.d", Class: health.ClassRequired},
 					{Dir: root.Path(wantedDirRel), Name: "wanted.d", Class: health.ClassWanted},
 				}
-				if pol.ConfirmAfter > 0 {
+				if pol.ConfirmAfter > 0 || polErr != nil {
 					dirs = append(dirs, health.CheckDir{Dir: root.Path(confirmDirRel), Name: "confirm.d", Class: health.ClassProbe})
 				}
 				in.Checks = health.RunChecks(ctx, dirs, pol.CheckTimeout, "KOS_UPGRADE_ROOT="+root.Dir)
@@ -139,7 +139,8 @@ Examples:
 					"KOS_UPGRADE_VERDICT_FILE="+filepath.Join(root.StateDir(), "health.json"))
 			}
 			live := root.Dir == runningRoot && rebootPossible(e) == nil
-			window := upgrader.ConfirmWindow{After: pol.ConfirmAfter, FallbackOnTimeout: !pol.ConfirmBless}
+			// A damaged health.conf keeps a window already open.
+			window := upgrader.ConfirmWindow{After: pol.ConfirmAfter, FallbackOnTimeout: !pol.ConfirmBless, Keep: polErr != nil}
 			if live {
 				// The timer runs this command again every minute until
 				// the window closes; a reboot in the window runs it too
@@ -151,7 +152,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if pol.ConfirmAfter > 0 && live && res.Action != upgrader.HealthConfirming {
+			if (pol.ConfirmAfter > 0 || polErr != nil) && live && res.Action != upgrader.HealthConfirming {
 				if err := confirmTimerJob(c.Context, false); err != nil {
 					e.engine.Log.Warn("cannot stop the timer of the confirmation window", "unit", confirmTimer, "err", err)
 				}
