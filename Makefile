@@ -88,6 +88,8 @@ install: build ## install into DESTDIR (PREFIX=/usr)
 	# systemd.offline-updates(7): a .wants link shipped in the package, no [Install] section
 	install -d $(DESTDIR)$(UNITDIR)/system-update.target.wants
 	ln -sfn ../kos-upgrade-apply.service $(DESTDIR)$(UNITDIR)/system-update.target.wants/kos-upgrade-apply.service
+	# shutdown-time finalize of a staged upgrade (docs/stage.md): started at runtime by reboot --stage, no [Install]
+	install -D -m 0644 units/kos-upgrade-finalize.service $(DESTDIR)$(UNITDIR)/kos-upgrade-finalize.service
 	# first boot after an upgrade (docs/boot.md): health check, trial blessed or rolled back; shipped links, no [Install]
 	install -D -m 0644 units/kos-upgrade-health.service $(DESTDIR)$(UNITDIR)/kos-upgrade-health.service
 	install -d $(DESTDIR)$(UNITDIR)/multi-user.target.wants $(DESTDIR)$(UNITDIR)/boot-complete.target.requires

@@ -269,8 +269,7 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 		return nil, err
 	}
 	if state.Status != StatusApplying {
-		if state.Stage != nil && state.Stage.Step != StageStepStaged {
-			// Stage was interrupted (it holds the lock while it runs).
+		if staleStage(state) {
 			if err := e.dropStage(ctx, st, state); err != nil {
 				return nil, fmt.Errorf("cannot clean up the interrupted stage: %w", err)
 			}
@@ -314,6 +313,18 @@ func (e *Engine) settle(ctx context.Context, st store) (*State, error) {
 	}
 	state.Status, state.LastResult = StatusFailed, res
 	return state, errors.Join(st.record(res), st.save(state, e.now()))
+}
+
+// staleStage reports whether the stage recorded in state is a leftover:
+// Stage was interrupted (it holds the lock while it runs), or the upgrade
+// it was for is over (the new root's state names base and live, which a
+// crash between the switch and done left behind, and a rollback after).
+func staleStage(state *State) bool {
+	s := state.Stage
+	if s == nil {
+		return false
+	}
+	return s.Step != StageStepStaged || state.Status == StatusSucceeded || state.Status == StatusRolledBack
 }
 
 // interruptedResult is the history record of the interrupted run of state

@@ -173,10 +173,15 @@ type Result struct {
 	Path       string `json:"path,omitempty"`
 	PathReason string `json:"path_reason,omitempty"`
 	// Carried and BytesCloned: paths carried over, bytes cloned.
-	Carried     int       `json:"carried,omitempty"`
-	BytesCloned int64     `json:"bytes_cloned,omitempty"`
-	StartedAt   time.Time `json:"started_at"`
-	FinishedAt  time.Time `json:"finished_at,omitempty"`
+	Carried     int   `json:"carried,omitempty"`
+	BytesCloned int64 `json:"bytes_cloned,omitempty"`
+	// AtShutdown: the run was the shutdown-time finalize of a staged root
+	// (kos-upgrade-finalize.service, docs/stage.md): one boot, no
+	// offline boot. A finalize that failed is undone and leaves the
+	// upgrade armed for the offline boot, which records its own run.
+	AtShutdown bool      `json:"at_shutdown,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at,omitempty"`
 }
 
 // ErrInterrupted is the provisional error recorded before the transaction:

@@ -42,15 +42,19 @@ type applyStep struct {
 	// staged: the step runs only for a root staged before the reboot
 	// (reboot --stage): its crash points are tested on a staged run.
 	staged bool
+	// offline: the step runs only in the offline boot, never in the
+	// shutdown-time finalize (finalize.go): reaching it there undoes the
+	// run and leaves the upgrade armed for the offline boot.
+	offline bool
 }
 
 // applySteps is the one list of apply steps, in order.
 var applySteps = []applyStep{
-	{name: StepVerify, weight: 3, do: (*run).verify},
+	{name: StepVerify, weight: 3, do: (*run).verify, undo: (*run).dropStage},
 	{name: StepBackup, weight: 2, when: (*run).hasBoot, do: (*run).backup, undo: (*run).putBootBack},
 	{name: StepCarryOver, weight: 5, when: (*run).hasStage, do: (*run).carryOver, undo: (*run).undoCarryOver, mid: true, staged: true},
-	{name: StepSnapshot, weight: 5, when: (*run).notCarried, do: (*run).snapshot, undo: (*run).dropSnapshot},
-	{name: StepTransaction, weight: 75, when: (*run).notCarried, do: (*run).transaction, undo: (*run).undoTransaction, mid: true},
+	{name: StepSnapshot, weight: 5, when: (*run).notCarried, do: (*run).snapshot, undo: (*run).dropSnapshot, offline: true},
+	{name: StepTransaction, weight: 75, when: (*run).notCarried, do: (*run).transaction, undo: (*run).undoTransaction, mid: true, offline: true},
 	{name: StepBoot, weight: 8, when: (*run).hasBootLoader, do: (*run).bootEntry, undo: (*run).putBootBack, mid: true},
 	{name: StepFinalize, weight: 3, do: (*run).finalize},
 	{name: StepSwitch, weight: 4, do: (*run).switchRoot, undo: (*run).putBootBack, commits: true, mid: true},
@@ -79,9 +83,10 @@ func ApplyProgress() progress.Ranges {
 	return r
 }
 
-// crashPoint is where the crash tests stop apply: at a step's journal, or
-// half-way through its do. complete: the run counts as done there.
-type crashPoint struct {
+// CrashPoint is where the crash tests stop apply (KOS_UPGRADE_TEST_CRASH_AT
+// in a binary with the test hooks): at a step's journal, or half-way
+// through its do. Complete: the run counts as done there.
+type CrashPoint struct {
 	Name     string
 	Complete bool
 	// Staged: the point is reached only by a run staged before the
@@ -89,14 +94,15 @@ type crashPoint struct {
 	Staged bool
 }
 
-// crashPoints lists every crash point of the table, in order.
-func crashPoints() []crashPoint {
-	var out []crashPoint
+// CrashPoints lists every crash point of the table, in order: the crash
+// tests of the engine and of the boot tiers iterate it.
+func CrashPoints() []CrashPoint {
+	var out []CrashPoint
 	complete := false
 	for _, s := range applySteps {
-		out = append(out, crashPoint{Name: s.name, Complete: complete, Staged: s.staged})
+		out = append(out, CrashPoint{Name: s.name, Complete: complete, Staged: s.staged})
 		if s.mid {
-			out = append(out, crashPoint{Name: "mid-" + s.name, Complete: complete, Staged: s.staged})
+			out = append(out, CrashPoint{Name: "mid-" + s.name, Complete: complete, Staged: s.staged})
 		}
 		complete = complete || s.commits
 	}
@@ -142,6 +148,8 @@ type run struct {
 	// deferredCheck: verify left the plan's check to the carry-over
 	// (a staged root of this plan, stage.go).
 	deferredCheck bool
+	// atShutdown: the run is the shutdown-time finalize (finalize.go).
+	atShutdown bool
 }
 
 func (r *run) close() {
@@ -174,6 +182,9 @@ func (r *run) steps(ctx context.Context) error {
 	for i, s := range applySteps {
 		if s.when != nil && !s.when(r) {
 			continue
+		}
+		if r.atShutdown && s.offline {
+			return r.fail(ctx, i, r.notAtShutdown(s.name))
 		}
 		if err := r.journal(s.name); err != nil {
 			return err

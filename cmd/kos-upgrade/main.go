@@ -423,11 +423,13 @@ Examples:
    kos-upgrade reboot
    kos-upgrade reboot --no-reboot     arm only; the upgrade runs at the next boot
    kos-upgrade reboot --kexec         skip the firmware on both reboots
-   kos-upgrade reboot --stage         build the upgraded root first (btrfs; /usr/share/doc/kos-upgrade/stage.md)`,
+   kos-upgrade reboot --stage         build the upgraded root first and finalize it at shutdown: one boot (btrfs; /usr/share/doc/kos-upgrade/stage.md)
+   kos-upgrade reboot --stage --no-finalize   build it first, carry over in the offline boot (two boots)`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
 			&cli.BoolFlag{Name: "kexec", Usage: "reboot with kexec into and out of the offline upgrade (no firmware POST; needs kexec-tools)"},
 			&cli.BoolFlag{Name: "stage", Usage: "btrfs: run the transaction into a snapshot now, while the system runs; the offline step only carries over what changes until the reboot (falls back to the offline transaction when it cannot exactly)"},
+			&cli.BoolFlag{Name: "no-finalize", Usage: "with --stage: carry over in the offline boot (system-update.target, two boots) instead of late in the shutdown (kos-upgrade-finalize.service, one boot)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.Bool("kexec") && c.Bool("no-reboot") {
@@ -451,6 +453,16 @@ Examples:
 				if err := e.engine.Stage(c.Context); err != nil {
 					return err
 				}
+			}
+			// Finalize at shutdown (one boot), else the offline boot
+			// carries over; the offline boot is the fallback either way.
+			finalize := c.Bool("stage") && !c.Bool("no-finalize")
+			if !finalize {
+				if err := setFinalizeMarker(e.engine.Root, false); err != nil {
+					return fmt.Errorf("cannot forget the finalize choice: %w", err)
+				}
+			} else if err := armFinalize(c.Context, e); err != nil && !e.json {
+				fmt.Fprintf(e.out, "Not finalizing at shutdown (%v): the staged root is carried over in the offline boot.\n", err)
 			}
 			if ok, err := rebootViaDaemon(c, e); ok {
 				return err
@@ -496,11 +508,19 @@ history was written.
 
 Examples:
    kos-upgrade apply --reboot         what kos-upgrade-apply.service runs
+   kos-upgrade apply --at-shutdown    what kos-upgrade-finalize.service runs at shutdown
    kos-upgrade --root /sysroot apply  what the upgrade initramfs runs`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "reboot", Usage: "reboot when done, whatever the result, when the upgrade was ours (the unit passes it)"},
+			&cli.BoolFlag{Name: "at-shutdown", Usage: "finalize a staged upgrade late in the shutdown, or leave it to the offline boot (kos-upgrade-finalize.service's stop action; docs/stage.md)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
+			if c.Bool("at-shutdown") {
+				if c.Bool("reboot") {
+					return usageError{fmt.Errorf("--at-shutdown and --reboot exclude each other: the system is shutting down already")}
+				}
+				return finalizeAtShutdown(c.Context, e)
+			}
 			done := announceApply(e)
 			res, err := e.engine.Apply(c.Context)
 			done(res, err)
