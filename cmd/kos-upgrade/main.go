@@ -512,7 +512,7 @@ Examples:
    kos-upgrade --root /sysroot apply  what the upgrade initramfs runs`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "reboot", Usage: "reboot when done, whatever the result, when the upgrade was ours (the unit passes it)"},
-			&cli.BoolFlag{Name: "at-shutdown", Usage: "finalize a staged upgrade late in the shutdown, or leave it to the offline boot (kos-upgrade-finalize.service's stop action; docs/stage.md)"},
+			&cli.BoolFlag{Name: "at-shutdown", Usage: "finalize a staged upgrade late in the shutdown, or leave it to the offline boot (kos-upgrade-finalize.service's stop action; /usr/share/doc/kos-upgrade/stage.md)"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.Bool("at-shutdown") {

@@ -274,8 +274,12 @@ func downtime(t *testing.T, g *Guest, n int) time.Duration {
 
 // TestNspawnStageOfflineBoot is the staged upgrade carried over in the
 // offline boot (`reboot --stage --no-finalize`): two boots, the same end
-// state as TestNspawnStageFinalize, its downtime for comparison.
+// state as TestNspawnStageFinalize, its downtime for comparison. The
+// offline boot's staged path is in the default run through
+// TestNspawnStageCrash; this one runs with KOS_UPGRADE_E2E=full.
 func TestNspawnStageOfflineBoot(t *testing.T) {
+	Require(t)
+	RequireFull(t)
 	g := NewGuest(t)
 	g.Kos(t, "prepare", "--to", "5.9")
 	g.Step(t, 1, liveChange+"/usr/bin/date +%s%N > /kos-e2e/reboot-at\nkos-upgrade reboot --stage --no-finalize\n")
