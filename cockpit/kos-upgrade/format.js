@@ -215,3 +215,14 @@ export function verdictInfo(v) {
         return { label: "Healthy", color: "green", text: "The first boot of the upgraded system was healthy" + (v.decision === "blessed" ? ": it was kept." : ".") + (failed ? " " + failed + " check(s) did not pass (warnings)." : "") };
     return { label: "Unhealthy", color: "red", text: "The first boot of the upgraded system was not healthy" + (v.decision === "fallback" ? ": the system fell back to the release it had before the upgrade." : ".") };
 }
+
+// runTitle names a run of the history (or LastResult): an upgrade, a
+// rollback asked for, or the automatic fallback of a first boot that
+// failed its health check (docs/health.md).
+export function runTitle(r) {
+    if (r.kind === "rollback")
+        return "Rollback";
+    if (r.kind === "fallback")
+        return "Automatic fallback " + (r.from || "?") + " → " + (r.to || "?");
+    return "Upgrade " + (r.from || "?") + " → " + (r.to || "?");
+}

@@ -275,7 +275,7 @@ function render() {
 
     const lr = p.LastResult || {};
     if (lr.run_id) {
-        const what = lr.kind === "rollback" ? "Rollback" : "Upgrade " + (lr.from || "?") + " → " + (lr.to || "?");
+        const what = fmt.runTitle(lr);
         replace($("last-result"), what + ": ",
                 h("strong", {}, lr.success ? "succeeded" : "failed"),
                 lr.finished_usec ? ", " + fmt.formatTime(lr.finished_usec) : "");
@@ -541,7 +541,7 @@ function renderHistory() {
     }
     replace(el, table("Upgrade history", ["Started", "What", "Result", "Details"], runs.map(r => [
         fmt.formatTime(r.started_usec),
-        r.kind === "rollback" ? "Rollback" : "Upgrade " + (r.from || "?") + " → " + (r.to || "?"),
+        fmt.runTitle(r),
         h("span", { class: "pf-c-label pf-m-" + (r.success ? "green" : "red") }, h("span", { class: "pf-c-label__content" }, r.success ? "succeeded" : "failed")),
         r.error ? r.error + (r.step ? " (at step " + r.step + ")" : "") : (r.status || ""),
     ]), "history-table"));

@@ -93,3 +93,9 @@ test("verdictInfo: red fallback, green blessed, on trial, none", () => {
     assert.match(green.text, /kept\. 1 check\(s\) did not pass/);
     assert.equal(fmt.verdictInfo({ green: true, decision: "confirming" }).label, "Healthy, on trial");
 });
+
+test("runTitle: upgrade, rollback, automatic fallback", () => {
+    assert.equal(fmt.runTitle({ kind: "apply", from: "5.8", to: "5.9" }), "Upgrade 5.8 → 5.9");
+    assert.equal(fmt.runTitle({ kind: "rollback" }), "Rollback");
+    assert.equal(fmt.runTitle({ kind: "fallback", from: "5.9", to: "5.8" }), "Automatic fallback 5.9 → 5.8");
+});
