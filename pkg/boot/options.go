@@ -38,8 +38,24 @@ func ParseOptions(s string) Options {
 	return out
 }
 
-// String renders the parameters separated by single spaces.
-func (o Options) String() string { return strings.Join(o, " ") }
+// String renders the parameters separated by single spaces. A parameter
+// with an unterminated double quote (only the last of a parsed command
+// line can have one: the quote runs to the end) that is no longer last gets
+// its quote closed, else the kernel, which splits the same way, would read
+// the parameters after it (a root= appended by kos-upgrade) as part of it.
+func (o Options) String() string {
+	var b strings.Builder
+	for i, p := range o {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(p)
+		if i < len(o)-1 && strings.Count(p, `"`)%2 == 1 {
+			b.WriteByte('"')
+		}
+	}
+	return b.String()
+}
 
 // splitParam returns the key and unquoted value of one parameter, and
 // whether it has a value ("ro" has none, "quiet=" has an empty one).

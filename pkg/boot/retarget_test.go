@@ -209,6 +209,21 @@ func TestOptions(t *testing.T) {
 	if o.String() == o2.String() {
 		t.Error("edits changed the original")
 	}
+	// An unterminated quote (found by FuzzParseEntry) runs to the end of
+	// the line, for the kernel too: kept as it is while last, closed when
+	// kos-upgrade appends after it, so that the appended root= stays a
+	// parameter of its own.
+	bad := ParseOptions(`ro x="a b`)
+	if bad.String() != `ro x="a b` {
+		t.Errorf("unterminated quote, untouched: %s", bad)
+	}
+	moved := bad.Set("root", "/dev/vg/new")
+	if moved.String() != `ro x="a b" root=/dev/vg/new` {
+		t.Errorf("unterminated quote, appended to: %s", moved)
+	}
+	if v, _ := ParseOptions(moved.String()).Get("root"); v != "/dev/vg/new" {
+		t.Errorf("root= after an unterminated quote reads back as %q", v)
+	}
 }
 
 func TestExpandGrubVars(t *testing.T) {

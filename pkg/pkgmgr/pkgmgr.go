@@ -106,8 +106,16 @@ func ParseRepo(spec string) (Repo, error) {
 	if strings.HasPrefix(url, "/") {
 		url = "file://" + url
 	}
+	if !urlSchemeRE.MatchString(url) {
+		// dnf could not use it, and RedactText would not find its
+		// credentials (found by FuzzParseRepo: "x=://user:token@host").
+		return Repo{}, fmt.Errorf("repository %q: the URL has no scheme: want ID=URL (https://, http://, ftp://, file://) or ID=/path", spec)
+	}
 	return Repo{ID: id, BaseURL: url}, nil
 }
+
+// urlSchemeRE is the beginning of a URL as credentialsRE reads it.
+var urlSchemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://`)
 
 // ResolveRequest asks for an upgrade of Root to Release.
 type ResolveRequest struct {

@@ -1,6 +1,7 @@
 package pkgmgr_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/keyarchos/kos-upgrade/pkg/pkgmgr"
@@ -25,5 +26,29 @@ func TestRedactText(t *testing.T) {
 	}
 	if got := (pkgmgr.Repo{ID: "corp", BaseURL: "https://u:p@h/x"}).String(); got != "corp=https://***@h/x" {
 		t.Errorf("Repo.String() = %q", got)
+	}
+}
+
+func TestParseRepo(t *testing.T) {
+	for _, tc := range []struct{ name, spec, want, wantErr string }{
+		{name: "URL", spec: "kos=https://mirror/kos/5.9", want: "kos=https://mirror/kos/5.9"},
+		{name: "directory", spec: "local=/srv/kos", want: "local=file:///srv/kos"},
+		{name: "credentials shown redacted", spec: "corp=https://u:tok@h/x", want: "corp=https://***@h/x"},
+		{name: "no URL", spec: "nourl", wantErr: "want ID=URL"},
+		{name: "no scheme", spec: "x=mirror.example/kos", wantErr: "no scheme"},
+		{name: "empty scheme with credentials", spec: "x=://user:tok3n@host/kos", wantErr: "no scheme"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := pkgmgr.ParseRepo(tc.spec)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ParseRepo(%q) = %v, %v; want %q", tc.spec, r, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || r.String() != tc.want {
+				t.Fatalf("ParseRepo(%q) = %q, %v; want %q", tc.spec, r.String(), err, tc.want)
+			}
+		})
 	}
 }
