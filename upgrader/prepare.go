@@ -414,6 +414,19 @@ func (pr *prepareRun) journalNeed(ctx context.Context) error {
 		msg = fmt.Sprintf("undo journal: %d paths; the filesystem does not clone files, the journal copies %d MiB (%d MiB free)", len(files), need.Bytes>>20, need.Free>>20)
 	}
 	e.report(progress.Event{Step: "check", Message: msg})
+	// The plan says which scriptlets may write what the journal does
+	// not hold (docs/undo.md).
+	scripts, err := e.PM.Scriptlets(ctx, e.Root.Dir, pr.stageDir, pr.res.Items)
+	if err != nil {
+		return fmt.Errorf("cannot prepare: cannot list the transaction's scriptlets: %w", err)
+	}
+	if f := preflight.UndoScriptlets(scripts, need.Reflink); f != nil && pr.report != nil {
+		pr.report.Add(*f)
+		if err := pr.report.Save(e.Root.StateDir()); err != nil {
+			e.log().Warn("cannot save the assessment", "error", err)
+		}
+		e.report(progress.Event{Step: "check", Message: fmt.Sprintf("undo journal: scriptlets of %d package(s) run; what they write outside the journal is not undone (the plan's report lists them)", len(scripts))})
+	}
 	return nil
 }
 

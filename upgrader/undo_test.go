@@ -82,6 +82,13 @@ func TestUndoSuccessAndRollback(t *testing.T) {
 	if p.Snapshot != snapshot.BackendUndo {
 		t.Fatalf("plan snapshot %q", p.Snapshot)
 	}
+	// The plan names the scriptlets whose writes elsewhere are not
+	// undone: app's %post (it writes /var/lib/app), kos-release's.
+	if f := p.Report.Finding(preflight.KeyUndoScriptlets); f == nil || !strings.Contains(strings.Join(f.Details, "\n"), "app-0:2.0-1.noarch: %post") {
+		t.Errorf("the plan's report does not list app's %%post: %+v", f)
+	} else {
+		t.Logf("%s: %s\n%s", f.Key, f.Summary, strings.Join(f.Details, "\n"))
+	}
 	res, err := s.Engin.Apply(ctx)
 	if err != nil {
 		t.Fatalf("apply: %v", err)

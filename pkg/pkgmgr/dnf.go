@@ -101,6 +101,28 @@ func (d *DNF) Fingerprint(ctx context.Context, root string) (string, error) {
 	return res.Fingerprint, nil
 }
 
+// Scriptlets implements Manager.
+func (d *DNF) Scriptlets(ctx context.Context, root, stageDir string, items []Item) ([]PackageScriptlets, error) {
+	res, err := callHelper[struct {
+		Scripts []PackageScriptlets `json:"scripts"`
+	}](ctx, d, "files", "the scriptlets", d.tsRequest(root, stageDir, items), nil)
+	if err != nil {
+		return nil, err
+	}
+	// Read from headers, never trusted: printable names only.
+	out := res.Scripts[:0]
+	for _, p := range res.Scripts {
+		if p.NEVRA != "" && printable(p.NEVRA) && len(p.Scriptlets) > 0 && printable(strings.Join(p.Scriptlets, "")) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func printable(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
 // Files implements Manager.
 func (d *DNF) Files(ctx context.Context, root, stageDir string, items []Item) ([]string, error) {
 	res, err := callHelper[struct {

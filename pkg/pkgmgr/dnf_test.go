@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -485,4 +486,30 @@ func TestFiles(t *testing.T) {
 			t.Errorf("Files has %s of a package the transaction leaves alone", f)
 		}
 	}
+}
+
+// TestScriptlets: the packages whose scriptlets the fixture's upgrade
+// runs, read from the installed and the staged headers: app 2.0's %post
+// (it writes /var/lib/app), none of the packages without scriptlets.
+func TestScriptlets(t *testing.T) {
+	set, root := newRoot(t)
+	d := pkgmgr.NewDNF(nil)
+	res, stage := resolve(t, d, set, root)
+	got, err := d.Scriptlets(context.Background(), root, stage, res.Items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string][]string{}
+	for _, p := range got {
+		byName[p.NEVRA] = p.Scriptlets
+	}
+	if s := byName["app-0:2.0-1.noarch"]; !slices.Contains(s, "%post") {
+		t.Errorf("app 2.0's %%post is not listed: %+v", got)
+	}
+	for n := range byName {
+		if strings.HasPrefix(n, "libbar-") || strings.HasPrefix(n, "keepme-") {
+			t.Errorf("%s has no scriptlets in the transaction, but is listed: %+v", n, got)
+		}
+	}
+	t.Logf("scriptlets: %+v", got)
 }

@@ -188,6 +188,20 @@ type Manager interface {
 	// the staged packages they install, sorted, without duplicates. It
 	// changes nothing. Files that scriptlets write are not in it.
 	Files(ctx context.Context, root, stageDir string, items []Item) ([]string, error)
+
+	// Scriptlets returns the packages of items whose scriptlets the
+	// transaction runs, sorted by NEVRA: the staged packages it installs
+	// (%pretrans, %pre, %post, %posttrans), the installed packages it
+	// removes or replaces (%preun, %postun), and the triggers of both.
+	// What those write is not in Files. It changes nothing.
+	Scriptlets(ctx context.Context, root, stageDir string, items []Item) ([]PackageScriptlets, error)
+}
+
+// PackageScriptlets names a package whose scriptlets a transaction runs,
+// and which: "%pre", "%post", "%preun", "triggers", ...
+type PackageScriptlets struct {
+	NEVRA      string   `json:"nevra"`
+	Scriptlets []string `json:"scriptlets"`
 }
 
 // Downloader is a Manager that can stage a transaction resolved before

@@ -29,6 +29,7 @@ const (
 	KeySnapshotUnusable = "snapshot.unavailable"
 	KeySnapshotUndo     = "snapshot.undo"
 	KeyUndoLimits       = "snapshot.undo-limits"
+	KeyUndoScriptlets   = "snapshot.undo-scriptlets"
 	KeySeparateMounts   = "snapshot.separate-mounts"
 	KeyThinPool         = "snapshot.thin-pool"
 	KeySpaceRoot        = "space.root"
@@ -448,6 +449,32 @@ func undoFindings(f *Facts) []Finding {
 			"/boot is restored from its own backup; other filesystems are not touched by the transaction.",
 	})
 	return out
+}
+
+// UndoScriptlets is the finding prepare adds to the plan's report for the
+// undo backend: the packages whose scriptlets the transaction runs, by
+// name, and where what they write is not undone (outside the packages'
+// file lists and the journaled trees: /etc, dnf's state and the rpm
+// database, and /var/lib where the filesystem clones files). Nil when no
+// package of the transaction has scriptlets.
+func UndoScriptlets(pkgs []pkgmgr.PackageScriptlets, reflink bool) *Finding {
+	if len(pkgs) == 0 {
+		return nil
+	}
+	trees := "/etc, /var/lib/dnf and the rpm database"
+	if reflink {
+		trees = "/etc and /var/lib"
+	}
+	f := &Finding{
+		Key: KeyUndoScriptlets, Severity: Low, Groups: []string{"snapshot"},
+		Title: "Scriptlets of the upgrade whose changes elsewhere the undo journal cannot undo",
+		Summary: fmt.Sprintf("The transaction runs scriptlets of %d package(s). The undo journal puts back their packages' files and %s whole; "+
+			"what these scriptlets write anywhere else (under /var outside those, /opt, /srv, files no package owns) stays as they left it after an undo.", len(pkgs), trees),
+	}
+	for _, p := range pkgs {
+		f.Details = append(f.Details, p.NEVRA+": "+strings.Join(p.Scriptlets, ", "))
+	}
+	return f
 }
 
 // checkThinPool judges the thin pool of a thin-LV root, where the LVM

@@ -204,6 +204,17 @@ func (r *Report) Finding(key string) *Finding {
 	return nil
 }
 
+// Add puts f into the report (replacing a finding with its key) and sorts
+// and counts again, as the checks' findings are.
+func (r *Report) Add(f Finding) {
+	if old := r.Finding(f.Key); old != nil {
+		*old = f
+	} else {
+		r.Findings = append(r.Findings, f)
+	}
+	r.finish()
+}
+
 // finish sorts the findings by risk (inhibitors first, then by severity,
 // then by key) and fills Inhibited and Counts.
 func (r *Report) finish() {

@@ -1083,11 +1083,37 @@ def hdr_files(h):
     return [_s(f) for f in (h[rpm.RPMTAG_FILENAMES] or [])]
 
 
+# The scriptlets a transaction runs of a package it installs (new) and of
+# an installed package it removes or replaces (old), by header tag; both
+# run their triggers.
+NEW_SCRIPTS = (("PRETRANS", "%pretrans"), ("PREIN", "%pre"), ("POSTIN", "%post"), ("POSTTRANS", "%posttrans"))
+OLD_SCRIPTS = (("PREUN", "%preun"), ("POSTUN", "%postun"))
+TRIGGER_SCRIPTS = (("TRIGGERSCRIPTS", "triggers"), ("FILETRIGGERSCRIPTS", "file triggers"),
+                   ("TRANSFILETRIGGERSCRIPTS", "transaction file triggers"))
+
+
+def hdr_scripts(h, new):
+    """The names of the scriptlets the transaction runs of header h."""
+    out = []
+    for t, name in (NEW_SCRIPTS if new else OLD_SCRIPTS) + TRIGGER_SCRIPTS:
+        tag = getattr(rpm, "RPMTAG_" + t, None)
+        if tag is None:
+            continue
+        try:
+            v = h[tag]
+        except (KeyError, ValueError, rpm.error):
+            continue
+        if v:
+            out.append(name)
+    return out
+
+
 def cmd_files(req):
     """The paths req's items change: every file of the installed packages
     they upgrade, downgrade, reinstall, obsolete or erase (%config files
     included: the file lists have them all), and every file of the staged
-    packages they install."""
+    packages they install; and the packages whose scriptlets it runs, with
+    their names."""
     set_dbpath(req)
     ts = rpm.TransactionSet(req["root"])
     ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
@@ -1104,12 +1130,16 @@ def cmd_files(req):
             names.add(it["name"])
     files = set()
     old = []
+    scripts = []
     for h in ts.dbMatch():
         n = hdr_nevra(h)
         name = _s(h[rpm.RPMTAG_NAME])
         if n in old_nevras or name in names:
             old.append(n)
             files.update(hdr_files(h))
+            sc = hdr_scripts(h, False)
+            if sc:
+                scripts.append({"nevra": n, "scriptlets": sc})
     fds = {}
     try:
         for it in req["items"]:
@@ -1122,10 +1152,14 @@ def cmd_files(req):
             except rpm.error as e:
                 raise Failure("package", "cannot read %s: %s" % (it.get("file"), e))
             files.update(hdr_files(h))
+            sc = hdr_scripts(h, True)
+            if sc:
+                scripts.append({"nevra": hdr_nevra(h), "scriptlets": sc})
     finally:
         close_all(fds)
     ts.closeDB()
-    emit({"type": "result", "files": sorted(files), "old": sorted(old)})
+    scripts.sort(key=lambda s: s["nevra"])
+    emit({"type": "result", "files": sorted(files), "old": sorted(old), "scripts": scripts})
 
 
 COMMANDS = {"resolve": cmd_resolve, "download": cmd_download, "assess": cmd_assess, "test": cmd_test, "apply": cmd_apply,
