@@ -68,6 +68,7 @@ func TestQemuFleetAnsible(t *testing.T) {
 }
 
 func runFleet(t *testing.T, hosts []fleetHost) {
+	QemuParallel(t, len(hosts))
 	RequireSystem(t)
 	testenv.RequireTools(t, fleetTools...)
 	t0 := time.Now()

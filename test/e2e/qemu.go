@@ -29,7 +29,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -69,6 +71,84 @@ func RequireFull(t *testing.T) {
 	if os.Getenv(FullEnv) != "full" {
 		t.Skipf("slow QEMU scenario: runs with %s=full (make e2e)", FullEnv)
 	}
+}
+
+// QemuSlotsEnv overrides how many QEMU guests one test binary runs at once
+// (QemuParallel); the default is the number of CPUs the binary may use.
+const QemuSlotsEnv = "KOS_UPGRADE_QEMU_SLOTS"
+
+// qemuSlots is the test binary's semaphore of QEMU guests: a TCG guest
+// keeps about one host CPU busy, so as many guests run at once as there
+// are CPUs. It is the one piece of process-wide state of the harness: the
+// scenarios it orders are the binary's, not a test's.
+var qemuSlots slots
+
+// QemuParallel makes a QEMU scenario run beside the binary's other QEMU
+// scenarios: call it first in the test function (after RequireFull, so a
+// skipped scenario does not wait), with the number of guests the scenario
+// runs at the same time. It skips as RequireQemu does, calls t.Parallel,
+// then waits until guests slots of the binary's QEMU semaphore are free
+// (one per CPU, KOS_UPGRADE_QEMU_SLOTS overrides; a scenario wanting more
+// than there are takes them all and runs alone) and holds them until the
+// test ends. Guests booted one after the other (a setup boot, then the
+// system) count as one. A scenario that does not call it runs alone, as
+// every test without t.Parallel does.
+func QemuParallel(t *testing.T, guests int) {
+	t.Helper()
+	RequireQemu(t)
+	if guests < 1 {
+		t.Fatalf("QemuParallel: %d guests", guests)
+	}
+	t.Parallel()
+	start := time.Now()
+	size := runtime.NumCPU()
+	if v, err := strconv.Atoi(os.Getenv(QemuSlotsEnv)); err == nil && v > 0 {
+		size = v
+	}
+	n, size := qemuSlots.acquire(size, guests)
+	t.Logf("QEMU slots: %d of %d, after waiting %s", n, size, time.Since(start).Round(time.Second))
+	t.Cleanup(func() { qemuSlots.release(n) })
+}
+
+// slots is a counting semaphore whose waiters are served in their order
+// of arrival, so that a scenario wanting two slots is not starved by
+// scenarios wanting one.
+type slots struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	size  int    // slots in all; 0 until first acquired
+	free  int    // slots not held
+	queue []*int // waiters, first come first served
+}
+
+// acquire waits its turn, then for want slots (at most all of them),
+// takes them and returns how many it took, and of how many. The first
+// call sets the number of slots to size.
+func (s *slots) acquire(size, want int) (int, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cond == nil {
+		s.size, s.free = size, size
+		s.cond = sync.NewCond(&s.mu)
+	}
+	want = min(want, s.size)
+	me := new(int)
+	s.queue = append(s.queue, me)
+	for s.queue[0] != me || s.free < want {
+		s.cond.Wait()
+	}
+	s.queue = s.queue[1:]
+	s.free -= want
+	s.cond.Broadcast()
+	return want, s.size
+}
+
+// release gives back n slots taken by acquire.
+func (s *slots) release(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.free += n
+	s.cond.Broadcast()
 }
 
 // QemuBase is the cached, read-only base of every QEMU guest.

@@ -25,6 +25,7 @@ import (
 // The EL8 grub2 scenario of the default run (about 5 minutes here: setup
 // 1.5, boots 2 / 1 / 0.75).
 func TestQemuEL8GrubSuccess(t *testing.T) {
+	QemuParallel(t, 1)
 	t0 := time.Now()
 	s := NewQemuEL8System(t)
 	s.Script(t, map[string]string{
@@ -153,6 +154,7 @@ func expectEL8Old(t *testing.T, s *QemuEL8System, n, what string) *Facts {
 // records the fallback. make e2e only (about 8 minutes).
 func TestQemuEL8GrubBrokenRootFallsBack(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	s := NewQemuEL8System(t)
 	s.Script(t, map[string]string{
 		"1": s.upgradeStep("mkdir -p /etc/kos-upgrade && echo tries=2 >/etc/kos-upgrade/boot.conf\n", fixture.Repo59BadInit),
@@ -183,6 +185,7 @@ func TestQemuEL8GrubBrokenRootFallsBack(t *testing.T) {
 // saved_entry of the old kernel on the old root LV. make e2e only.
 func TestQemuEL8GrubRollback(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	s := NewQemuEL8System(t)
 	s.Script(t, map[string]string{
 		"1": s.upgradeStep(""),
@@ -217,6 +220,7 @@ func TestQemuEL8GrubRollback(t *testing.T) {
 // good boot. make e2e only.
 func TestQemuEL8GrubBootCounter(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	s := NewQemuEL8System(t)
 	s.Script(t, map[string]string{
 		"1": s.upgradeStep("grub2-editenv - set boot_counter=1 boot_success=1\ngrub2-editenv list >$F/grubenv.before 2>&1\n"),

@@ -14,6 +14,7 @@ import (
 // and reboots into the trial of the new root.
 func TestQemuSystemInitramfs(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	t0 := time.Now()
 	s := NewQemuSystem(t, LayoutThin)
 	s.Script(t, map[string]string{

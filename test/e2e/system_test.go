@@ -134,6 +134,7 @@ func offlineWindow(t *testing.T, f *Facts) time.Duration {
 // the health unit blesses it. This is the full-system scenario of the
 // default test run.
 func TestQemuSystemThinSuccess(t *testing.T) {
+	QemuParallel(t, 1)
 	upgradeSucceeds(t, LayoutThin)
 }
 
@@ -141,6 +142,7 @@ func TestQemuSystemThinSuccess(t *testing.T) {
 // (subvolume @): the new entry boots the snapshot with rootflags=subvol=.
 func TestQemuSystemBtrfsSuccess(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	upgradeSucceeds(t, LayoutBtrfs)
 }
 
@@ -232,6 +234,7 @@ func (s *QemuSystem) reposFlags(names ...string) string {
 // `kos-upgrade rollback`, which merges the snapshot back at the next boot.
 func TestQemuSystemThickRollback(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	s := NewQemuSystem(t, LayoutThick)
 	s.Script(t, map[string]string{
 		"1": prepareAndReboot,
@@ -273,6 +276,7 @@ func TestQemuSystemThickRollback(t *testing.T) {
 // failed, nothing is armed and nothing reboots again.
 func TestQemuSystemPowerCut(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	s := NewQemuSystem(t, LayoutThin)
 	s.Script(t, map[string]string{
 		"1": `mkdir -p /etc/systemd/system/kos-upgrade-apply.service.d
@@ -301,6 +305,7 @@ printf '[Service]\nEnvironment=KOS_UPGRADE_TEST_HANG_AT=mid-transaction\n' >/etc
 // the fallback.
 func TestQemuSystemBrokenRootFallsBack(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	s := NewQemuSystem(t, LayoutThin)
 	s.Script(t, map[string]string{
 		"1": fmt.Sprintf(`mkdir -p /etc/kos-upgrade && echo tries=2 >/etc/kos-upgrade/boot.conf
@@ -336,6 +341,7 @@ sleep 600`, s.reposFlags("5.9", "5.9-badinit")),
 // the firmware runs once (the first boot) in the whole QEMU run.
 func TestQemuSystemKexec(t *testing.T) {
 	RequireFull(t)
+	QemuParallel(t, 1)
 	t0 := time.Now()
 	s := NewQemuSystem(t, LayoutThin)
 	s.Script(t, map[string]string{
