@@ -22,7 +22,17 @@ import (
 // subvolume with a partial transaction. The system has a grub2 /boot and the
 // upgrade a new kernel: /boot is restored byte for byte by settle.
 func TestCrashAtEveryStep(t *testing.T) {
-	crashAtEveryStep(t, newBootSystem(t, true), fixture.Repo59Kernel, boot.EntryIDPrefix+fixture.MachineID+"-"+newKver)
+	crashAtEveryStep(t, newBootSystem(t, true), fixture.Repo59Kernel, boot.EntryIDPrefix+fixture.MachineID+"-"+newKver, false)
+}
+
+// TestCrashAtEveryStepStaged is TestCrashAtEveryStep on a root staged
+// before the reboot (reboot --stage): every point a staged run reaches
+// (all but the classic snapshot and transaction), the boot steps with
+// their /boot backup, the new kernel's entry and the trial included; after
+// settling no base, next or live snapshot is left. The nspawn tier
+// (test/e2e TestNspawnStageCrash) kills the same run in real boots.
+func TestCrashAtEveryStepStaged(t *testing.T) {
+	crashAtEveryStep(t, newBootSystem(t, true), fixture.Repo59Kernel, boot.EntryIDPrefix+fixture.MachineID+"-"+newKver, true)
 }
 
 // TestCrashAtEveryStepEL8 is TestCrashAtEveryStep on an EL8 system
@@ -30,12 +40,13 @@ func TestCrashAtEveryStep(t *testing.T) {
 // whose 20-grub.install writes the entry and moves saved_entry on the real
 // /boot in the middle of the transaction; settle must undo all of it.
 func TestCrashAtEveryStepEL8(t *testing.T) {
-	crashAtEveryStep(t, newEL8System(t, "").bootSystem, fixture.Repo59EL8Kernel, fixture.MachineID+"-"+fixture.EL8Kernel59)
+	crashAtEveryStep(t, newEL8System(t, "").bootSystem, fixture.Repo59EL8Kernel, fixture.MachineID+"-"+fixture.EL8Kernel59, false)
 }
 
 // crashAtEveryStep runs the crash scenarios on b, upgrading to repo 5.9
-// with the new kernel of kernelRepo, whose entry is newEntry.
-func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string) {
+// with the new kernel of kernelRepo, whose entry is newEntry; staged: every
+// run is staged first (the points of the classic path are not reached).
+func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string, staged bool) {
 	s := b.system
 	ctx := context.Background()
 	oldPkgs := rpmQA(t, s.Root)
@@ -44,11 +55,14 @@ func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string) 
 	// without anyone remembering to. switched: the crash happened after
 	// the new root became the default, so the run counts as succeeded.
 	for _, cp := range upgrader.CrashPoints() {
+		if staged && cp.Classic {
+			continue
+		}
 		tc := struct {
 			step     string
 			switched bool
 			staged   bool
-		}{cp.Name, cp.Complete, cp.Staged}
+		}{cp.Name, cp.Complete, cp.Staged || staged}
 		t.Run(tc.step, func(t *testing.T) {
 			// Start from the old system each time.
 			if def := s.defaultSubvol(t); def != "@" {

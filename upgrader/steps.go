@@ -92,6 +92,10 @@ type CrashPoint struct {
 	// Staged: the point is reached only by a run staged before the
 	// reboot (reboot --stage).
 	Staged bool
+	// Classic: the point is reached only by a run that is not carried
+	// over (the classic snapshot and transaction, offline-only steps): a
+	// staged run, in the offline boot or at shutdown, never reaches it.
+	Classic bool
 }
 
 // CrashPoints lists every crash point of the table, in order: the crash
@@ -100,9 +104,9 @@ func CrashPoints() []CrashPoint {
 	var out []CrashPoint
 	complete := false
 	for _, s := range applySteps {
-		out = append(out, CrashPoint{Name: s.name, Complete: complete, Staged: s.staged})
+		out = append(out, CrashPoint{Name: s.name, Complete: complete, Staged: s.staged, Classic: s.offline})
 		if s.mid {
-			out = append(out, CrashPoint{Name: "mid-" + s.name, Complete: complete, Staged: s.staged})
+			out = append(out, CrashPoint{Name: "mid-" + s.name, Complete: complete, Staged: s.staged, Classic: s.offline})
 		}
 		complete = complete || s.commits
 	}
