@@ -192,8 +192,12 @@ func printVerdict(w io.Writer, v *health.Verdict) {
 func printPath(w io.Writer, r *upgrader.Result) {
 	switch r.Path {
 	case upgrader.PathStaged:
-		fmt.Fprintf(w, "  path: staged before the reboot; %d paths carried over (%d bytes cloned); offline %s\n",
-			r.Carried, r.BytesCloned, r.FinishedAt.Sub(r.StartedAt).Round(time.Millisecond))
+		where := "offline"
+		if r.AtShutdown {
+			where = "finalized late in the shutdown (one boot), offline"
+		}
+		fmt.Fprintf(w, "  path: staged before the reboot; %d paths carried over (%d bytes cloned); %s %s\n",
+			r.Carried, r.BytesCloned, where, r.FinishedAt.Sub(r.StartedAt).Round(time.Millisecond))
 	case upgrader.PathClassic:
 		fmt.Fprintf(w, "  path: offline transaction (the staged root could not be carried over: %s)\n", r.PathReason)
 	}

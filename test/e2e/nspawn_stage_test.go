@@ -135,6 +135,7 @@ systemctl reboot
 // what a crash left) finish, records the state after it, and powers off.
 const settleStep = `systemctl start kos-upgrade-health.service
 kos-upgrade --json status > "$1/settled.json" 2>&1
+kos-upgrade status > "$1/settled.txt" 2>&1
 systemctl poweroff
 `
 
@@ -249,6 +250,9 @@ func TestNspawnStageFinalize(t *testing.T) {
 	last := hist[len(hist)-1]
 	if !last.Success || !last.AtShutdown || last.Path != "staged" {
 		t.Errorf("the new root's last run should be a staged finalize at shutdown: %+v", last)
+	}
+	if st := g.Facts(2).File("settled.txt"); !strings.Contains(st, "finalized late in the shutdown (one boot)") {
+		t.Errorf("kos-upgrade status in the new root does not say the run was finalized at shutdown:\n%s", st)
 	}
 	t.Logf("one boot: downtime (reboot asked → the new root in multi-user.target) %s; the finalize's window %s, %d paths carried",
 		downtime(t, g, 2), last.FinishedAt.Sub(last.StartedAt).Round(time.Millisecond), last.Carried)
