@@ -57,6 +57,43 @@ func (e *Engine) Clean(ctx context.Context) ([]string, error) {
 	return append(removed, gone...), err
 }
 
+// DropRollbackPoint removes, because the user asks (clean
+// --rollback-point), the undo journal a successful in-place upgrade keeps
+// as its rollback point, before its first boot blessed it or not: rollback
+// and the health fallback are no longer possible. It returns what it
+// removed ("" when there is no such journal). Other backends' rollback
+// points are snapshots, which clean keeps: refused.
+func (e *Engine) DropRollbackPoint(ctx context.Context) (string, error) {
+	st := e.store()
+	l, state, err := e.begin(ctx, st)
+	if err != nil {
+		return "", err
+	}
+	defer l.release()
+	if state.Status != StatusSucceeded || state.Previous == "" || !snapshot.Protects(state.Backend) {
+		return "", nil
+	}
+	if !state.InPlace || state.Backend != snapshot.BackendUndo {
+		return "", fmt.Errorf("cannot drop the rollback point %s: it is a %s snapshot, which kos-upgrade rollback boots; only an undo journal is dropped this way", state.Previous, state.Backend)
+	}
+	name := state.Previous
+	// The state first: a crash after it leaves a journal clean removes
+	// as one of no run's, never a rollback point without its journal.
+	// The /boot backup goes with it (clean removes backups no state
+	// keeps).
+	state.Previous, state.Snapshot = "", ""
+	if state.Boot != nil {
+		state.Boot.Backups = nil
+	}
+	if err := st.save(state, e.now()); err != nil {
+		return "", err
+	}
+	if err := e.dropJournal(ctx, &State{Backend: state.Backend, Previous: name}); err != nil {
+		return "", err
+	}
+	return "undo journal " + name + " (the rollback point: kos-upgrade rollback is no longer possible)", nil
+}
+
 // cleanBootBackups removes the /boot backups but the one a successful run
 // may still roll back to.
 func cleanBootBackups(st store, state *State) ([]string, error) {

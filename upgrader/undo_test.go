@@ -336,7 +336,7 @@ func TestUndoHealth(t *testing.T) {
 }
 
 // clean keeps the journal of a successful run until its first boot was
-// blessed: it is the rollback point.
+// blessed: it is the rollback point; clean --rollback-point drops it.
 func TestUndoCleanKeepsJournal(t *testing.T) {
 	s := newUndoSystem(t)
 	ctx := context.Background()
@@ -352,6 +352,20 @@ func TestUndoCleanKeepsJournal(t *testing.T) {
 	}
 	if err := s.Engin.RollbackCheck(ctx); err != nil {
 		t.Errorf("rollback not offered: %v", err)
+	}
+	// Unless the user asks: clean --rollback-point, through the binary.
+	out, err := s.kosUpgrade(t, nil, "clean", "--rollback-point")
+	if err != nil || !strings.Contains(out, "removed undo journal ") {
+		t.Fatalf("clean --rollback-point: %v\n%s", err, out)
+	}
+	if j := s.journals(t); len(j) != 0 {
+		t.Errorf("clean --rollback-point left the journal: %v", j)
+	}
+	if err := s.Engin.RollbackCheck(ctx); err == nil {
+		t.Error("rollback still offered without a journal")
+	}
+	if out, err := s.kosUpgrade(t, nil, "clean", "--rollback-point"); err != nil || !strings.Contains(out, "Nothing to clean") {
+		t.Errorf("clean --rollback-point again: %v\n%s", err, out)
 	}
 }
 

@@ -721,14 +721,32 @@ func cleanCmd() *cli.Command {
 		Usage: "remove staged packages and old snapshots (keeps the current root and the last good one)",
 		Description: `clean frees space: it removes the staged packages of a plan that is not
 armed and the snapshots of earlier upgrades, keeping the running root and
-the last rollback point. It prints what it removed, or that there was
+the last rollback point. An undo journal (an in-place upgrade's rollback
+point, /usr/share/doc/kos-upgrade/undo.md) is kept until the upgraded system's first boot was
+judged healthy; --rollback-point removes it now, and with it the
+possibility to roll back. It prints what it removed, or that there was
 nothing to clean. Refused while an upgrade is armed or running.
 
 Examples:
    kos-upgrade clean
+   kos-upgrade clean --rollback-point
    kos-upgrade clean --json`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "rollback-point", Usage: "also remove the undo journal of the last upgrade (kos-upgrade rollback is then no longer possible)"},
+		},
 		Action: action(func(c *cli.Context, e *env) error {
-			removed, err := e.engine.Clean(c.Context)
+			var removed []string
+			if c.Bool("rollback-point") {
+				r, err := e.engine.DropRollbackPoint(c.Context)
+				if err != nil {
+					return err
+				}
+				if r != "" {
+					removed = append(removed, r)
+				}
+			}
+			more, err := e.engine.Clean(c.Context)
+			removed = append(removed, more...)
 			if err != nil {
 				return err
 			}

@@ -36,7 +36,7 @@ _kos_upgrade() {
     rollback) words="--no-reboot --root --json --verbose -v --help" ;;
     history) words="--root --json --verbose -v --help" ;;
     log) words="--root --json --verbose -v --help" ;;
-    clean) words="--root --json --verbose -v --help" ;;
+    clean) words="--rollback-point --root --json --verbose -v --help" ;;
     daemon) words="--idle-timeout --root --json --verbose -v --help" ;;
     health) words="--cmdline --reboot --dry-run --no-unit-check --root --json --verbose -v --help" ;;
     bundle) words="--needs --out --repo --iso --label --sign-key --gpg-homedir --workdir --root --json --verbose -v --help" ;;
