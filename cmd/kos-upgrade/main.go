@@ -429,7 +429,7 @@ Examples:
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
 			&cli.BoolFlag{Name: "kexec", Usage: "reboot with kexec into and out of the offline upgrade (no firmware POST; needs kexec-tools)"},
 			&cli.BoolFlag{Name: "stage", Usage: "btrfs: run the transaction into a snapshot now, while the system runs; the offline step only carries over what changes until the reboot (falls back to the offline transaction when it cannot exactly)"},
-			&cli.BoolFlag{Name: "no-finalize", Usage: "with --stage: carry over in the offline boot (system-update.target, two boots) instead of late in the shutdown (kos-upgrade-finalize.service, one boot)"},
+			&cli.BoolFlag{Name: "no-finalize", Usage: "with --stage: carry over in the offline boot (system-update.target, two boots) instead of late in the shutdown (kos-upgrade-finalize.service, one boot); implied by --kexec"},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.Bool("kexec") && c.Bool("no-reboot") {
@@ -456,7 +456,9 @@ Examples:
 			}
 			// Finalize at shutdown (one boot), else the offline boot
 			// carries over; the offline boot is the fallback either way.
-			finalize := c.Bool("stage") && !c.Bool("no-finalize")
+			// Not with --kexec: the kernel it loads now is the old
+			// root's, and the offline boot's kexec loads the new one.
+			finalize := c.Bool("stage") && !c.Bool("no-finalize") && !c.Bool("kexec")
 			if !finalize {
 				if err := setFinalizeMarker(e.engine.Root, false); err != nil {
 					return fmt.Errorf("cannot forget the finalize choice: %w", err)
