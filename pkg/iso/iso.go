@@ -124,6 +124,7 @@ type Image struct {
 	mu     sync.Mutex
 	dirs   map[string][]fs.DirEntry // directory listings read so far
 	budget readBudget               // of the go-diskfs call running (under mu)
+	trees  [][]byte                 // the primary and supplementary volume descriptors
 }
 
 // Open opens the image at path (an absolute path to a regular file), reads
@@ -157,6 +158,9 @@ func (im *Image) init() error {
 	}
 	im.size = st.Size()
 	if err := im.readVDs(); err != nil {
+		return err
+	}
+	if err := im.checkTrees(); err != nil {
 		return err
 	}
 	if err := im.guard(func() error {
@@ -208,6 +212,9 @@ func (im *Image) readVDs() error {
 			return fmt.Errorf("%w: volume descriptor %d has no CD001 signature", ErrDamaged, i)
 		}
 		h.Write(b)
+		if b[0] == 1 || b[0] == 2 { // primary, supplementary (Joliet)
+			im.trees = append(im.trees, append([]byte(nil), b...))
+		}
 		switch b[0] {
 		case 1: // primary
 			primary = true
@@ -550,9 +557,9 @@ func (b *readBudget) take(off int64, n int) error {
 	case b.seen[k] > maxRepeatedReads:
 		return fmt.Errorf("the same %d bytes at offset %d read %d times: the Rock Ridge continuation areas form a loop", n, off, b.seen[k])
 	case b.reads > maxCallReads:
-		return fmt.Errorf("more than %d reads for one directory: the Rock Ridge continuation areas form a loop", maxCallReads)
+		return fmt.Errorf("more than %d reads for one directory: the image's structures (Rock Ridge continuation areas?) loop", maxCallReads)
 	case b.bytes > maxCallBytes:
-		return fmt.Errorf("more than %d MiB read for one directory: the Rock Ridge continuation areas form a loop", maxCallBytes>>20)
+		return fmt.Errorf("more than %d MiB read for one directory: the image's structures (Rock Ridge continuation areas?) loop", maxCallBytes>>20)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -385,6 +386,69 @@ func TestContinuationLoop(t *testing.T) {
 				}
 			case <-time.After(60 * time.Second):
 				t.Fatal("the image reader hangs")
+			}
+		})
+	}
+}
+
+// TestHugeSizesRefused: sizes go-diskfs allocates before it reads (a path
+// table's, a directory's, as the volume descriptors and the parent's record
+// give them) are checked first: an image claiming gigabytes is refused as
+// damaged without allocating them. Found by FuzzOpen (a subdirectory record
+// of 3 GB made the reader allocate and clear it on every lookup).
+func TestHugeSizesRefused(t *testing.T) {
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "repodata"), 0o755)
+	os.WriteFile(filepath.Join(tree, "repodata", "repomd.xml"), []byte("<repomd/>\n"), 0o644)
+	p := makeISO(t, fixture.ISOOptions{Label: "HUGE", Release: "5.9", Dirs: map[string]string{"BaseOS": tree}})
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pvd, svd = 16 * 2048, 17 * 2048
+	if orig[pvd] != 1 || orig[svd] != 2 {
+		t.Fatalf("volume descriptors %d, %d: want primary, then Joliet", orig[pvd], orig[svd])
+	}
+	put := func(img []byte, off int, v uint32) {
+		binary.LittleEndian.PutUint32(img[off:], v)
+		binary.BigEndian.PutUint32(img[off+4:], v)
+	}
+	// The record of REPODATA in BASEOS (the primary tree).
+	rec := bytes.Index(orig, []byte("REPODATA"))
+	if rec < 33 {
+		t.Fatal("no REPODATA record")
+	}
+	rec -= 33
+	for _, tc := range []struct {
+		name  string
+		patch func(img []byte)
+		want  string
+	}{
+		{name: "primary path table of 4 GiB", patch: func(img []byte) { put(img, pvd+132, 0xfffff000) }, want: "the path table"},
+		{name: "Joliet path table of 4 GiB", patch: func(img []byte) { put(img, svd+132, 0xfffff000) }, want: "the path table"},
+		{name: "root directory of 3 GB", patch: func(img []byte) { put(img, pvd+156+10, 3_000_000_000) }, want: "a directory"},
+		{name: "subdirectory of 3 GB in its parent's record", patch: func(img []byte) { put(img, rec+10, 3_000_000_000) }, want: "a directory"},
+		{name: "subdirectory outside the image", patch: func(img []byte) { put(img, rec+2, 0x7fffffff) }, want: "outside the image"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := append([]byte(nil), orig...)
+			tc.patch(img)
+			bad := filepath.Join(t.TempDir(), "huge.iso")
+			if err := os.WriteFile(bad, img, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			im, err := iso.Open(bad)
+			runtime.ReadMemStats(&after)
+			if err == nil {
+				im.Close()
+			}
+			if !errors.Is(err, iso.ErrDamaged) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Open: %v, want ErrDamaged about %s", err, tc.want)
+			}
+			if d := after.TotalAlloc - before.TotalAlloc; d > 64<<20 {
+				t.Errorf("Open allocated %d MiB", d>>20)
 			}
 		})
 	}
