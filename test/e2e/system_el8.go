@@ -7,7 +7,8 @@ package e2e
 //	             EFI/kos/grubx64.efi (grub2-mkimage with grub2.spec's x86_64
 //	             EFI modules, prefix /EFI/kos), EFI/kos/grub.cfg, grubenv
 //	partition 2  LVM PV of VG "kos", the root on a thin LV (LayoutThin)
-//	partition 3  /boot, ext4: loader/entries, the kernels, initramfs images,
+//	partition 3  /boot, ext4 (XFS in system_undo.go's layout):
+//	             loader/entries, the kernels, initramfs images,
 //	             grub2/grubenv -> ../efi/EFI/kos/grubenv
 //
 // The root carries EL8's boot tools (fixture.RepoEL8: grub2-tools with
@@ -64,6 +65,7 @@ else
 fi
 insmod part_gpt
 insmod ext2
+insmod xfs
 search --no-floppy --label --set=root ` + el8BootLabel + `
 insmod blscfg
 blscfg
@@ -78,9 +80,29 @@ type QemuEL8System struct {
 	KernelRepo string
 }
 
+// el8Disk is what differs between EL8 guests' disks: the layout of the
+// root (QemuSystem.Layout), the file systems of the root and of /boot
+// ("ext4" or "xfs"), more fstab lines, and fillRoot, which puts the root
+// tree onto the volume group of the disk's partition 2.
+type el8Disk struct {
+	layout         string
+	rootFS, bootFS string
+	fstab          string
+	fillRoot       func(t *testing.T, base *QemuBase, disk, root, work string)
+}
+
 // NewQemuEL8System builds it (see the file comment) with the root on a
 // thin LV.
 func NewQemuEL8System(t *testing.T) *QemuEL8System {
+	t.Helper()
+	return newQemuEL8System(t, el8Disk{layout: LayoutThin, rootFS: "ext4", bootFS: "ext4",
+		fillRoot: func(t *testing.T, base *QemuBase, disk, root, work string) {
+			fillLVM(t, base, LayoutThin, disk, root, work)
+		}})
+}
+
+// newQemuEL8System builds an EL8 guest whose disk is laid out as d says.
+func newQemuEL8System(t *testing.T, d el8Disk) *QemuEL8System {
 	t.Helper()
 	RequireSystem(t)
 	ctx := context.Background()
@@ -109,8 +131,8 @@ func NewQemuEL8System(t *testing.T) *QemuEL8System {
 	if err := prepareQemuRoot(root); err != nil {
 		t.Fatal(err)
 	}
-	fstab := fmt.Sprintf("/dev/mapper/%s / ext4 defaults 0 1\nLABEL=%s /boot ext4 defaults 0 2\nPARTLABEL=ESP /boot/efi vfat umask=0077 0 2\n",
-		boot.MapperName(systemVG, systemRootLV), el8BootLabel)
+	fstab := fmt.Sprintf("/dev/mapper/%s / %s defaults 0 1\nLABEL=%s /boot %s defaults 0 2\nPARTLABEL=ESP /boot/efi vfat umask=0077 0 2\n%s",
+		boot.MapperName(systemVG, systemRootLV), d.rootFS, el8BootLabel, d.bootFS, d.fstab)
 	for rel, content := range map[string]string{
 		"etc/fstab": fstab,
 		"etc/systemd/system/kos-qemu-driver.service.d/system.conf": "[Service]\nType=simple\n",
@@ -241,11 +263,11 @@ GRUB_ENABLE_BLSCFG=true
 	testenv.Run(t, "cp", "-a", filepath.Join(root, "boot"), bootDir)
 	testenv.UnmountAll(filepath.Join(root, "boot"))
 	testenv.Run(t, "rm", "-rf", filepath.Join(bootDir, "efi/EFI"))
-	fillBootPartition(t, disk, bootDir)
+	fillBootPartition(t, disk, bootDir, d.bootFS)
 	if err := os.MkdirAll(filepath.Join(root, "boot/efi"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	fillLVM(t, base, LayoutThin, disk, root, work)
+	d.fillRoot(t, base, disk, root, work)
 	if err := os.RemoveAll(root); err != nil {
 		t.Fatal(err)
 	}
@@ -258,15 +280,15 @@ GRUB_ENABLE_BLSCFG=true
 	vm.Share(el8KernelsTag, filepath.Dir(krepo))
 	t.Logf("EL8 grub2 system ready in %s (kernel %s as kernel-core %s)", time.Since(start).Round(time.Millisecond), kv, fixture.EL8Kernel58)
 	return &QemuEL8System{
-		QemuSystem: &QemuSystem{QemuVM: vm, Set: set, Layout: LayoutThin, Kernel: fixture.EL8Kernel58, Entry: entry},
+		QemuSystem: &QemuSystem{QemuVM: vm, Set: set, Layout: d.layout, Kernel: fixture.EL8Kernel58, Entry: entry},
 		Grub:       grub, KernelRepo: krepo,
 	}
 }
 
-// fillBootPartition makes partition 3 of disk an ext4 filesystem (label
-// el8BootLabel) holding dir: mke2fs -d into an image, copied in at the
-// partition's offset.
-func fillBootPartition(t *testing.T, disk, dir string) {
+// fillBootPartition makes partition 3 of disk a filesystem fs (label
+// el8BootLabel) holding dir: for ext4 mke2fs -d into an image, copied in
+// at the partition's offset; for xfs fillXFSPartition.
+func fillBootPartition(t *testing.T, disk, dir, fs string) {
 	t.Helper()
 	parts, err := boot.Partitions(context.Background(), disk)
 	if err != nil {
@@ -280,6 +302,10 @@ func fillBootPartition(t *testing.T, disk, dir string) {
 	}
 	if p == nil {
 		t.Fatalf("%s has no /boot partition: %+v", disk, parts)
+	}
+	if fs == "xfs" {
+		fillXFSPartition(t, disk, *p, el8BootLabel, dir)
+		return
 	}
 	img := filepath.Join(t.TempDir(), "boot.img")
 	testenv.Run(t, "mke2fs", "-q", "-t", "ext4", "-L", el8BootLabel, "-d", dir, img, fmt.Sprintf("%dk", p.Size/1024))
