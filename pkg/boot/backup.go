@@ -127,7 +127,7 @@ func Backup(ctx context.Context, root sysroot.Root, bootDir, dest string) error 
 		}
 	}
 	for _, r := range configFilesRel {
-		p, err := resolveIn(root.Dir, filepath.Join(bootDir, r))
+		p, err := root.Resolve(filepath.Join(bootDir, r))
 		if err != nil {
 			return fmt.Errorf("cannot back up %s: %w", r, err)
 		}
@@ -145,7 +145,7 @@ func Backup(ctx context.Context, root sysroot.Root, bootDir, dest string) error 
 		if err := ctxErr(ctx); err != nil {
 			return err
 		}
-		p, err := resolveIn(root.Dir, filepath.Join(bootDir, r))
+		p, err := root.Resolve(filepath.Join(bootDir, r))
 		if err != nil {
 			return fmt.Errorf("cannot back up %s: %w", r, err)
 		}
@@ -208,7 +208,7 @@ func Restore(ctx context.Context, root sysroot.Root, bootDir, src string) error 
 		if err := ctxErr(ctx); err != nil {
 			return err
 		}
-		target, err := resolveIn(root.Dir, filepath.Join(bootDir, f.Path))
+		target, err := root.Resolve(filepath.Join(bootDir, f.Path))
 		if err != nil {
 			return fmt.Errorf("cannot restore %s: %w", f.Path, err)
 		}

@@ -183,6 +183,14 @@ var ESPDirsRel = []string{"/efi", "/boot/efi", "/boot"}
 // BootDirRel is /boot.
 const BootDirRel = "/boot"
 
+// Size caps of what is read from /boot and /etc: a boot entry, grubenv,
+// grub.cfg, loader.conf or /etc/default/grub is at most maxBootFile; a
+// kernel image at most maxKernel (EL8's are about 10 MiB).
+const (
+	maxBootFile = 16 << 20
+	maxKernel   = 512 << 20
+)
+
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil

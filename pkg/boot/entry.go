@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 )
 
 // Keys of a Boot Loader Specification type #1 entry. Keys not listed here
@@ -289,7 +290,7 @@ func ListEntries(dir string) ([]*Entry, error) {
 		}
 		id, c := ParseCounter(strings.TrimSuffix(name, ".conf"))
 		p := filepath.Join(dir, name)
-		data, err := os.ReadFile(p)
+		data, err := safefile.ReadFollowing(p, maxBootFile)
 		if err != nil {
 			return nil, fmt.Errorf("cannot read boot entry: %w", err)
 		}

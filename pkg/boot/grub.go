@@ -67,7 +67,7 @@ func NewGrub(root sysroot.Root) (*Grub, error) {
 	}
 	g := &Grub{root: root, bootDir: boot, entriesDir: entries, cfgPaths: cfgs}
 	if len(envs) > 0 {
-		p, err := resolveIn(root.Dir, envs[0])
+		p, err := root.Resolve(envs[0])
 		if err != nil {
 			return nil, fmt.Errorf("cannot use grubenv: %w", err)
 		}
@@ -229,13 +229,12 @@ func (g *Grub) ClearOneShot(ctx context.Context, id string) error {
 // returns "" when unset (EL8's grub2-mkconfig then writes saved_entry
 // handling anyway, as GRUB_DEFAULT=saved is its default on EL8).
 func (g *Grub) grubDefault() string {
-	f, err := os.Open(g.root.Path("/etc/default/grub"))
+	data, err := g.root.ReadFile(g.root.Path("/etc/default/grub"), maxBootFile)
 	if err != nil {
 		return ""
 	}
-	defer f.Close()
 	val := ""
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
 		if ok && k == "GRUB_DEFAULT" {
@@ -249,11 +248,7 @@ func (g *Grub) grubDefault() string {
 // grub/kos-upgrade-trial.cfg (installed with grub2-mkconfig).
 func (g *Grub) HasTrialConfig() bool {
 	for _, c := range g.cfgPaths {
-		p, err := resolveIn(g.root.Dir, c)
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile(p)
+		data, err := g.root.ReadFile(c, maxBootFile)
 		if err == nil && bytes.Contains(data, []byte(grubTrialMarker)) {
 			return true
 		}

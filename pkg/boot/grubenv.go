@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 )
 
 // The grub environment block, as grub-editenv and grub's load_env/save_env
@@ -187,7 +187,7 @@ func (e *Env) Format() ([]byte, error) {
 // ReadEnv reads the block at path. A missing file is returned as the
 // os.ErrNotExist error.
 func ReadEnv(path string) (*Env, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.ReadFollowing(path, maxBootFile)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read grub environment: %w", err)
 	}

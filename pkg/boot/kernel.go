@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 )
 
 // Kernels, their initramfs images and kernel-install's entries: what the
@@ -135,11 +136,11 @@ func Dracut(ctx context.Context, log *slog.Logger, target, dracut, rel, kv strin
 // InstallKernel copies the kernel image vmlinuz to dst (atomically; not
 // when dst holds it already).
 func InstallKernel(vmlinuz, dst string) error {
-	data, err := os.ReadFile(vmlinuz)
+	data, err := safefile.ReadFollowing(vmlinuz, maxKernel)
 	if err != nil {
 		return fmt.Errorf("cannot read the new kernel: %w", err)
 	}
-	if cur, err := os.ReadFile(dst); err == nil && bytes.Equal(cur, data) {
+	if cur, err := safefile.ReadFollowing(dst, maxKernel); err == nil && bytes.Equal(cur, data) {
 		return nil
 	}
 	if err := atomicfile.WriteFile(dst, data, 0o755); err != nil {

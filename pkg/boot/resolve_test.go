@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,62 +11,8 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
+	"github.com/keyarchos/kos-upgrade/test/testenv"
 )
-
-// A grubenv link is resolved as it would be inside the root; a link that
-// leaves the root (absolute, or relative through ..) is refused.
-func TestResolveInConfined(t *testing.T) {
-	outside := t.TempDir()
-	os.WriteFile(filepath.Join(outside, "grubenv"), []byte("outside"), 0o644)
-	for _, tc := range []struct {
-		name    string
-		links   map[string]string // in-root path -> link target
-		p       string
-		want    string // in-root path
-		wantErr string
-	}{
-		{name: "EL8 relative", links: map[string]string{"/boot/grub2/grubenv": "../efi/EFI/redhat/grubenv"},
-			p: "/boot/grub2/grubenv", want: "/boot/efi/EFI/redhat/grubenv"},
-		{name: "absolute re-rooted", links: map[string]string{"/boot/grub2/grubenv": "/boot/efi/EFI/redhat/grubenv"},
-			p: "/boot/grub2/grubenv", want: "/boot/efi/EFI/redhat/grubenv"},
-		{name: "chain", links: map[string]string{"/boot/grub2/grubenv": "../x", "/boot/x": "efi/EFI/redhat/grubenv"},
-			p: "/boot/grub2/grubenv", want: "/boot/efi/EFI/redhat/grubenv"},
-		{name: "linked directory", links: map[string]string{"/boot/grub2": "efi/EFI/redhat"},
-			p: "/boot/grub2/grubenv", want: "/boot/efi/EFI/redhat/grubenv"},
-		{name: "missing target", links: map[string]string{"/boot/grub2/grubenv": "../nope/grubenv"},
-			p: "/boot/grub2/grubenv", want: "/boot/nope/grubenv"},
-		{name: "not a link", p: "/boot/efi/EFI/redhat/grubenv", want: "/boot/efi/EFI/redhat/grubenv"},
-		{name: "dot dot out of the root", links: map[string]string{"/boot/grub2/grubenv": "../../../../../../../../../../.." + outside + "/grubenv"},
-			p: "/boot/grub2/grubenv", wantErr: "outside the root"},
-		{name: "dot dot to the root's parent", links: map[string]string{"/boot/grub2/grubenv": "../../../grubenv"},
-			p: "/boot/grub2/grubenv", wantErr: "outside the root"},
-		{name: "loop", links: map[string]string{"/boot/grub2/grubenv": "grubenv"},
-			p: "/boot/grub2/grubenv", wantErr: "too many symbolic links"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			root, _ := sysroot.New(t.TempDir())
-			os.MkdirAll(root.Path("/boot/efi/EFI/redhat"), 0o755)
-			os.MkdirAll(root.Path("/boot/grub2"), 0o755)
-			os.WriteFile(root.Path("/boot/efi/EFI/redhat/grubenv"), []byte("inside"), 0o644)
-			for l, target := range tc.links {
-				os.RemoveAll(root.Path(l))
-				if err := os.Symlink(target, root.Path(l)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			got, err := resolveIn(root.Dir, root.Path(tc.p))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("resolveIn: %q, %v; want error %q", got, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != root.Path(tc.want) {
-				t.Fatalf("resolveIn: %q, %v; want %q", got, err, root.Path(tc.want))
-			}
-		})
-	}
-}
 
 // NewGrub refuses a grubenv linked out of the root rather than reading or
 // writing a file of the host.
@@ -216,5 +163,64 @@ func runWithin(t *testing.T, f func() error) error {
 	case <-time.After(30 * time.Second):
 		t.Fatal("hangs")
 		return nil
+	}
+}
+
+// What boot reads of /boot and /etc is read without blocking and only
+// from regular files: a FIFO or a device where a file is expected is an
+// error (or, for /etc/default/grub and grub.cfg, not there), never a hang.
+func TestBootReadsDoNotBlock(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, root sysroot.Root)
+		call  func(g *Grub) error
+		want  string // in the error; "" for none
+	}{
+		{name: "/etc/default/grub a FIFO", setup: func(t *testing.T, root sysroot.Root) {
+			os.MkdirAll(root.Path("/etc/default"), 0o755)
+			mkfifo(t, root.Path("/etc/default/grub"))
+		}, call: func(g *Grub) error { _ = g.grubDefault(); return nil }},
+		{name: "grub.cfg a FIFO", setup: func(t *testing.T, root sysroot.Root) {
+			os.Remove(root.Path("/boot/grub2/grub.cfg"))
+			mkfifo(t, root.Path("/boot/grub2/grub.cfg"))
+		}, call: func(g *Grub) error {
+			if g.HasTrialConfig() {
+				return errors.New("a FIFO has the trial configuration")
+			}
+			return nil
+		}},
+		{name: "an entry a FIFO", setup: func(t *testing.T, root sysroot.Root) {
+			mkfifo(t, root.Path("/boot/loader/entries/fifo.conf"))
+		}, call: func(g *Grub) error { _, err := g.Entries(context.Background()); return err }, want: "not a regular file"},
+		{name: "grubenv linked to a device", setup: func(t *testing.T, root sysroot.Root) {
+			testenv.RequireRoot(t) // mknod
+			os.MkdirAll(root.Path("/dev"), 0o755)
+			if err := syscall.Mknod(root.Path("/dev/zero"), syscall.S_IFCHR|0o666, 1<<8|5); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(root.Path("/boot/grub2/grubenv"))
+			mustSymlink(t, "/dev/zero", root.Path("/boot/grub2/grubenv"))
+		}, call: func(g *Grub) error { _, err := g.Env(); return err }, want: "not a regular file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, root := grubRoot(t, true)
+			tc.setup(t, root)
+			g2, err := NewGrub(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g2.Check = g.Check
+			err = runWithin(t, func() error { return tc.call(g2) })
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("%v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func mkfifo(t *testing.T, p string) {
+	t.Helper()
+	if err := syscall.Mkfifo(p, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

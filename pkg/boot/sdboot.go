@@ -76,7 +76,7 @@ func (s *SystemdBoot) loaderConfPath() string { return filepath.Join(s.esp, Load
 // loaderConf reads loader.conf (same "key value" syntax as entries); a
 // missing file is empty.
 func (s *SystemdBoot) loaderConf() (*Entry, error) {
-	data, err := os.ReadFile(s.loaderConfPath())
+	data, err := s.root.ReadFile(s.loaderConfPath(), maxBootFile)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("cannot read loader.conf: %w", err)
 	}

@@ -3,6 +3,7 @@ package preflight
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -72,14 +73,14 @@ func ParseAnswerFlags(flags []string) (Answers, error) {
 func LoadAnswers(root sysroot.Root, flags []string) (Answers, error) {
 	a := Answers{}
 	path := root.Path(AnswersFileRel)
-	b, err := os.ReadFile(path)
+	b, err := root.ReadFile(path, maxFactFile)
 	switch {
 	case err == nil:
 		a, err = ParseAnswers(b, filepath.Clean(AnswersFileRel))
 		if err != nil {
 			return nil, fmt.Errorf("cannot read answers: %w", err)
 		}
-	case !os.IsNotExist(err):
+	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("cannot read answers: %w", err)
 	}
 	fl, err := ParseAnswerFlags(flags)

@@ -615,8 +615,7 @@ func diskUsage(p string) int64 {
 // loaded modules; under another --root whatever file is there (tests put
 // one), else unknown.
 func loadedModules(root sysroot.Root) ([]string, string) {
-	p := root.Path("/proc/modules")
-	b, err := os.ReadFile(p)
+	b, err := root.ReadFile(root.Path("/proc/modules"), maxFactFile)
 	if err != nil {
 		return nil, ""
 	}
@@ -650,7 +649,7 @@ func selinux(root sysroot.Root) (running, config string) {
 	} else if _, err := os.Stat(root.Path("/sys/fs")); err == nil {
 		running = "disabled"
 	}
-	b, err := os.ReadFile(root.Path("/etc/selinux/config"))
+	b, err := root.ReadFile(root.Path("/etc/selinux/config"), maxFactFile)
 	if err != nil {
 		return running, ""
 	}

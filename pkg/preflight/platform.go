@@ -110,7 +110,7 @@ func collectPlatform(ctx context.Context, root sysroot.Root, f *Facts) {
 	// The grub.cfg that runs blscfg if any (a stale one of another
 	// firmware may lie next to it), else the first found.
 	for _, c := range append([]string{root.Path("/boot/grub2/grub.cfg")}, globSorted(root.Path("/boot/efi/EFI/*/grub.cfg"))...) {
-		b, err := os.ReadFile(c)
+		b, err := root.ReadFile(c, maxFactFile)
 		if err != nil {
 			continue
 		}
@@ -119,25 +119,26 @@ func collectPlatform(ctx context.Context, root sysroot.Root, f *Facts) {
 			p.Grub.BLSCfg = runsBLSCfg(b)
 		}
 	}
-	p.Grub.EnableBLSCFG = shellVar(root.Path("/etc/default/grub"), "GRUB_ENABLE_BLSCFG")
+	p.Grub.EnableBLSCFG = shellVar(root, "/etc/default/grub", "GRUB_ENABLE_BLSCFG")
 	_, err := os.Stat(root.Path("/etc/grub.d/08_fallback_counting"))
 	p.Grub.FallbackCounting = err == nil
 	if len(f.Boot.GrubEnvs) > 0 {
 		g := f.Boot.GrubEnvs[0]
-		path := root.Path(g.Path)
-		if filepath.IsAbs(g.Symlink) {
-			path = root.Path(g.Symlink) // an absolute link points inside the root
+		path, err := root.Resolve(root.Path(g.Path))
+		if err == nil {
+			var env *boot.Env
+			if env, err = boot.ReadEnv(path); err == nil {
+				p.Grub.BootCounter, _ = env.Get(boot.EnvBootCounter)
+				p.Grub.BootSuccess, _ = env.Get(boot.EnvBootSuccess)
+			}
 		}
-		if env, err := boot.ReadEnv(path); err == nil {
-			p.Grub.BootCounter, _ = env.Get(boot.EnvBootCounter)
-			p.Grub.BootSuccess, _ = env.Get(boot.EnvBootSuccess)
-		} else {
+		if err != nil {
 			errf("cannot read %s: %v", f.Boot.GrubEnvs[0].Path, err)
 		}
 	}
 
-	p.UpdateDefault = shellVar(root.Path("/etc/sysconfig/kernel"), "UPDATEDEFAULT")
-	p.Dracut = shellVar(root.Path("/usr/lib/dracut/dracut-version.sh"), "DRACUT_VERSION")
+	p.UpdateDefault = shellVar(root, "/etc/sysconfig/kernel", "UPDATEDEFAULT")
+	p.Dracut = shellVar(root, "/usr/lib/dracut/dracut-version.sh", "DRACUT_VERSION")
 	if p.Dracut == "" {
 		for _, pkg := range f.Packages {
 			if pkg.Name == "dracut" {
@@ -173,11 +174,15 @@ func runsBLSCfg(cfg []byte) bool {
 	return false
 }
 
+// maxFactFile caps a configuration file read for the facts.
+const maxFactFile = 16 << 20
+
 // shellVar returns the value of NAME=value in a shell variables file
-// (/etc/default/grub, /etc/sysconfig/kernel), quotes removed; the last
-// assignment wins; "" when the file or the variable is missing.
-func shellVar(path, name string) string {
-	b, err := os.ReadFile(path)
+// (/etc/default/grub, /etc/sysconfig/kernel: rel, inside root), quotes
+// removed; the last assignment wins; "" when the file or the variable is
+// missing (or not a regular file inside the root).
+func shellVar(root sysroot.Root, rel, name string) string {
+	b, err := root.ReadFile(root.Path(rel), maxFactFile)
 	if err != nil {
 		return ""
 	}

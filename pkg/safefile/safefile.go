@@ -47,6 +47,10 @@ func Read(path string, max int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return readMax(f, path, max)
+}
+
+func readMax(f *os.File, path string, max int64) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, err
@@ -55,4 +59,24 @@ func Read(path string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
 	}
 	return b, nil
+}
+
+// ReadFollowing is Read for a path whose symbolic links are followed (the
+// caller resolved them, or trusts them: a grubenv linked into the ESP):
+// the file they lead to must still be a regular file, judged on the open
+// descriptor, opened without blocking, and at most max bytes.
+func ReadFollowing(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	return readMax(f, path, max)
 }

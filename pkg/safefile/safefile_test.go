@@ -59,3 +59,43 @@ func TestRead(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+func TestReadFollowing(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("hello"), 0o600)
+	fifo := filepath.Join(dir, "fifo")
+	syscall.Mkfifo(fifo, 0o600)
+	for _, tc := range []struct{ name, target, want, wantErr string }{
+		{name: "link to a regular file", target: good, want: "hello"},
+		{name: "link to a FIFO", target: fifo, wantErr: "not a regular file"},
+		{name: "link to a device", target: "/dev/zero", wantErr: "not a regular file"},
+		{name: "link to a directory", target: dir, wantErr: "not a regular file"},
+		{name: "dangling link", target: filepath.Join(dir, "missing"), wantErr: "no such file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "link")
+			if err := os.Symlink(tc.target, p); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			var b []byte
+			var err error
+			go func() { b, err = ReadFollowing(p, 5); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("ReadFollowing hangs")
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ReadFollowing: %q, %v; want %q", b, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || string(b) != tc.want {
+				t.Fatalf("ReadFollowing: %q, %v", b, err)
+			}
+		})
+	}
+}

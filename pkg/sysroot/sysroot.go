@@ -79,13 +79,16 @@ type OSRelease struct {
 	Name      string // NAME=
 }
 
+// maxOSRelease caps os-release (a few hundred bytes in practice).
+const maxOSRelease = 1 << 20
+
 // OSRelease reads /etc/os-release of the system, or /usr/lib/os-release
 // when the former is missing.
 func (r Root) OSRelease() (OSRelease, error) {
 	var rel OSRelease
-	b, err := os.ReadFile(r.Path(OSReleaseRel))
+	b, err := r.ReadFile(r.Path(OSReleaseRel), maxOSRelease)
 	if err != nil {
-		b, err = os.ReadFile(r.Path("/usr/lib/os-release"))
+		b, err = r.ReadFile(r.Path("/usr/lib/os-release"), maxOSRelease)
 	}
 	if err != nil {
 		return rel, fmt.Errorf("cannot read os-release: %w", err)

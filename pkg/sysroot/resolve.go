@@ -1,24 +1,26 @@
-package boot
+package sysroot
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/keyarchos/kos-upgrade/pkg/safefile"
 )
 
 // maxLinkHops bounds the symbolic links followed in one resolution (the
 // kernel's limit is 40).
 const maxLinkHops = 40
 
-// resolveIn resolves the symbolic links in p (a host path below rootDir)
-// the way they resolve for a process chrooted to rootDir: absolute targets
-// start again at rootDir, relative ones from the link's directory. It
-// returns the host path of the result. A link that leads out of rootDir
-// (.. above it) is refused, as is a loop; a missing component ends the
-// resolution, the rest of p is kept as it is.
-func resolveIn(rootDir, p string) (string, error) {
-	rootDir = filepath.Clean(rootDir)
+// Resolve resolves the symbolic links in p (a host path below the root,
+// as Path returns) the way they resolve for a process chrooted to the root:
+// absolute targets start again at the root, relative ones from the link's
+// directory. It returns the host path of the result. A link that leads out
+// of the root (.. above it) is refused, as is a loop; a missing component
+// ends the resolution, the rest of p is kept as it is.
+func (r Root) Resolve(p string) (string, error) {
+	rootDir := filepath.Clean(r.Dir)
 	rel, err := filepath.Rel(rootDir, p)
 	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
 		return "", fmt.Errorf("cannot resolve %s: it is outside the root %s", p, rootDir)
@@ -74,4 +76,17 @@ func splitPath(p string) []string {
 		}
 	}
 	return out
+}
+
+// ReadFile returns the content of the file at p (a host path below the
+// root), its symbolic links followed inside the root only (Resolve): a
+// regular file of at most max bytes. A link out of the root, a FIFO, a
+// device, a directory or a larger file is an error, and nothing blocks; a
+// missing file is an error satisfying errors.Is(err, fs.ErrNotExist).
+func (r Root) ReadFile(p string, max int64) ([]byte, error) {
+	rp, err := r.Resolve(p)
+	if err != nil {
+		return nil, err
+	}
+	return safefile.Read(rp, max)
 }
