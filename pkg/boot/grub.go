@@ -48,7 +48,11 @@ type Grub struct {
 // NewGrub returns the grub2-BLS boot loader of root, or ErrNotSupported if
 // root has no grub configuration or no BLS entries directory.
 func NewGrub(root sysroot.Root) (*Grub, error) {
-	boot := root.Path(BootDirRel)
+	// A /boot that is a symbolic link is followed inside the root only.
+	boot, err := root.Resolve(root.Path(BootDirRel))
+	if err != nil {
+		return nil, fmt.Errorf("cannot use /boot: %w", err)
+	}
 	var cfgs, envs []string
 	for _, pat := range []string{"grub2/grub.cfg", "grub/grub.cfg", "efi/EFI/*/grub.cfg"} {
 		m, _ := filepath.Glob(filepath.Join(boot, pat))

@@ -224,3 +224,49 @@ func mkfifo(t *testing.T, p string) {
 		t.Fatal(err)
 	}
 }
+
+// A /boot that is a symbolic link is followed inside the root (absolute
+// targets too), never to the host's: the boot loader is looked for, and
+// its entries read and written, in the root only.
+func TestBootDirLinked(t *testing.T) {
+	outside := t.TempDir()
+	for _, tc := range []struct {
+		name    string
+		target  func(root sysroot.Root) string // the link's target
+		dir     func(root sysroot.Root) string // where the boot files are made
+		want    string                         // the entries directory, inside the root
+		wantErr string
+	}{
+		{name: "absolute link inside the root",
+			target: func(sysroot.Root) string { return "/realboot" },
+			dir:    func(root sysroot.Root) string { return root.Path("/realboot") },
+			want:   "/realboot/loader/entries"},
+		{name: "relative link inside the root",
+			target: func(sysroot.Root) string { return "mnt/boot" },
+			dir:    func(root sysroot.Root) string { return root.Path("/mnt/boot") },
+			want:   "/mnt/boot/loader/entries"},
+		{name: "link out of the root",
+			target:  func(sysroot.Root) string { return "../../../../../../../../../../../.." + outside },
+			dir:     func(sysroot.Root) string { return outside },
+			wantErr: "outside the root"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, _ := sysroot.New(t.TempDir())
+			dir := tc.dir(root)
+			os.MkdirAll(filepath.Join(dir, "grub2"), 0o755)
+			os.MkdirAll(filepath.Join(dir, "loader/entries"), 0o755)
+			os.WriteFile(filepath.Join(dir, "grub2/grub.cfg"), []byte("blscfg\n"), 0o644)
+			mustSymlink(t, tc.target(root), root.Path("/boot"))
+			bl, err := Detect(root)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Detect: %v, %v; want %q", bl, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || bl.EntriesDir() != root.Path(tc.want) {
+				t.Fatalf("Detect: entries %v, %v; want %s", bl, err, root.Path(tc.want))
+			}
+		})
+	}
+}

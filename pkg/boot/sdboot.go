@@ -43,12 +43,21 @@ type SystemdBoot struct {
 // loader/loader.conf) is found at /efi, /boot/efi or /boot.
 func NewSystemdBoot(root sysroot.Root) (*SystemdBoot, error) {
 	for _, d := range ESPDirsRel {
-		esp := root.Path(d)
+		// An ESP directory that is a symbolic link is followed inside
+		// the root only.
+		esp, err := root.Resolve(root.Path(d))
+		if err != nil {
+			return nil, fmt.Errorf("cannot use %s: %w", d, err)
+		}
 		if !exists(filepath.Join(esp, LoaderConfRel)) && !anyGlob(filepath.Join(esp, "EFI/systemd/systemd-boot*.efi")) {
 			continue
 		}
 		s := &SystemdBoot{root: root, esp: esp, bootDir: esp}
-		if b := root.Path(BootDirRel); b != esp && exists(filepath.Join(b, EntriesDirRel)) {
+		b, err := root.Resolve(root.Path(BootDirRel))
+		if err != nil {
+			return nil, fmt.Errorf("cannot use /boot: %w", err)
+		}
+		if b != esp && exists(filepath.Join(b, EntriesDirRel)) {
 			s.bootDir = b // XBOOTLDR (or a /boot directory sd-boot reads through it)
 		}
 		s.entriesDir = filepath.Join(s.bootDir, EntriesDirRel)
