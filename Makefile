@@ -45,7 +45,7 @@ test: build ## run the whole test suite (real rpm, dnf, btrfs: run as root)
 unit: ## run only tests that need neither root nor tools
 	KOS_UPGRADE_REQUIRE_ALL= $(GO) test -count=1 -short $(PKGS)
 
-fuzz: ## fuzz the parsers of files and options kos-upgrade reads (plan, state, btrfs stream, health, boot entries, grubenv, mountinfo, maps, answers, --repo, ISO images) for FUZZTIME each (FUZZTIME=1000000x for a million runs)
+fuzz: ## fuzz the parsers of files and options kos-upgrade reads (plan, state, btrfs stream, health, boot entries, grubenv, mountinfo, maps, answers, --repo, ISO images, bundle needs) for FUZZTIME each (FUZZTIME=1000000x for a million runs)
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePlan$$' -fuzztime $(FUZZTIME) ./upgrader
 	$(GO) test -run '^$$' -fuzz '^FuzzParseState$$' -fuzztime $(FUZZTIME) ./upgrader
 	$(GO) test -run '^$$' -fuzz '^FuzzParseStream$$' -fuzztime $(FUZZTIME) ./pkg/btrfsdiff
@@ -59,6 +59,7 @@ fuzz: ## fuzz the parsers of files and options kos-upgrade reads (plan, state, b
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswers$$' -fuzztime $(FUZZTIME) ./pkg/preflight
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRepo$$' -fuzztime $(FUZZTIME) ./pkg/pkgmgr
 	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./pkg/iso
+	$(GO) test -run '^$$' -fuzz '^FuzzReadNeeds$$' -fuzztime $(FUZZTIME) ./pkg/bundle
 
 bench: build ## run the benchmarks (P1 apply vs rpm -U, P2 snapshot scaling, binary size)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
