@@ -141,8 +141,12 @@ func (c *treeCheck) dir(d extent) error {
 		if r[25]&2 != 0 && !(nameLen == 1 && r[33] <= 1) { // a subdirectory, not "." or ".."
 			c.add(extent{binary.LittleEndian.Uint32(r[2:]), binary.LittleEndian.Uint32(r[10:])})
 		}
-		if err := c.systemUse(r[33+nameLen+(nameLen+1)%2:], d.loc); err != nil {
-			return err
+		// The system use area follows the name and, after an even-length
+		// name, a padding byte.
+		if sua := 33 + nameLen + (nameLen+1)%2; sua < n {
+			if err := c.systemUse(r[sua:], d.loc); err != nil {
+				return err
+			}
 		}
 		i += n
 	}

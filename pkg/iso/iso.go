@@ -160,7 +160,7 @@ func (im *Image) init() error {
 	if err := im.readVDs(); err != nil {
 		return err
 	}
-	if err := im.checkTrees(); err != nil {
+	if err := im.guard(im.checkTrees); err != nil { // guard: a slip of the check is an error too
 		return err
 	}
 	if err := im.guard(func() error {

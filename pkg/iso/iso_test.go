@@ -429,6 +429,9 @@ func TestHugeSizesRefused(t *testing.T) {
 		{name: "root directory of 3 GB", patch: func(img []byte) { put(img, pvd+156+10, 3_000_000_000) }, want: "a directory"},
 		{name: "subdirectory of 3 GB in its parent's record", patch: func(img []byte) { put(img, rec+10, 3_000_000_000) }, want: "a directory"},
 		{name: "subdirectory outside the image", patch: func(img []byte) { put(img, rec+2, 0x7fffffff) }, want: "outside the image"},
+		// A record that ends with its even-length name, without the
+		// padding byte: no system use area, no panic.
+		{name: "record ending with an even-length name", patch: func(img []byte) { img[rec] = 33 + 8 }, want: ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := append([]byte(nil), orig...)
@@ -444,7 +447,7 @@ func TestHugeSizesRefused(t *testing.T) {
 			if err == nil {
 				im.Close()
 			}
-			if !errors.Is(err, iso.ErrDamaged) || !strings.Contains(err.Error(), tc.want) {
+			if tc.want != "" && (!errors.Is(err, iso.ErrDamaged) || !strings.Contains(err.Error(), tc.want)) {
 				t.Errorf("Open: %v, want ErrDamaged about %s", err, tc.want)
 			}
 			if d := after.TotalAlloc - before.TotalAlloc; d > 64<<20 {
