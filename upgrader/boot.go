@@ -390,7 +390,7 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 		bs.Entry = id // the newest one is tried
 	}
 	if bs.Entry == "" {
-		if err := currentKernelEntry(bl, bs, old, vars, spec, mid, targetVersion); err != nil {
+		if err := currentKernelEntry(ctx, bl, bs, old, vars, spec, mid, targetVersion); err != nil {
 			return err
 		}
 	}
@@ -407,7 +407,7 @@ func (e *Engine) bootStep(ctx context.Context, bl boot.Bootloader, state *State,
 // currentKernelEntry makes the entry of the new root when the upgrade
 // brings no new kernel: the current kernel boots the new root from an
 // entry of its own (old entries keep booting the old root).
-func currentKernelEntry(bl boot.Bootloader, bs *BootState, old *boot.Entry, vars map[string]string, spec boot.RootSpec, mid, targetVersion string) error {
+func currentKernelEntry(ctx context.Context, bl boot.Bootloader, bs *BootState, old *boot.Entry, vars map[string]string, spec boot.RootSpec, mid, targetVersion string) error {
 	kv := old.Version()
 	if kv == "" {
 		kv = strings.TrimPrefix(filepath.Base(old.Linux()), "vmlinuz-")
@@ -424,7 +424,7 @@ func currentKernelEntry(bl boot.Bootloader, bs *BootState, old *boot.Entry, vars
 	if err != nil {
 		return err
 	}
-	if err := writeNewEntry(bl, ne, bs.Previous); err != nil {
+	if err := addNewEntry(ctx, bl, ne, bs.Previous); err != nil {
 		return err
 	}
 	bs.Entries, bs.Entry = []string{id}, id
@@ -500,13 +500,20 @@ func (e *Engine) ownDefault(ctx context.Context, bl boot.Bootloader, prev string
 	return nil
 }
 
-// writeNewEntry writes an entry kos-upgrade made (replacing one of an
-// earlier attempt with the same id), never the current default.
-func writeNewEntry(bl boot.Bootloader, ne *boot.Entry, def string) error {
+// addNewEntry adds an entry kos-upgrade made through the boot loader
+// (replacing one of an earlier attempt with the same id and other
+// content), never the current default.
+func addNewEntry(ctx context.Context, bl boot.Bootloader, ne *boot.Entry, def string) error {
 	if ne.ID == def {
 		return fmt.Errorf("the new entry %s would replace the current default", ne.ID)
 	}
-	if err := boot.WriteEntry(bl.EntriesDir(), ne); err != nil {
+	err := bl.AddEntry(ctx, ne)
+	if errors.Is(err, boot.ErrExists) {
+		if err = bl.RemoveEntry(ctx, ne.ID); err == nil {
+			err = bl.AddEntry(ctx, ne)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("cannot write boot entry %s: %w", ne.ID, err)
 	}
 	return nil
@@ -572,7 +579,7 @@ func (e *Engine) kernelEntry(ctx context.Context, bl boot.Bootloader, old *boot.
 	if err != nil {
 		return "", err
 	}
-	if err := writeNewEntry(bl, ne, old.ID); err != nil {
+	if err := addNewEntry(ctx, bl, ne, old.ID); err != nil {
 		return "", err
 	}
 	return id, nil

@@ -205,7 +205,7 @@ func (e *Engine) armInitramfs(ctx context.Context, st store, state *State, p *Pl
 	ne.SetAll(boot.KeyInitrd, []string{prefix + name})
 	opts := boot.ParseOptions(strings.Join(def.GetAll(boot.KeyOptions), " "))
 	ne.SetOptions(opts.Set(CmdlineApply, "1").Set(CmdlineEntry, id))
-	if err := writeNewEntry(bl, ne, def.ID); err != nil {
+	if err := addNewEntry(ctx, bl, ne, def.ID); err != nil {
 		return err
 	}
 

@@ -44,15 +44,41 @@ func rebootNote(name string) string {
 	return "the root is rolled back to " + name + " at the next boot: reboot to complete the rollback"
 }
 
-// mergeBack rolls an in-place run back: it records the outcome (state and
-// res, with the note that the root was rolled back) inside the rollback
-// point name, which is what the root reads as after the merge, then asks
-// the backend to merge it (effective at the next boot). On success it
-// amends res and state (RebootRequired) for the live root, which the
-// caller saves, and returns the note to add to the error.
-func (e *Engine) mergeBack(ctx context.Context, snap snapshot.Snapshotter, state *State, res *Result, name string) (string, error) {
+// merge puts the rollback point name of an in-place run back into the
+// root: an undo journal at once, an LVM merge at the next boot. It amends
+// the run's state for the live root (no snapshot; the merging rollback
+// point and RebootRequired until the reboot), which the caller saves, and
+// returns what is left to say. The one way an in-place run is undone: a
+// failure, a crash and a rollback all come here.
+func (r *run) merge(ctx context.Context, snap snapshot.Snapshotter, name string) (string, error) {
 	ip, ok := snap.(snapshot.InPlace)
 	if !ok || !ip.UpgradesInPlace() {
+		return "", fmt.Errorf("the %s backend cannot merge %s back into the root", snap.Backend(), name)
+	}
+	r.report("rollback", "merging the rollback point "+name+" back into the root")
+	if err := ip.Rollback(ctx, name); err != nil {
+		return "", err
+	}
+	if snapshot.RollsBackImmediately(snap) {
+		// Undo journal: restored and consumed already.
+		r.state.Snapshot, r.state.Previous = "", ""
+		return "the root was put back as it was before the upgrade (undo journal " + name + ")", nil
+	}
+	r.state.Snapshot = ""
+	r.state.Previous = name // merging: Clean keeps it, it goes away by itself
+	r.state.RebootRequired = true
+	return rebootNote(name), nil
+}
+
+// mergeBack rolls a failed or interrupted in-place run back: it records
+// the outcome (state and result, with the note that the root was rolled
+// back) inside the rollback point name, which is what the root reads as
+// after the merge, then merges it. On success it amends the result and
+// the state for the live root, which the caller saves, and returns the
+// note to add to the error.
+func (r *run) mergeBack(ctx context.Context, snap snapshot.Snapshotter, name string) (string, error) {
+	e, state, res := r.e, r.state, r.res
+	if ip, ok := snap.(snapshot.InPlace); !ok || !ip.UpgradesInPlace() {
 		return "", fmt.Errorf("cannot roll back: the %s backend cannot merge %s back into the root; the root is half-upgraded", snap.Backend(), name)
 	}
 	// What the root says after the reboot: the run failed, and the
@@ -71,26 +97,14 @@ func (e *Engine) mergeBack(ctx context.Context, snap snapshot.Snapshotter, state
 			e.log().Warn("cannot record the failure in the rollback point", "snapshot", name, "err", err)
 		}
 	}
-	e.report(progress.Event{Step: "rollback", Message: "merging the rollback point " + name + " back into the root"})
-	if err := ip.Rollback(ctx, name); err != nil {
+	note, err := r.merge(ctx, snap, name)
+	if err != nil {
 		msg := fmt.Sprintf("cannot roll back to %s: %v; the root stays half-upgraded: restore it from a backup", name, err)
 		res.Error += "; " + msg
 		return "", errors.New(msg)
 	}
-	if snapshot.RollsBackImmediately(snap) {
-		// Undo journal: restored and consumed already.
-		note := "the root was put back as it was before the upgrade (undo journal " + name + ")"
-		res.Error += "; " + note
-		state.Snapshot, state.Previous = "", ""
-		e.report(progress.Event{Step: "rollback", Message: note})
-		return note, nil
-	}
-	note := rebootNote(name)
 	res.Error += "; " + note
-	state.Snapshot = ""
-	state.Previous = name // merging: Clean keeps it, it goes away by itself
-	state.RebootRequired = true
-	e.report(progress.Event{Step: "rollback", Message: note})
+	r.report("rollback", note)
 	return note, nil
 }
 

@@ -25,6 +25,12 @@ import (
 // journal. An undo that fails stops the loop (what comes before may depend
 // on it); the failure is recorded and the rest is left for a human or the
 // next run.
+//
+// Rollback and the health fallback undo a complete run with the same
+// undos, from the switch step back (run.rollback: the switch's undo then
+// also ends the trial and makes the old root and entry the defaults, and
+// the undos of the steps marked discards are skipped: the upgraded root is
+// kept, clean removes it).
 type applyStep struct {
 	name string
 	// weight is the step's share of the overall progress (ApplyProgress).
@@ -46,18 +52,22 @@ type applyStep struct {
 	// shutdown-time finalize (finalize.go): reaching it there undoes the
 	// run and leaves the upgrade armed for the offline boot.
 	offline bool
+	// discards: the undo only throws away what the run made (the
+	// upgraded root, the stage); a rollback of a complete run does not
+	// run it.
+	discards bool
 }
 
 // applySteps is the one list of apply steps, in order.
 var applySteps = []applyStep{
-	{name: StepVerify, weight: 3, do: (*run).verify, undo: (*run).dropStage},
+	{name: StepVerify, weight: 3, do: (*run).verify, undo: (*run).dropStage, discards: true},
 	{name: StepBackup, weight: 2, when: (*run).hasBoot, do: (*run).backup, undo: (*run).putBootBack},
-	{name: StepCarryOver, weight: 5, when: (*run).hasStage, do: (*run).carryOver, undo: (*run).undoCarryOver, mid: true, staged: true},
-	{name: StepSnapshot, weight: 5, when: (*run).notCarried, do: (*run).snapshot, undo: (*run).dropSnapshot, offline: true},
+	{name: StepCarryOver, weight: 5, when: (*run).hasStage, do: (*run).carryOver, undo: (*run).undoCarryOver, mid: true, staged: true, discards: true},
+	{name: StepSnapshot, weight: 5, when: (*run).notCarried, do: (*run).snapshot, undo: (*run).dropSnapshot, offline: true, discards: true},
 	{name: StepTransaction, weight: 75, when: (*run).notCarried, do: (*run).transaction, undo: (*run).undoTransaction, mid: true, offline: true},
 	{name: StepBoot, weight: 8, when: (*run).hasBootLoader, do: (*run).bootEntry, undo: (*run).putBootBack, mid: true},
 	{name: StepFinalize, weight: 3, do: (*run).finalize},
-	{name: StepSwitch, weight: 4, do: (*run).switchRoot, undo: (*run).putBootBack, commits: true, mid: true},
+	{name: StepSwitch, weight: 4, do: (*run).switchRoot, undo: (*run).switchBack, commits: true, mid: true},
 	{name: StepDone, weight: 0, do: (*run).done},
 }
 
@@ -154,6 +164,9 @@ type run struct {
 	deferredCheck bool
 	// atShutdown: the run is the shutdown-time finalize (finalize.go).
 	atShutdown bool
+	// rollback: the undos undo a complete run (kos-upgrade rollback, the
+	// health fallback) rather than a failed or interrupted one.
+	rollback bool
 }
 
 func (r *run) close() {
@@ -220,6 +233,9 @@ func (r *run) journal(step string) error {
 // last, in reverse order, and stops at the first that fails.
 func (r *run) undo(ctx context.Context, last int) error {
 	for i := last; i >= 0; i-- {
+		if r.rollback && applySteps[i].discards {
+			continue
+		}
 		if u := applySteps[i].undo; u != nil {
 			if err := u(r, ctx); err != nil {
 				return err
@@ -352,32 +368,33 @@ func (r *run) backup(ctx context.Context) error {
 	return r.e.backupBoot(ctx, r.st, bs)
 }
 
-// putBootBack restores /boot from the run's backup and drops the backup.
+// putBootBack restores /boot from the run's backup and drops the backup
+// (Backups emptied). Without a backup (none made, put back already, or
+// cleaned away) it does nothing. It is the one way /boot is put back: the
+// undos of the apply steps, which rollback runs too.
 func (r *run) putBootBack(ctx context.Context) error {
-	done, err := r.e.putBootBack(ctx, r.st, r.state.Boot)
-	if done {
-		r.report("recover", "restored /boot as it was before the run")
-	}
-	return err
-}
-
-// putBootBack restores /boot from the backup of bs and drops the backup
-// (Backups emptied). Without a backup (none made, or put back already) it
-// does nothing and says so (done false). It is the one way /boot is put
-// back: the undos of the apply steps, and rollback.
-func (e *Engine) putBootBack(ctx context.Context, st store, bs *BootState) (done bool, err error) {
+	bs := r.state.Boot
 	if bs == nil || len(bs.Backups) == 0 {
-		return false, nil
+		return nil
 	}
-	if err := e.restoreBoot(ctx, st, bs); err != nil {
-		return false, fmt.Errorf("cannot put /boot back as it was: %w; the backup is kept in %s", err, st.dir)
+	if err := r.e.restoreBoot(ctx, r.st, bs); err != nil {
+		return fmt.Errorf("cannot put /boot back as it was: %w; the backup is kept in %s", err, r.st.dir)
 	}
-	if err := dropBootBackups(st, bs); err != nil {
-		e.log().Warn("cannot remove the /boot backup", "err", err)
+	if err := dropBootBackups(r.st, bs); err != nil {
+		r.e.log().Warn("cannot remove the /boot backup", "err", err)
 	} else {
 		bs.Backups = nil
 	}
-	return true, nil
+	r.report(r.undoStep(), "restored /boot as it was before the run")
+	return nil
+}
+
+// undoStep is the progress step the undos report under.
+func (r *run) undoStep() string {
+	if r.rollback {
+		return "rollback"
+	}
+	return "recover"
 }
 
 func (r *run) snapshot(ctx context.Context) error {
@@ -483,7 +500,16 @@ func (r *run) undoTransaction(ctx context.Context) error {
 	if err != nil {
 		return errors.Join(berr, fmt.Errorf("cannot roll back the in-place run: %w", err))
 	}
-	note, err := r.e.mergeBack(ctx, snap, r.state, r.res, r.state.Snapshot)
+	if r.rollback {
+		// A complete run: the rollback point is put back, and the
+		// rollback says what that leaves.
+		if berr != nil {
+			return berr
+		}
+		_, err := r.merge(ctx, snap, r.state.Snapshot)
+		return err
+	}
+	note, err := r.mergeBack(ctx, snap, r.state.Snapshot)
 	if err == nil && snapshot.RollsBackImmediately(snap) {
 		err = r.dropGuard()
 	}
@@ -569,6 +595,53 @@ func (r *run) switchRoot(ctx context.Context) error {
 		return nil
 	}
 	return r.snap.Activate(ctx, name)
+}
+
+// switchBack is the undo of the switch step: /boot put back as the
+// backup has it (which removes the new entries and kernels, undoes a
+// pinning and the trial). Undoing a complete run (rollback) it first makes
+// the pre-upgrade root the default root again (in place the transaction's
+// undo merges it back) and ends the trial, and after the restore makes
+// the old entry the default (without a backup, cleaned away, that is what
+// is left to do).
+func (r *run) switchBack(ctx context.Context) error {
+	if !r.rollback {
+		return r.putBootBack(ctx)
+	}
+	state, bs := r.state, r.state.Boot
+	if !state.InPlace {
+		snap, err := r.snapshotter(ctx)
+		if err != nil {
+			return err
+		}
+		r.report("rollback", "making "+state.Previous+" the root of the next boot")
+		if err := snap.Activate(ctx, state.Previous); err != nil {
+			return err
+		}
+	}
+	if bs == nil {
+		return nil
+	}
+	bl, err := r.e.bootloader()
+	if err != nil {
+		return err
+	}
+	if bl != nil {
+		if err := bl.Fallback(ctx); err != nil {
+			return fmt.Errorf("cannot end the trial boot: %w", err)
+		}
+	}
+	if err := r.putBootBack(ctx); err != nil {
+		return err
+	}
+	if bl == nil || bs.Previous == "" {
+		return nil
+	}
+	if err := bl.SetDefault(ctx, bs.Previous); err != nil {
+		return fmt.Errorf("cannot make %s the default boot entry again: %w", bs.Previous, err)
+	}
+	r.report("rollback", "boot entry "+bs.Previous+" is the default again")
+	return r.e.removeLeftovers(ctx)
 }
 
 // done records the result in the old root.
