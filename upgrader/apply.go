@@ -149,21 +149,11 @@ type ApplyResult struct {
 // instead, keeps the snapshot as the rollback point on success, and merges
 // it back on a failure (inplace.go).
 func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
-	owner, err := e.LinkOwner()
-	if err != nil {
+	if reason, err := e.takeLink(); err != nil {
 		return nil, err
+	} else if reason != "" {
+		return &ApplyResult{Reason: reason}, nil
 	}
-	switch owner {
-	case "":
-		return &ApplyResult{Reason: "no offline update is armed (" + e.Root.SystemUpdateLink() + " does not exist)"}, nil
-	case "kos-upgrade":
-	default:
-		return &ApplyResult{Reason: fmt.Sprintf("%s belongs to another tool (%s); leaving it alone", e.Root.SystemUpdateLink(), owner)}, nil
-	}
-	if err := atomicfile.Remove(e.Root.SystemUpdateLink()); err != nil {
-		return nil, fmt.Errorf("cannot remove the offline update trigger: %w", err)
-	}
-
 	st := e.store()
 	// A run interrupted in place (undo journal: guard) is settled by
 	// begin, before anything else: say so.
@@ -206,6 +196,27 @@ func (e *Engine) Apply(ctx context.Context) (*ApplyResult, error) {
 		return nil, err
 	}
 	return &ApplyResult{Ran: true, Result: &r.success}, nil
+}
+
+// takeLink removes the /system-update link first, when it is ours (no
+// boot loops). Without it, or when it is another tool's, it says why
+// apply does nothing (not an error).
+func (e *Engine) takeLink() (reason string, err error) {
+	owner, err := e.LinkOwner()
+	if err != nil {
+		return "", err
+	}
+	switch owner {
+	case "":
+		return "no offline update is armed (" + e.Root.SystemUpdateLink() + " does not exist)", nil
+	case "kos-upgrade":
+	default:
+		return fmt.Sprintf("%s belongs to another tool (%s); leaving it alone", e.Root.SystemUpdateLink(), owner), nil
+	}
+	if err := atomicfile.Remove(e.Root.SystemUpdateLink()); err != nil {
+		return "", fmt.Errorf("cannot remove the offline update trigger: %w", err)
+	}
+	return "", nil
 }
 
 // startRun writes the provisional result, "failed: interrupted", so that
