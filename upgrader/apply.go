@@ -238,6 +238,10 @@ func (e *Engine) startRun(st store, state *State, p *Plan) (*run, error) {
 	if err := st.record(res); err != nil {
 		return nil, err
 	}
+	if state.Stage == nil && state.NotStaged != "" {
+		res.Path, res.PathReason = PathClassic, state.NotStaged
+	}
+	state.NotStaged = ""
 	state.Status = StatusApplying
 	state.RunID = res.RunID
 	state.Backend = p.Snapshot

@@ -120,8 +120,9 @@ func crashAtEveryStep(t *testing.T, b *bootSystem, kernelRepo, newEntry string, 
 				t.Errorf("still armed after the crash: a reboot would loop")
 			}
 			// Arm again (settles the crash: removes the half-made
-			// snapshot) and apply: complete.
-			if out, err := s.kosUpgrade(t, nil, "reboot", "--no-reboot"); err != nil {
+			// snapshot) and apply: complete. --no-stage: what is left
+			// is checked before anything is staged again.
+			if out, err := s.kosUpgrade(t, nil, "reboot", "--no-reboot", "--no-stage"); err != nil {
 				t.Fatalf("re-arm: %v\n%s", err, out)
 			}
 			for _, sv := range s.subvols(t) {

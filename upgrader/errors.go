@@ -25,6 +25,10 @@ var (
 	// ErrStagedChanged says a staged package is missing or differs from
 	// the plan's checksum.
 	ErrStagedChanged = errors.New("the staged packages do not match the plan")
+	// ErrNotStageable says the prepared upgrade cannot be staged before
+	// the reboot (the root is not on btrfs, or initramfs mode): the
+	// offline transaction is its only path.
+	ErrNotStageable = errors.New("the upgrade cannot be staged before the reboot")
 )
 
 // Class is what kind of failure an error is, as far as a caller that must

@@ -63,6 +63,11 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Plan, error
 	if state.Status == StatusArmed {
 		return nil, fmt.Errorf("cannot prepare: an upgrade to %s is armed for the next boot; run kos-upgrade cancel first", state.Target)
 	}
+	// A new prepare undoes the root staged for the last plan.
+	if err := e.dropStage(ctx, pr.st, state); err != nil {
+		return nil, fmt.Errorf("cannot prepare: %w", err)
+	}
+	state.NotStaged = ""
 	pr.state = state
 	for _, ph := range preparePhases {
 		e.log().Debug("prepare phase", "phase", ph.name)

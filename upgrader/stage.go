@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/btrfsdiff"
 	"github.com/keyarchos/kos-upgrade/pkg/carryover"
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
@@ -50,6 +53,11 @@ type StageState struct {
 	Live     string    `json:"live,omitempty"`
 	Step     string    `json:"step"`
 	StagedAt time.Time `json:"staged_at,omitzero"`
+	// NextGeneration is next's btrfs generation when it was made
+	// read-only at the end of staging and the transaction's change
+	// (base → next) saved (txnStreamPath): the offline step uses the
+	// saved change only if next is still at that generation.
+	NextGeneration uint64 `json:"next_generation,omitempty"`
 }
 
 func (s *StageState) validate() error {
@@ -96,10 +104,10 @@ func (e *Engine) Stage(ctx context.Context) error {
 		return fmt.Errorf("cannot stage: %w", err)
 	}
 	if p.Snapshot != snapshot.BackendBtrfs {
-		return fmt.Errorf("cannot stage: the root is not on btrfs (snapshot backend %q); kos-upgrade reboot without --stage upgrades it offline", p.Snapshot)
+		return fmt.Errorf("cannot stage: %w: the root is not on btrfs (snapshot backend %q); it is upgraded offline", ErrNotStageable, p.Snapshot)
 	}
 	if p.Mode == ModeInitramfs {
-		return fmt.Errorf("cannot stage: the plan is for initramfs mode")
+		return fmt.Errorf("cannot stage: %w: the plan is for initramfs mode", ErrNotStageable)
 	}
 	if err := e.checkPlan(ctx, p); err != nil {
 		return fmt.Errorf("cannot stage: %w", err)
@@ -157,12 +165,101 @@ func (e *Engine) stage(ctx context.Context, st store, state *State, p *Plan) err
 	if _, err := e.transaction(ctx, p, next.Path, false); err != nil {
 		return err
 	}
+	// next stays read-only until the offline step, so the transaction's
+	// change is read now, out of the offline window.
+	if _, err := run.Run(ctx, "make the staged root read-only", "btrfs", "property", "set", "-ts", next.Path, "ro", "true"); err != nil {
+		return err
+	}
+	stream, err := btrfsdiff.Stream(ctx, run, siblingPath(next.Path, s.Base), next.Path)
+	if err != nil {
+		return err
+	}
+	if s.NextGeneration, err = subvolGeneration(ctx, run, next.Path); err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(st.txnStreamPath(), stream, 0o600); err != nil {
+		return err
+	}
 	s.Step, s.StagedAt = StageStepStaged, e.now().UTC()
+	state.NotStaged = ""
 	if err := st.save(state, e.now()); err != nil {
 		return err
 	}
 	e.report(progress.Event{Step: "stage", Message: "staged " + s.Next + ": the offline step carries over what changes until the reboot"})
 	return nil
+}
+
+// StageBeforeReboot is what `kos-upgrade reboot` and the D-Bus Reboot and
+// Arm methods do before arming: on btrfs, stage (Stage) unless skip
+// (--no-stage), keeping a finished stage of the same plan; a staging that
+// fails leaves the classic offline path. It says whether a finished stage
+// of the plan is there now, and why the upgrade is not staged ("" when it
+// is, or when it cannot be: not btrfs, or Arm will refuse), which the run
+// records as its path_reason (NoStage). The errors are those that make
+// Arm refuse too: a stale plan, the state, the lock.
+func (e *Engine) StageBeforeReboot(ctx context.Context, skip bool) (staged bool, why string, err error) {
+	state, err := e.store().load()
+	if err != nil || state.RebootRequired {
+		return false, "", nil // Arm refuses and says why
+	}
+	if owner, err := e.LinkOwner(); err != nil || owner != "" && owner != "kos-upgrade" {
+		return false, "", nil // another tool's update is armed: Arm refuses
+	}
+	switch state.Status {
+	case StatusPrepared, StatusArmed, StatusFailed:
+	default:
+		return false, "", nil // Arm refuses and says why
+	}
+	if skip {
+		why := "not staged: kos-upgrade reboot --no-stage"
+		return false, why, e.NoStage(ctx, why)
+	}
+	if s := state.Stage; s != nil && s.Step == StageStepStaged && s.PlanID == state.PlanID {
+		return true, "", nil
+	}
+	err = e.Stage(ctx)
+	switch {
+	case err == nil:
+		return true, "", nil
+	case errors.Is(err, ErrNotStageable):
+		return false, "", nil
+	case errors.Is(err, ErrBusy), errors.Is(err, ErrNoPlan), Classify(err) == ClassStalePlan:
+		return false, "", err
+	}
+	why = "staging failed: " + err.Error()
+	if nerr := e.NoStage(ctx, why); nerr != nil {
+		return false, why, errors.Join(err, nerr)
+	}
+	return false, why, nil
+}
+
+// NoStage drops the staged root (if any) of the prepared upgrade and
+// records why it has none: its offline step runs the classic transaction
+// and says so. Nothing is recorded where staging does not exist; a reason
+// already recorded, with no stage, stays.
+func (e *Engine) NoStage(ctx context.Context, why string) error {
+	st := e.store()
+	l, state, err := e.begin(ctx, st)
+	if err != nil {
+		return err
+	}
+	defer l.release()
+	switch state.Status {
+	case StatusPrepared, StatusArmed, StatusFailed:
+	default:
+		return fmt.Errorf("cannot change the upgrade: the state is %s; run kos-upgrade prepare --to VERSION first", state.Status)
+	}
+	if state.Stage == nil && state.NotStaged != "" {
+		return nil // the first reason stays (the CLI staged, then the daemon arms)
+	}
+	if err := e.dropStage(ctx, st, state); err != nil {
+		return err
+	}
+	if state.Backend != snapshot.BackendBtrfs {
+		return nil
+	}
+	state.NotStaged = why
+	return st.save(state, e.now())
 }
 
 // siblingPath is where the snapshot name is, next to the snapshot at path
@@ -212,8 +309,31 @@ func (e *Engine) dropStageWith(ctx context.Context, st store, state *State, snap
 			return fmt.Errorf("cannot remove the staged root: %w", err)
 		}
 	}
+	if err := atomicfile.Remove(st.txnStreamPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cannot remove the staged root: %w", err)
+	}
 	state.Stage = nil
 	return st.save(state, e.now())
+}
+
+// txnStreamPath is the saved change of the staged transaction.
+func (s store) txnStreamPath() string { return filepath.Join(s.dir, "stage-transaction.stream") }
+
+// subvolGeneration returns the btrfs generation of the subvolume at path
+// (it moves with every change written to it).
+func subvolGeneration(ctx context.Context, run execlog.Runner, path string) (uint64, error) {
+	out, err := run.Run(ctx, "read the generation of "+path, "btrfs", "subvolume", "show", path)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "Generation:"); ok {
+			if g, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil {
+				return g, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("cannot read the generation of %s: no Generation line in %q", path, out)
 }
 
 // hasStage: the carry-over step runs (a stage is there).
@@ -324,13 +444,23 @@ func (r *run) carryOver(ctx context.Context) error {
 	return nil
 }
 
-// txnDiff is the transaction's change: next is made read-only for
-// btrfs send and writable again.
+// txnDiff is the transaction's change, saved at staging while next is
+// at the generation staging left it at; else computed again (next made
+// read-only for btrfs send). next is writable afterwards.
 func (r *run) txnDiff(ctx context.Context, run execlog.Runner, base, next string) (*btrfsdiff.Diff, error) {
-	if _, err := run.Run(ctx, "make the staged root read-only", "btrfs", "property", "set", "-ts", next, "ro", "true"); err != nil {
-		return nil, err
+	var d *btrfsdiff.Diff
+	var err error
+	if stream, rerr := os.ReadFile(r.st.txnStreamPath()); rerr == nil && r.state.Stage.NextGeneration != 0 {
+		if gen, gerr := subvolGeneration(ctx, run, next); gerr == nil && gen == r.state.Stage.NextGeneration {
+			d, err = btrfsdiff.Parse(stream, base, next)
+		}
 	}
-	d, err := btrfsdiff.Compute(ctx, run, base, next)
+	if d == nil && err == nil {
+		if _, err := run.Run(ctx, "make the staged root read-only", "btrfs", "property", "set", "-ts", next, "ro", "true"); err != nil {
+			return nil, err
+		}
+		d, err = btrfsdiff.Compute(ctx, run, base, next)
+	}
 	if _, rerr := run.Run(ctx, "make the staged root writable", "btrfs", "property", "set", "-ts", next, "ro", "false"); rerr != nil {
 		return nil, errors.Join(err, rerr)
 	}
@@ -386,7 +516,7 @@ func configFlags(ctx context.Context, run execlog.Runner, next, dbpath string, l
 // plan is checked as verify checks it when verify left it to the
 // carry-over (the classic transaction runs from the staged files).
 func (r *run) fallBack(ctx context.Context, why string) error {
-	r.res.Path, r.res.PathReason = PathClassic, why
+	r.res.Path, r.res.PathReason = PathClassic, "the staged root could not be carried over: "+why
 	r.report(StepCarryOver, "cannot carry over the staged root ("+why+"): upgrading offline as without --stage")
 	if r.deferredCheck {
 		r.report(StepVerify, "verifying the staged packages and the installed package set")

@@ -28,7 +28,8 @@ import (
 // staging: files added, edited, removed, renamed, chmod, chown, xattrs, a
 // symlink retargeted, a hard link, a user added (/etc/passwd, /etc/shadow),
 // a big file rewritten in place (bigMiB), the %config(noreplace)
-// /etc/app.conf edited (the transaction replaces it), and, with conflict,
+// /etc/app.conf and the plain %config /etc/app.rules edited (the
+// transaction replaces both), and, with conflict,
 // /usr/bin/app (a packaged file the transaction also replaces: outside the
 // rules).
 func liveScript(t *testing.T, root string, seed int64, conflict bool, bigMiB int) []string {
@@ -57,7 +58,7 @@ func liveScript(t *testing.T, root string, seed int64, conflict bool, bigMiB int
 	for i := 0; i < 3+rng.Intn(12); i++ {
 		p := fmt.Sprintf("srv/site/f%d", rng.Intn(8))
 		full := filepath.Join(root, p)
-		switch rng.Intn(11) {
+		switch rng.Intn(12) {
 		case 0:
 			w(p, strings.Repeat("x", rng.Intn(10000)))
 			log = append(log, "write "+p)
@@ -113,6 +114,9 @@ func liveScript(t *testing.T, root string, seed int64, conflict bool, bigMiB int
 		case 10:
 			appendTo("etc/app.conf", fmt.Sprintf("# local %d\n", i))
 			log = append(log, "edit /etc/app.conf")
+		case 11:
+			appendTo("etc/app.rules", fmt.Sprintf("# local %d\n", i))
+			log = append(log, "edit /etc/app.rules")
 		}
 	}
 	if conflict {
@@ -287,8 +291,11 @@ func TestStageStalePlan(t *testing.T) {
 	}
 	before := rpmQA(t, s.Root)
 	testenv.Run(t, "rpm", "--root", s.Root, "--dbpath", fixture.DBPath, "-i", "--nodeps", "--force-debian", pkgs[0])
-	if _, err := s.Engin.Apply(ctx); err == nil {
-		t.Fatal("apply ran a stale plan")
+	if _, err := s.Engin.Apply(ctx); !errors.Is(err, upgrader.ErrStalePlan) {
+		t.Fatalf("apply of a stale plan: %v, want ErrStalePlan", err)
+	}
+	if st := s.statusJSON(t).State; st.LastResult == nil || st.LastResult.Step != upgrader.StepVerify {
+		t.Errorf("the refusal is not recorded at verify: %+v", st.LastResult)
 	}
 	if def := s.defaultSubvol(t); def != "@" {
 		t.Fatalf("default is %s", def)
@@ -304,9 +311,9 @@ func TestStageStalePlan(t *testing.T) {
 	}
 }
 
-// TestStageCrash kills `reboot --stage` (SIGKILL) at each of its journaled
+// TestStageCrash kills `reboot` (SIGKILL), which stages on btrfs, at each of its journaled
 // points: the next command settles it (no snapshot left, the running root
-// untouched), and a new `reboot --stage` and apply take the staged path.
+// untouched), and a new `reboot` and apply take the staged path.
 func TestStageCrash(t *testing.T) {
 	s := newSystem(t)
 	ctx := context.Background()
@@ -316,10 +323,10 @@ func TestStageCrash(t *testing.T) {
 	}
 	for _, point := range upgrader.StageCrashPoints {
 		t.Run(point, func(t *testing.T) {
-			out, err := s.kosUpgrade(t, []string{"KOS_UPGRADE_TEST_CRASH_AT=" + point}, "reboot", "--stage", "--no-reboot")
+			out, err := s.kosUpgrade(t, []string{"KOS_UPGRADE_TEST_CRASH_AT=" + point}, "reboot", "--no-reboot")
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("reboot --stage was not killed at %s: %v\n%s", point, err, out)
+				t.Fatalf("reboot was not killed at %s: %v\n%s", point, err, out)
 			}
 			if out, err := s.kosUpgrade(t, nil, "cancel"); err != nil {
 				t.Fatalf("cancel: %v\n%s", err, out)
@@ -335,8 +342,8 @@ func TestStageCrash(t *testing.T) {
 			}
 		})
 	}
-	if out, err := s.kosUpgrade(t, nil, "reboot", "--stage", "--no-reboot"); err != nil {
-		t.Fatalf("reboot --stage: %v\n%s", err, out)
+	if out, err := s.kosUpgrade(t, nil, "reboot", "--no-reboot"); err != nil {
+		t.Fatalf("reboot: %v\n%s", err, out)
 	}
 	if out, err := s.kosUpgrade(t, nil, "apply"); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
@@ -347,6 +354,56 @@ func TestStageCrash(t *testing.T) {
 	}
 	if left := s.subvols(t); len(left) != 1 || left[0] != s.defaultSubvol(t) {
 		t.Fatalf("snapshots left: %v (default %s)", left, s.defaultSubvol(t))
+	}
+}
+
+// TestRebootStagesByDefault: a new prepare drops the stage of the last
+// plan; on btrfs `reboot` stages, a second `reboot` keeps the stage of the
+// same plan, `reboot --no-stage` drops it and the offline step then runs
+// the classic transaction and says why (status and the result's
+// path_reason).
+func TestRebootStagesByDefault(t *testing.T) {
+	s := newSystem(t)
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		if _, err := s.Engin.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "auto", Repos: s.repos("5.9")}); err != nil {
+			t.Fatalf("prepare: %v", err)
+		}
+		if left := s.subvols(t); len(left) != 0 {
+			t.Fatalf("prepare %d left %v", i+1, left)
+		}
+		if i == 0 {
+			if err := s.Engin.Stage(ctx); err != nil {
+				t.Fatalf("stage: %v", err)
+			}
+		}
+	}
+	var staged []string
+	for i := 0; i < 2; i++ {
+		if out, err := s.kosUpgrade(t, nil, "reboot", "--no-reboot"); err != nil {
+			t.Fatalf("reboot: %v\n%s", err, out)
+		}
+		got := s.subvols(t)
+		if len(got) != 2 || staged != nil && !reflect.DeepEqual(got, staged) {
+			t.Fatalf("reboot %d: snapshots %v, want the stage's next and base (kept: %v)", i+1, got, staged)
+		}
+		staged = got
+	}
+	if out, err := s.kosUpgrade(t, nil, "reboot", "--no-reboot", "--no-stage"); err != nil {
+		t.Fatalf("reboot --no-stage: %v\n%s", err, out)
+	}
+	if left := s.subvols(t); len(left) != 0 {
+		t.Fatalf("reboot --no-stage left %v", left)
+	}
+	res, err := s.Engin.Apply(ctx)
+	if err != nil || !res.Result.Success {
+		t.Fatalf("apply: %v %+v", err, res)
+	}
+	if r := res.Result; r.Path != upgrader.PathClassic || !strings.Contains(r.PathReason, "--no-stage") {
+		t.Errorf("path %q (%s), want classic because of --no-stage", r.Path, r.PathReason)
+	}
+	if out, err := s.kosUpgrade(t, nil, "status"); err != nil || !strings.Contains(out, "--no-stage") {
+		t.Errorf("status does not say why the run was not staged: %v\n%s", err, out)
 	}
 }
 

@@ -95,6 +95,10 @@ type State struct {
 	// Stage is the root built before the reboot (reboot --stage,
 	// stage.go); nil when there is none.
 	Stage *StageState `json:"stage,omitempty"`
+	// NotStaged says why the armed upgrade of a btrfs root has no staged
+	// root ("kos-upgrade reboot --no-stage", staging failed): the run
+	// records it as its path_reason.
+	NotStaged string `json:"not_staged,omitempty"`
 	// LastResult is the result of the last apply or rollback.
 	LastResult *Result   `json:"last_result,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at,omitzero"`
@@ -168,8 +172,10 @@ type Result struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Path is how the offline step upgraded: "staged" (the root built
 	// before the reboot, with the running system's changes carried over)
-	// or "classic" (the transaction ran offline); empty for a run
-	// without --stage. PathReason says why a staged run fell back.
+	// or "classic" (the transaction ran offline); empty where staging
+	// does not exist (LVM, no snapshot, initramfs mode). PathReason says
+	// why a btrfs run took the classic path (a fallback, --no-stage,
+	// staging failed).
 	Path       string `json:"path,omitempty"`
 	PathReason string `json:"path_reason,omitempty"`
 	// Carried and BytesCloned: paths carried over, bytes cloned.

@@ -181,13 +181,13 @@ func prepareViaDaemon(c *cli.Context, e *env, opts upgrader.PrepareOptions) (boo
 
 // rebootViaDaemon arms (and reboots unless --no-reboot) through the daemon.
 // --kexec is not a daemon option: it is done in-process.
-func rebootViaDaemon(c *cli.Context, e *env) (bool, error) {
+func rebootViaDaemon(c *cli.Context, e *env, noStage bool) (bool, error) {
 	if c.Bool("kexec") {
 		return false, nil
 	}
 	return viaDaemon(e, func(cl *dbusapi.Client) error {
 		noReboot := c.Bool("no-reboot")
-		if err := cl.Reboot(c.Context, noReboot); err != nil {
+		if err := cl.Reboot(c.Context, noReboot, noStage); err != nil {
 			return err
 		}
 		r, err := cl.Report(c.Context)

@@ -212,6 +212,7 @@ func printRunLog(w io.Writer, l *runLog) {
 	for _, x := range l.Run.Warnings {
 		fmt.Fprintf(w, "  warning: %s\n", x)
 	}
+	printPath(w, &l.Run)
 	if l.BootID == "" {
 		fmt.Fprintln(w, "\nThe journal has no entry of this run (a journal that is not persistent loses the offline boot).")
 		return

@@ -419,21 +419,33 @@ system-update.target, where kos-upgrade apply runs) and reboots. Everything
 that can stop the reboot is checked before the upgrade is armed: with --root
 other than the running system, reboot refuses (use --no-reboot).
 
+On btrfs, reboot first stages the upgrade: it runs the transaction into a
+snapshot now, while the system runs, so that the offline step only carries
+over what the running system changes until the reboot (it falls back to the
+offline transaction, and says why, whenever it cannot do so exactly). A
+stage of the same plan is kept. --no-stage skips this: the offline step runs
+the whole transaction. LVM and initramfs mode always take that path.
+
 Examples:
    kos-upgrade reboot
    kos-upgrade reboot --no-reboot     arm only; the upgrade runs at the next boot
    kos-upgrade reboot --kexec         skip the firmware on both reboots
-   kos-upgrade reboot --stage         build the upgraded root first and finalize it at shutdown: one boot (btrfs; /usr/share/doc/kos-upgrade/stage.md)
-   kos-upgrade reboot --stage --no-finalize   build it first, carry over in the offline boot (two boots)`,
+   kos-upgrade reboot --no-stage      btrfs: run the whole transaction offline (/usr/share/doc/kos-upgrade/stage.md)
+   kos-upgrade reboot --no-finalize   btrfs: carry over in the offline boot (two boots) instead of at shutdown`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "no-reboot", Usage: "only arm; the upgrade runs at the next boot, whenever that is"},
 			&cli.BoolFlag{Name: "kexec", Usage: "reboot with kexec into and out of the offline upgrade (no firmware POST; needs kexec-tools)"},
-			&cli.BoolFlag{Name: "stage", Usage: "btrfs: run the transaction into a snapshot now, while the system runs; the offline step only carries over what changes until the reboot (falls back to the offline transaction when it cannot exactly)"},
-			&cli.BoolFlag{Name: "no-finalize", Usage: "with --stage: carry over in the offline boot (system-update.target, two boots) instead of late in the shutdown (kos-upgrade-finalize.service, one boot); implied by --kexec"},
+			&cli.BoolFlag{Name: "no-stage", Usage: "btrfs: do not build the upgraded root before the reboot; the offline step runs the whole transaction"},
+			&cli.BoolFlag{Name: "no-finalize", Usage: "btrfs: carry the staged root over in the offline boot (system-update.target, two boots) instead of late in the shutdown (kos-upgrade-finalize.service, one boot); implied by --kexec"},
+			// The default since staging is on by default on btrfs.
+			&cli.BoolFlag{Name: "stage", Hidden: true},
 		},
 		Action: action(func(c *cli.Context, e *env) error {
 			if c.Bool("kexec") && c.Bool("no-reboot") {
 				return usageError{fmt.Errorf("--kexec and --no-reboot exclude each other")}
+			}
+			if c.Bool("stage") && c.Bool("no-stage") {
+				return usageError{fmt.Errorf("--stage and --no-stage exclude each other")}
 			}
 			if c.Bool("kexec") {
 				// Refuse before arming: --kexec without kexec-tools is a
@@ -447,18 +459,21 @@ Examples:
 					return err
 				}
 			}
-			if c.Bool("stage") {
-				// Before arming: a reboot while staging runs the
-				// classic apply, never half a stage.
-				if err := e.engine.Stage(c.Context); err != nil {
-					return err
-				}
+			// Before arming: a reboot while staging runs the classic
+			// apply, never half a stage. The daemon, when it arms,
+			// keeps this stage (one of the same plan).
+			staged, why, err := e.engine.StageBeforeReboot(c.Context, c.Bool("no-stage"))
+			if err != nil {
+				return err
+			}
+			if why != "" && !c.Bool("no-stage") {
+				fmt.Fprintf(os.Stderr, "kos-upgrade: %s; the offline step runs the whole transaction\n", why)
 			}
 			// Finalize at shutdown (one boot), else the offline boot
 			// carries over; the offline boot is the fallback either way.
 			// Not with --kexec: the kernel it loads now is the old
 			// root's, and the offline boot's kexec loads the new one.
-			finalize := c.Bool("stage") && !c.Bool("no-finalize") && !c.Bool("kexec")
+			finalize := staged && !c.Bool("no-finalize") && !c.Bool("kexec")
 			if !finalize {
 				if err := setFinalizeMarker(e.engine.Root, false); err != nil {
 					return fmt.Errorf("cannot forget the finalize choice: %w", err)
@@ -466,7 +481,7 @@ Examples:
 			} else if err := armFinalize(c.Context, e); err != nil && !e.json {
 				fmt.Fprintf(e.out, "Not finalizing at shutdown (%v): the staged root is carried over in the offline boot.\n", err)
 			}
-			if ok, err := rebootViaDaemon(c, e); ok {
+			if ok, err := rebootViaDaemon(c, e, !staged); ok {
 				return err
 			}
 			p, err := e.engine.Arm(c.Context)

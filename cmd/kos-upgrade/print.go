@@ -188,8 +188,13 @@ func printVerdict(w io.Writer, v *health.Verdict) {
 	fmt.Fprintf(w, "  baseline: %s\n", v.Baseline)
 }
 
-// printPath says how a --stage run upgraded (docs/stage.md).
+// printPath says how a btrfs run upgraded (docs/stage.md): staged or the
+// offline transaction and why, and the offline window.
 func printPath(w io.Writer, r *upgrader.Result) {
+	window := "unfinished"
+	if !r.FinishedAt.IsZero() {
+		window = r.FinishedAt.Sub(r.StartedAt).Round(time.Millisecond).String()
+	}
 	switch r.Path {
 	case upgrader.PathStaged:
 		where := "offline"
@@ -197,8 +202,8 @@ func printPath(w io.Writer, r *upgrader.Result) {
 			where = "finalized late in the shutdown (one boot), offline"
 		}
 		fmt.Fprintf(w, "  path: staged before the reboot; %d paths carried over (%d bytes cloned); %s %s\n",
-			r.Carried, r.BytesCloned, where, r.FinishedAt.Sub(r.StartedAt).Round(time.Millisecond))
+			r.Carried, r.BytesCloned, where, window)
 	case upgrader.PathClassic:
-		fmt.Fprintf(w, "  path: offline transaction (the staged root could not be carried over: %s)\n", r.PathReason)
+		fmt.Fprintf(w, "  path: offline transaction (%s); offline %s\n", r.PathReason, window)
 	}
 }

@@ -226,3 +226,20 @@ export function runTitle(r) {
         return "Automatic fallback " + (r.from || "?") + " → " + (r.to || "?");
     return "Upgrade " + (r.from || "?") + " → " + (r.to || "?");
 }
+
+// pathText says how an upgrade's offline step ran (LastResult, a history
+// entry; docs/stage.md): staged before the reboot with what was carried
+// over, or the offline transaction and why, and the offline window; ""
+// where staging does not exist (LVM, no snapshot) or for a rollback.
+export function pathText(r) {
+    if (!r || (r.path !== "staged" && r.path !== "classic"))
+        return "";
+    const window = r.offline_usec ? "; offline " + (Number(r.offline_usec) / 1e6).toFixed(1) + " s" : "";
+    if (r.path === "staged") {
+        const n = Number(r.carried) || 0;
+        return "Staged before the reboot" + (r.at_shutdown ? ", finalized at shutdown (one boot)" : "") + ": " +
+            n + (n === 1 ? " path" : " paths") + " carried over (" +
+            humanSize(r.bytes_cloned) + " cloned)" + window;
+    }
+    return "Offline transaction" + (r.path_reason ? " (" + r.path_reason + ")" : "") + window;
+}

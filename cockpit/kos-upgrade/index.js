@@ -276,9 +276,11 @@ function render() {
     const lr = p.LastResult || {};
     if (lr.run_id) {
         const what = fmt.runTitle(lr);
+        const path = fmt.pathText(lr);
         replace($("last-result"), what + ": ",
                 h("strong", {}, lr.success ? "succeeded" : "failed"),
-                lr.finished_usec ? ", " + fmt.formatTime(lr.finished_usec) : "");
+                lr.finished_usec ? ", " + fmt.formatTime(lr.finished_usec) : "",
+                path ? h("div", { id: "last-path" }, path) : "");
     } else {
         $("last-result").textContent = "none yet";
     }
@@ -543,7 +545,7 @@ function renderHistory() {
         fmt.formatTime(r.started_usec),
         fmt.runTitle(r),
         h("span", { class: "pf-c-label pf-m-" + (r.success ? "green" : "red") }, h("span", { class: "pf-c-label__content" }, r.success ? "succeeded" : "failed")),
-        r.error ? r.error + (r.step ? " (at step " + r.step + ")" : "") : (r.status || ""),
+        [r.error ? r.error + (r.step ? " (at step " + r.step + ")" : "") : (r.status || ""), fmt.pathText(r)].filter(x => x).join(". "),
     ]), "history-table"));
 }
 

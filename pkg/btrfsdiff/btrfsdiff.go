@@ -68,6 +68,17 @@ type Runner interface {
 // the same subvolume later). It runs `btrfs send --no-data -p`; the
 // snapshots are read, never changed. Calling it twice returns the same.
 func Compute(ctx context.Context, run Runner, parent, child string) (*Diff, error) {
+	stream, err := Stream(ctx, run, parent, child)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(stream, parent, child)
+}
+
+// Stream returns the metadata-only send stream from parent to child (as
+// Compute), to be parsed now or later (Parse), while neither snapshot
+// changes.
+func Stream(ctx context.Context, run Runner, parent, child string) ([]byte, error) {
 	if run == nil {
 		run = execlog.Runner{}
 	}
@@ -76,7 +87,15 @@ func Compute(ctx context.Context, run Runner, parent, child string) (*Diff, erro
 	if err != nil {
 		return nil, err
 	}
-	cmds, err := parseStream([]byte(out))
+	return []byte(out), nil
+}
+
+// Parse reads a stream from Stream of the same parent and child, which
+// must not have changed since (the directories are looked at to tell a
+// moved directory from a file). Any stream is checked as Compute checks
+// it: a damaged or foreign one is an error, never a wrong Diff.
+func Parse(stream []byte, parent, child string) (*Diff, error) {
+	cmds, err := parseStream(stream)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the changes from %s to %s: %w", parent, child, err)
 	}

@@ -174,15 +174,16 @@ func (c *Client) Prepare(ctx context.Context, o upgrader.PrepareOptions) error {
 }
 
 // Arm arms the prepared plan; it returns the plan id.
-func (c *Client) Arm(ctx context.Context) (string, error) {
+func (c *Client) Arm(ctx context.Context, noStage bool) (string, error) {
 	var id string
-	err := c.call(ctx, "Arm", nil, &id)
+	err := c.call(ctx, "Arm", map[string]dbus.Variant{"no_stage": dbus.MakeVariant(noStage)}, &id)
 	return id, err
 }
 
-// Reboot arms and, unless noReboot, reboots the machine.
-func (c *Client) Reboot(ctx context.Context, noReboot bool) error {
-	return c.call(ctx, "Reboot", map[string]dbus.Variant{"no_reboot": dbus.MakeVariant(noReboot)})
+// Reboot stages (on btrfs, unless noStage), arms and, unless noReboot,
+// reboots the machine.
+func (c *Client) Reboot(ctx context.Context, noReboot, noStage bool) error {
+	return c.call(ctx, "Reboot", map[string]dbus.Variant{"no_reboot": dbus.MakeVariant(noReboot), "no_stage": dbus.MakeVariant(noStage)})
 }
 
 // Cancel disarms and drops the plan.

@@ -85,5 +85,18 @@ func resultDict(r *upgrader.Result, state *upgrader.State) map[string]dbus.Varia
 	}
 	m["started_usec"] = dbus.MakeVariant(usec(r.StartedAt))
 	m["finished_usec"] = dbus.MakeVariant(usec(r.FinishedAt))
+	// How the offline step upgraded (docs/stage.md): staged or classic
+	// ("" where staging does not exist) and why, what was carried over,
+	// and the offline window (0 while unfinished).
+	m["path"] = dbus.MakeVariant(r.Path)
+	m["path_reason"] = dbus.MakeVariant(pkgmgr.RedactText(r.PathReason))
+	m["carried"] = dbus.MakeVariant(uint32(max(r.Carried, 0)))
+	m["bytes_cloned"] = dbus.MakeVariant(uint64(max(r.BytesCloned, 0)))
+	var window uint64
+	if !r.FinishedAt.IsZero() && r.FinishedAt.After(r.StartedAt) {
+		window = uint64(r.FinishedAt.Sub(r.StartedAt).Microseconds())
+	}
+	m["offline_usec"] = dbus.MakeVariant(window)
+	m["at_shutdown"] = dbus.MakeVariant(r.AtShutdown)
 	return m
 }

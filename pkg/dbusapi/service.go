@@ -644,35 +644,37 @@ func unsafePrepare(noGPG bool, repos []pkgmgr.Repo, snap string, answers preflig
 	return u
 }
 
-// Arm arms the prepared plan.
+// Arm stages (btrfs, unless no_stage) and arms the prepared plan.
 func (o object) Arm(msg dbus.Message, options map[string]dbus.Variant) (string, *dbus.Error) {
-	if derr := o.s.options("Arm", options, nil); derr != nil {
+	var noStage bool
+	if derr := o.s.options("Arm", options, map[string]any{"no_stage": &noStage}); derr != nil {
 		return "", derr
 	}
 	j, derr := o.privileged(msg, "Arm", ActionArm, "")
 	if derr != nil {
 		return "", derr
 	}
-	p, err := o.s.engine.Arm(o.s.ctx)
+	p, why, err := o.s.stageAndArm(noStage)
 	if err != nil {
 		o.s.end(j, err, "")
 		return "", engineError(err)
 	}
-	o.s.end(j, nil, "the upgrade to "+p.Target.VersionID+" is armed: it runs at the next boot")
+	o.s.end(j, nil, "the upgrade to "+p.Target.VersionID+" is armed: it runs at the next boot"+why)
 	return p.ID, nil
 }
 
-// Reboot arms the prepared plan and reboots.
+// Reboot stages (btrfs, unless no_stage), arms the prepared plan and
+// reboots.
 func (o object) Reboot(msg dbus.Message, options map[string]dbus.Variant) *dbus.Error {
-	var noReboot bool
-	if derr := o.s.options("Reboot", options, map[string]any{"no_reboot": &noReboot}); derr != nil {
+	var noReboot, noStage bool
+	if derr := o.s.options("Reboot", options, map[string]any{"no_reboot": &noReboot, "no_stage": &noStage}); derr != nil {
 		return derr
 	}
 	j, derr := o.privileged(msg, "Reboot", ActionReboot, "")
 	if derr != nil {
 		return derr
 	}
-	p, err := o.s.engine.Arm(o.s.ctx)
+	p, why, err := o.s.stageAndArm(noStage)
 	if err == nil && !noReboot {
 		err = o.s.reboot(o.s.ctx)
 	}
@@ -684,8 +686,24 @@ func (o object) Reboot(msg dbus.Message, options map[string]dbus.Variant) *dbus.
 	if noReboot {
 		okMsg = "the upgrade to " + p.Target.VersionID + " is armed: it runs at the next boot"
 	}
-	o.s.end(j, nil, okMsg)
+	o.s.end(j, nil, okMsg+why)
 	return nil
+}
+
+// stageAndArm is what Arm and Reboot do before rebooting, as the CLI's
+// reboot: stage on btrfs unless noStage (upgrader.StageBeforeReboot),
+// then arm. why says, for the job's message, why the upgrade is not
+// staged ("" when it is, or cannot be).
+func (s *Service) stageAndArm(noStage bool) (*upgrader.Plan, string, error) {
+	_, why, err := s.engine.StageBeforeReboot(s.ctx, noStage)
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := s.engine.Arm(s.ctx)
+	if why != "" {
+		why = " (" + why + ")"
+	}
+	return p, why, err
 }
 
 // Cancel disarms and drops the plan.

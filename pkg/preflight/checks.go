@@ -32,6 +32,7 @@ const (
 	KeyUndoScriptlets   = "snapshot.undo-scriptlets"
 	KeySeparateMounts   = "snapshot.separate-mounts"
 	KeyThinPool         = "snapshot.thin-pool"
+	KeyStageClassic     = "snapshot.classic-path"
 	KeySpaceRoot        = "space.root"
 	KeySpaceState       = "space.state"
 	KeySpaceUnknown     = "space.unknown"
@@ -385,6 +386,17 @@ func checkSnapshot(f *Facts) []Finding {
 	}
 	if s.Backend == snapshot.BackendUndo {
 		out = append(out, undoFindings(f)...)
+	}
+	if s.Backend == snapshot.BackendLVM {
+		out = append(out, Finding{
+			Key: KeyStageClassic, Severity: Info, Groups: []string{"snapshot"},
+			Title: "The upgrade runs offline: LVM keeps the classic path",
+			Summary: "On btrfs kos-upgrade reboot builds the upgraded root before the reboot and the offline step only carries over what changed since; " +
+				"a root on LVM is upgraded offline as before (snapshot, then the whole transaction in system-update.target), so the downtime is the whole transaction.",
+			Remediations: []Remediation{
+				hint("a root on a btrfs subvolume gets the staged upgrade (docs/stage.md)"),
+			},
+		})
 	}
 	if snapshot.Protects(s.Backend) && len(f.SeparateMounts) > 0 {
 		out = append(out, Finding{

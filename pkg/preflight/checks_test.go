@@ -147,6 +147,7 @@ func TestChecks(t *testing.T) {
 		{"undo copies that fit", undoRoot(false, 1<<40), nil, preflight.KeySnapshotUndo, preflight.Info, false, "the journal copies"},
 		{"undo copies that do not fit", undoRoot(false, 1<<20), nil, preflight.KeySnapshotUndo, preflight.High, true, "Not enough free space for the undo journal"},
 		{"undo limits", undoRoot(true, 1<<30), nil, preflight.KeyUndoLimits, preflight.Low, false, "%post"},
+		{"lvm keeps the classic path", thinRoot(20, 10, ""), nil, preflight.KeyStageClassic, preflight.Info, false, "LVM keeps the classic path"},
 		{"thin pool with room", thinRoot(74.99, 59.99, ""), nil, preflight.KeyThinPool, "", false, ""},
 		{"thin pool nearly full", thinRoot(75, 10, ""), nil, preflight.KeyThinPool, preflight.Medium, false, "75.00% of its data"},
 		{"thin pool metadata nearly full", thinRoot(20, 60, ""), nil, preflight.KeyThinPool, preflight.Medium, false, "60.00% of its metadata"},

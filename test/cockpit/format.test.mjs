@@ -99,3 +99,16 @@ test("runTitle: upgrade, rollback, automatic fallback", () => {
     assert.equal(fmt.runTitle({ kind: "rollback" }), "Rollback");
     assert.equal(fmt.runTitle({ kind: "fallback", from: "5.9", to: "5.8" }), "Automatic fallback 5.9 → 5.8");
 });
+
+test("pathText: staged or the offline transaction and why, with the offline window", () => {
+    assert.equal(fmt.pathText({ path: "staged", carried: 1007, bytes_cloned: 1073741824 + 524288, offline_usec: 680000 }),
+                 "Staged before the reboot: 1007 paths carried over (1.0 GiB cloned); offline 0.7 s");
+    assert.equal(fmt.pathText({ path: "staged", carried: 1, bytes_cloned: 0, offline_usec: 0 }),
+                 "Staged before the reboot: 1 path carried over (0 B cloned)");
+    assert.equal(fmt.pathText({ path: "classic", path_reason: "not staged: kos-upgrade reboot --no-stage", offline_usec: 2500000 }),
+                 "Offline transaction (not staged: kos-upgrade reboot --no-stage); offline 2.5 s");
+    assert.equal(fmt.pathText({ path: "staged", carried: 3, bytes_cloned: 2048, offline_usec: 300000, at_shutdown: true }),
+                 "Staged before the reboot, finalized at shutdown (one boot): 3 paths carried over (2.0 KiB cloned); offline 0.3 s");
+    assert.equal(fmt.pathText({ path: "", kind: "apply" }), "");
+    assert.equal(fmt.pathText(undefined), "");
+});

@@ -29,7 +29,7 @@ _kos_upgrade() {
     help) words="check prepare reboot apply status cancel rollback history log clean daemon health bundle help" ;;
     check) words="--to --repo --iso --snapshot --no-gpg-check --answer --allow-downgrade --root --json --verbose -v --help" ;;
     prepare) words="--to --repo --export-needs --iso --snapshot --mode --no-gpg-check --answer --allow-downgrade --migration-map --gpgkey --root --json --verbose -v --help" ;;
-    reboot) words="--no-reboot --kexec --stage --no-finalize --root --json --verbose -v --help" ;;
+    reboot) words="--no-reboot --kexec --no-stage --no-finalize --root --json --verbose -v --help" ;;
     apply) words="--reboot --at-shutdown --root --json --verbose -v --help" ;;
     status) words="--follow --root --json --verbose -v --help" ;;
     cancel) words="--root --json --verbose -v --help" ;;
