@@ -161,7 +161,9 @@ func TestNspawnHealthVerdict(t *testing.T) {
 	writeHealthConf(t, g)
 	writeSlowUnit(t, g)
 	g.Kos(t, append([]string{"prepare", "--to", "5.9"}, g.repoFlags(fixture.Repo59, fixture.Repo59AcmeOff)...)...)
-	g.Step(t, 1, "kos-upgrade reboot\n")
+	// --no-finalize: staged (the default on btrfs), carried over in the
+	// offline boot, so that boot 3 is the new system's first.
+	g.Step(t, 1, "kos-upgrade reboot --no-finalize\n")
 	g.Step(t, 3, slowHealthStep)
 	boots := g.Run(t, maxBoots)
 	expectBoots(t, boots, "@:reboot", "@:reboot", "kos-upgrade/*:poweroff")

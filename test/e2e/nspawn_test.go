@@ -84,7 +84,9 @@ func TestNspawnSuccessBtrfs(t *testing.T) {
 	g := NewGuest(t)
 	writeHealthConf(t, g)
 	g.Kos(t, "prepare", "--to", "5.9")
-	g.Step(t, 1, "kos-upgrade reboot\n")
+	// --no-stage: the classic path end to end, the reference the staged
+	// one is tested against (nspawn_stage_test.go: the default, staged).
+	g.Step(t, 1, "kos-upgrade reboot --no-stage\n")
 	g.Step(t, 3, healthStep)
 	boots := g.Run(t, maxBoots)
 	expectBoots(t, boots, "@:reboot", "@:reboot", "kos-upgrade/*:poweroff")

@@ -11,9 +11,11 @@ import (
 
 // prepareAndReboot is boot 1's step of an upgrade: prepare in the running
 // system, then `kos-upgrade reboot` (the sleep keeps the driver from
-// powering off while systemd reboots).
+// powering off while systemd reboots); --no-finalize: a btrfs root is
+// staged (the default) and carried over in the offline boot, so every
+// layout boots 5.8, offline, 5.9.
 const prepareAndReboot = `kos-upgrade prepare --to 5.9 >$F/prepare.log 2>&1 || { echo "prepare failed: $?"; cat $F/prepare.log; exit 1; }
-kos-upgrade reboot >$F/reboot.log 2>&1 || { echo "reboot failed: $?"; cat $F/reboot.log; exit 1; }
+kos-upgrade reboot --no-finalize >$F/reboot.log 2>&1 || { echo "reboot failed: $?"; cat $F/reboot.log; exit 1; }
 sleep 600`
 
 // oldRootPackages is a step that records the packages of the old root LV
