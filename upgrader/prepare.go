@@ -401,7 +401,7 @@ func (pr *prepareRun) journalNeed(ctx context.Context) error {
 		return err
 	}
 	defer snap.Close()
-	u, ok := snap.(*snapshot.Undo)
+	u, ok := snap.(snapshot.Journaler)
 	if !ok {
 		return nil
 	}

@@ -406,7 +406,7 @@ func (r *run) snapshot(ctx context.Context) error {
 	}
 	r.target = target.Path
 	if snapshot.RollsBackImmediately(r.snap) {
-		if u, ok := r.snap.(*snapshot.Undo); ok {
+		if u, ok := r.snap.(snapshot.Journaler); ok {
 			if js, err := u.Stats(name); err == nil {
 				how := "copied"
 				if js.Reflinked {

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 
 	"github.com/keyarchos/kos-upgrade/pkg/mountinfo"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot/undojournal"
 )
 
 // Sentinel errors, wrapped with %w by the backends.
@@ -189,6 +190,14 @@ type Journaler interface {
 	// packages it erases, upgrades and installs). Calling it again
 	// replaces the list.
 	SetChanges(paths []string)
+	// Need says what the journal of the changes set by SetChanges needs
+	// on the root's filesystem, and refuses (undojournal.ErrNoSpace)
+	// when it does not fit. It changes nothing.
+	Need(ctx context.Context) (undojournal.Need, error)
+	// Stats describes the complete journal called name (its size on
+	// disk against the size of the files it covers); an error when
+	// there is no complete journal of that name.
+	Stats(name string) (undojournal.Stats, error)
 }
 
 // ChangeSizer is implemented by backends whose snapshots get a fixed size
