@@ -1,6 +1,7 @@
 package upgrader
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -96,5 +97,72 @@ func TestRemoveStrayKernels(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(bootDir, rel)); (err == nil) != want {
 			t.Errorf("%s exists = %v, want %v", rel, err == nil, want)
 		}
+	}
+}
+
+// addNewEntry adds the engine's entries through Bootloader.AddEntry: a new
+// id is written, the same entry again is a no-op, an earlier attempt's
+// entry of the same id is replaced, and the default is never touched.
+func TestAddNewEntry(t *testing.T) {
+	ctx := context.Background()
+	root, _ := sysroot.New(t.TempDir())
+	g2 := root.Path("/boot/grub2")
+	if err := os.MkdirAll(root.Path("/boot/loader/entries"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(g2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(g2, "grub.cfg"), []byte("set default=\"${saved_entry}\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := boot.NewEnv()
+	env.Set(boot.EnvSavedEntry, "old")
+	if err := boot.WriteEnv(filepath.Join(g2, "grubenv"), env); err != nil {
+		t.Fatal(err)
+	}
+	bl, err := boot.NewGrub(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := func(id, title string) *boot.Entry {
+		e, err := boot.ParseEntry(id, []byte("title "+title+"\nversion 1\nlinux /vmlinuz-1\noptions root=/dev/sda1 ro\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	if err := bl.AddEntry(ctx, entry("old", "old")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, id, title string
+		wantErr         bool
+	}{
+		{name: "new", id: "kos-new", title: "first"},
+		{name: "the same again", id: "kos-new", title: "first"},
+		{name: "an earlier attempt's replaced", id: "kos-new", title: "second"},
+		{name: "never the default", id: "old", title: "changed", wantErr: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := addNewEntry(ctx, bl, entry(c.id, c.title), "old")
+			if (err != nil) != c.wantErr {
+				t.Fatalf("addNewEntry: %v, want error %v", err, c.wantErr)
+			}
+			got, err := boot.ReadEntry(bl.EntriesDir(), c.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := c.title
+			if c.wantErr {
+				want = "old"
+			}
+			if got.Title() != want {
+				t.Errorf("entry %s has title %q, want %q", c.id, got.Title(), want)
+			}
+		})
+	}
+	if def, err := bl.Default(ctx); err != nil || def != "old" {
+		t.Errorf("default %q, %v; want old", def, err)
 	}
 }
