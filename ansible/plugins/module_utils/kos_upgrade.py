@@ -269,7 +269,11 @@ def phase(facts, target):
         return PHASE_VERDICT
     if facts['release'] == target and st not in ('prepared', 'armed'):
         return PHASE_DONE
-    if v in (VERDICT_FELL_BACK, VERDICT_FAILED) and last.get('to') == target:
+    # The release the last run tried: an apply's record goes from the old
+    # release to its target (to); a fallback's from the release it left
+    # (from) back to the one that runs again (docs/state.md).
+    tried = last.get('from') if last.get('kind') == 'fallback' else last.get('to')
+    if v in (VERDICT_FELL_BACK, VERDICT_FAILED) and tried == target:
         return PHASE_FELL_BACK
     return PHASE_UPGRADE
 

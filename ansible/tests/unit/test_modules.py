@@ -172,7 +172,7 @@ class TestVerdict(TestCase):
     """verdict() and phase(), the one reading of a host's state."""
 
     def test_verdicts(self):
-        fallback = {'kind': 'fallback', 'status': 'rolled-back', 'success': False, 'to': '5.9',
+        fallback = {'kind': 'fallback', 'status': 'rolled-back', 'success': False, 'from': '5.9', 'to': '5.8',
                     'error': 'the new system did not boot: the boot loader fell back'}
         cases = [
             ('fresh', {}, ku.VERDICT_NONE, ''),
@@ -199,7 +199,9 @@ class TestVerdict(TestCase):
             f = ku.host_facts({'state': dict({'status': 'idle'}, **state), 'current': {'version_id': release}})
             f.update(kw)
             return f
-        fb = {'status': 'rolled-back', 'last_result': {'kind': 'fallback', 'status': 'rolled-back', 'to': '5.9'}}
+        # As the engine records a fallback (upgrader/rollback.go): from the
+        # release it left, to the one that runs again.
+        fb = {'status': 'rolled-back', 'last_result': {'kind': 'fallback', 'status': 'rolled-back', 'from': '5.9', 'to': '5.8'}}
         cases = [
             ('idle', facts({}), ku.PHASE_UPGRADE),
             ('prepared', facts({'status': 'prepared'}), ku.PHASE_UPGRADE),
@@ -210,8 +212,10 @@ class TestVerdict(TestCase):
             ('blessed', facts({'status': 'succeeded', 'boot': {'trial': 'blessed'}}, '5.9'), ku.PHASE_DONE),
             ('runs the target', facts({}, '5.9'), ku.PHASE_DONE),
             ('fell back', facts(fb), ku.PHASE_FELL_BACK),
-            ('fell back from another target', facts(dict(fb, last_result=dict(fb['last_result'], to='5.10'))), ku.PHASE_UPGRADE),
-            ('apply failed', facts({'status': 'failed', 'last_result': {'kind': 'apply', 'to': '5.9'}}), ku.PHASE_FELL_BACK),
+            ('fell back from another target', facts(dict(fb, last_result=dict(fb['last_result'], **{'from': '5.10'}))), ku.PHASE_UPGRADE),
+            ('apply failed', facts({'status': 'failed', 'last_result': {'kind': 'apply', 'from': '5.8', 'to': '5.9'}}), ku.PHASE_FELL_BACK),
+            ('apply to another target failed', facts({'status': 'failed', 'last_result': {'kind': 'apply', 'from': '5.8', 'to': '5.10'}}),
+             ku.PHASE_UPGRADE),
         ]
         for name, f, want in cases:
             with self.subTest(name):
@@ -532,7 +536,7 @@ class TestReport(TestCase):
         def facts(release, state, trial='', last=None):
             st = {'status': state, 'boot': {'trial': trial} if trial else None, 'last_result': last}
             return ku.host_facts({'state': st, 'current': {'version_id': release}})
-        fb = {'kind': 'fallback', 'status': 'rolled-back', 'from': '5.8', 'to': '5.9', 'error': 'the new system <did not> boot'}
+        fb = {'kind': 'fallback', 'status': 'rolled-back', 'from': '5.9', 'to': '5.8', 'error': 'the new system <did not> boot'}
         return {
             'web1': {'before': facts('5.8', 'idle'), 'after': facts('5.9', 'succeeded', 'blessed'), 'downtime': 312.4},
             'web2': {'before': facts('5.8', 'idle'), 'after': facts('5.8', 'rolled-back', last=fb), 'downtime': 900,
@@ -595,7 +599,7 @@ class TestRoles(TestCase):
         done.set_state(status='succeeded', backend='btrfs', previous='@', target='5.9', boot={'trial': 'blessed'},
                        last_result={'kind': 'apply', 'from': '5.8', 'to': '5.9', 'success': True, 'status': 'succeeded'})
         fell = self.host()
-        fell.set_state(status='rolled-back', last_result={'kind': 'fallback', 'from': '5.8', 'to': '5.9', 'success': False,
+        fell.set_state(status='rolled-back', last_result={'kind': 'fallback', 'from': '5.9', 'to': '5.8', 'success': False,
                                                           'status': 'rolled-back', 'error': 'the new system did not boot'})
         blocked = self.host()
         blocked.update_fake(report=INHIBITED)
@@ -624,7 +628,8 @@ class TestRoles(TestCase):
         validate(doc)
         by = dict((x['host'], x) for x in doc['hosts'])
         self.assertEqual((by['done']['verdict'], by['done']['release_before'], by['done']['phase']), ('blessed', '5.8', 'done'))
-        self.assertEqual((by['fell']['verdict'], by['fell']['reason']), ('fell-back', 'the new system did not boot'))
+        self.assertEqual((by['fell']['verdict'], by['fell']['reason'], by['fell']['phase']),
+                         ('fell-back', 'the new system did not boot', 'fell-back'))
         self.assertEqual((by['blocked']['inhibitors'], by['blocked']['phase']), (['packages.third-party'], 'assess'))
         self.assertEqual(doc['counts']['inhibitors'], {'packages.third-party': 1})
 
