@@ -76,7 +76,7 @@ func (e *Engine) rollbackWith(ctx context.Context, st store, state *State, kind,
 	}
 	// Record it in the root that will boot, then undo.
 	if prevPath != e.Root.Dir {
-		if err := e.recordRollback(st, state, res, kind, reason, prevPath, v); err != nil {
+		if err := e.recordRollback(state, res, kind, reason, prevPath, v); err != nil {
 			return nil, fmt.Errorf("cannot roll back: %w", err)
 		}
 	}
@@ -101,7 +101,7 @@ func (e *Engine) rollbackWith(ctx context.Context, st store, state *State, kind,
 // recordRollback records the rollback res of state (and the verdict v,
 // when not nil) in the state directory of the pre-upgrade root at
 // prevPath, before it becomes the root that boots.
-func (e *Engine) recordRollback(st store, state *State, res *Result, kind, reason, prevPath string, v *health.Verdict) error {
+func (e *Engine) recordRollback(state *State, res *Result, kind, reason, prevPath string, v *health.Verdict) error {
 	rolled := rolledBack(state, res, kind, reason)
 	if state.InPlace {
 		// In the rollback point, which the root becomes: it is consumed
