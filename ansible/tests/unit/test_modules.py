@@ -633,6 +633,43 @@ class TestRoles(TestCase):
         self.assertEqual((by['blocked']['inhibitors'], by['blocked']['phase']), (['packages.third-party'], 'assess'))
         self.assertEqual(doc['counts']['inhibitors'], {'packages.third-party': 1})
 
+    def test_unreachable_host(self):
+        """A host that does not answer (rebooting into its upgrade when a rerun
+        starts) is not assessed but waited for; the bounded wait fails naming
+        the host, the phase and the last state seen; the report says so."""
+        coll = os.environ.get('KOS_ANSIBLE_COLLECTIONS', '')
+        if not coll:
+            self.skipTest('KOS_ANSIBLE_COLLECTIONS is not set')
+        import socket
+        s = socket.socket()
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there: ssh is refused at once
+        h = self.host()
+        inv = os.path.join(h.dir, 'inventory.json')
+        with open(inv, 'w') as f:
+            json.dump({'all': {'hosts': {'down': {
+                'ansible_connection': 'ssh', 'ansible_host': '127.0.0.1', 'ansible_port': port, 'ansible_user': 'root',
+                'ansible_ssh_common_args': '-o ConnectTimeout=2 -o BatchMode=yes -o StrictHostKeyChecking=no',
+                'ansible_python_interpreter': MODULE_PYTHON, 'kos_upgrade_binary': FAKE}}}}, f)
+        report = os.path.join(h.dir, 'report')
+        extra = {'kos_upgrade_target': '5.9', 'kos_upgrade_report_dir': report, 'kos_upgrade_verdict_timeout': 3,
+                 'kos_upgrade_poll_interval': 1}
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=coll, ANSIBLE_NOCOLOR='1', ANSIBLE_RETRY_FILES_ENABLED='0',
+                   ANSIBLE_LOCAL_TEMP=os.path.join(h.dir, 'tmp'), ANSIBLE_SSH_CONTROL_PATH_DIR=os.path.join(h.dir, 'cp'))
+        p = subprocess.run(['ansible-playbook', '-i', inv, '-e', json.dumps(extra), 'kos.upgrade.upgrade'], env=env, check=False,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertIn('down: no first-boot verdict within 3 s: phase verdict, last state seen: unreachable', p.stdout)
+        self.assertNotIn('Assess the upgrade] ***\nok', p.stdout)
+        with open(os.path.join(report, 'fleet.json')) as f:
+            doc = json.load(f)
+        validate(doc)
+        r = doc['hosts'][0]
+        self.assertEqual((r['host'], r['verdict'], r['phase']), ('down', 'unreachable', 'verdict'), r)
+        self.assertIn('no first-boot verdict within 3 s', r['error'])
+        self.assertEqual(h.calls(), [], 'the fake ran, but the host is unreachable')
+
 
 class TestWait(TestCase):
     """The controller's wait for the verdict (action plugin), run by
