@@ -95,16 +95,24 @@ func (e *Engine) DropRollbackPoint(ctx context.Context) (string, error) {
 }
 
 // cleanBootBackups removes the /boot backups but the one a successful run
-// may still roll back to.
+// may still roll back to and the one of a pending stage.
 func cleanBootBackups(st store, state *State) ([]string, error) {
 	var removed []string
 	keepBackup := map[string]bool{}
-	if state.Status == StatusSucceeded && state.Boot != nil {
-		for _, b := range state.Boot.Backups {
+	keep := func(bs *BootState) {
+		for _, b := range bs.Backups {
 			if parts := strings.SplitN(b.Path, "/", 3); len(parts) == 3 {
 				keepBackup[parts[1]] = true
 			}
 		}
+	}
+	if state.Status == StatusSucceeded && state.Boot != nil {
+		keep(state.Boot)
+	}
+	if s := state.Stage; s != nil && s.Boot != nil && (state.Status == StatusPrepared || state.Status == StatusArmed) {
+		// The backup of /boot from before the pending stage: dropping
+		// the stage puts /boot back from it.
+		keep(s.Boot)
 	}
 	if ents, err := os.ReadDir(filepath.Join(st.dir, "boot-backup")); err == nil {
 		for _, d := range ents {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
+	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/pkg/btrfsdiff"
 	"github.com/keyarchos/kos-upgrade/pkg/carryover"
 	"github.com/keyarchos/kos-upgrade/pkg/execlog"
@@ -58,6 +59,11 @@ type StageState struct {
 	// (base → next) saved (txnStreamPath): the offline step uses the
 	// saved change only if next is still at that generation.
 	NextGeneration uint64 `json:"next_generation,omitempty"`
+	// Boot is the backup of /boot taken before the staged transaction,
+	// whose kernel scriptlets write to the real /boot; nil without a boot
+	// loader, and once a run took the backup over (verify). Dropping the
+	// stage restores /boot from it.
+	Boot *BootState `json:"boot,omitempty"`
 }
 
 func (s *StageState) validate() error {
@@ -73,6 +79,9 @@ func (s *StageState) validate() error {
 	case StageStepSnapshot, StageStepTransaction, StageStepStaged:
 	default:
 		return fmt.Errorf("step %q is not a stage step", s.Step)
+	}
+	if err := s.Boot.validate(); err != nil {
+		return fmt.Errorf("boot: %w", err)
 	}
 	if s.PlanID != "" && !validID(s.PlanID) {
 		return fmt.Errorf("plan_id %q is not a plan id", s.PlanID)
@@ -116,7 +125,17 @@ func (e *Engine) Stage(ctx context.Context) error {
 		return fmt.Errorf("cannot stage: %w", err)
 	}
 	label := "stage-" + e.now().UTC().Format("20060102T150405.000Z")
-	state.Stage = &StageState{PlanID: p.ID, Next: snapshot.BtrfsName(label), Base: snapshot.BtrfsName(label + "-base"), Step: StageStepSnapshot}
+	bl, err := e.bootloader()
+	if err != nil {
+		return fmt.Errorf("cannot stage: %w", err)
+	}
+	var bs *BootState
+	if bl != nil {
+		if bs, err = e.planBoot(ctx, bl, label); err != nil {
+			return fmt.Errorf("cannot stage: %w", err)
+		}
+	}
+	state.Stage = &StageState{PlanID: p.ID, Next: snapshot.BtrfsName(label), Base: snapshot.BtrfsName(label + "-base"), Step: StageStepSnapshot, Boot: bs}
 	if err := st.save(state, e.now()); err != nil {
 		return err
 	}
@@ -160,10 +179,30 @@ func (e *Engine) stage(ctx context.Context, st store, state *State, p *Plan) err
 	if err := st.save(state, e.now()); err != nil {
 		return err
 	}
+	var bl boot.Bootloader
+	if bs := s.Boot; bs != nil {
+		// The kernel scriptlets write to the real /boot, as in the
+		// classic transaction: it is backed up first, and put back
+		// when the stage is dropped (dropStage).
+		if bl, err = e.bootloader(); err != nil {
+			return err
+		}
+		e.report(progress.Event{Step: "stage", Message: "backing up " + bs.Backups[0].Dir + " (" + bs.Loader + ", default entry " + bs.Previous + ")"})
+		if err := e.backupBoot(ctx, st, bs); err != nil {
+			return err
+		}
+	}
 	crashAt("stage-" + StageStepTransaction)
 	e.report(progress.Event{Step: "stage", Message: fmt.Sprintf("running the transaction (%d packages) in %s while the system runs", len(p.Transaction), next.Path)})
-	if _, err := e.transaction(ctx, p, next.Path, false); err != nil {
+	if _, err := e.transaction(ctx, p, next.Path, s.Boot != nil); err != nil {
 		return err
+	}
+	if bl != nil {
+		// The new kernel's entry is there; the old one stays the
+		// default until the offline step arms the trial.
+		if err := e.ownDefault(ctx, bl, s.Boot.Previous); err != nil {
+			return err
+		}
 	}
 	// next stays read-only until the offline step, so the transaction's
 	// change is read now, out of the offline window.
@@ -291,6 +330,20 @@ func (e *Engine) dropStageWith(ctx context.Context, st store, state *State, snap
 	s := state.Stage
 	if s == nil {
 		return nil
+	}
+	if s.Boot != nil {
+		// What the staged transaction's kernel scriptlets wrote; the
+		// backup goes with the stage.
+		if err := e.restoreBoot(ctx, st, s.Boot); err != nil {
+			return fmt.Errorf("cannot remove the staged root: cannot put /boot back as it was before staging: %w; the backup is kept in %s", err, st.dir)
+		}
+		if err := dropBootBackups(st, s.Boot); err != nil {
+			e.log().Warn("cannot remove the /boot backup of the stage", "err", err)
+		}
+		s.Boot = nil
+		if err := st.save(state, e.now()); err != nil {
+			return err
+		}
 	}
 	def, err := snap.Default(ctx)
 	if err != nil {
@@ -517,7 +570,15 @@ func configFlags(ctx context.Context, run execlog.Runner, next, dbpath string, l
 // carry-over (the classic transaction runs from the staged files).
 func (r *run) fallBack(ctx context.Context, why string) error {
 	r.res.Path, r.res.PathReason = PathClassic, "the staged root could not be carried over: "+why
-	r.report(StepCarryOver, "cannot carry over the staged root ("+why+"): upgrading offline as without --stage")
+	r.report(StepCarryOver, "cannot carry over the staged root ("+why+"): upgrading offline as without a stage")
+	if r.adoptedBoot {
+		// /boot as before staging, as the classic transaction expects
+		// it; the backup stays the run's.
+		if err := r.e.restoreBoot(ctx, r.st, r.state.Boot); err != nil {
+			return fmt.Errorf("cannot put /boot back as it was before staging: %w", err)
+		}
+		r.adoptedBoot = false
+	}
 	if r.deferredCheck {
 		r.report(StepVerify, "verifying the staged packages and the installed package set")
 		if err := r.e.checkPlan(ctx, r.plan); err != nil {

@@ -18,7 +18,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/keyarchos/kos-upgrade/pkg/boot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
 	"github.com/keyarchos/kos-upgrade/upgrader"
@@ -407,22 +406,48 @@ func TestRebootStagesByDefault(t *testing.T) {
 	}
 }
 
-// TestStageWithNewKernel: a staged upgrade bringing a new kernel on a
-// grub2 system: the entry is made offline as without --stage, on trial,
-// and the staged root boots next.
+// TestStageWithNewKernel: a staged upgrade bringing a new kernel whose
+// %posttrans writes to /boot (kernel-install's way) on a grub2 system:
+// staging backs /boot up and runs the transaction with the real /boot, so
+// the new kernel and its entry are there while the old entry stays the
+// default; cancel puts /boot back byte for byte; staged again, the offline
+// step retargets kernel-install's entry to the new root, on trial, and the
+// staged root boots next.
 func TestStageWithNewKernel(t *testing.T) {
 	b := newBootSystem(t, true)
 	s := b.system
 	ctx := context.Background()
-	if _, err := s.Engin.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "auto", Repos: s.repos(fixture.Repo59, fixture.Repo59Kernel)}); err != nil {
-		t.Fatalf("prepare: %v", err)
+	prepare := func() {
+		t.Helper()
+		if _, err := s.Engin.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "auto", Repos: s.repos(fixture.Repo59, fixture.Repo59KernelInstall)}); err != nil {
+			t.Fatalf("prepare: %v", err)
+		}
 	}
+	prepare()
 	bootBefore := b.digest(t)
+	defBefore := b.env(t).Value("saved_entry")
 	if err := s.Engin.Stage(ctx); err != nil {
 		t.Fatalf("stage: %v", err)
 	}
+	kiID := fixture.MachineID + "-" + kiKver
+	if _, err := os.Stat(filepath.Join(b.Boot, "loader/entries", kiID+".conf")); err != nil {
+		t.Errorf("the staged transaction's kernel scriptlet did not write its entry to the real /boot: %v", err)
+	}
+	if def := b.env(t).Value("saved_entry"); def != defBefore {
+		t.Errorf("staging changed the default entry: %q, want %q", def, defBefore)
+	}
+	if err := s.Engin.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if d := diffDigest(bootBefore, b.digest(t)); len(d) > 0 {
-		t.Fatalf("staging changed /boot:\n%s", strings.Join(d, "\n"))
+		t.Fatalf("cancel did not put /boot back:\n%s", strings.Join(d, "\n"))
+	}
+	if left := s.subvols(t); len(left) != 0 {
+		t.Fatalf("cancel left %v", left)
+	}
+	prepare()
+	if err := s.Engin.Stage(ctx); err != nil {
+		t.Fatalf("stage: %v", err)
 	}
 	if _, err := s.Engin.Arm(ctx); err != nil {
 		t.Fatal(err)
@@ -434,11 +459,61 @@ func TestStageWithNewKernel(t *testing.T) {
 	if res.Result.Path != upgrader.PathStaged {
 		t.Fatalf("path %s: %s", res.Result.Path, res.Result.PathReason)
 	}
-	want := boot.EntryIDPrefix + fixture.MachineID + "-" + newKver
-	if env := b.env(t); env.Value("kos_upgrade_trial") != want {
-		t.Errorf("trial: %v, want %s", env.Map(), want)
+	if env := b.env(t); env.Value("kos_upgrade_trial") != kiID {
+		t.Errorf("trial: %v, want %s", env.Map(), kiID)
+	}
+	if opts := b.entry(t, kiID).Options().String(); !strings.Contains(opts, "subvol="+res.Result.Snapshot) {
+		t.Errorf("kernel-install's entry does not boot the new root: %s", opts)
 	}
 	if def := s.defaultSubvol(t); def != res.Result.Snapshot {
 		t.Errorf("default %s, want %s", def, res.Result.Snapshot)
+	}
+	// A rollback puts /boot back as it was before staging.
+	if _, err := s.Engin.Rollback(ctx); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if d := diffDigest(bootBefore, b.digest(t)); len(d) > 0 {
+		t.Errorf("/boot after the rollback differs from before staging:\n%s", strings.Join(d, "\n"))
+	}
+}
+
+// TestStageEL8KernelInstall: staging on an EL8 system whose new kernel's
+// %posttrans runs EL8's kernel-install against the real /boot: the entry
+// and the kernel are written while the system runs, 20-grub.install's move
+// of saved_entry is undone (the old entry stays the default), and the
+// offline step retargets the entry to the staged root, on trial, as the
+// classic apply does (TestEL8KernelUpgradeOwnsSavedEntry).
+func TestStageEL8KernelInstall(t *testing.T) {
+	s := newEL8System(t, "")
+	ctx := context.Background()
+	if _, err := s.Engin.Prepare(ctx, upgrader.PrepareOptions{To: "5.9", Snapshot: "auto", Repos: s.repos(fixture.Repo59, fixture.Repo59EL8Kernel)}); err != nil {
+		t.Fatalf("prepare: %v", err)
+	}
+	newID := fixture.MachineID + "-" + fixture.EL8Kernel59
+	if err := s.Engin.Stage(ctx); err != nil {
+		t.Fatalf("stage: %v", err)
+	}
+	list := s.editenvList(t)
+	if !strings.Contains(list, "saved_entry="+s.OldEntry+"\n") {
+		t.Errorf("after staging the old entry is not the default:\n%s", list)
+	}
+	if _, err := os.Stat(filepath.Join(s.Boot, "loader/entries", newID+".conf")); err != nil {
+		t.Errorf("kernel-install's entry is not in the real /boot after staging: %v", err)
+	}
+	if _, err := s.Engin.Arm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Engin.Apply(ctx)
+	if err != nil || !res.Result.Success || res.Result.Path != upgrader.PathStaged {
+		t.Fatalf("apply: %v %+v", err, res)
+	}
+	if rf, _ := s.entry(t, newID).Options().Get("rootflags"); rf != "subvol="+res.Result.Snapshot {
+		t.Errorf("the new entry does not boot %s:\n%s", res.Result.Snapshot, s.entry(t, newID).Format())
+	}
+	list = s.editenvList(t)
+	for _, want := range []string{"saved_entry=" + s.OldEntry, "kos_upgrade_trial=" + newID} {
+		if !strings.Contains(list, want+"\n") {
+			t.Errorf("grubenv lacks %s:\n%s", want, list)
+		}
 	}
 }

@@ -162,6 +162,9 @@ type run struct {
 	// deferredCheck: verify left the plan's check to the carry-over
 	// (a staged root of this plan, stage.go).
 	deferredCheck bool
+	// adoptedBoot: the run's /boot backup is the stage's, taken before
+	// the staged transaction wrote the new kernel (stage.go).
+	adoptedBoot bool
 	// atShutdown: the run is the shutdown-time finalize (finalize.go).
 	atShutdown bool
 	// rollback: the undos undo a complete run (kos-upgrade rollback, the
@@ -315,6 +318,13 @@ func (r *run) verify(ctx context.Context) error {
 		// The current entries boot the upgraded root: /boot is only
 		// backed up, and restored on failure and rollback.
 		bs.Trial, bs.Note = TrialNone, "no trial boot: the root is upgraded in place (its snapshot is the rollback point)"
+	}
+	if s := r.state.Stage; r.stagedForPlan() && s.Boot != nil {
+		// The stage backed /boot up before its transaction wrote the
+		// new kernel: that backup is the run's (the backup step keeps
+		// a complete backup as it is), so every undo puts /boot back
+		// as it was before staging.
+		bs.Backups, s.Boot, r.adoptedBoot = s.Boot.Backups, nil, true
 	}
 	r.bl, r.state.Boot = bl, bs
 	return nil
