@@ -26,8 +26,8 @@ const systemPython = "/usr/bin/python3"
 // KOS host's platform-python (run directly, and by ansible-playbook as the
 // hosts' ansible_python_interpreter), the controller under Debian's.
 func TestModules(t *testing.T) {
+	testenv.RequireTools(t, systemPython, "ansible-galaxy", "ansible-doc", el8.Python36())
 	py36 := el8.Python36()
-	testenv.RequireTools(t, systemPython, "ansible-galaxy", "ansible-doc", py36)
 	if err := exec.Command(systemPython, "-c", "import ansible, jsonschema").Run(); err != nil {
 		testenv.Skip(t, "ansible-core or python3-jsonschema is not installed for "+systemPython)
 	}
