@@ -89,3 +89,74 @@ sleep 600`, s.reposFlags(fixture.Repo59, fixture.Repo59AcmeOff)),
 	}
 	t.Logf("the verdict read in the old system:\n%s", f.File("status.txt"))
 }
+
+// confirmWindowSetup is boot 1's addition for the confirmation window: a
+// 30-minute window, a confirm.d probe that passes once
+// /etc/kos-e2e-app-ready exists, and systemd-bless-boot masked (it would
+// bless the counted entry at boot-complete.target, docs/health.md).
+const confirmWindowSetup = `mkdir -p /etc/kos-upgrade/confirm.d
+printf 'confirm_after = 30m\n' >/etc/kos-upgrade/health.conf
+printf '#!/bin/sh\necho probing the application\ntest -e /etc/kos-e2e-app-ready\n' >/etc/kos-upgrade/confirm.d/10-app
+chmod 0755 /etc/kos-upgrade/confirm.d/10-app
+systemctl mask systemd-bless-boot.service
+`
+
+// confirmWindowStep is boot 3's step (the new system, its window open):
+// what status and the entries say, then the application is made ready and
+// the step waits (up to 4 minutes) for kos-upgrade-confirm.timer's run to
+// bless the system.
+const confirmWindowStep = `kos-upgrade status >$F/window-status.txt 2>&1
+systemctl is-active kos-upgrade-confirm.timer >$F/timer-active 2>&1
+touch /etc/kos-e2e-app-ready
+blessed() { kos-upgrade --json status | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["state"]["boot"]["trial"] != "blessed")'; }
+i=0
+while [ $i -lt 240 ] && ! blessed; do sleep 2; i=$((i+2)); done
+echo $i >$F/bless-seconds
+kos-upgrade status >$F/blessed-status.txt 2>&1
+ls /boot/loader/entries >$F/blessed-entries
+sleep 2
+systemctl is-active kos-upgrade-confirm.timer >$F/timer-after 2>&1
+journalctl -b -o short-monotonic -u kos-upgrade-confirm.service >$F/confirm.log 2>&1`
+
+// TestQemuSystemHealthConfirmWindow: with confirm_after and a confirm.d
+// probe, the first boot of the upgraded system (thin LV snapshot,
+// systemd-boot with a boot counter) is green and stays on trial: the entry
+// keeps its counter, kos-upgrade-confirm.timer runs; once the application
+// is ready the timer's run of kos-upgrade health blesses it (the counter
+// goes) and stops the timer.
+func TestQemuSystemHealthConfirmWindow(t *testing.T) {
+	RequireFull(t)
+	s := NewQemuSystem(t, LayoutThin)
+	s.Script(t, map[string]string{
+		"1": confirmWindowSetup + prepareAndReboot,
+		"3": confirmWindowStep,
+	})
+	boots := s.Run(t, 5)
+	if len(boots) != 3 {
+		t.Fatalf("%d boots, want 3 (5.8, offline, 5.9)", len(boots))
+	}
+	f := s.Facts("3")
+	expectUpgraded(t, "boot 3", f)
+	if t.Failed() {
+		t.Fatalf("facts of boot 3:%s\n--- run log:\n%s", f, s.ReadShared("run-3.log"))
+	}
+	if st := f.File("window-status.txt"); !strings.Contains(st, "green, confirming") || !strings.Contains(st, "on trial until") {
+		t.Errorf("status in the window:\n%s\n--- health:\n%s", st, f.File("health.log"))
+	}
+	if !strings.Contains(f.File("entries"), "+") {
+		t.Errorf("the trial entry lost its boot counter in the window (blessed too early):\n%s", f.File("entries"))
+	}
+	if a := strings.TrimSpace(f.File("timer-active")); a != "active" {
+		t.Errorf("kos-upgrade-confirm.timer in the window: %q", a)
+	}
+	if st := f.File("blessed-status.txt"); !strings.Contains(st, "confirmation window: the application probes passed") || !strings.Contains(st, "green, blessed") {
+		t.Errorf("status after the probe passed (%s s):\n%s\n--- confirm runs:\n%s", f.File("bless-seconds"), st, f.File("confirm.log"))
+	}
+	if strings.Contains(f.File("blessed-entries"), "+") {
+		t.Errorf("an entry still has a boot counter after the window closed:\n%s", f.File("blessed-entries"))
+	}
+	if a := strings.TrimSpace(f.File("timer-after")); a != "inactive" {
+		t.Errorf("kos-upgrade-confirm.timer after the window: %q", a)
+	}
+	t.Logf("blessed %s s after the application was ready; confirm runs:\n%s", strings.TrimSpace(f.File("bless-seconds")), f.File("confirm.log"))
+}
