@@ -86,7 +86,7 @@ func TestFinalize(t *testing.T) {
 		if b, err := os.ReadFile(filepath.Join(s.FS.Top, r.Snapshot, "etc/after-staging")); err != nil || string(b) != "live\n" {
 			t.Fatalf("the change after staging was not carried over: %q %v", b, err)
 		}
-		if left := s.subvols(t); len(left) != 1 || left[0] != r.Snapshot {
+		if left := settledSubvols(t, s); len(left) != 1 || left[0] != r.Snapshot {
 			t.Fatalf("snapshots left: %v, want only %s", left, r.Snapshot)
 		}
 		h, err := s.Engin.History(ctx)

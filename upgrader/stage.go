@@ -610,12 +610,3 @@ func (r *run) undoCarryOver(ctx context.Context) error {
 	return r.dropStage(ctx)
 }
 
-// dropStageOf drops the stage recorded in state (the new state of a
-// successful run) with the run's snapshotter.
-func (r *run) dropStageOf(ctx context.Context, state *State) error {
-	snap, err := r.snapshotter(ctx)
-	if err != nil {
-		return err
-	}
-	return r.e.dropStageWith(ctx, r.st, state, snap)
-}

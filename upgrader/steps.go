@@ -662,12 +662,10 @@ func (r *run) done(ctx context.Context) error {
 	if err := r.st.save(&r.newState, r.e.now()); err != nil {
 		return err
 	}
-	if r.newState.Stage != nil {
-		// base and live are not needed any more: the new root boots.
-		if err := r.dropStageOf(ctx, &r.newState); err != nil {
-			r.e.log().Warn("cannot remove the staged snapshots", "err", err)
-		}
-	}
+	// A staged run's base and live are not needed any more, but deleting
+	// them is no business of the offline window (the downtime): both
+	// states name them, and the first command of the new root (its
+	// first-boot health) deletes them (settle: staleStage).
 	if r.state.InPlace {
 		r.report(StepDone, fmt.Sprintf("upgrade to %s succeeded in place; %s is kept as the rollback point (kos-upgrade rollback merges it back)", r.plan.Target.VersionID, r.state.Snapshot))
 	} else {
