@@ -609,4 +609,3 @@ func (r *run) undoCarryOver(ctx context.Context) error {
 	}
 	return r.dropStage(ctx)
 }
-
