@@ -161,11 +161,13 @@ func BaseTarball(ctx context.Context, logf func(string, ...any)) (string, error)
 // the full-system scenarios run prepare inside the guest as a user would;
 // kexec-tools for `kos-upgrade reboot --kexec`; dracut-core (next to
 // initramfs-tools, which still makes the guest's own initramfs) for the
-// upgrade initramfs of initramfs mode, and systemd-boot for bootctl, which
-// arms its one-time boot.
+// upgrade initramfs of initramfs mode, systemd-boot for bootctl, which
+// arms its one-time boot, and openssh-server for the fleet scenario
+// (fleet_test.go), disabled unless a guest asks for it (SystemOptions.SSHKey):
+// one debootstrap for every QEMU guest.
 var QemuGuestPackages = append(append([]string(nil), GuestPackages...),
 	"linux-image-amd64", "initramfs-tools", "kmod", "lvm2", "thin-provisioning-tools", "xfsprogs", "e2fsprogs",
-	"python3-dnf", "kexec-tools", "dracut-core", "systemd-boot")
+	"python3-dnf", "kexec-tools", "dracut-core", "systemd-boot", "openssh-server")
 
 // qemuBaseVersion is mixed into the QEMU variant's cache key.
 const qemuBaseVersion = "qemu-2"
@@ -238,7 +240,9 @@ func buildTarball(ctx context.Context, logf func(string, ...any), prefix, versio
 // guest shares.
 func trimBase(root string) error {
 	for _, g := range []string{"usr/share/doc/*", "usr/share/man/*", "usr/share/locale/*", "usr/share/info/*",
-		"var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_Packages"} {
+		"var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_Packages",
+		// sshd runs only in the guests that ask for it (sshGuest).
+		"etc/systemd/system/multi-user.target.wants/ssh.service", "etc/systemd/system/sshd.service"} {
 		m, _ := filepath.Glob(filepath.Join(root, g))
 		for _, p := range m {
 			if err := os.RemoveAll(p); err != nil {
@@ -285,14 +289,4 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// QemuSSHPackages is the QEMU guest with an ssh server: the fleet scenario
-// (fleet_test.go) reaches its guests with Ansible over ssh.
-var QemuSSHPackages = append(append([]string(nil), QemuGuestPackages...), "openssh-server")
-
-// QemuSSHTarball returns the cached tarball of the QEMU guest with an ssh
-// server (QemuSSHPackages), building it when it is missing.
-func QemuSSHTarball(ctx context.Context, logf func(string, ...any)) (string, error) {
-	return buildTarball(ctx, logf, "qemu-ssh-", qemuBaseVersion, QemuSSHPackages)
 }

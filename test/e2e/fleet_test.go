@@ -55,6 +55,36 @@ func (h *fleetHost) firmwareBoots() int {
 	return strings.Count(h.console(), "BdsDxe: starting")
 }
 
+// TestQemuFleetTwoHosts is the default run's fleet, the issue's two-host
+// variant of TestQemuFleetAnsible: waves [1, 1]. Wave 1 upgrades the
+// canary, blessed; wave 2 the host with the broken root, which falls back
+// and stops the run; the report shows both, the fallback with its reason.
+// The rerun resumes from each host's state without a reboot: the canary
+// runs the target, the fallen-back host is left alone
+// (kos_upgrade_retry_fallen_back: false) and still stops the run.
+func TestQemuFleetTwoHosts(t *testing.T) {
+	f := startFleet(t, []fleetHost{{name: "canary"}, {name: "broken", broken: true}})
+	f.firstRun(t)
+
+	boots := f.boots()
+	t1 := time.Now()
+	rc, out := f.playbook(t, f.report, "run-2", map[string]any{"kos_upgrade_retry_fallen_back": false}, "kos.upgrade.upgrade")
+	t.Logf("FIGURES: rerun (resume, the fallen-back host left alone) %s, exit %d", time.Since(t1).Round(time.Second), rc)
+	if rc == 0 || !strings.Contains(out, "fell-back") {
+		t.Errorf("the rerun did not stop on the fallen-back host (exit %d):\n%s", rc, tail(out, 60))
+	}
+	f.assertNoReboot(t, boots, nil)
+	doc := readFleetReport(t, f.report)
+	if r := doc.host(t, "canary"); r.Verdict != "blessed" || r.ReleaseBefore != "5.8" || r.ReleaseAfter != "5.9" || r.Phase != "done" {
+		t.Errorf("canary after the rerun: %+v, want blessed on 5.9 (from 5.8), phase done", r)
+	}
+	if r := doc.host(t, "broken"); r.Verdict != "fell-back" || r.ReleaseAfter != "5.8" || r.Reason == "" || r.Phase != "fell-back" {
+		t.Errorf("broken after the rerun: %+v, want fallen back to 5.8 with its reason, phase fell-back", r)
+	}
+	f.screenshot(t)
+	t.Logf("FIGURES: two-host fleet scenario %s", time.Since(f.t0).Round(time.Second))
+}
+
 // TestQemuFleetAnsible is the issue's fleet: three hosts, waves [1, 2]. Wave
 // 1 upgrades one host, blessed; wave 2 two hosts, one of which gets the
 // broken root (its new init exits: the kernel panics in both tries and
@@ -64,59 +94,123 @@ func (h *fleetHost) firmwareBoots() int {
 // two upgraded hosts are not rebooted again, the third upgrades.
 func TestQemuFleetAnsible(t *testing.T) {
 	RequireFull(t)
-	runFleet(t, []fleetHost{{name: "canary"}, {name: "web"}, {name: "broken", broken: true}})
+	f := startFleet(t, []fleetHost{{name: "canary"}, {name: "web"}, {name: "broken", broken: true}})
+	f.firstRun(t)
+
+	// Remove the problem (the broken repository) and run again: the
+	// upgraded hosts stay as they are, without a reboot.
+	boots := f.boots()
+	writeInventory(t, f.inv, f.work, f.hosts, f.set, false)
+	t2 := time.Now()
+	rc, out := f.playbook(t, f.report, "run-2", nil, "kos.upgrade.upgrade")
+	t.Logf("FIGURES: rerun (resume) %s, exit %d", time.Since(t2).Round(time.Second), rc)
+	if rc != 0 {
+		t.Fatalf("the rerun failed (exit %d):\n%s", rc, tail(out, 80))
+	}
+	doc := readFleetReport(t, f.report)
+	for _, h := range f.hosts {
+		r := doc.host(t, h.name)
+		if r.Verdict != "blessed" || r.ReleaseAfter != "5.9" || r.ReleaseBefore != "5.8" {
+			t.Errorf("%s after the rerun: %+v, want blessed on 5.9 (from 5.8)", h.name, r)
+		}
+	}
+	f.assertNoReboot(t, boots, func(h *fleetHost) bool { return h.broken })
+	if doc.Counts.Upgraded != len(f.hosts) {
+		t.Errorf("rerun's counts: %+v", doc.Counts)
+	}
+	f.screenshot(t)
+
+	// The rollback role on the canary: its pre-upgrade system again.
+	t3 := time.Now()
+	rbReport := filepath.Join(f.report, "rollback")
+	rc, out = f.playbook(t, rbReport, "rollback", nil, "kos.upgrade.rollback", "--limit", f.hosts[0].name)
+	t.Logf("FIGURES: rollback of one host %s, exit %d", time.Since(t3).Round(time.Second), rc)
+	if rc != 0 {
+		t.Fatalf("the rollback failed (exit %d):\n%s", rc, tail(out, 60))
+	}
+	doc = readFleetReport(t, rbReport)
+	if r := doc.host(t, f.hosts[0].name); r.Verdict != "rolled-back" || r.ReleaseAfter != "5.8" {
+		t.Errorf("%s after the rollback: %+v, want rolled back to 5.8", f.hosts[0].name, r)
+	}
+	t.Logf("FIGURES: fleet scenario %s", time.Since(f.t0).Round(time.Second))
 }
 
-func runFleet(t *testing.T, hosts []fleetHost) {
+// fleet is a running fleet: its hosts' QEMU processes, the collection
+// installed on the controller (this machine), the inventory and the
+// report directory (kept with the first host's artifacts).
+type fleet struct {
+	hosts                   []fleetHost
+	set                     *fixture.Set
+	work, coll, inv, report string
+	t0                      time.Time
+}
+
+// startFleet builds the hosts' systems, each with sshd, the test's key and
+// one CPU (TCG runs a guest on one host thread: two guests on the test
+// machine's two cores), starts each as soon as it is built (the next one
+// is built while it boots) and waits until every one answers over ssh.
+func startFleet(t *testing.T, hosts []fleetHost) *fleet {
 	QemuParallel(t, len(hosts))
 	RequireSystem(t)
 	testenv.RequireTools(t, fleetTools...)
-	t0 := time.Now()
-	work := t.TempDir()
-	testenv.Run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kos-fleet-test", "-f", filepath.Join(work, "id"))
-	pub, err := os.ReadFile(filepath.Join(work, "id.pub"))
+	f := &fleet{hosts: hosts, t0: time.Now(), work: t.TempDir()}
+	testenv.Run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kos-fleet-test", "-f", filepath.Join(f.work, "id"))
+	pub, err := os.ReadFile(filepath.Join(f.work, "id.pub"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	coll := buildCollection(t, work)
-	set := fixture.MustBuild(t)
-	for i := range hosts {
-		h := &hosts[i]
-		h.sys = NewQemuSystemWith(t, LayoutBtrfs, SystemOptions{SSHKey: string(pub), Files: fleetFiles(filepath.Join(set.Dir, "repos"))})
-		h.sys.SSHPort = freePort(t)
-		h.sys.CPUs = 1 // three guests on the test machine's cores
-	}
-	t.Logf("FIGURES: %d systems built in %s", len(hosts), time.Since(t0).Round(time.Second))
-	report := filepath.Join(hosts[0].sys.Shared, "fleet-report")
-	if err := os.MkdirAll(report, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	f.coll = buildCollection(t, f.work)
+	f.set = fixture.MustBuild(t)
 	// Kept with the first host's artifacts (KOS_UPGRADE_E2E_ARTIFACTS):
 	// every host's console, copied before the hosts' own cleanups.
 	t.Cleanup(func() {
-		for _, h := range hosts {
-			os.WriteFile(filepath.Join(report, "console-"+h.name+".log"), []byte(h.console()), 0o644)
+		if f.report == "" {
+			return
+		}
+		for _, h := range f.hosts {
+			if h.sys != nil {
+				os.WriteFile(filepath.Join(f.report, "console-"+h.name+".log"), []byte(h.console()), 0o644)
+			}
 		}
 	})
-	lockQemu(t)
-	for i := range hosts {
-		startFleetHost(t, &hosts[i])
+	for i := range f.hosts {
+		h := &f.hosts[i]
+		h.sys = NewQemuSystemWith(t, LayoutBtrfs, SystemOptions{SSHKey: string(pub), Files: fleetFiles(filepath.Join(f.set.Dir, "repos"))})
+		h.sys.SSHPort = freePort(t)
+		h.sys.CPUs = 1
+		if i == 0 {
+			f.report = filepath.Join(h.sys.Shared, "fleet-report")
+			if err := os.MkdirAll(f.report, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			lockQemu(t)
+		}
+		startFleetHost(t, h)
 	}
-	for i := range hosts {
-		waitSSH(t, &hosts[i], work, 15*time.Minute)
+	t.Logf("FIGURES: %d systems built and started in %s", len(f.hosts), time.Since(f.t0).Round(time.Second))
+	for i := range f.hosts {
+		waitSSH(t, &f.hosts[i], f.work, 15*time.Minute)
 	}
-	t.Logf("FIGURES: fleet reachable over ssh after %s", time.Since(t0).Round(time.Second))
+	t.Logf("FIGURES: fleet reachable over ssh after %s", time.Since(f.t0).Round(time.Second))
+	f.inv = filepath.Join(f.work, "inventory.yml")
+	return f
+}
 
-	inv := filepath.Join(work, "inventory.yml")
-	writeInventory(t, inv, work, hosts, set, true)
+// firstRun runs the upgrade playbook with the broken host's broken
+// repository, waves [1, 2]: the canary (and the other good hosts) blessed
+// on 5.9 with their downtime, the broken host fallen back to 5.8 with the
+// reason, the run stopped; the report says so.
+func (f *fleet) firstRun(t *testing.T) {
+	t.Helper()
+	writeInventory(t, f.inv, f.work, f.hosts, f.set, true)
 	t1 := time.Now()
-	rc, out := ansiblePlaybook(t, work, coll, inv, report, "run-1")
-	t.Logf("FIGURES: first run (waves [1, 2], one host falls back) %s, exit %d", time.Since(t1).Round(time.Second), rc)
+	rc, out := f.playbook(t, f.report, "run-1", nil, "kos.upgrade.upgrade")
+	t.Logf("FIGURES: first run (one host falls back) %s, exit %d", time.Since(t1).Round(time.Second), rc)
 	if rc == 0 {
 		t.Fatalf("the first run succeeded, but its broken host should have fallen back and stopped the rollout:\n%s", tail(out, 80))
 	}
-	doc := readFleetReport(t, report)
-	for _, h := range hosts {
+	doc := readFleetReport(t, f.report)
+	for _, h := range f.hosts {
 		r := doc.host(t, h.name)
 		switch {
 		case h.broken:
@@ -129,7 +223,7 @@ func runFleet(t *testing.T, hosts []fleetHost) {
 			}
 		}
 	}
-	if doc.Counts.Upgraded != len(hosts)-1 || doc.Counts.Verdicts["fell-back"] != 1 {
+	if doc.Counts.Upgraded != len(f.hosts)-1 || doc.Counts.Verdicts["fell-back"] != 1 {
 		t.Errorf("first run's counts: %+v", doc.Counts)
 	}
 	if !strings.Contains(out, "fell-back") {
@@ -138,50 +232,39 @@ func runFleet(t *testing.T, hosts []fleetHost) {
 	if t.Failed() {
 		t.FailNow()
 	}
+}
 
-	// Remove the problem (the broken repository) and run again: the
-	// upgraded hosts stay as they are, without a reboot.
-	boots := map[string]int{}
-	for _, h := range hosts {
-		boots[h.name] = h.firmwareBoots()
+// boots counts each host's boots so far.
+func (f *fleet) boots() map[string]int {
+	n := map[string]int{}
+	for _, h := range f.hosts {
+		n[h.name] = h.firmwareBoots()
 	}
-	writeInventory(t, inv, work, hosts, set, false)
-	t2 := time.Now()
-	rc, out = ansiblePlaybook(t, work, coll, inv, report, "run-2")
-	t.Logf("FIGURES: rerun (resume) %s, exit %d", time.Since(t2).Round(time.Second), rc)
-	if rc != 0 {
-		t.Fatalf("the rerun failed (exit %d):\n%s", rc, tail(out, 80))
-	}
-	doc = readFleetReport(t, report)
-	for _, h := range hosts {
-		r := doc.host(t, h.name)
-		if r.Verdict != "blessed" || r.ReleaseAfter != "5.9" || r.ReleaseBefore != "5.8" {
-			t.Errorf("%s after the rerun: %+v, want blessed on 5.9 (from 5.8)", h.name, r)
-		}
-		if n := h.firmwareBoots(); !h.broken && n != boots[h.name] {
-			t.Errorf("%s booted %d more time(s) in the rerun: an upgraded host was rebooted again", h.name, n-boots[h.name])
-		}
-	}
-	if doc.Counts.Upgraded != len(hosts) {
-		t.Errorf("rerun's counts: %+v", doc.Counts)
-	}
-	shot := filepath.Join(report, "fleet.png")
-	screenshot(t, filepath.Join(report, "fleet.html"), shot)
-	t.Logf("fleet report: %s (screenshot %s)", report, shot)
+	return n
+}
 
-	// The rollback role on the canary: its pre-upgrade system again.
-	t3 := time.Now()
-	rbReport := filepath.Join(report, "rollback")
-	rc, out = ansiblePlaybookArgs(t, work, coll, inv, rbReport, "rollback", "kos.upgrade.rollback", "--limit", hosts[0].name)
-	t.Logf("FIGURES: rollback of one host %s, exit %d", time.Since(t3).Round(time.Second), rc)
-	if rc != 0 {
-		t.Fatalf("the rollback failed (exit %d):\n%s", rc, tail(out, 60))
+// assertNoReboot fails the test for each host (but those of except) that
+// booted since boots were counted.
+func (f *fleet) assertNoReboot(t *testing.T, boots map[string]int, except func(*fleetHost) bool) {
+	t.Helper()
+	for i := range f.hosts {
+		h := &f.hosts[i]
+		if except != nil && except(h) {
+			continue
+		}
+		if n := h.firmwareBoots(); n != boots[h.name] {
+			t.Errorf("%s booted %d more time(s) in the rerun: a host was rebooted again", h.name, n-boots[h.name])
+		}
 	}
-	doc = readFleetReport(t, rbReport)
-	if r := doc.host(t, hosts[0].name); r.Verdict != "rolled-back" || r.ReleaseAfter != "5.8" {
-		t.Errorf("%s after the rollback: %+v, want rolled back to 5.8", hosts[0].name, r)
-	}
-	t.Logf("FIGURES: fleet scenario %s", time.Since(t0).Round(time.Second))
+}
+
+// screenshot opens the fleet report in headless Chromium, its screenshot
+// kept beside it.
+func (f *fleet) screenshot(t *testing.T) {
+	t.Helper()
+	shot := filepath.Join(f.report, "fleet.png")
+	screenshot(t, filepath.Join(f.report, "fleet.html"), shot)
+	t.Logf("fleet report: %s (screenshot %s)", f.report, shot)
 }
 
 // fleetFiles are the files each fleet guest gets: two tries for a trial
@@ -347,17 +430,10 @@ func writeInventory(t *testing.T, path, work string, hosts []fleetHost, set *fix
 	}
 }
 
-// ansiblePlaybook runs the collection's upgrade playbook on the fleet and
-// returns its exit code and output (also kept as NAME.log in the report
-// directory).
-func ansiblePlaybook(t *testing.T, work, coll, inv, report, name string) (int, string) {
-	t.Helper()
-	return ansiblePlaybookArgs(t, work, coll, inv, report, name, "kos.upgrade.upgrade")
-}
-
-// ansiblePlaybookArgs runs ansible-playbook with args (a playbook and
-// options) on the fleet, with the test's variables.
-func ansiblePlaybookArgs(t *testing.T, work, coll, inv, report, name string, args ...string) (int, string) {
+// playbook runs ansible-playbook with args (a playbook and options) on the
+// fleet, with the test's variables and more, the report in report; it
+// returns the exit code and the output (also kept as NAME.log there).
+func (f *fleet) playbook(t *testing.T, report, name string, more map[string]any, args ...string) (int, string) {
 	t.Helper()
 	if err := os.MkdirAll(report, 0o755); err != nil {
 		t.Fatal(err)
@@ -367,10 +443,14 @@ func ansiblePlaybookArgs(t *testing.T, work, coll, inv, report, name string, arg
 		"kos_upgrade_verdict_timeout": 2400, "kos_upgrade_poll_interval": 10, "kos_upgrade_reboot_delay": 3,
 		"kos_upgrade_report_title": "kos-upgrade e2e fleet",
 	}
+	for k, v := range more {
+		vars[k] = v
+	}
 	ev, _ := json.Marshal(vars)
-	cmd := exec.Command("ansible-playbook", append([]string{"-i", inv, "-e", string(ev)}, args...)...)
+	work := f.work
+	cmd := exec.Command("ansible-playbook", append([]string{"-i", f.inv, "-e", string(ev)}, args...)...)
 	cmd.Dir = work
-	cmd.Env = append(os.Environ(), "ANSIBLE_COLLECTIONS_PATH="+coll, "ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=1",
+	cmd.Env = append(os.Environ(), "ANSIBLE_COLLECTIONS_PATH="+f.coll, "ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=1",
 		"ANSIBLE_FORCE_COLOR=0", "ANSIBLE_LOCAL_TEMP="+filepath.Join(work, "ansible-tmp"),
 		"ANSIBLE_SSH_CONTROL_PATH_DIR="+filepath.Join(work, "cp"), "ANSIBLE_RETRY_FILES_ENABLED=False", "ANSIBLE_FORKS=5",
 		"ANSIBLE_PIPELINING=True")
@@ -431,6 +511,7 @@ type fleetRecord struct {
 	Verdict       string   `json:"verdict"`
 	Reason        string   `json:"reason"`
 	Downtime      *float64 `json:"downtime_seconds"`
+	Phase         string   `json:"phase"`
 	Error         string   `json:"error"`
 }
 

@@ -101,8 +101,8 @@ func RequireSystem(t *testing.T) {
 // SystemOptions are what a scenario adds to a full-system guest.
 type SystemOptions struct {
 	// SSHKey, when set, makes the guest reachable over ssh as root with
-	// this public key: the guest root has openssh-server
-	// (QemuSSHTarball), a static address on QEMU's user network
+	// this public key: its openssh-server (QemuGuestPackages) enabled, a
+	// static address on QEMU's user network
 	// (systemd-networkd), and the key in /root/.ssh/authorized_keys. Set
 	// QemuVM.SSHPort to forward a host port to it.
 	SSHKey string
@@ -128,11 +128,7 @@ func NewQemuSystemWith(t *testing.T, layout string, opts SystemOptions) *QemuSys
 	if err != nil {
 		t.Fatal(err)
 	}
-	tarballOf := QemuBaseTarball
-	if opts.SSHKey != "" {
-		tarballOf = QemuSSHTarball
-	}
-	tarball, err := tarballOf(ctx, t.Logf)
+	tarball, err := QemuBaseTarball(ctx, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,9 +429,9 @@ func (s *QemuSystem) Run(t *testing.T, max int) []SystemBoot {
 // did not run then.
 func (s *QemuSystem) Facts(n string) *Facts { return factsIn(s.Shared, n) }
 
-// sshGuest makes the guest root reachable over ssh as root with key: a
-// static address on QEMU's user network (10.0.2.15, systemd-networkd, no
-// DHCP wait) and the key authorized.
+// sshGuest makes the guest root reachable over ssh as root with key: sshd
+// enabled, a static address on QEMU's user network (10.0.2.15,
+// systemd-networkd, no DHCP wait) and the key authorized.
 func sshGuest(t *testing.T, root, key string) {
 	t.Helper()
 	files := map[string]struct {
@@ -457,11 +453,13 @@ func sshGuest(t *testing.T, root, key string) {
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(wants, "systemd-networkd.service"))
-	if err := os.Symlink("/lib/systemd/system/systemd-networkd.service", filepath.Join(wants, "systemd-networkd.service")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(filepath.Join(wants, "ssh.service")); err != nil {
-		t.Fatalf("the guest root has no enabled ssh.service: %v", err)
+	for _, unit := range []string{"systemd-networkd.service", "ssh.service"} {
+		if _, err := os.Stat(filepath.Join(root, "lib/systemd/system", unit)); err != nil {
+			t.Fatalf("the guest root has no %s: %v", unit, err)
+		}
+		os.Remove(filepath.Join(wants, unit))
+		if err := os.Symlink("/lib/systemd/system/"+unit, filepath.Join(wants, unit)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
