@@ -93,8 +93,14 @@ sleep 600`, s.reposFlags(fixture.Repo59, fixture.Repo59AcmeOff)),
 // confirmWindowSetup is boot 1's addition for the confirmation window: a
 // 30-minute window, a confirm.d probe that passes once
 // /etc/kos-e2e-app-ready exists, and systemd-bless-boot masked (it would
-// bless the counted entry at boot-complete.target, docs/health.md).
-const confirmWindowSetup = `mkdir -p /etc/kos-upgrade/confirm.d
+// bless the counted entry at boot-complete.target, docs/health.md); and
+// an enabled unit that fails at every start (started once here, so that
+// the baseline arm takes has it failed): pre-existing, not counted.
+const confirmWindowSetup = `printf '[Unit]\nDescription=kos-e2e: fails at every boot\n[Service]\nType=oneshot\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n' >/etc/systemd/system/kos-e2e-broken.service
+systemctl daemon-reload
+systemctl enable kos-e2e-broken.service
+systemctl start kos-e2e-broken.service || true
+mkdir -p /etc/kos-upgrade/confirm.d
 printf 'confirm_after = 30m\n' >/etc/kos-upgrade/health.conf
 printf '#!/bin/sh\necho probing the application\ntest -e /etc/kos-e2e-app-ready\n' >/etc/kos-upgrade/confirm.d/10-app
 chmod 0755 /etc/kos-upgrade/confirm.d/10-app
@@ -123,7 +129,8 @@ journalctl -b -o short-monotonic -u kos-upgrade-confirm.service >$F/confirm.log 
 // systemd-boot with a boot counter) is green and stays on trial: the entry
 // keeps its counter, kos-upgrade-confirm.timer runs; once the application
 // is ready the timer's run of kos-upgrade health blesses it (the counter
-// goes) and stops the timer.
+// goes) and stops the timer. A unit that failed before the upgrade fails
+// again: blessed all the same, listed as pre-existing.
 func TestQemuSystemHealthConfirmWindow(t *testing.T) {
 	RequireFull(t)
 	s := NewQemuSystem(t, LayoutThin)
@@ -151,6 +158,9 @@ func TestQemuSystemHealthConfirmWindow(t *testing.T) {
 	}
 	if st := f.File("blessed-status.txt"); !strings.Contains(st, "confirmation window: the application probes passed") || !strings.Contains(st, "green, blessed") {
 		t.Errorf("status after the probe passed (%s s):\n%s\n--- confirm runs:\n%s", f.File("bless-seconds"), st, f.File("confirm.log"))
+	}
+	if st := f.File("blessed-status.txt"); !strings.Contains(st, "pre-existing: kos-e2e-broken.service had failed before the upgrade already") {
+		t.Errorf("the unit failing before the upgrade is not listed as pre-existing:\n%s", st)
 	}
 	if strings.Contains(f.File("blessed-entries"), "+") {
 		t.Errorf("an entry still has a boot counter after the window closed:\n%s", f.File("blessed-entries"))
