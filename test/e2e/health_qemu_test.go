@@ -7,20 +7,24 @@ import (
 	"testing"
 
 	"github.com/keyarchos/kos-upgrade/pkg/health"
+	"github.com/keyarchos/kos-upgrade/pkg/snapshot"
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 )
 
 // healthFallbackStep is boot 4's step (the old system after the fallback):
 // what status, log and D-Bus LastResult say, the old root's health.json,
-// and the new root's, read from its snapshot LV (mounted read-only).
+// and the new root's, read from its snapshot LV (mounted read-only; the
+// record names the snapshot, kos-upgrade/LABEL, whose LV is
+// kos-upgrade-LABEL).
 const healthFallbackStep = `kos-upgrade status >$F/status.txt 2>&1
 kos-upgrade log last >$F/log.txt 2>&1
 busctl --system get-property org.kos.Upgrade1 /org/kos/Upgrade1 org.kos.Upgrade1 LastResult >$F/last-result.txt 2>&1; echo $? >$F/last-result.rc
 cp /var/lib/kos-upgrade/health.json $F/old-health.json
 snap=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"]["last_result"]["previous"])' $F/status.json)
 echo "$snap" >$F/new-root
-lvchange -ay -K ` + systemVG + `/$snap
-mkdir -p /mnt/new && mount -o ro,noload /dev/` + systemVG + `/$snap /mnt/new &&
+lv=` + snapshot.LVMPrefix + `${snap#` + snapshot.BtrfsDir + `/}
+lvchange -ay -K ` + systemVG + `/$lv
+mkdir -p /mnt/new && mount -o ro,noload /dev/` + systemVG + `/$lv /mnt/new &&
 cp /mnt/new/var/lib/kos-upgrade/health.json $F/new-health.json; umount /mnt/new`
 
 // TestQemuSystemHealthFallsBack: the upgrade disables acme-web.service
