@@ -29,6 +29,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,98 +118,155 @@ func NewQemuSystem(t *testing.T, layout string) *QemuSystem {
 	return NewQemuSystemWith(t, layout, SystemOptions{})
 }
 
-// NewQemuSystemWith is NewQemuSystem with the scenario's additions.
-func NewQemuSystemWith(t *testing.T, layout string, opts SystemOptions) *QemuSystem {
+// guestSpec is what the roots of full-system guests differ by.
+type guestSpec struct {
+	// ssh makes the guest reachable over ssh as root with this public key
+	// (SystemOptions.SSHKey, sshGuest): the same tarball as every guest,
+	// its openssh-server enabled.
+	ssh string
+	// fstab is the root's /etc/fstab.
+	fstab string
+	// files are written into the root (relative path → content, 0644)
+	// before its initramfs is made.
+	files map[string]string
+	// modules are added to the initramfs's module list.
+	modules []string
+}
+
+// guestRoot is the root of a full-system guest on the host, before it goes
+// onto the guest's disk: the QEMU guest's Debian (prepareQemuRoot), its
+// initramfs made for the system's root, then the fixture's 5.8 system and
+// make install of kos-upgrade (installSystem).
+type guestRoot struct {
+	set    *fixture.Set
+	base   *QemuBase
+	tree   string // make install's tree
+	work   string // the test's directory for the disk and its images
+	dir    string // the root, work/root
+	kernel string // the version of the kernel in dir/boot
+}
+
+// newGuestRoot makes a full-system guest's root, for the fixture set, up
+// to its kernel and initramfs (see guestRoot): the cached tarball
+// unpacked and prepared, spec's files, the driver as a simple service
+// (the health check of an upgraded system runs after multi-user.target,
+// and run.sh waits for it), Debian's kexec-load masked, the initramfs
+// rebuilt with spec's modules. NewQemuSystemWith and newQemuEL8System
+// make their roots with it.
+func newGuestRoot(t *testing.T, set *fixture.Set, spec guestSpec) *guestRoot {
 	t.Helper()
-	RequireSystem(t)
 	ctx := context.Background()
-	start := time.Now()
-	set := fixture.MustBuild(t)
-	base, err := QemuBaseImage(ctx, t.Logf)
-	if err != nil {
+	g := &guestRoot{set: set, work: t.TempDir()}
+	g.dir = filepath.Join(g.work, "root")
+	var err error
+	if g.base, err = QemuBaseImage(ctx, t.Logf); err != nil {
 		t.Fatal(err)
 	}
 	tarball, err := QemuBaseTarball(ctx, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree, err := installTree()
-	if err != nil {
+	if g.tree, err = installTree(); err != nil {
 		t.Fatal(err)
 	}
-	work := t.TempDir()
-	root := filepath.Join(work, "root")
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := os.MkdirAll(g.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Run(t, "tar", "--numeric-owner", "--xattrs", "-C", root, "-xf", tarball)
-	if err := prepareQemuRoot(root); err != nil {
+	testenv.Run(t, "tar", "--numeric-owner", "--xattrs", "-C", g.dir, "-xf", tarball)
+	if err := prepareQemuRoot(g.dir); err != nil {
 		t.Fatal(err)
 	}
-	fstab := fmt.Sprintf("/dev/mapper/%s / ext4 defaults 0 1\n", boot.MapperName(systemVG, systemRootLV))
-	if layout == LayoutBtrfs {
-		fstab = "LABEL=kos-root / btrfs subvol=" + systemBtrfsSubvol + " 0 0\n"
-		// The initramfs mounts a btrfs root (prepareQemuRoot drops
-		// the btrfs hooks: a single device needs no scan).
-		mods := filepath.Join(root, "etc/initramfs-tools/modules")
+	if len(spec.modules) > 0 {
+		mods := filepath.Join(g.dir, "etc/initramfs-tools/modules")
 		b, err := os.ReadFile(mods)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(mods, append(b, "btrfs\n"...), 0o644); err != nil {
+		if err := os.WriteFile(mods, append(b, strings.Join(spec.modules, "\n")+"\n"...), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	fstab += "PARTLABEL=ESP /boot vfat umask=0077 0 2\n"
-	for rel, content := range map[string]string{
-		"etc/fstab": fstab,
-		// The upgrade initramfs of initramfs mode is host-only, as on
-		// KOS (Debian's dracut defaults to a generic image that does
-		// not fit the ESP).
-		"etc/dracut.conf.d/kos-e2e.conf": "hostonly=\"yes\"\n",
-		// The driver must not hold multi-user.target back: the health
-		// check of an upgraded system runs after it, and run.sh waits
-		// for that.
+	files := map[string]string{
+		"etc/fstab": spec.fstab,
 		"etc/systemd/system/kos-qemu-driver.service.d/system.conf": "[Service]\nType=simple\n",
-	} {
-		if err := putFile(root, rel, content, 0o644); err != nil {
+	}
+	maps.Copy(files, spec.files)
+	for rel, content := range files {
+		if err := putFile(g.dir, rel, content, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if opts.SSHKey != "" {
-		sshGuest(t, root, opts.SSHKey)
+	if spec.ssh != "" {
+		sshGuest(t, g.dir, spec.ssh)
 	}
 	// Debian's kexec-tools loads a kernel at every shutdown (10 s under
 	// TCG); kos-upgrade reboot --kexec loads its own.
-	if err := os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/kexec-load.service")); err != nil {
+	if err := os.Symlink("/dev/null", filepath.Join(g.dir, "etc/systemd/system/kexec-load.service")); err != nil {
 		t.Fatal(err)
 	}
-	if err := chrootRun(ctx, root, "update-initramfs", "-u", "-k", "all"); err != nil {
+	if err := chrootRun(ctx, g.dir, "update-initramfs", "-u", "-k", "all"); err != nil {
 		t.Fatal(err)
 	}
-	kernels, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
+	kernels, _ := filepath.Glob(filepath.Join(g.dir, "boot", "vmlinuz-*"))
 	if len(kernels) != 1 {
 		t.Fatalf("the guest root has kernels %v, want one", kernels)
 	}
-	kv := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
-	vmlinuz, err := os.ReadFile(kernels[0])
+	g.kernel = strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
+	return g
+}
+
+// vmlinuz and initrd are the paths of the root's kernel and initramfs.
+func (g *guestRoot) vmlinuz() string { return filepath.Join(g.dir, "boot", "vmlinuz-"+g.kernel) }
+func (g *guestRoot) initrd() string  { return filepath.Join(g.dir, "boot", "initrd.img-"+g.kernel) }
+
+// installSystem installs the fixture's 5.8 system and make install's tree
+// into the root. The fixture's kos-sh puts busybox applets over the
+// guest's coreutils, grep and sed (a fixture system has nothing else); the
+// guest's own are put back, or its dracut (GNU grep -P) breaks.
+func (g *guestRoot) installSystem(t *testing.T) {
+	t.Helper()
+	debianBin := filepath.Join(g.work, "debian-bin")
+	testenv.Run(t, "cp", "-al", filepath.Join(g.dir, "usr/bin"), debianBin)
+	if err := fixture.InstallBase(context.Background(), g.set, g.dir); err != nil {
+		t.Fatal(err)
+	}
+	restoreOverBusybox(t, filepath.Join(g.dir, "usr/bin"), debianBin)
+	testenv.Run(t, "cp", "-a", g.tree+"/.", g.dir+"/")
+}
+
+// NewQemuSystemWith is NewQemuSystem with the scenario's additions.
+func NewQemuSystemWith(t *testing.T, layout string, opts SystemOptions) *QemuSystem {
+	t.Helper()
+	RequireSystem(t)
+	start := time.Now()
+	spec := guestSpec{
+		ssh:   opts.SSHKey,
+		fstab: fmt.Sprintf("/dev/mapper/%s / ext4 defaults 0 1\n", boot.MapperName(systemVG, systemRootLV)),
+		files: map[string]string{
+			// The upgrade initramfs of initramfs mode is host-only, as
+			// on KOS (Debian's dracut defaults to a generic image that
+			// does not fit the ESP).
+			"etc/dracut.conf.d/kos-e2e.conf": "hostonly=\"yes\"\n",
+		},
+	}
+	if layout == LayoutBtrfs {
+		spec.fstab = "LABEL=kos-root / btrfs subvol=" + systemBtrfsSubvol + " 0 0\n"
+		// The initramfs mounts a btrfs root (prepareQemuRoot drops
+		// the btrfs hooks: a single device needs no scan).
+		spec.modules = []string{"btrfs"}
+	}
+	spec.fstab += "PARTLABEL=ESP /boot vfat umask=0077 0 2\n"
+	g := newGuestRoot(t, fixture.MustBuild(t), spec)
+	set, base, work, root, kv := g.set, g.base, g.work, g.dir, g.kernel
+	vmlinuz, err := os.ReadFile(g.vmlinuz())
 	if err != nil {
 		t.Fatal(err)
 	}
-	initrd, err := os.ReadFile(filepath.Join(root, "boot", "initrd.img-"+kv))
+	initrd, err := os.ReadFile(g.initrd())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The fixture's kos-sh puts busybox applets over the guest's
-	// coreutils, grep and sed (a fixture system has nothing else); the
-	// guest's own are put back, or its dracut (GNU grep -P) breaks.
-	debianBin := filepath.Join(work, "debian-bin")
-	testenv.Run(t, "cp", "-al", filepath.Join(root, "usr/bin"), debianBin)
-	if err := fixture.InstallBase(ctx, set, root); err != nil {
-		t.Fatal(err)
-	}
-	restoreOverBusybox(t, filepath.Join(root, "usr/bin"), debianBin)
-	testenv.Run(t, "cp", "-a", tree+"/.", root+"/")
+	g.installSystem(t)
 	// After make install, which ships commented examples of /etc/kos-upgrade.
 	for rel, content := range opts.Files {
 		if err := putFile(root, rel, content, 0o644); err != nil {

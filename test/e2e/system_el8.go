@@ -110,67 +110,23 @@ func newQemuEL8System(t *testing.T, d el8Disk) *QemuEL8System {
 	set := fixture.MustBuild(t)
 	fixture.MustBuildEL8(t, set)
 	grub := el8.MustGrub2(t)
-	base, err := QemuBaseImage(ctx, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tarball, err := QemuBaseTarball(ctx, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tree, err := installTree()
-	if err != nil {
-		t.Fatal(err)
-	}
-	work := t.TempDir()
-	root := filepath.Join(work, "root")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Run(t, "tar", "--numeric-owner", "--xattrs", "-C", root, "-xf", tarball)
-	if err := prepareQemuRoot(root); err != nil {
-		t.Fatal(err)
-	}
-	fstab := fmt.Sprintf("/dev/mapper/%s / %s defaults 0 1\nLABEL=%s /boot %s defaults 0 2\nPARTLABEL=ESP /boot/efi vfat umask=0077 0 2\n%s",
-		boot.MapperName(systemVG, systemRootLV), d.rootFS, el8BootLabel, d.bootFS, d.fstab)
-	for rel, content := range map[string]string{
-		"etc/fstab": fstab,
-		"etc/systemd/system/kos-qemu-driver.service.d/system.conf": "[Service]\nType=simple\n",
-	} {
-		if err := putFile(root, rel, content, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Symlink("/dev/null", filepath.Join(root, "etc/systemd/system/kexec-load.service")); err != nil {
-		t.Fatal(err)
-	}
-	if err := chrootRun(ctx, root, "update-initramfs", "-u", "-k", "all"); err != nil {
-		t.Fatal(err)
-	}
-	kernels, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
-	if len(kernels) != 1 {
-		t.Fatalf("the guest root has kernels %v, want one", kernels)
-	}
-	kv := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
+	g := newGuestRoot(t, set, guestSpec{
+		fstab: fmt.Sprintf("/dev/mapper/%s / %s defaults 0 1\nLABEL=%s /boot %s defaults 0 2\nPARTLABEL=ESP /boot/efi vfat umask=0077 0 2\n%s",
+			boot.MapperName(systemVG, systemRootLV), d.rootFS, el8BootLabel, d.bootFS, d.fstab),
+	})
+	base, work, root, kv := g.base, g.work, g.dir, g.kernel
 	// The guest's kernel and initramfs, as kernel-core packages.
 	kdir := filepath.Join(work, "kernel")
 	testenv.Run(t, "mkdir", "-p", kdir)
-	testenv.Run(t, "cp", kernels[0], filepath.Join(kdir, "vmlinuz"))
-	testenv.Run(t, "cp", filepath.Join(root, "boot", "initrd.img-"+kv), filepath.Join(kdir, "initrd"))
+	testenv.Run(t, "cp", g.vmlinuz(), filepath.Join(kdir, "vmlinuz"))
+	testenv.Run(t, "cp", g.initrd(), filepath.Join(kdir, "initrd"))
 	if err := fixture.BuildEL8Boot(ctx, set, filepath.Join(kdir, "vmlinuz"), filepath.Join(kdir, "initrd")); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"vmlinuz-" + kv, "initrd.img-" + kv, "config-" + kv, "System.map-" + kv} {
 		os.Remove(filepath.Join(root, "boot", p))
 	}
-
-	debianBin := filepath.Join(work, "debian-bin")
-	testenv.Run(t, "cp", "-al", filepath.Join(root, "usr/bin"), debianBin)
-	if err := fixture.InstallBase(ctx, set, root); err != nil {
-		t.Fatal(err)
-	}
-	restoreOverBusybox(t, filepath.Join(root, "usr/bin"), debianBin)
-	testenv.Run(t, "cp", "-a", tree+"/.", root+"/")
+	g.installSystem(t)
 	// EL8's /bin/sh is bash (grub2-get-kernel-settings needs it).
 	os.Remove(filepath.Join(root, "usr/bin/sh"))
 	if err := os.Symlink("bash", filepath.Join(root, "usr/bin/sh")); err != nil {
