@@ -272,6 +272,13 @@ func QemuBaseImage(ctx context.Context, logf func(string, ...any)) (*QemuBase, e
 	return base, nil
 }
 
+// reproducibleEpoch is the SOURCE_DATE_EPOCH of what chrootRun runs:
+// mkinitramfs then makes the same initramfs, byte for byte, of the same
+// root (times clamped, files sorted, no parallel compression), so the EL8
+// guest's kernel-core packages, cached by the contents of its kernel and
+// initramfs (fixture.BuildEL8Boot), are built once, not in every run.
+const reproducibleEpoch = "1700000000"
+
 // chrootRun runs argv in root with /proc mounted.
 func chrootRun(ctx context.Context, root string, argv ...string) error {
 	proc := filepath.Join(root, "proc")
@@ -280,7 +287,7 @@ func chrootRun(ctx context.Context, root string, argv ...string) error {
 	}
 	defer exec.Command("umount", "-l", proc).Run()
 	cmd := exec.CommandContext(ctx, "chroot", append([]string{root}, argv...)...)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", "SOURCE_DATE_EPOCH=" + reproducibleEpoch}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("chroot %s %s: %w: %s", root, strings.Join(argv, " "), err, tail(string(out), 20))
 	}
