@@ -48,7 +48,7 @@ var QemuTools = []string{"qemu-system-x86_64", "qemu-img", "debootstrap", "mke2f
 
 // qemuImageVersion is mixed into the base image's cache key: bump it when
 // the image preparation (driver, fstab, ...) changes.
-const qemuImageVersion = "2"
+const qemuImageVersion = "3"
 
 // qemuShareTag is the 9p mount tag of the shared directory.
 const qemuShareTag = "kose2e"
@@ -294,9 +294,29 @@ func chrootRun(ctx context.Context, root string, argv ...string) error {
 	return nil
 }
 
+// qemuModprobeBlacklist keeps udev from loading, at every boot of a QEMU
+// guest, the modules of q35 devices and CPU features that no test uses
+// (the SATA controller: the disks are virtio; the watchdog, SMBus, PC
+// speaker; KVM for the -cpu max guest's SVM): each costs time under TCG,
+// and KVM's came in the middle of the scenario's step.
+const qemuModprobeBlacklist = `# kos-upgrade e2e (test/e2e/qemu.go): devices no test uses
+blacklist ahci
+blacklist iTCO_wdt
+blacklist iTCO_vendor_support
+blacklist lpc_ich
+blacklist i2c_i801
+blacklist pcspkr
+blacklist kvm_amd
+blacklist kvm_intel
+blacklist powernow_k8
+`
+
 // prepareQemuRoot configures the QEMU guest root: fstab, the driver, a
 // serial console without a login prompt, an initramfs with only the
-// modules the guests boot from (virtio disks; ext4, XFS, LVM roots).
+// modules the guests boot from (virtio disks; ext4, XFS, LVM roots), no
+// modules for devices no test uses, no kexec-load.service (Debian's
+// kexec-tools loads a kernel at every shutdown, 10 s under TCG;
+// kos-upgrade reboot --kexec loads its own).
 func prepareQemuRoot(root string) error {
 	// btrfs's initramfs script loads btrfs and benchmarks raid6 at every
 	// boot: not needed for the QEMU guests' roots.
@@ -322,6 +342,7 @@ func prepareQemuRoot(root string) error {
 		"etc/fstab":                                  {"LABEL=kos-root / ext4 rw,errors=remount-ro 0 1\n", 0o644},
 		"usr/local/sbin/kos-qemu-driver":             {qemuDriver, 0o755},
 		"etc/systemd/system/kos-qemu-driver.service": {qemuDriverUnit, 0o644},
+		"etc/modprobe.d/kos-e2e.conf":                {qemuModprobeBlacklist, 0o644},
 	}
 	for name, f := range files {
 		if err := putFile(root, name, f.content, f.mode); err != nil {
@@ -334,6 +355,7 @@ func prepareQemuRoot(root string) error {
 		"etc/systemd/system/serial-getty@ttyS0.service": "/dev/null",
 		"etc/systemd/system/getty@tty1.service":         "/dev/null",
 		"etc/systemd/system/e2scrub_reap.service":       "/dev/null",
+		"etc/systemd/system/kexec-load.service":         "/dev/null",
 	}
 	for name, target := range links {
 		p := filepath.Join(root, name)

@@ -150,9 +150,8 @@ type guestRoot struct {
 // to its kernel and initramfs (see guestRoot): the cached tarball
 // unpacked and prepared, spec's files, the driver as a simple service
 // (the health check of an upgraded system runs after multi-user.target,
-// and run.sh waits for it), Debian's kexec-load masked, the initramfs
-// rebuilt with spec's modules. NewQemuSystemWith and newQemuEL8System
-// make their roots with it.
+// and run.sh waits for it), the initramfs rebuilt with spec's modules.
+// NewQemuSystemWith and newQemuEL8System make their roots with it.
 func newGuestRoot(t *testing.T, set *fixture.Set, spec guestSpec) *guestRoot {
 	t.Helper()
 	ctx := context.Background()
@@ -198,11 +197,6 @@ func newGuestRoot(t *testing.T, set *fixture.Set, spec guestSpec) *guestRoot {
 	}
 	if spec.ssh != "" {
 		sshGuest(t, g.dir, spec.ssh)
-	}
-	// Debian's kexec-tools loads a kernel at every shutdown (10 s under
-	// TCG); kos-upgrade reboot --kexec loads its own.
-	if err := os.Symlink("/dev/null", filepath.Join(g.dir, "etc/systemd/system/kexec-load.service")); err != nil {
-		t.Fatal(err)
 	}
 	if err := chrootRun(ctx, g.dir, "update-initramfs", "-u", "-k", "all"); err != nil {
 		t.Fatal(err)
