@@ -228,6 +228,20 @@ func (g *guestRoot) installSystem(t *testing.T) {
 	testenv.Run(t, "cp", "-a", g.tree+"/.", g.dir+"/")
 }
 
+// newVM removes the root, which is on disk now, and makes the guest: UEFI,
+// disk attached, the fixture's repositories shared.
+func (g *guestRoot) newVM(t *testing.T, disk string) *QemuVM {
+	t.Helper()
+	if err := os.RemoveAll(g.dir); err != nil {
+		t.Fatal(err)
+	}
+	vm := newQemuVM(t, g.base, "")
+	vm.UEFI = true
+	vm.AttachDisk(disk, "raw", "kos-disk", false)
+	vm.Share(systemReposTag, filepath.Join(g.set.Dir, "repos"))
+	return vm
+}
+
 // NewQemuSystemWith is NewQemuSystem with the scenario's additions.
 func NewQemuSystemWith(t *testing.T, layout string, opts SystemOptions) *QemuSystem {
 	t.Helper()
@@ -292,14 +306,7 @@ func NewQemuSystemWith(t *testing.T, layout string, opts SystemOptions) *QemuSys
 	} else {
 		fillLVM(t, base, layout, disk, root, work)
 	}
-	if err := os.RemoveAll(root); err != nil {
-		t.Fatal(err)
-	}
-
-	vm := newQemuVM(t, base, "")
-	vm.UEFI = true
-	vm.AttachDisk(disk, "raw", "kos-disk", false)
-	vm.Share(systemReposTag, filepath.Join(set.Dir, "repos"))
+	vm := g.newVM(t, disk)
 	t.Logf("%s system ready in %s (kernel %s)", layout, time.Since(start).Round(time.Millisecond), kv)
 	return &QemuSystem{QemuVM: vm, Set: set, Layout: layout, Kernel: kv, Entry: entry}
 }

@@ -224,14 +224,7 @@ GRUB_ENABLE_BLSCFG=true
 		t.Fatal(err)
 	}
 	d.fillRoot(t, base, disk, root, work)
-	if err := os.RemoveAll(root); err != nil {
-		t.Fatal(err)
-	}
-
-	vm := newQemuVM(t, base, "")
-	vm.UEFI = true
-	vm.AttachDisk(disk, "raw", "kos-disk", false)
-	vm.Share(systemReposTag, filepath.Join(set.Dir, "repos"))
+	vm := g.newVM(t, disk)
 	krepo := set.Repos[fixture.RepoEL8Boot59]
 	vm.Share(el8KernelsTag, filepath.Dir(krepo))
 	t.Logf("EL8 grub2 system ready in %s (kernel %s as kernel-core %s)", time.Since(start).Round(time.Millisecond), kv, fixture.EL8Kernel58)
