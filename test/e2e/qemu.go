@@ -47,7 +47,8 @@ const FullEnv = "KOS_UPGRADE_E2E"
 var QemuTools = []string{"qemu-system-x86_64", "qemu-img", "debootstrap", "mke2fs", "tar"}
 
 // qemuImageVersion is mixed into the base image's cache key: bump it when
-// the image preparation (driver, fstab, ...) changes.
+// the image preparation (prepareQemuRoot: fstab, links, ...) changes; the
+// driver, its unit and the modprobe blacklist are hashed already.
 const qemuImageVersion = "3"
 
 // qemuShareTag is the 9p mount tag of the shared directory.
@@ -204,7 +205,7 @@ func QemuBaseImage(ctx context.Context, logf func(string, ...any)) (*QemuBase, e
 		return nil, err
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", qemuImageVersion, filepath.Base(tarball), qemuDriver, qemuDriverUnit)
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n", qemuImageVersion, filepath.Base(tarball), qemuDriver, qemuDriverUnit, qemuModprobeBlacklist)
 	dir := filepath.Join(cacheDir(), "qemu-"+hex.EncodeToString(h.Sum(nil))[:16])
 	base := &QemuBase{Image: filepath.Join(dir, "root.img"), Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img")}
 	if fileExists(base.Image) {
