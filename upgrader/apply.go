@@ -42,16 +42,11 @@ func (e *Engine) LinkOwner() (string, error) {
 // /system-update pointing at the state directory.
 func (e *Engine) Arm(ctx context.Context) (*Plan, error) {
 	st := e.store()
-	l, state, err := e.begin(ctx, st)
+	l, state, err := e.beginWithPlan(ctx, st, "arm")
 	if err != nil {
 		return nil, err
 	}
 	defer l.release()
-	switch state.Status {
-	case StatusPrepared, StatusArmed, StatusFailed:
-	default:
-		return nil, fmt.Errorf("cannot arm: the state is %s; run kos-upgrade prepare --to VERSION first", state.Status)
-	}
 	if state.RebootRequired {
 		return nil, fmt.Errorf("cannot arm: a rollback to %s completes at the next boot; reboot first", state.Previous)
 	}

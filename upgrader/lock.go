@@ -65,3 +65,29 @@ func (e *Engine) begin(ctx context.Context, st store) (*lock, *State, error) {
 	}
 	return l, state, nil
 }
+
+// beginWithPlan is begin for an operation on the prepared plan (arm,
+// stage, the choice of the offline path): the state must hold one
+// (planReady); else it says what to run first, naming the operation
+// (what: "arm", "stage", ...).
+func (e *Engine) beginWithPlan(ctx context.Context, st store, what string) (*lock, *State, error) {
+	l, state, err := e.begin(ctx, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !planReady(state) {
+		l.release()
+		return nil, nil, fmt.Errorf("cannot %s: the state is %s; run kos-upgrade prepare --to VERSION first", what, state.Status)
+	}
+	return l, state, nil
+}
+
+// planReady reports whether state holds a prepared plan to arm or stage:
+// prepared, armed, or failed (a failed run keeps its plan).
+func planReady(state *State) bool {
+	switch state.Status {
+	case StatusPrepared, StatusArmed, StatusFailed:
+		return true
+	}
+	return false
+}

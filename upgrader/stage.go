@@ -93,21 +93,17 @@ func (s *StageState) validate() error {
 // runs: next, a writable snapshot of the root, then base, a read-only
 // snapshot of next before anything changes it (so base is the root as
 // next started from it), then the transaction into next from the staged
-// files. The running root and /boot are not touched: the scriptlets see
-// next's own /boot directory, and the boot entries are made offline as
-// today. btrfs only. A stage already there is replaced. Arm after it.
+// files. The running root is not touched; the scriptlets see the real
+// /boot, backed up first (stage.boot): the new kernel's entry is written
+// and the old entry stays the default, and dropping the stage puts /boot
+// back. btrfs only. A stage already there is replaced. Arm after it.
 func (e *Engine) Stage(ctx context.Context) error {
 	st := e.store()
-	l, state, err := e.begin(ctx, st)
+	l, state, err := e.beginWithPlan(ctx, st, "stage")
 	if err != nil {
 		return err
 	}
 	defer l.release()
-	switch state.Status {
-	case StatusPrepared, StatusArmed, StatusFailed:
-	default:
-		return fmt.Errorf("cannot stage: the state is %s; run kos-upgrade prepare --to VERSION first", state.Status)
-	}
 	p, err := loadPlan(st.planPath())
 	if err != nil {
 		return fmt.Errorf("cannot stage: %w", err)
@@ -244,9 +240,7 @@ func (e *Engine) StageBeforeReboot(ctx context.Context, skip bool) (staged bool,
 	if owner, err := e.LinkOwner(); err != nil || owner != "" && owner != "kos-upgrade" {
 		return false, "", nil // another tool's update is armed: Arm refuses
 	}
-	switch state.Status {
-	case StatusPrepared, StatusArmed, StatusFailed:
-	default:
+	if !planReady(state) {
 		return false, "", nil // Arm refuses and says why
 	}
 	if skip {
@@ -278,16 +272,11 @@ func (e *Engine) StageBeforeReboot(ctx context.Context, skip bool) (staged bool,
 // already recorded, with no stage, stays.
 func (e *Engine) NoStage(ctx context.Context, why string) error {
 	st := e.store()
-	l, state, err := e.begin(ctx, st)
+	l, state, err := e.beginWithPlan(ctx, st, "change the upgrade")
 	if err != nil {
 		return err
 	}
 	defer l.release()
-	switch state.Status {
-	case StatusPrepared, StatusArmed, StatusFailed:
-	default:
-		return fmt.Errorf("cannot change the upgrade: the state is %s; run kos-upgrade prepare --to VERSION first", state.Status)
-	}
 	if state.Stage == nil && state.NotStaged != "" {
 		return nil // the first reason stays (the CLI staged, then the daemon arms)
 	}

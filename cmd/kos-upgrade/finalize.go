@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/keyarchos/kos-upgrade/pkg/atomicfile"
 	"github.com/keyarchos/kos-upgrade/pkg/sysroot"
 )
 
@@ -36,14 +35,7 @@ var (
 // setFinalizeMarker records (on) or forgets (off) the shutdown-time
 // finalize choice.
 func setFinalizeMarker(root sysroot.Root, on bool) error {
-	p := filepath.Join(root.StateDir(), finalizeMarker)
-	if !on {
-		if err := atomicfile.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		return nil
-	}
-	return atomicfile.WriteFile(p, []byte("at-shutdown\n"), 0o600)
+	return setMarker(root, finalizeMarker, "at-shutdown\n", on)
 }
 
 // armFinalize makes the staged upgrade finalize at the next shutdown: the

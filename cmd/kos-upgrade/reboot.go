@@ -127,14 +127,21 @@ func kexecAvailable() error {
 // setKexecMarker records (on) or forgets (off) that the armed upgrade
 // should leave the offline target through kexec too.
 func setKexecMarker(root sysroot.Root, on bool) error {
-	p := filepath.Join(root.StateDir(), kexecMarker)
+	return setMarker(root, kexecMarker, "kexec\n", on)
+}
+
+// setMarker writes (on) or removes (off) the marker file name, with
+// content, in the state directory: a choice the reboot records for the
+// shutdown or the offline boot.
+func setMarker(root sysroot.Root, name, content string, on bool) error {
+	p := filepath.Join(root.StateDir(), name)
 	if !on {
 		if err := atomicfile.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 		return nil
 	}
-	return atomicfile.WriteFile(p, []byte("kexec\n"), 0o600)
+	return atomicfile.WriteFile(p, []byte(content), 0o600)
 }
 
 // rebootAfterApply is apply --reboot's last step: the reboot out of the
