@@ -200,3 +200,26 @@ func anyGlob(pattern string) bool {
 	m, _ := filepath.Glob(pattern)
 	return len(m) > 0
 }
+
+// entriesDirIn returns bootDir's loader/entries (bootDir already resolved
+// in root). The entries are read and written through that path, following
+// links as the host does, so a link there must lead where it leads for
+// root's own processes: one out of the root, or one that resolves
+// elsewhere from the host (an absolute link in a root other than /), is
+// refused before anything is read or written.
+func entriesDirIn(root sysroot.Root, bootDir string) (string, error) {
+	dir := filepath.Join(bootDir, EntriesDirRel)
+	inRoot, err := root.Resolve(dir)
+	if err != nil {
+		return "", fmt.Errorf("cannot use the boot entries: %w", err)
+	}
+	if inRoot == dir {
+		return dir, nil
+	}
+	host, herr := filepath.EvalSymlinks(dir)
+	want, werr := filepath.EvalSymlinks(inRoot)
+	if herr != nil || werr != nil || host != want {
+		return "", fmt.Errorf("cannot use the boot entries: %s is a symbolic link that leads to %s inside the root but elsewhere from the host; make it a directory, or a relative link", dir, inRoot)
+	}
+	return dir, nil
+}

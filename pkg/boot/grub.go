@@ -65,7 +65,10 @@ func NewGrub(root sysroot.Root) (*Grub, error) {
 	if len(cfgs) == 0 && len(envs) == 0 {
 		return nil, fmt.Errorf("no grub configuration under %s: %w", boot, ErrNotSupported)
 	}
-	entries := filepath.Join(boot, EntriesDirRel)
+	entries, err := entriesDirIn(root, boot)
+	if err != nil {
+		return nil, err
+	}
 	if !exists(entries) {
 		return nil, fmt.Errorf("grub2 without BLS entries (%s missing): %w", entries, ErrNotSupported)
 	}
@@ -107,7 +110,15 @@ func (g *Grub) Env() (*Env, error) {
 	return e, err
 }
 
-func (g *Grub) writeEnv(e *Env) error { return WriteEnv(g.envPath, e) }
+// writeEnv writes grubenv where it resolves inside the root now (a link
+// made since NewGrub is followed inside the root too, never to the host).
+func (g *Grub) writeEnv(e *Env) error {
+	p, err := g.root.Resolve(g.envPath)
+	if err != nil {
+		return fmt.Errorf("cannot write grubenv: %w", err)
+	}
+	return WriteEnv(p, e)
+}
 
 // Entries implements Bootloader.
 func (g *Grub) Entries(ctx context.Context) ([]*Entry, error) { return ListEntries(g.entriesDir) }

@@ -270,3 +270,77 @@ func TestBootDirLinked(t *testing.T) {
 		})
 	}
 }
+
+// A loader/entries directory that is a symbolic link must lead where it
+// leads for the root's own processes: a relative link inside the root is
+// used (the entries read and written in the root's directory), an
+// absolute link of a root other than / (the host would follow it to its
+// own directory of that name) and a link out of the root are refused
+// before anything is read or written.
+func TestEntriesDirLinkConfined(t *testing.T) {
+	loaders := []struct {
+		name string
+		// setup makes a root of the loader whose entries directory
+		// (returned, relative to the root) is still to be made.
+		setup func(t *testing.T, root sysroot.Root) string
+		open  func(root sysroot.Root) (Bootloader, error)
+	}{
+		{name: "grub2", setup: func(t *testing.T, root sysroot.Root) string {
+			os.MkdirAll(root.Path("/boot/grub2"), 0o755)
+			os.WriteFile(root.Path("/boot/grub2/grub.cfg"), []byte("set default=\"${saved_entry}\"\n"), 0o644)
+			if err := WriteEnv(root.Path("/boot/grub2/grubenv"), NewEnv()); err != nil {
+				t.Fatal(err)
+			}
+			os.MkdirAll(root.Path("/boot/loader"), 0o755)
+			return "/boot/loader/entries"
+		}, open: func(root sysroot.Root) (Bootloader, error) { return NewGrub(root) }},
+		{name: "systemd-boot", setup: func(t *testing.T, root sysroot.Root) string {
+			os.MkdirAll(root.Path("/efi/EFI/systemd"), 0o755)
+			os.WriteFile(root.Path("/efi/EFI/systemd/systemd-bootx64.efi"), []byte("MZ"), 0o644)
+			os.MkdirAll(root.Path("/efi/loader"), 0o755)
+			os.WriteFile(root.Path("/efi/loader/loader.conf"), nil, 0o644)
+			return "/efi/loader/entries"
+		}, open: func(root sysroot.Root) (Bootloader, error) { return NewSystemdBoot(root) }},
+	}
+	for _, l := range loaders {
+		t.Run(l.name+"/relative link inside the root", func(t *testing.T) {
+			root, _ := sysroot.New(t.TempDir())
+			entries := l.setup(t, root)
+			os.MkdirAll(root.Path(filepath.Dir(entries)+"/entries.d"), 0o755)
+			mustSymlink(t, "entries.d", root.Path(entries))
+			bl, err := l.open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, _ := ParseEntry("new", []byte("title new\nversion 2\nlinux /vmlinuz-new\n"))
+			if err := bl.AddEntry(context.Background(), e); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(root.Path(filepath.Dir(entries) + "/entries.d/new.conf")); err != nil {
+				t.Fatalf("the entry is not in the root's directory: %v", err)
+			}
+		})
+		for _, tc := range []struct{ name, want string }{
+			{"absolute link", "elsewhere from the host"},
+			{"link out of the root", "outside the root"},
+		} {
+			t.Run(l.name+"/"+tc.name, func(t *testing.T) {
+				outside := t.TempDir()
+				root, _ := sysroot.New(t.TempDir())
+				entries := l.setup(t, root)
+				target := outside // absolute: the root's own /tmp/..., the host's outside
+				os.MkdirAll(root.Path(outside), 0o755)
+				if tc.name == "link out of the root" {
+					target = strings.Repeat("../", 20) + strings.TrimPrefix(outside, "/")
+				}
+				mustSymlink(t, target, root.Path(entries))
+				if bl, err := l.open(root); err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("%s opened (%v, %v), want an error saying %q", l.name, bl, err, tc.want)
+				}
+				if des, _ := os.ReadDir(outside); len(des) != 0 {
+					t.Fatalf("something was written outside the root: %v", des)
+				}
+			})
+		}
+	}
+}

@@ -60,7 +60,9 @@ func NewSystemdBoot(root sysroot.Root) (*SystemdBoot, error) {
 		if b != esp && exists(filepath.Join(b, EntriesDirRel)) {
 			s.bootDir = b // XBOOTLDR (or a /boot directory sd-boot reads through it)
 		}
-		s.entriesDir = filepath.Join(s.bootDir, EntriesDirRel)
+		if s.entriesDir, err = entriesDirIn(root, s.bootDir); err != nil {
+			return nil, err
+		}
 		return s, nil
 	}
 	return nil, fmt.Errorf("no systemd-boot ESP under %s: %w", root.Dir, ErrNotSupported)
