@@ -218,6 +218,11 @@ func entriesDirIn(root sysroot.Root, bootDir string) (string, error) {
 	}
 	host, herr := filepath.EvalSymlinks(dir)
 	want, werr := filepath.EvalSymlinks(inRoot)
+	if herr != nil && werr != nil {
+		// A dangling link both ways: no entries (a directory cannot be
+		// made through it either).
+		return dir, nil
+	}
 	if herr != nil || werr != nil || host != want {
 		return "", fmt.Errorf("cannot use the boot entries: %s is a symbolic link that leads to %s inside the root but elsewhere from the host; make it a directory, or a relative link", dir, inRoot)
 	}

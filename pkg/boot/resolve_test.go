@@ -320,6 +320,25 @@ func TestEntriesDirLinkConfined(t *testing.T) {
 				t.Fatalf("the entry is not in the root's directory: %v", err)
 			}
 		})
+		t.Run(l.name+"/dangling link", func(t *testing.T) {
+			root, _ := sysroot.New(t.TempDir())
+			entries := l.setup(t, root)
+			mustSymlink(t, "entries.d", root.Path(entries))
+			bl, err := l.open(root)
+			if l.name == "grub2" {
+				if !errors.Is(err, ErrNotSupported) {
+					t.Fatalf("NewGrub: %v, %v; want ErrNotSupported (no entries directory)", bl, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, _ := ParseEntry("new", []byte("title new\nversion 2\nlinux /vmlinuz-new\n"))
+			if err := bl.AddEntry(context.Background(), e); err == nil {
+				t.Fatal("an entry was written through a dangling link")
+			}
+		})
 		for _, tc := range []struct{ name, want string }{
 			{"absolute link", "elsewhere from the host"},
 			{"link out of the root", "outside the root"},
