@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyarchos/kos-upgrade/test/fixture"
 	"github.com/keyarchos/kos-upgrade/test/testenv"
+	"github.com/keyarchos/kos-upgrade/upgrader"
 )
 
 // Exit codes of systemd-nspawn -b.
@@ -349,22 +350,15 @@ func (f *Facts) OSRelease(key string) string {
 // Packages returns rpm -qa of the booted system (NAME-VERSION-RELEASE.ARCH).
 func (f *Facts) Packages() []string { return strings.Fields(f.File("rpm-qa")) }
 
-// Status is the part of `kos-upgrade status --json` the scenarios check.
+// Status is the part of `kos-upgrade status --json` the scenarios check;
+// the last result and the boot state are the engine's own records.
 type Status struct {
 	State struct {
-		Status     string `json:"status"`
-		Step       string `json:"step"`
-		Snapshot   string `json:"snapshot"`
-		LastResult *struct {
-			Kind     string `json:"kind"`
-			Success  bool   `json:"success"`
-			Status   string `json:"status"`
-			Error    string `json:"error"`
-			Step     string `json:"step"`
-			From     string `json:"from"`
-			To       string `json:"to"`
-			Snapshot string `json:"snapshot"`
-		} `json:"last_result"`
+		Status     string              `json:"status"`
+		Step       string              `json:"step"`
+		Snapshot   string              `json:"snapshot"`
+		LastResult *upgrader.Result    `json:"last_result"`
+		Boot       *upgrader.BootState `json:"boot"`
 	} `json:"state"`
 	Armed         bool   `json:"armed"`
 	ForeignUpdate string `json:"foreign_update"`

@@ -236,14 +236,7 @@ func TestNspawnStageFinalize(t *testing.T) {
 	if string(w) != "written-at-stop\n" {
 		t.Errorf("what a service wrote as it stopped is not in the new root (%q): the finalize ran before the services stopped", w)
 	}
-	var hist []struct {
-		AtShutdown bool      `json:"at_shutdown"`
-		Path       string    `json:"path"`
-		Success    bool      `json:"success"`
-		Carried    int       `json:"carried"`
-		StartedAt  time.Time `json:"started_at"`
-		FinishedAt time.Time `json:"finished_at"`
-	}
+	var hist []upgrader.Result
 	if err := json.Unmarshal([]byte(g.Facts(2).File("history.json")), &hist); err != nil || len(hist) == 0 {
 		t.Fatalf("history in the new root: %v\n%s", err, g.Facts(2).File("history.json"))
 	}

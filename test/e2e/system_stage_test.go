@@ -107,27 +107,7 @@ func TestQemuSystemBtrfsStaged(t *testing.T) {
 	if d := after.File("dropin"); !strings.Contains(d, "No such file") {
 		t.Errorf("the drop-in removed after staging is still in the new root: %q", d)
 	}
-	var st struct {
-		State struct {
-			Status     string `json:"status"`
-			Snapshot   string `json:"snapshot"`
-			LastResult *struct {
-				Success    bool      `json:"success"`
-				AtShutdown bool      `json:"at_shutdown"`
-				Path       string    `json:"path"`
-				Carried    int       `json:"carried"`
-				StartedAt  time.Time `json:"started_at"`
-				FinishedAt time.Time `json:"finished_at"`
-			} `json:"last_result"`
-			Boot *struct {
-				Entry string `json:"entry"`
-				Trial string `json:"trial"`
-			} `json:"boot"`
-		} `json:"state"`
-	}
-	if err := json.Unmarshal([]byte(after.File("status.json")), &st); err != nil {
-		t.Fatalf("status in the new system: %v\n%s", err, after.File("status.json"))
-	}
+	st := after.Status(t)
 	lr := st.State.LastResult
 	if st.State.Status != "succeeded" || lr == nil || !lr.Success || !lr.AtShutdown || lr.Path != "staged" {
 		t.Fatalf("the new system's status is not a staged upgrade finalized at shutdown: %s", after.File("status.json"))
